@@ -1,0 +1,1 @@
+"""Analysis of what a spec builds: parameters, MACs, memory, graphs."""

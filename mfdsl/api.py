@@ -1,0 +1,64 @@
+"""The public pipeline: source file -> IR -> checks -> nn.Module."""
+from __future__ import annotations
+
+import os
+from typing import Union
+
+import torch.nn as nn
+
+from .checks import check
+from .errors import SpecError
+from .ir import ModelSpec
+
+SpecLike = Union[str, "os.PathLike[str]", ModelSpec]
+
+
+def load_spec(path: Union[str, "os.PathLike[str]"]) -> ModelSpec:
+    """Parse a ``.mf`` or ``.yaml``/``.yml`` file into the IR (syntax and schema only)."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".mf", ".yaml", ".yml"):
+        raise SpecError(f"unknown spec file type '{ext or path}'", path=path,
+                        hint="use a .mf or .yaml file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise SpecError("no such spec file", path=path) from None
+    except IsADirectoryError:
+        raise SpecError("is a directory, not a spec file", path=path) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file: {exc.strerror}", path=path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        from .errors import Loc
+
+        raise SpecError("the file is not valid UTF-8 text", Loc(path, line, col)) from None
+    if ext == ".mf":
+        from .frontend.mf import parse_mf
+
+        spec = parse_mf(text, path)
+    else:
+        from .frontend.yaml_spec import parse_yaml
+
+        spec = parse_yaml(text, path)
+    spec.source = path
+    return spec
+
+
+def check_spec(spec: SpecLike, **kw) -> ModelSpec:
+    """Load (if a path) and run every semantic check; raises SpecError."""
+    if not isinstance(spec, ModelSpec):
+        spec = load_spec(spec)
+    return check(spec, **kw)
+
+
+def build_model(spec: SpecLike, target: str = "cpu", *, check_sizes: bool = True) -> nn.Module:
+    """Check and lower a spec (or spec file) to a MetaFormer ``nn.Module`` on the CPU."""
+    from .lower import lower
+
+    spec = check_spec(spec, size_limits=check_sizes)
+    return lower(spec, target=target)

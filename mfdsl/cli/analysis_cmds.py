@@ -1,0 +1,2 @@
+"""(commands are added by their owners)"""
+from . import main  # noqa: F401

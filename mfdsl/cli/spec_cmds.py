@@ -1,0 +1,2 @@
+"""(spec commands)"""
+from . import main  # noqa: F401

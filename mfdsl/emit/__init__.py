@@ -1,0 +1,1 @@
+"""Printers from the IR back to source: canonical .mf and .yaml."""

@@ -1,0 +1,89 @@
+"""The one exception every invalid spec raises, and its source location."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A position in a spec file; line and column are 1-based."""
+
+    path: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+class SpecError(Exception):
+    """An invalid spec, located in the user's file.
+
+    ``path``, ``line`` and ``column`` say where; ``hint`` is an optional suggestion
+    (the nearest valid name, the allowed range).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        loc: Optional[Loc] = None,
+        *,
+        hint: Optional[str] = None,
+        path: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.path = loc.path if loc else (path or "<spec>")
+        self.line = loc.line if loc else None
+        self.column = loc.column if loc else None
+
+    @property
+    def loc(self) -> Optional[Loc]:
+        if self.line is None:
+            return None
+        return Loc(self.path, self.line, self.column or 1)
+
+    def __str__(self) -> str:
+        where = self.path
+        if self.line is not None:
+            where += f":{self.line}:{self.column}"
+        text = f"{where}: error: {self.message}"
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+    def render(self, source: Optional[str] = None) -> str:
+        """``path:line:col: error: message``, the source line with a caret, and the hint."""
+        where = self.path
+        if self.line is not None:
+            where += f":{self.line}:{self.column}"
+        out = [f"{where}: error: {self.message}"]
+        if self.line is not None:
+            if source is None:
+                source = _read_quietly(self.path)
+            lines = source.splitlines() if source is not None else []
+            if 1 <= self.line <= len(lines):
+                text = lines[self.line - 1].expandtabs(1)
+                out.append(f"  {text}")
+                out.append("  " + " " * max(0, (self.column or 1) - 1) + "^")
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+
+def _read_quietly(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def nearest(name: str, choices) -> Optional[str]:
+    """The closest valid name to a misspelt one, for 'did you mean' hints."""
+    import difflib
+
+    found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None

@@ -1,0 +1,1 @@
+"""Front ends: .mf (Lark grammar) and .yaml (JSON Schema), both producing ``ir.ModelSpec``."""

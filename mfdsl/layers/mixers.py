@@ -1,0 +1,250 @@
+"""Token mixers on channels-last tensors (B, H, W, C)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import BuildContext, Maker, Param, register_mixer
+
+Problems = List[Tuple[str, str, Optional[str]]]
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> a channels-last strided (B, C, H, W) view; no copy."""
+    return x.permute(0, 3, 1, 2)
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+def _kernel_fits(ctx: BuildContext, kernel: int, arg: str = "kernel") -> Problems:
+    h, w = ctx.resolution
+    if kernel > max(h, w):
+        return [(arg, f"kernel {kernel} is larger than the {h}x{w} feature map of stage "
+                      f"{ctx.stage}", f"use a kernel <= {max(h, w)} or a larger input")]
+    return []
+
+
+# --- identity -------------------------------------------------------------------------
+
+@register_mixer("identity", doc="no token mixing (IdentityFormer)")
+def _identity(ctx: BuildContext) -> nn.Module:
+    return nn.Identity()
+
+
+# --- random ---------------------------------------------------------------------------
+
+class RandomMixing(nn.Module):
+    """y[b, m, c] = sum_n W[m, n] x[b, n, c] with a frozen W = softmax(rand(N, N))."""
+
+    def __init__(self, num_tokens: int) -> None:
+        super().__init__()
+        self.random_matrix = nn.Parameter(
+            torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1), requires_grad=False
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        y = torch.matmul(self.random_matrix, x.reshape(b, h * w, c))
+        return y.reshape(b, h, w, c)
+
+
+@register_mixer("random", doc="frozen random token mixing (RandFormer); N = H*W of the stage")
+def _random(ctx: BuildContext) -> nn.Module:
+    h, w = ctx.resolution
+    return RandomMixing(h * w)
+
+
+# --- pooling --------------------------------------------------------------------------
+
+class Pooling(nn.Module):
+    """AvgPool(k, stride 1, count_include_pad=False)(x) - x (PoolFormer)."""
+
+    def __init__(self, pool_size: int = 3) -> None:
+        super().__init__()
+        self.pool_size = pool_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.avg_pool2d(_nchw(x), self.pool_size, 1, self.pool_size // 2,
+                         count_include_pad=False)
+        return _nhwc(y) - x
+
+
+def _check_pool(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
+    p = args["pool_size"]
+    if p % 2 == 0:
+        return [("pool_size", f"pool_size {p} must be odd to keep the feature-map size",
+                 f"use {p - 1} or {p + 1}")]
+    return _kernel_fits(ctx, p, "pool_size")
+
+
+@register_mixer(
+    "pooling", Param("pool_size", int, 3, min=1, max=31), check=_check_pool,
+    doc="average pooling minus identity (PoolFormer)",
+)
+def _pooling(ctx: BuildContext, pool_size: int) -> nn.Module:
+    return Pooling(pool_size)
+
+
+# --- sepconv --------------------------------------------------------------------------
+
+class SepConv(nn.Module):
+    """Inverted separable conv (MobileNetV2): pw Linear -> act -> dw conv -> act2 -> pw Linear."""
+
+    def __init__(self, dim: int, expansion: float = 2, kernel: int = 7,
+                 act: Optional[Maker] = None, act2: Optional[Maker] = None,
+                 bias: bool = False) -> None:
+        super().__init__()
+        mid = int(expansion * dim)
+        self.pwconv1 = nn.Linear(dim, mid, bias=bias)
+        self.act1 = act(mid) if act is not None else nn.Identity()
+        self.dwconv = nn.Conv2d(mid, mid, kernel, padding=kernel // 2, groups=mid, bias=bias)
+        self.act2 = act2(mid) if act2 is not None else nn.Identity()
+        self.pwconv2 = nn.Linear(mid, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.pwconv1(x))
+        x = _nhwc(self.dwconv(_nchw(x)))
+        return self.pwconv2(self.act2(x))
+
+
+def _check_odd_kernel(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
+    k = args["kernel"]
+    if k % 2 == 0:
+        return [("kernel", f"kernel {k} must be odd to keep the feature-map size",
+                 f"use {k - 1} or {k + 1}")]
+    return _kernel_fits(ctx, k)
+
+
+@register_mixer(
+    "sepconv",
+    Param("kernel", int, 7, min=1, max=63, doc="depthwise kernel size (odd)"),
+    Param("expansion", float, 2.0, min=0.0, max=16.0, min_exclusive=True,
+          doc="hidden width / width"),
+    Param("act", "activation", "starrelu", doc="after the first pointwise layer"),
+    Param("act2", "activation", "identity", doc="after the depthwise conv"),
+    Param("bias", bool, False),
+    check=_check_odd_kernel,
+    doc="inverted separable convolution (ConvFormer)",
+)
+def _sepconv(ctx: BuildContext, kernel: int, expansion: float, act: Maker,
+             act2: Maker, bias: bool) -> nn.Module:
+    return SepConv(ctx.dim, expansion, kernel, act, act2, bias)
+
+
+# --- attention ------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all H*W tokens, no position embedding."""
+
+    def __init__(self, dim: int, head_dim: int = 32, heads: Optional[int] = None,
+                 qkv_bias: bool = False, proj_bias: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if heads is not None:
+            head_dim = dim // heads
+        self.head_dim = head_dim
+        self.num_heads = heads if heads is not None else max(1, dim // head_dim)
+        inner = self.num_heads * self.head_dim
+        self.scale = head_dim ** -0.5
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(inner, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        n = h * w
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+        )
+        y = y.transpose(1, 2).reshape(b, h, w, self.num_heads * self.head_dim)
+        return self.proj_drop(self.proj(y))
+
+
+def _check_attention(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
+    dim = ctx.dim
+    if args.get("heads") is not None:
+        heads = args["heads"]
+        if dim % heads:
+            return [("heads", f"width {dim} is not divisible into {heads} heads",
+                     f"use a head count that divides {dim}")]
+        return []
+    hd = args["head_dim"]
+    if dim % hd:
+        divisors = [d for d in (16, 24, 32, 48, 64, 96, 128) if dim % d == 0]
+        hint = f"head_dim values that divide {dim}: {divisors}" if divisors else None
+        return [("head_dim", f"width {dim} is not divisible into heads of head_dim {hd}", hint)]
+    return []
+
+
+@register_mixer(
+    "attention",
+    Param("head_dim", int, 32, min=1, max=1024, doc="channels per head"),
+    Param("heads", int, None, min=1, max=1024, doc="number of heads (overrides head_dim)"),
+    Param("qkv_bias", bool, False),
+    Param("proj_bias", bool, False),
+    Param("attn_drop", float, 0.0, min=0.0, max=1.0),
+    Param("proj_drop", float, 0.0, min=0.0, max=1.0),
+    check=_check_attention,
+    doc="multi-head self-attention (CAFormer)",
+)
+def _attention(ctx: BuildContext, head_dim: int, heads: Optional[int], qkv_bias: bool,
+               proj_bias: bool, attn_drop: float, proj_drop: float) -> nn.Module:
+    return Attention(ctx.dim, head_dim, heads, qkv_bias, proj_bias, attn_drop, proj_drop)
+
+
+# --- dwconv (hybrid) ------------------------------------------------------------------
+
+class DepthwiseConv(nn.Module):
+    """A depthwise k x k conv as the token mixer (ConvNeXt-style)."""
+
+    def __init__(self, dim: int, kernel: int = 7, bias: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _nhwc(self.conv(_nchw(x)))
+
+
+@register_mixer(
+    "dwconv",
+    Param("kernel", int, 7, min=1, max=63, doc="kernel size (odd)"),
+    Param("bias", bool, True),
+    check=_check_odd_kernel,
+    doc="depthwise convolution (ConvNeXt-style mixer)",
+)
+def _dwconv(ctx: BuildContext, kernel: int, bias: bool) -> nn.Module:
+    return DepthwiseConv(ctx.dim, kernel, bias)
+
+
+# --- global filter (hybrid) -----------------------------------------------------------
+
+class GlobalFilter(nn.Module):
+    """GFNet's global filter: y = irfft2(rfft2(x) * W) with a learned complex W per
+    frequency and channel; its size follows the stage's resolution."""
+
+    def __init__(self, dim: int, h: int, w: int) -> None:
+        super().__init__()
+        self.h, self.w = h, w
+        self.complex_weight = nn.Parameter(torch.randn(h, w // 2 + 1, dim, 2) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        dtype = x.dtype
+        xf = torch.fft.rfft2(x.float(), dim=(1, 2), norm="ortho")
+        xf = xf * torch.view_as_complex(self.complex_weight.float())
+        return torch.fft.irfft2(xf, s=(h, w), dim=(1, 2), norm="ortho").to(dtype)
+
+
+@register_mixer("global_filter", doc="global FFT filter (GFNet); sized by the stage resolution")
+def _global_filter(ctx: BuildContext) -> nn.Module:
+    h, w = ctx.resolution
+    return GlobalFilter(ctx.dim, h, w)

@@ -1,0 +1,87 @@
+"""Norms over channels-last tensors: layernorm (over C), modified_layernorm (over H, W, C)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import BuildContext, Param, register_norm
+
+_EPS = Param("eps", float, 1e-6, min=0.0, max=1.0, min_exclusive=True, doc="added to the variance")
+_BIAS = Param("bias", bool, False, doc="learn a per-channel bias")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last (channel) dim; weight always, bias optional."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = False) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class ModifiedLayerNorm(nn.Module):
+    """The paper's "modified LayerNorm": statistics over (H, W, C) jointly (GroupNorm with
+    one group), then a per-channel affine."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = False) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, H, W, C). Normalising over the trailing three dims is exactly GroupNorm(1).
+        y = F.layer_norm(x, x.shape[-3:], None, None, self.eps)
+        if self.bias is None:
+            return y * self.weight
+        return torch.addcmul(self.bias, y, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """BatchNorm over (B, H, W) per channel, for channels-last input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+@register_norm("layernorm", _EPS, _BIAS, doc="LayerNorm over channels (weight; optional bias)")
+def _layernorm(ctx: BuildContext, eps: float, bias: bool) -> nn.Module:
+    return LayerNorm(ctx.dim, eps=eps, bias=bias)
+
+
+@register_norm(
+    "modified_layernorm", _EPS, _BIAS,
+    doc="the paper's modified LayerNorm over (H, W, C), per-channel weight",
+)
+def _modified_layernorm(ctx: BuildContext, eps: float, bias: bool) -> nn.Module:
+    return ModifiedLayerNorm(ctx.dim, eps=eps, bias=bias)
+
+
+@register_norm(
+    "batchnorm",
+    Param("eps", float, 1e-5, min=0.0, max=1.0, min_exclusive=True),
+    Param("momentum", float, 0.1, min=0.0, max=1.0),
+    doc="BatchNorm per channel (for conv-style hybrids)",
+)
+def _batchnorm(ctx: BuildContext, eps: float, momentum: float) -> nn.Module:
+    return BatchNorm(ctx.dim, eps=eps, momentum=momentum)
+
+
+@register_norm("identity", doc="no normalisation")
+def _identity(ctx: BuildContext) -> Optional[nn.Module]:
+    return nn.Identity()

@@ -1,0 +1,125 @@
+"""Lowering: a checked ModelSpec -> a MetaFormer nn.Module."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import SpecError
+from .ir import Call, DownsampleSpec, ModelSpec, call
+from .layers.block import Block, Downsample, Mlp, Stage
+from .model import ClassifierHead, MetaFormer
+from .registry import BuildContext, Component, Maker, registry
+
+
+def as_call(value: Any) -> Call:
+    """A ref-type argument (a name or a Call) as a Call."""
+    return value if isinstance(value, Call) else call(str(value))
+
+
+def resolved_args(comp: Component, given: Dict[str, Any]) -> Dict[str, Any]:
+    """Defaults updated with the given args; ints widened where a float is expected."""
+    out = comp.defaults()
+    out.update(given)
+    for p in comp.params:
+        v = out.get(p.name)
+        if p.type is float and isinstance(v, int) and not isinstance(v, bool):
+            out[p.name] = float(v)
+    return out
+
+
+def make_component(kind: str, c: Call, ctx: BuildContext, **extra: Any) -> nn.Module:
+    comp = registry.get(kind, c.name)
+    if comp is None:  # the checker reports this with a location first
+        raise SpecError(f"unknown {kind} '{c.name}'", c.loc())
+    args = resolved_args(comp, c.args)
+    for p in comp.params:
+        if isinstance(p.type, str) and args.get(p.name) is not None:
+            args[p.name] = _maker(p.type, as_call(args[p.name]), ctx)
+    try:
+        return comp.factory(ctx, **extra, **args)
+    except SpecError:
+        raise
+    except Exception as exc:  # a plugin's factory failing is still the spec's problem
+        raise SpecError(f"cannot build {kind} '{c.name}': {exc}", c.loc()) from exc
+
+
+def _maker(kind: str, c: Call, ctx: BuildContext) -> Maker:
+    def make(dim: int) -> nn.Module:
+        sub = BuildContext(dim, ctx.resolution, ctx.stage, ctx.block, ctx.target)
+        return make_component(kind, c, sub)
+
+    return make
+
+
+def _norm(c: Optional[Call], ctx: BuildContext) -> Optional[nn.Module]:
+    return None if c is None else make_component("norm", c, ctx)
+
+
+def _downsample(ds: DownsampleSpec, in_chs: int, out_chs: int, stage: int,
+                in_res, out_res, target: str, nchw_input: bool = False) -> nn.Module:
+    pre = _norm(ds.pre_norm, BuildContext(in_chs, in_res, stage, 0, target))
+    post = _norm(ds.post_norm, BuildContext(out_chs, out_res, stage, 0, target))
+    return Downsample(in_chs, out_chs, ds.kernel, ds.stride, ds.padding, ds.bias,
+                      pre, post, nchw_input=nchw_input)
+
+
+def drop_path_rates(spec: ModelSpec) -> List[List[float]]:
+    """Linear from 0 to the recipe's drop_path over all blocks of the model."""
+    total = sum(spec.depths)
+    rate = spec.drop_path_rate
+    flat = [rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+    out, k = [], 0
+    for d in spec.depths:
+        out.append(flat[k:k + d])
+        k += d
+    return out
+
+
+def lower(spec: ModelSpec, target: str = "cpu") -> MetaFormer:
+    """Build the module graph. The spec must already have passed ``checks.check``."""
+    res = spec.stage_resolutions()
+    dprs = drop_path_rates(spec)
+    stem = _downsample(spec.stem, spec.in_chans, spec.stages[0].width, 0,
+                       spec.img_size, res[0], target, nchw_input=True)
+    stages = []
+    prev = spec.stages[0].width
+    for i, st in enumerate(spec.stages):
+        if i == 0 or st.downsample is None:
+            ds: nn.Module = nn.Identity()
+        else:
+            ds = _downsample(st.downsample, prev, st.width, i, res[i - 1], res[i], target)
+        blocks = []
+        for j in range(st.depth):
+            ctx = BuildContext(st.width, res[i], i, j, target)
+            mixer = make_component("mixer", st.mixer_for_block(j), ctx)
+            act = make_component("activation", st.mlp_act,
+                                 BuildContext(int(st.mlp_ratio * st.width), res[i], i, j, target))
+            mlp = Mlp(st.width, int(st.mlp_ratio * st.width), act, st.mlp_bias)
+            blocks.append(Block(
+                st.width, make_component("norm", st.norm, ctx), mixer,
+                make_component("norm", st.norm, ctx), mlp, dprs[i][j],
+                st.layer_scale, st.res_scale,
+            ))
+        stages.append(Stage(ds, blocks))
+        prev = st.width
+    ctx = BuildContext(prev, res[-1], len(spec.stages) - 1, 0, target)
+    head = ClassifierHead(
+        make_component("norm", spec.output_norm, ctx),
+        make_component("head", spec.head, ctx, num_classes=spec.num_classes,
+                       dropout=spec.head_dropout),
+    )
+    model = MetaFormer(spec, stem, stages, head)
+    init_weights(model)
+    return model
+
+
+def init_weights(model: nn.Module) -> None:
+    """trunc_normal(std=0.02) for Conv2d / Linear weights, zero biases (the paper's init)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if m.weight.device.type != "meta":
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)

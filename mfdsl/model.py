@@ -1,0 +1,88 @@
+"""The lowered model: stem -> stages -> head, with timm's module names."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .ir import ModelSpec
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool -> norm -> classifier (``head.norm``, ``head.fc``)."""
+
+    def __init__(self, norm: nn.Module, fc: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+        self.fc = fc
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        # x: (B, C, H, W), usually a channels-last strided view.
+        x = self.norm(x.mean((2, 3)))
+        return x if pre_logits else self.fc(x)
+
+
+class MetaFormer(nn.Module):
+    """A MetaFormer built from a spec. Internally channels-last; the public tensors are
+    NCHW like timm's (``forward_features`` and the feature maps are (B, C, H, W) views)."""
+
+    def __init__(self, spec: ModelSpec, stem: nn.Module, stages: Sequence[nn.Module],
+                 head: ClassifierHead) -> None:
+        super().__init__()
+        self.spec = spec
+        self.stem = stem
+        self.stages = nn.Sequential(*stages)
+        self.head = head
+        self.num_classes = spec.num_classes
+        self.num_features = spec.stages[-1].width
+        reduction = spec.img_size[0]
+        self.feature_info: List[Dict[str, Any]] = []
+        for i, (h, _) in enumerate(spec.stage_resolutions()):
+            self.feature_info.append(
+                dict(num_chs=spec.stages[i].width, reduction=reduction // max(h, 1),
+                     module=f"stages.{i}")
+            )
+        ev = spec.eval
+        self.pretrained_cfg: Dict[str, Any] = dict(
+            input_size=(spec.in_chans, *spec.img_size), crop_pct=ev.crop_pct,
+            interpolation=ev.interpolation, mean=tuple(ev.mean), std=tuple(ev.std),
+            num_classes=spec.num_classes,
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) image -> (B, C, h, w) last feature map (before the head)."""
+        x = self.stages(self.stem(x))
+        return x.permute(0, 3, 1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_feature_maps(
+        self, x: torch.Tensor, indices: Optional[Sequence[int]] = None
+    ) -> List[torch.Tensor]:
+        """Per-stage feature maps (B, C_i, H_i, W_i), for detection / segmentation backbones."""
+        want = set(range(len(self.stages)) if indices is None else
+                   [i % len(self.stages) for i in indices])
+        last = max(want) if want else -1
+        out = []
+        x = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            if i > last:
+                break
+            x = stage(x)
+            if i in want:
+                out.append(x.permute(0, 3, 1, 2))
+        return out
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def frozen_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if not p.requires_grad)
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
