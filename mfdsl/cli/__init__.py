@@ -21,7 +21,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import analysis_cmds, run_cmds, spec_cmds  # noqa: F401  (they add commands)
+    from . import analysis_cmds, bench_cmds, run_cmds, spec_cmds  # noqa: F401  (they add commands)
 
 
 _register()
