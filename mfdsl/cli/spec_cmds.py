@@ -1,2 +1,205 @@
-"""(spec commands)"""
-from . import main  # noqa: F401
+"""Spec commands: validate, compile, convert, fmt."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+import click
+
+from ..errors import SpecError
+from ..ir import ModelSpec
+from . import main
+
+_SI = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_count(text: Optional[str]) -> Optional[int]:
+    """'2G' -> 2_000_000_000; plain integers too."""
+    if text is None:
+        return None
+    t = text.strip().upper()
+    mult = 1
+    if t and t[-1] in _SI:
+        mult, t = _SI[t[-1]], t[:-1]
+    try:
+        value = float(t) * mult
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a count like 150M or 2G") from None
+    if value <= 0:
+        raise click.BadParameter("must be > 0")
+    return int(value)
+
+
+limit_options = [
+    click.option("--max-params", metavar="N", help="Raise the parameter limit (e.g. 2G)."),
+    click.option("--max-macs", metavar="N", help="Raise the MACs-per-image limit (e.g. 500G)."),
+]
+
+
+def with_limits(f):
+    for opt in reversed(limit_options):
+        f = opt(f)
+    return f
+
+
+def load_checked(path: str, max_params: Optional[str] = None,
+                 max_macs: Optional[str] = None) -> ModelSpec:
+    """Load a spec file, apply command-line limits, run every check."""
+    from ..api import load_spec
+    from ..checks import check
+
+    spec = load_spec(path)
+    mp, mm = parse_count(max_params), parse_count(max_macs)
+    if mp is not None:
+        spec.limits.max_params = mp
+    if mm is not None:
+        spec.limits.max_macs = mm
+    return check(spec)
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+@with_limits
+def validate(specs: Sequence[str], quiet: bool, max_params: Optional[str],
+             max_macs: Optional[str]) -> None:
+    """Check spec files without building them.
+
+    Exit 0 when every SPEC is valid, 2 otherwise. Errors are printed as
+    path:line:col: error: message, with the source line and a hint.
+    """
+    bad = 0
+    for path in specs:
+        try:
+            spec = load_checked(path, max_params, max_macs)
+        except SpecError as err:
+            bad += 1
+            click.echo(err.render(), err=True)
+            continue
+        if not quiet:
+            click.echo(f"{path}: ok ({spec.name}, {len(spec.stages)} stages, "
+                       f"{sum(spec.depths)} blocks)")
+    if bad:
+        click.echo(f"{bad} of {len(specs)} spec(s) invalid", err=True)
+        sys.exit(2)
+
+
+@main.command("compile")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Optimise for this device (torch.compile, layouts, autocast).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True, help="Compute dtype on the target (autocast on CUDA).")
+@click.option("--mode", type=click.Choice(["default", "max-autotune", "eager"]),
+              default="default", show_default=True, help="torch.compile mode ('eager': none).")
+@click.option("--fold", is_flag=True, help="Apply the inference folding passes.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Load weights (mfdsl, timm or official format) before optimising.")
+@with_limits
+def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mode: str,
+                fold: bool, checkpoint: Optional[str], max_params: Optional[str],
+                max_macs: Optional[str]) -> None:
+    """Check SPEC, lower it to a PyTorch model and report what was built.
+
+    Prints a per-stage table (mixer, depth, width, output shape, params, MACs). MACs
+    count convolutions, linear layers and the attention / random-mixing matrix products
+    per image, the paper's convention.
+    """
+    from ..lower import lower
+    from ..summary import format_table, summarize
+
+    ir = load_checked(spec, max_params, max_macs)
+    model = lower(ir, target=target or "cpu")
+    if checkpoint:
+        from ..checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    summary = summarize(ir, model)
+    applied = None
+    if target is not None or fold:
+        from ..passes import compile_for_target
+
+        model.eval()
+        result = compile_for_target(model, target=target or "cpu", dtype=dtype, mode=mode,
+                                    fold=fold)
+        applied = getattr(result, "mfdsl_applied", None)
+    if as_json:
+        out = summary.to_json()
+        if applied is not None:
+            out["optimisations"] = applied
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(format_table(summary))
+    if applied is not None:
+        click.echo("optimisations: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
+
+
+def _emit(spec: ModelSpec, fmt: str) -> str:
+    if fmt == "mf":
+        from ..emit.mf import to_mf
+
+        return to_mf(spec)
+    from ..emit.yaml import to_yaml
+
+    return to_yaml(spec)
+
+
+def _format_of(path: str) -> str:
+    return "mf" if path.lower().endswith(".mf") else "yaml"
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--to", "to", type=click.Choice(["yaml", "mf"]), required=True,
+              help="The output format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write here instead of standard output.")
+def convert(spec: str, to: str, output: Optional[str]) -> None:
+    """Convert SPEC between .mf and .yaml, losslessly (A -> B -> A gives the same IR)."""
+    from ..api import load_spec
+
+    text = _emit(load_spec(spec), to)
+    if output:
+        _write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-w", "--write", is_flag=True, help="Rewrite the files in place.")
+@click.option("--check", is_flag=True,
+              help="Exit 1 if any file is not in canonical form; change nothing.")
+def fmt(specs: Sequence[str], write: bool, check: bool) -> None:
+    """Print each SPEC in its one canonical form (same format as the input)."""
+    from ..api import load_spec
+
+    changed = 0
+    for path in specs:
+        text = _emit(load_spec(path), _format_of(path))
+        with open(path, encoding="utf-8") as f:
+            same = f.read() == text
+        if check:
+            if not same:
+                changed += 1
+                click.echo(f"{path}: not in canonical form", err=True)
+        elif write:
+            if not same:
+                _write_atomic(path, text)
+                click.echo(f"formatted {path}", err=True)
+        else:
+            click.echo(text, nl=False)
+    if check and changed:
+        sys.exit(1)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,124 @@
+"""The compiler's per-stage report: mixer, depth, width, output shape, params, MACs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch.nn as nn
+
+from .analysis.counting import macs_by_module, meta_model, param_counts
+from .ir import Call, ModelSpec
+
+
+def call_text(c: Any) -> str:
+    """A short human form of a component reference: ``attention(head_dim=64)``."""
+    if not isinstance(c, Call):
+        return str(c)
+    if not c.args:
+        return c.name
+    inner = ", ".join(f"{k}={call_text(v) if isinstance(v, Call) else _lit(v)}"
+                      for k, v in c.args.items())
+    return f"{c.name}({inner})"
+
+
+def _lit(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    return str(v)
+
+
+def mixer_text(mixers: List[Call]) -> str:
+    if len(mixers) == 1:
+        return call_text(mixers[0])
+    return "[" + ", ".join(call_text(m) for m in mixers) + "]"
+
+
+@dataclass
+class StageRow:
+    name: str
+    mixer: str
+    depth: int
+    width: int
+    out_shape: Tuple[int, ...]
+    params: int
+    frozen_params: int
+    macs: int
+
+
+@dataclass
+class CompileSummary:
+    name: str
+    input: Tuple[int, int, int]
+    num_classes: int
+    params: int
+    frozen_params: int
+    macs: int
+    stages: List[StageRow] = field(default_factory=list)
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(spec: ModelSpec, model: Optional[nn.Module] = None) -> CompileSummary:
+    """Per-stage numbers. Parameter counts come from ``model`` (or a meta build); MACs per
+    image from a meta-device forward under FlopCounterMode (paper convention)."""
+    meta = meta_model(spec)
+    model = model if model is not None else meta
+    macs = macs_by_module(meta, spec)
+    root = type(meta).__name__
+
+    def sub(path: str) -> Tuple[int, int, int]:
+        mod = model.get_submodule(path)
+        t, f = param_counts(mod)
+        return t, f, macs.get(f"{root}.{path}", 0)
+
+    rows = []
+    t, f, m = sub("stem")
+    res = spec.stage_resolutions()
+    rows.append(StageRow("stem", "conv", 1, spec.stages[0].width,
+                         (spec.stages[0].width, *res[0]), t, f, m))
+    for i, st in enumerate(spec.stages):
+        t, f, m = sub(f"stages.{i}")
+        rows.append(StageRow(f"stage{i}", mixer_text(st.mixers), st.depth, st.width,
+                             (st.width, *res[i]), t, f, m))
+    t, f, m = sub("head")
+    rows.append(StageRow("head", call_text(spec.head), 1, spec.num_classes,
+                         (spec.num_classes,), t, f, m))
+    total_t, total_f = param_counts(model)
+    return CompileSummary(spec.name, (spec.in_chans, *spec.img_size), spec.num_classes,
+                          total_t, total_f, macs["Global"], rows)
+
+
+def human(n: float, unit: str = "") -> str:
+    """12345678 -> '12.35M'."""
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:g}{unit}"
+
+
+def format_table(s: CompileSummary) -> str:
+    head = ("stage", "mixer", "depth", "width", "output", "params", "frozen", "MACs")
+    rows = [head]
+    for r in s.stages:
+        rows.append((r.name, r.mixer, str(r.depth), str(r.width),
+                     "x".join(map(str, r.out_shape)), human(r.params),
+                     human(r.frozen_params) if r.frozen_params else "-", human(r.macs)))
+    rows.append(("total", "", str(sum(x.depth for x in s.stages[1:-1])), "", "",
+                 human(s.params), human(s.frozen_params) if s.frozen_params else "-",
+                 human(s.macs)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    right = {2, 3, 5, 6, 7}
+    lines = []
+    for k, r in enumerate(rows):
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)]
+        lines.append("  ".join(cells).rstrip())
+        if k == 0 or k == len(rows) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    title = (f"{s.name}: input {'x'.join(map(str, s.input))}, {s.num_classes} classes, "
+             f"{human(s.params)} params"
+             + (f" + {human(s.frozen_params)} frozen" if s.frozen_params else "")
+             + f", {human(s.macs)} MACs")
+    return title + "\n" + "\n".join(lines)
