@@ -84,7 +84,7 @@ def summarize(spec: ModelSpec, model: Optional[nn.Module] = None) -> CompileSumm
         rows.append(StageRow(f"stage{i}", mixer_text(st.mixers), st.depth, st.width,
                              (st.width, *res[i]), t, f, m))
     t, f, m = sub("head")
-    rows.append(StageRow("head", call_text(spec.head), 1, spec.num_classes,
+    rows.append(StageRow("head", spec.head.name, 1, spec.num_classes,
                          (spec.num_classes,), t, f, m))
     total_t, total_f = param_counts(model)
     return CompileSummary(spec.name, (spec.in_chans, *spec.img_size), spec.num_classes,
