@@ -1,2 +1,188 @@
-"""(commands are added by their owners)"""
-from . import main  # noqa: F401
+"""``mfdsl inspect``, ``mfdsl export`` and ``mfdsl draw``: what a spec builds, as numbers,
+as a deployable file, and as a picture."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Tuple
+
+import click
+
+from . import main
+from ..errors import SpecError
+from ..ir import ModelSpec
+
+SPEC_ARG = click.argument("spec", type=click.Path(dir_okay=False))
+
+
+def _fail_spec(err: SpecError) -> None:
+    click.echo(err.render(), err=True)
+    sys.exit(2)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_img_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
+    """``384``, ``384x384`` or ``384,256`` -> (H, W)."""
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"expected N or HxW, got {text!r}") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 1:
+        raise click.BadParameter(f"expected N or HxW with positive sizes, got {text!r}")
+    return vals[0], vals[1]
+
+
+def load_checked(path: str, img_size: Optional[Tuple[int, int]] = None) -> ModelSpec:
+    """Load and check a spec file; on a bad spec print the located error and exit 2."""
+    from ..api import load_spec
+    from ..checks import check
+    from ..ir import with_overrides
+
+    try:
+        spec = load_spec(path)
+        if img_size is not None:
+            spec = with_overrides(spec, img_size=img_size)
+        return check(spec)
+    except SpecError as err:
+        _fail_spec(err)
+        raise AssertionError("unreachable")
+
+
+def _img_size_cb(_ctx: click.Context, _p: click.Parameter, value: Optional[str]):
+    return parse_img_size(value)
+
+
+IMG_SIZE_OPT = click.option("--img-size", callback=_img_size_cb, metavar="N|HxW",
+                            help="Override the spec's input size.")
+
+
+@main.command("inspect")
+@SPEC_ARG
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size of the training step whose activation memory is measured.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True, help="Dtype of weights and activations for the memory figure.")
+@IMG_SIZE_OPT
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--graph", "show_graph", is_flag=True,
+              help="Also print the traced aten graph, one node per line.")
+@click.option("--graph-out", type=click.Path(dir_okay=False, writable=True),
+              help="Write the traced graph: .py as readable code, anything else as a table.")
+@click.option("--pre-dispatch", is_flag=True,
+              help="Trace before autograd decompositions (keeps linear / sdpa whole).")
+def inspect_cmd(spec: str, batch: int, dtype: str, img_size: Optional[Tuple[int, int]],
+                as_json: bool, show_graph: bool, graph_out: Optional[str],
+                pre_dispatch: bool) -> None:
+    """Parameters, MACs, output shapes and training activation memory of SPEC, per stage.
+
+    MACs are counted on the traced aten graph (convs, linears, attention and
+    random-mixing matmuls), per image. Nothing is allocated: the model is built on the
+    meta device.
+    """
+    from ..analysis.inspect import analyse, graph_code, render_graph, render_table
+
+    model_spec = load_checked(spec, img_size)
+    try:
+        report = analyse(model_spec, batch=batch, dtype=dtype, pre_dispatch=pre_dispatch,
+                         keep_graph=show_graph or graph_out is not None)
+    except SpecError as err:
+        _fail_spec(err)
+    click.echo(report.to_json() if as_json else render_table(report))
+    if report.graph is not None:
+        if show_graph:
+            # With --json the graph would corrupt the JSON on stdout: send it to stderr.
+            click.echo(render_graph(report.graph), err=as_json)
+        if graph_out is not None:
+            text = graph_code(report.graph) if graph_out.endswith(".py") else \
+                render_graph(report.graph)
+            try:
+                with open(graph_out, "w", encoding="utf-8") as f:
+                    f.write(text + "\n")
+            except OSError as exc:
+                _fail(f"cannot write {graph_out}: {exc.strerror}", 1)
+
+
+@main.command("export")
+@SPEC_ARG
+@click.option("--format", "fmt", type=click.Choice(["pt2", "onnx"]), required=True,
+              help="pt2: torch.export program; onnx: ONNX via the dynamo exporter.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Weights to load (mfdsl, timm or official layout).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="File to write.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--dynamic-batch", is_flag=True, help="Make the batch dimension symbolic.")
+@IMG_SIZE_OPT
+@click.option("--atol", type=float, default=1e-4, show_default=True,
+              help="Absolute tolerance of the exported-vs-eager check.")
+@click.option("--rtol", type=float, default=1e-3, show_default=True,
+              help="Relative tolerance of the exported-vs-eager check.")
+def export_cmd(spec: str, fmt: str, checkpoint: Optional[str], output: str, batch: int,
+               dynamic_batch: bool, img_size: Optional[Tuple[int, int]], atol: float,
+               rtol: float) -> None:
+    """Export SPEC to a PT2 or ONNX file, then run the file and compare with eager.
+
+    Exits 1 if the export fails or the outputs differ beyond tolerance.
+    """
+    from ..export import ExportError, export_model
+    from ..lower import lower
+
+    model_spec = load_checked(spec, img_size)
+    try:
+        model = lower(model_spec)
+    except SpecError as err:
+        _fail_spec(err)
+    if checkpoint is not None:
+        _load_weights(model, checkpoint)
+    try:
+        result = export_model(model, output, fmt,
+                              input_shape=(model_spec.in_chans, *model_spec.img_size),
+                              batch=batch, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol)
+    except ExportError as exc:
+        _fail(str(exc), 1)
+    click.echo(result.summary())
+    if not result.ok:
+        _fail(f"exported model differs from eager beyond atol={atol}, rtol={rtol}", 1)
+
+
+def _load_weights(model: object, path: str) -> None:
+    if not os.path.exists(path):
+        _fail(f"no such checkpoint file: {path}")
+    try:
+        from ..checkpoint import load_checkpoint
+    except ImportError as exc:
+        _fail(f"checkpoint loading is unavailable: {exc}", 1)
+    try:
+        load_checkpoint(model, path)
+    except Exception as exc:  # CheckpointError and friends: located, no traceback
+        _fail(f"{path}: {exc}" if path not in str(exc) else str(exc))
+
+
+@main.command("draw")
+@SPEC_ARG
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output file, .svg (no dependencies) or .png (matplotlib).")
+@IMG_SIZE_OPT
+def draw_cmd(spec: str, output: str, img_size: Optional[Tuple[int, int]]) -> None:
+    """Draw SPEC like the paper's Figure 2: stem, stages with mixers, depth, width and
+    resolution, downsampling on the arrows, head."""
+    from ..draw import draw
+
+    ext = os.path.splitext(output)[1].lower()
+    if ext not in (".svg", ".png"):
+        _fail(f"cannot draw to '{output}': use a .svg or .png file name")
+    model_spec = load_checked(spec, img_size)
+    try:
+        draw(model_spec, output)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror}", 1)
+    click.echo(f"wrote {output}")
