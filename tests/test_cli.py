@@ -116,3 +116,17 @@ def test_every_command_has_help():
     for cmd in ("validate", "compile", "convert", "fmt"):
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_fmt_write_never_drops_comments_silently(tmp_path):
+    p = tmp_path / "c.mf"
+    text = ("# header kept\nmodel c {\n  stage pooling x1 @64   # an inline note\n"
+            "  classes 10\n}\n")
+    p.write_text(text)
+    r = run("fmt", "-w", str(p))
+    assert r.exit_code == 2 and "drop 1 comment" in r.output
+    assert p.read_text() == text  # untouched
+    assert run("fmt", "-w", "--drop-comments", str(p)).exit_code == 0
+    out = p.read_text()
+    assert out.startswith("# header kept\n") and "inline note" not in out
+    assert run("fmt", "--check", str(p)).exit_code == 0

@@ -173,27 +173,64 @@ def convert(spec: str, to: str, output: Optional[str]) -> None:
 @click.option("-w", "--write", is_flag=True, help="Rewrite the files in place.")
 @click.option("--check", is_flag=True,
               help="Exit 1 if any file is not in canonical form; change nothing.")
-def fmt(specs: Sequence[str], write: bool, check: bool) -> None:
-    """Print each SPEC in its one canonical form (same format as the input)."""
-    from ..api import load_spec
+@click.option("--drop-comments", is_flag=True,
+              help="With -w, allow dropping comments that the canonical form cannot keep.")
+def fmt(specs: Sequence[str], write: bool, check: bool, drop_comments: bool) -> None:
+    """Print each SPEC in its one canonical form (same format as the input).
 
+    Comment lines above `model` in .mf files are kept; other comments are not part of
+    the spec and -w refuses to drop them unless --drop-comments is given.
+    """
     changed = 0
+    refused = 0
     for path in specs:
-        text = _emit(load_spec(path), _format_of(path))
-        with open(path, encoding="utf-8") as f:
-            same = f.read() == text
+        original, text = _canonical(path)
+        same = original == text
         if check:
             if not same:
                 changed += 1
                 click.echo(f"{path}: not in canonical form", err=True)
         elif write:
-            if not same:
+            lost = [c for c in _comments(original) if c not in _comments(text)]
+            if lost and not drop_comments:
+                refused += 1
+                click.echo(f"{path}: not rewritten: formatting would drop {len(lost)} "
+                           f"comment(s), first {lost[0]!r} (use --drop-comments)", err=True)
+            elif not same:
                 _write_atomic(path, text)
                 click.echo(f"formatted {path}", err=True)
         else:
             click.echo(text, nl=False)
     if check and changed:
         sys.exit(1)
+    if refused:
+        sys.exit(2)
+
+
+def _canonical(path: str) -> "tuple[str, str]":
+    """(file text, its canonical form); loading first gives located errors."""
+    from ..api import load_spec
+
+    spec = load_spec(path)
+    with open(path, encoding="utf-8") as f:
+        original = f.read()
+    if _format_of(path) == "mf":
+        from ..emit.mf import format_mf
+
+        return original, format_mf(original, path)
+    return original, _emit(spec, "yaml")
+
+
+def _comments(text: str) -> list:
+    """Comment texts, ignoring '#' inside quoted strings."""
+    import re
+
+    out = []
+    for line in text.splitlines():
+        bare = re.sub(r'"([^"\\]|\\.)*"|\'([^\'\\]|\\.)*\'', '""', line)
+        if "#" in bare:
+            out.append(bare[bare.index("#"):].strip())
+    return out
 
 
 def _write_atomic(path: str, text: str) -> None:

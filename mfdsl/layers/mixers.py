@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import BuildContext, Maker, Param, register_mixer
+from .activations import StarReLU
 
 Problems = List[Tuple[str, str, Optional[str]]]
 
@@ -108,9 +109,31 @@ class SepConv(nn.Module):
         self.pwconv2 = nn.Linear(mid, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.pwconv1(x))
-        x = _nhwc(self.dwconv(_nchw(x)))
+        if type(self.act1) is StarReLU:
+            x = self._starrelu_dwconv(x)
+        else:
+            x = _nhwc(self.dwconv(_nchw(self.act1(self.pwconv1(x)))))
         return self.pwconv2(self.act2(x))
+
+    def _starrelu_dwconv(self, x: torch.Tensor) -> torch.Tensor:
+        # Performance (same parameters, same maths): with h = W1 x and g = sign(s),
+        # s * relu(h)^2 + b = g * (relu(h')^2 + g * b) where h' = sqrt(|s|) W1 x, and the
+        # sign g moves into the (linear) depthwise conv's weight. That is two elementwise
+        # passes (relu, addcmul) instead of three, with no host sync on s. The sqrt's
+        # argument is clamped away from 0 so a zero scale still has a finite gradient.
+        act = self.act1
+        s = act.scale
+        sign = torch.where(s < 0, -1.0, 1.0).to(s.dtype)
+        w1 = self.pwconv1.weight * s.abs().clamp_min(1e-30).sqrt()
+        b1 = self.pwconv1.bias
+        if b1 is not None:
+            b1 = b1 * s.abs().clamp_min(1e-30).sqrt()
+        r = F.relu(F.linear(x, w1, b1))
+        a = torch.addcmul(act.bias * sign, r, r)
+        dw = self.dwconv
+        y = F.conv2d(_nchw(a), dw.weight * sign, dw.bias, dw.stride, dw.padding,
+                     dw.dilation, dw.groups)
+        return _nhwc(y)
 
 
 def _check_odd_kernel(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
@@ -180,7 +203,8 @@ def _check_attention(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
     hd = args["head_dim"]
     if dim % hd:
         divisors = [d for d in (16, 24, 32, 48, 64, 96, 128) if dim % d == 0]
-        hint = f"head_dim values that divide {dim}: {divisors}" if divisors else None
+        hint = (f"head_dim values that divide {dim}: {divisors}" if divisors
+                else f"use a width that is a multiple of {hd}")
         return [("head_dim", f"width {dim} is not divisible into heads of head_dim {hd}", hint)]
     return []
 
