@@ -19,11 +19,14 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 
 def check(spec: ModelSpec, *, size_limits: bool = True) -> ModelSpec:
     """Raise SpecError for the first problem in ``spec``; return it unchanged if valid."""
-    _positive_int(spec, "in_chans", spec.in_chans)
-    _positive_int(spec, "num_classes", spec.num_classes)
+    _positive_int(spec, "in_chans", spec.in_chans, "input channels", MAX_WIDTH)
+    _positive_int(spec, "num_classes", spec.num_classes, "classes", MAX_CLASSES)
     if len(spec.img_size) != 2 or any(not _is_int(v) or v < 1 for v in spec.img_size):
         raise SpecError(f"input size must be two positive integers, got {spec.img_size}",
                         spec.loc("img_size"))
+    if max(spec.img_size) > MAX_SIDE:
+        raise SpecError(f"input size {spec.img_size[0]}x{spec.img_size[1]} is out of range",
+                        spec.loc("img_size"), hint=f"allowed: sides up to {MAX_SIDE}")
     if not spec.stages:
         raise SpecError("a model needs at least one stage", spec.loc(""),
                         hint="add e.g. `stage pooling x2 @64`")
@@ -54,12 +57,25 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _positive_int(node: Any, name: str, v: Any, what: Optional[str] = None) -> None:
+# Upper bounds far beyond any real model; they keep absurd values from reaching the
+# meta-device size check (which would overflow storage sizes or exhaust host memory).
+MAX_DEPTH = 1000
+MAX_WIDTH = 1 << 20
+MAX_SIDE = 65536
+MAX_CLASSES = 1 << 24
+MAX_KERNEL = 1024
+
+
+def _positive_int(node: Any, name: str, v: Any, what: Optional[str] = None,
+                  upper: Optional[int] = None) -> None:
     what = what or name
     if not _is_int(v):
         raise SpecError(f"{what} must be an integer, got {_show(v)}", node.loc(name))
     if v < 1:
         raise SpecError(f"{what} must be >= 1, got {v}", node.loc(name))
+    if upper is not None and v > upper:
+        raise SpecError(f"{what} {v} is out of range", node.loc(name),
+                        hint=f"allowed: 1 to {upper}")
 
 
 def _show(v: Any) -> str:
@@ -110,8 +126,8 @@ def _total_stride(spec: ModelSpec) -> int:
 
 
 def _check_downsample(ds: DownsampleSpec, what: str) -> None:
-    _positive_int(ds, "kernel", ds.kernel, f"{what} kernel")
-    _positive_int(ds, "stride", ds.stride, f"{what} stride")
+    _positive_int(ds, "kernel", ds.kernel, f"{what} kernel", MAX_KERNEL)
+    _positive_int(ds, "stride", ds.stride, f"{what} stride", MAX_KERNEL)
     if not _is_int(ds.padding) or ds.padding < 0:
         raise SpecError(f"{what} padding must be an integer >= 0, got {_show(ds.padding)}",
                         ds.loc("padding"))
@@ -122,9 +138,9 @@ def _check_downsample(ds: DownsampleSpec, what: str) -> None:
 
 def _check_stage(spec: ModelSpec, i: int, st: StageSpec, res: Tuple[int, int],
                  prev: Optional[int]) -> None:
-    _positive_int(st, "depth", st.depth, f"stage {i} depth")
-    _positive_int(st, "width", st.width, f"stage {i} width")
-    if not _is_number(st.mlp_ratio) or st.mlp_ratio <= 0 or st.mlp_ratio > 64:
+    _positive_int(st, "depth", st.depth, f"stage {i} depth", MAX_DEPTH)
+    _positive_int(st, "width", st.width, f"stage {i} width", MAX_WIDTH)
+    if not _is_number(st.mlp_ratio) or not 0 < st.mlp_ratio <= 64:  # NaN fails too
         raise SpecError(f"stage {i} mlp_ratio must be a number in (0, 64], got "
                         f"{_show(st.mlp_ratio)}", st.loc("mlp_ratio"))
     if int(st.mlp_ratio * st.width) < 1:
@@ -133,7 +149,7 @@ def _check_stage(spec: ModelSpec, i: int, st: StageSpec, res: Tuple[int, int],
         raise SpecError(f"stage {i} mlp_bias must be true or false", st.loc("mlp_bias"))
     for name in ("layer_scale", "res_scale"):
         v = getattr(st, name)
-        if v is not None and not _is_number(v):
+        if v is not None and (not _is_number(v) or not math.isfinite(v)):
             raise SpecError(f"stage {i} {name} must be a number (its initial value) or none, "
                             f"got {_show(v)}", st.loc(name))
     if i > 0 and st.downsample is None and prev is not None and prev != st.width:
@@ -256,7 +272,7 @@ def _check_eval(spec: ModelSpec) -> None:
                         hint=f"did you mean '{guess}'?" if guess else "bilinear, bicubic or nearest")
     for name in ("mean", "std"):
         v = getattr(ev, name)
-        if len(v) != spec.in_chans or not all(_is_number(x) for x in v):
+        if len(v) != spec.in_chans or not all(_is_number(x) and math.isfinite(x) for x in v):
             raise SpecError(f"{name} must be {spec.in_chans} numbers, one per input channel",
                             ev.loc(name))
     if any(x <= 0 for x in ev.std):
@@ -291,6 +307,8 @@ def check_recipe(r: RecipeSpec) -> None:
         if typ is int and not _is_int(v) or typ is float and not _is_number(v):
             raise SpecError(f"train {name} must be {_article(typ.__name__)}, got {_show(v)}",
                             r.loc(name))
+        if not math.isfinite(v):
+            raise SpecError(f"train {name} must be finite, got {v}", r.loc(name))
         if (v <= lo if excl else v < lo) or v > hi:
             rng = f"{'>' if excl else '>='} {lo} and <= {hi}"
             raise SpecError(f"train {name} is out of range: {v}", r.loc(name),
@@ -303,7 +321,7 @@ def check_recipe(r: RecipeSpec) -> None:
             raise SpecError(f"unknown train {name} {_show(v)}", r.loc(name),
                             hint=f"did you mean '{guess}'?" if guess else
                             f"one of {', '.join(choices)}")
-    if len(r.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in r.betas):
+    if len(r.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in r.betas):  # NaN fails
         raise SpecError("train betas must be two numbers in [0, 1)", r.loc("betas"))
     if r.ema is not None and (not _is_number(r.ema) or not 0 < r.ema < 1):
         raise SpecError(f"train ema (the decay) must be in (0, 1), got {_show(r.ema)}",
@@ -333,14 +351,18 @@ def _check_size(spec: ModelSpec) -> None:
     """Build on the meta device (no storage) and compare with the user's limits."""
     from .analysis.counting import count_macs_meta, count_params_meta
 
-    params = count_params_meta(spec)
+    try:
+        params = count_params_meta(spec)
+        macs = count_macs_meta(spec)
+    except (MemoryError, OverflowError, RuntimeError) as exc:
+        raise SpecError(f"the model is too large to build: {exc}", spec.loc(""),
+                        hint="reduce depths, widths or the input size") from None
     lim = spec.limits
     if params > lim.max_params:
         raise SpecError(
             f"model has {params / 1e6:.1f}M parameters, over the limit of "
             f"{lim.max_params / 1e6:.1f}M", lim.loc("max_params") or spec.loc(""),
             hint="raise it with `limits { params 2G }` or --max-params")
-    macs = count_macs_meta(spec)
     if macs > lim.max_macs:
         raise SpecError(
             f"model needs {macs / 1e9:.1f}G MACs per image, over the limit of "

@@ -164,3 +164,21 @@ def test_render_shows_source_line_and_caret(tmp_path):
     assert lines[1] == "    stage poling x2 @64"
     assert lines[2] == "  " + " " * 8 + "^"
     assert lines[3] == "  hint: did you mean 'pooling'?"
+
+
+@pytest.mark.parametrize("field, value", [("depth", 10**12), ("width", 10**9)])
+def test_absurd_sizes_are_errors_not_crashes(field, value):
+    spec = small()
+    setattr(spec.stages[1], field, value)
+    with pytest.raises(SpecError) as e:
+        check(spec)
+    assert "out of range" in e.value.message and e.value.line == 11
+
+
+def test_nan_in_recipe_or_stage_is_rejected():
+    with pytest.raises(SpecError, match="finite"):
+        check(small(recipe=RecipeSpec(head_dropout=float("nan"))))
+    spec = small()
+    spec.stages[0].mlp_ratio = float("nan")
+    with pytest.raises(SpecError, match="mlp_ratio"):
+        check(spec)
