@@ -1,2 +1,317 @@
-"""(commands are added by their owners)"""
-from . import main  # noqa: F401
+"""Runner commands: ``mfdsl train`` and ``mfdsl eval``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Dict, Optional, Tuple
+
+import click
+
+from ..errors import SpecError
+from . import main
+
+_EXIT_SPEC = 2
+
+
+def _rank_prefix() -> str:
+    rank = os.environ.get("RANK")
+    return f"[rank {rank}] " if rank not in (None, "0") else ""
+
+
+def _clean(message: str) -> str:
+    # An error raised inside a DataLoader worker comes back with the worker's traceback
+    # in its text: keep the error's own last line.
+    if "Original Traceback" in message:
+        last = message.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"{_rank_prefix()}error: {message}", err=True)
+    sys.exit(code)
+
+
+def _run_guarded(fn, *args, **kw) -> Any:
+    """Run ``fn``; bad input becomes one clear message and a non-zero exit, no traceback."""
+    from ..runner.errors import RunError
+
+    try:
+        from ..checkpoint import CheckpointError
+    except ImportError:  # pragma: no cover - the checkpoint module is part of the package
+        CheckpointError = RunError  # type: ignore
+    try:
+        return fn(*args, **kw)
+    except SpecError as err:
+        click.echo(_rank_prefix() + err.render(), err=True)
+        sys.exit(_EXIT_SPEC)
+    except RunError as err:
+        _fail(_clean(err.message), err.exit_code)
+    except CheckpointError as err:
+        _fail(f"checkpoint: {err}", 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _parse_img_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
+    if text is None:
+        return None
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        vals = [int(p) for p in parts if p.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a size like 224 or 256x192") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 8:
+        raise click.BadParameter(f"'{text}' is not a size like 224 or 256x192 (each >= 8)")
+    return vals[0], vals[1]
+
+
+def _parse_betas(text: Optional[str]) -> Optional[Tuple[float, float]]:
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not two numbers like 0.9,0.999") from None
+    if len(vals) != 2:
+        raise click.BadParameter(f"'{text}' is not two numbers like 0.9,0.999")
+    return vals  # type: ignore[return-value]
+
+
+def _load_spec(path: str):
+    from ..api import load_spec
+
+    return load_spec(path)
+
+
+def _recipe_overrides(kw: Dict[str, Any]) -> Dict[str, Any]:
+    """Recipe fields named on the command line (None = not given). --no-X wins over X."""
+    o: Dict[str, Any] = {}
+    plain = ("epochs", "optimizer", "lr", "lr_batch", "weight_decay", "opt_eps", "momentum",
+             "sched", "warmup_epochs", "warmup_lr", "min_lr", "drop_path", "head_dropout",
+             "label_smoothing", "mixup", "cutmix", "mixup_switch_prob", "randaugment",
+             "random_erasing", "train_interpolation", "ema", "clip_grad", "finetune_from")
+    for name in plain:
+        if kw.get(name) is not None:
+            o[name] = kw[name]
+    if kw.get("batch_size") is not None:
+        o["batch_size"] = kw["batch_size"]
+    if kw.get("betas") is not None:
+        o["betas"] = kw["betas"]
+    if kw.get("amp") is not None:
+        o["amp"] = kw["amp"]
+    for flag, name, off in (("no_randaugment", "randaugment", None), ("no_mixup", "mixup", 0.0),
+                            ("no_cutmix", "cutmix", 0.0),
+                            ("no_random_erasing", "random_erasing", 0.0),
+                            ("no_label_smoothing", "label_smoothing", 0.0),
+                            ("no_ema", "ema", None), ("no_clip_grad", "clip_grad", None),
+                            ("no_drop_path", "drop_path", 0.0)):
+        if kw.get(flag):
+            o[name] = off
+    if o.get("randaugment") in ("none", "off", ""):
+        o["randaugment"] = None
+    return o
+
+
+def _check_overrides(spec, overrides: Dict[str, Any]) -> None:
+    """Report an invalid command-line recipe value as the command line's fault."""
+    if not overrides:
+        return
+    from ..checks import check_recipe
+    from ..ir import RecipeSpec
+
+    base = spec.recipe if spec.recipe is not None else RecipeSpec()
+    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(RecipeSpec)
+              if f.name != "locs"}
+    values.update(overrides)
+    try:
+        check_recipe(RecipeSpec(**values))
+    except SpecError as err:
+        try:
+            check_recipe(base)
+        except SpecError:
+            return  # the spec itself is wrong: build_model reports it with its location
+        _fail(f"command-line recipe value: {err.message}"
+              + (f" (hint: {err.hint})" if err.hint else ""), _EXIT_SPEC)
+
+
+def _output_for_resume(resume: Optional[str]) -> Optional[str]:
+    """The run folder a ``--resume PATH`` belongs to (used when --output is not given)."""
+    if resume in (None, "auto"):
+        return None
+    p = os.path.abspath(resume)
+    if os.path.isdir(p):
+        return os.path.dirname(p) if os.path.basename(p) == "checkpoints" else p
+    folder = os.path.dirname(p)
+    return os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
+
+
+@main.command("train")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(), default=None,
+              help="ImageFolder root with train/<class>/* and val/<class>/* (ImageNet-1K "
+                   "layout). Default: the built-in TinyShapes dataset (generated offline).")
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--val-split", default="val", show_default=True)
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Run folder. Default: runs/<model name>.")
+@click.option("--epochs", type=int, help="Recipe epochs.")
+@click.option("--batch-size", type=int, help="Global batch size (recipe batch_size).")
+@click.option("--per-device-batch", type=int, help="Micro-batch per process.")
+@click.option("--accum", type=int, help="Gradient accumulation steps.")
+@click.option("--img-size", help="Training/eval image size, e.g. 224 or 256x192 "
+                                 "(default: the spec's input size).")
+@click.option("--lr", type=float, help="Peak lr, stated for --lr-batch images and scaled "
+                                       "linearly to the global batch.")
+@click.option("--lr-batch", type=int, help="Batch size the lr is stated for (recipe lr_batch).")
+@click.option("--min-lr", type=float)
+@click.option("--warmup-lr", type=float)
+@click.option("--warmup-epochs", type=int)
+@click.option("--sched", type=click.Choice(["cosine", "constant"]))
+@click.option("--optimizer", type=click.Choice(["adamw", "lamb", "sgd"]))
+@click.option("--weight-decay", type=float)
+@click.option("--opt-eps", type=float)
+@click.option("--betas", help="Adam/LAMB betas, e.g. 0.9,0.999.")
+@click.option("--momentum", type=float, help="SGD momentum.")
+@click.option("--drop-path", type=float)
+@click.option("--no-drop-path", is_flag=True)
+@click.option("--head-dropout", type=float)
+@click.option("--label-smoothing", type=float)
+@click.option("--no-label-smoothing", is_flag=True)
+@click.option("--mixup", type=float, help="Mixup alpha (0 = off).")
+@click.option("--no-mixup", is_flag=True)
+@click.option("--cutmix", type=float, help="CutMix alpha (0 = off).")
+@click.option("--no-cutmix", is_flag=True)
+@click.option("--mixup-switch-prob", type=float)
+@click.option("--randaugment", help="RandAugment config, e.g. rand-m9-mstd0.5-inc1, or none.")
+@click.option("--no-randaugment", is_flag=True)
+@click.option("--random-erasing", type=float, help="Random erasing probability.")
+@click.option("--no-random-erasing", is_flag=True)
+@click.option("--train-interpolation",
+              type=click.Choice(["random", "bilinear", "bicubic", "nearest"]))
+@click.option("--no-flip", is_flag=True, help="No random horizontal flip.")
+@click.option("--crop-scale-min", type=float, help="Smallest RandomResizedCrop area fraction "
+                                                   "(default 0.08; 0.35 on the embedded data).")
+@click.option("--ema", type=float, help="Weight EMA decay, e.g. 0.9999.")
+@click.option("--no-ema", is_flag=True)
+@click.option("--clip-grad", type=float, help="Clip the gradient norm to this value.")
+@click.option("--no-clip-grad", is_flag=True)
+@click.option("--finetune-from", help="Recorded in the recipe (use --init-from to load weights).")
+@click.option("--init-from", type=click.Path(), help="Start from these weights (mfdsl, timm "
+                                                     "or official checkpoint).")
+@click.option("--workers", type=int, default=4, show_default=True,
+              help="DataLoader worker processes per training process.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", help="Continue from a checkpoint: a .safetensors/.state.pt file, a "
+                               "run folder, or 'auto' (the latest in --output).")
+@click.option("--max-steps", type=int, help="Stop after this many optimizer steps (the "
+                                            "schedule is compressed to fit).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--compile/--no-compile", default=None, help="torch.compile (default: on CUDA).")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="channels_last memory format (default: on CUDA).")
+@click.option("--amp/--no-amp", default=None,
+              help="Autocast (default: the recipe's amp, on CUDA only).")
+@click.option("--amp-dtype", type=click.Choice(["bfloat16", "float16"]), default="bfloat16",
+              show_default=True)
+@click.option("--nan-policy", type=click.Choice(["skip", "stop"]), default="skip",
+              show_default=True, help="On a non-finite loss: skip the step, or stop (exit 3).")
+@click.option("--nan-max-consecutive", type=int, default=5, show_default=True,
+              help="With skip: stop after this many non-finite steps in a row.")
+@click.option("--keep-recent", type=int, default=3, show_default=True,
+              help="Periodic checkpoints kept besides last and best.")
+@click.option("--ckpt-every", type=int, default=0, show_default=True,
+              help="Also checkpoint every N optimizer steps (0: at epoch ends only).")
+@click.option("--log-every", type=int, default=50, show_default=True,
+              help="Optimizer steps between log lines / metric records.")
+@click.option("--eval-every", type=int, default=1, show_default=True, help="Epochs between "
+                                                                            "validations.")
+@click.option("--tensorboard/--no-tensorboard", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=None,
+              help="tqdm progress bar (default: when stderr is a terminal).")
+def train_cmd(spec: str, **kw: Any) -> None:
+    """Train SPEC on an ImageFolder dataset (or the built-in one), single process or
+    under torchrun (one process per device).
+
+    \b
+    Examples:
+      mfdsl train specs/demo_tiny.mf
+      mfdsl train specs/caformer_s18.mf --data /datasets/imagenet --per-device-batch 128
+      torchrun --nproc_per_node 8 -m mfdsl.runner train specs/caformer_s18.mf --data ...
+    Exit codes: 0 done, 2 bad spec/options/data/checkpoint, 3 stopped on non-finite loss.
+    """
+    from ..runner.options import TrainOptions
+
+    kw["betas"] = _parse_betas(kw.get("betas"))
+    img_size = _parse_img_size(kw.get("img_size"))
+    parsed = _run_guarded(_load_spec, spec)
+    overrides = _recipe_overrides(kw)
+    _check_overrides(parsed, overrides)
+    opts = TrainOptions(
+        data=kw["data"], train_split=kw["train_split"], val_split=kw["val_split"],
+        output=kw["output"] or _output_for_resume(kw["resume"]),
+        batch_size=kw["batch_size"], per_device_batch=kw["per_device_batch"],
+        accum=kw["accum"], img_size=img_size, workers=kw["workers"], seed=kw["seed"],
+        resume=kw["resume"], max_steps=kw["max_steps"], device=kw["device"],
+        compile=kw["compile"], channels_last=kw["channels_last"], amp=kw["amp"],
+        amp_dtype=kw["amp_dtype"], hflip=0.0 if kw["no_flip"] else 0.5,
+        crop_scale_min=kw["crop_scale_min"],
+        nan_policy=kw["nan_policy"], nan_max_consecutive=kw["nan_max_consecutive"],
+        keep_recent=kw["keep_recent"], ckpt_every=kw["ckpt_every"],
+        log_every=kw["log_every"], eval_every=kw["eval_every"],
+        tensorboard=kw["tensorboard"], progress=kw["progress"], argv=tuple(sys.argv),
+        recipe_overrides=overrides, init_from=kw["init_from"],
+    )
+    if opts.workers < 0:
+        _fail("--workers must be >= 0", 2)
+    from ..runner.train import run_training
+
+    _run_guarded(run_training, parsed, opts)
+
+
+@main.command("eval")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "-c", required=True, type=click.Path(),
+              help="Weights: mfdsl (.safetensors/.pth), timm or official checkpoint, or a run "
+                   "folder (its last checkpoint).")
+@click.option("--data", type=click.Path(), default=None,
+              help="ImageFolder root; its --split sub-folder is used if present. Default: "
+                   "the built-in TinyShapes val split.")
+@click.option("--split", default="val", show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int, default=4, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on CUDA).")
+@click.option("--channels-last/--no-channels-last", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_cmd(spec: str, checkpoint: str, data: Optional[str], split: str, batch_size: int,
+             workers: int, device: str, amp: Optional[bool], channels_last: Optional[bool],
+             as_json: bool) -> None:
+    """Evaluate SPEC with CHECKPOINT's weights: top-1, top-5, loss and images/s.
+
+    The eval transform is the spec's: resize, centre crop (crop_pct), interpolation,
+    mean/std.
+    """
+    from ..runner.evaluate import run_evaluation
+
+    parsed = _run_guarded(_load_spec, spec)
+    res = _run_guarded(run_evaluation, parsed, checkpoint, data, split, batch_size, workers,
+                       device, amp, "bfloat16", channels_last)
+    if os.environ.get("RANK") not in (None, "0"):
+        return
+    paths = res.pop("skipped_paths")
+    if as_json:
+        res["skipped_paths"] = paths[:100]
+        click.echo(json.dumps(res, sort_keys=True))
+        return
+    click.echo(f"{os.path.basename(res['checkpoint'])} on {res['data']} "
+               f"({res['images']} images, {res['classes']} classes, {res['device']}):")
+    click.echo(f"  top-1 {res['top1']:.2f}%   top-5 {res['top5']:.2f}%   loss {res['loss']:.4f}"
+               f"   {res['img_s']:.1f} img/s")
+    if res["skipped_images"]:
+        click.echo(f"  skipped {res['skipped_images']} unreadable image(s): "
+                   + ", ".join(paths[:5]))

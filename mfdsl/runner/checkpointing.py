@@ -1,0 +1,264 @@
+"""Training checkpoints: atomic files, RNG state capture, retention and resume discovery.
+
+A checkpoint named X is a pair in ``<run>/checkpoints/``:
+
+* ``X.safetensors`` - the model weights (mfdsl-native names), metadata ``step``/``epoch``;
+* ``X.state.pt`` - everything else needed to continue exactly (optimizer, schedule, scaler,
+  EMA weights, RNG states of every rank, epoch, data position), saved with ``torch.save``
+  from plain types and tensors only, so ``torch.load(weights_only=True)`` reads it.
+
+Periodic checkpoints are ``ckpt-<step>``; ``last`` and ``best`` are hard links to one of
+them (a copy where links are not supported). Every file is written to a temporary file in
+the same folder, fsynced and renamed into place, so a crash leaves either the old file or
+the new one. A pair is valid only when both files exist and name the same step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import RunError
+
+WEIGHTS_EXT = ".safetensors"
+STATE_EXT = ".state.pt"
+STATE_FORMAT = "mfdsl-train-state"
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
+
+
+# --------------------------------------------------------------------------- atomic files
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: str, write) -> None:
+    """Run ``write(tmp_path)`` then fsync and rename the temporary file onto ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    _atomic(path, write)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_weights(tensors: Dict[str, torch.Tensor], path: str,
+                        meta: Dict[str, Any]) -> None:
+    from safetensors.torch import save
+
+    # One metadata key holding sorted JSON: the file's bytes do not depend on dict order.
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                metadata={"mfdsl": json.dumps(meta, sort_keys=True)})
+    atomic_write_bytes(path, blob)
+
+
+def _link_atomic(src: str, dst: str) -> None:
+    """Make ``dst`` name the same file as ``src`` (hard link, or a copy), atomically."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.lnk")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        _fsync_dir(folder)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        _atomic(dst, lambda t: shutil.copyfile(src, t))
+
+
+# --------------------------------------------------------------------------- RNG states
+def capture_rng() -> Dict[str, Any]:
+    """python/numpy/torch(/cuda) RNG states as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out: Dict[str, Any] = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- pairs
+def weights_meta(path: str) -> Optional[Dict[str, Any]]:
+    """The mfdsl metadata of a weights file, or None if unreadable / not ours."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta["mfdsl"])
+    except Exception:  # any unreadable file is simply not a valid checkpoint
+        return None
+
+
+def load_state(path: str) -> Dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunError(f"training state file not found: {path}") from None
+    except Exception as exc:
+        raise RunError(f"cannot read training state {path}: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise RunError(f"{path} is not an mfdsl training state file")
+    return state
+
+
+def pair_step(stem: str) -> Optional[int]:
+    """The step of a valid pair ``stem``.safetensors/``stem``.state.pt, else None."""
+    w, s = stem + WEIGHTS_EXT, stem + STATE_EXT
+    if not (os.path.isfile(w) and os.path.isfile(s)):
+        return None
+    meta = weights_meta(w)
+    if meta is None:
+        return None
+    try:
+        state = load_state(s)
+    except RunError:
+        return None
+    return meta["step"] if state.get("step") == meta.get("step") else None
+
+
+def list_periodic(folder: str) -> List[Tuple[int, str]]:
+    """(step, stem) of ``ckpt-<step>`` pairs in ``folder``, newest first."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        m = _CKPT_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(folder, name[: -len(WEIGHTS_EXT)])))
+    return sorted(found, reverse=True)
+
+
+def find_latest(folder: str) -> Optional[str]:
+    """The stem of the newest valid pair in a checkpoints folder (``last`` first)."""
+    candidates = [(pair_step(os.path.join(folder, "last")), os.path.join(folder, "last"))]
+    candidates += [(pair_step(stem), stem) for _, stem in list_periodic(folder)]
+    valid = [(step, stem) for step, stem in candidates if step is not None]
+    if not valid:
+        return None
+    best_step = max(step for step, _ in valid)
+    return next(stem for step, stem in valid if step == best_step)
+
+
+def resolve_resume(resume: str, output_dir: str) -> Optional[str]:
+    """The checkpoint stem ``--resume`` names: ``auto`` (latest in the output folder, None if
+    there is none), a run or checkpoints folder, or a ``.safetensors``/``.state.pt`` file."""
+    if resume == "auto":
+        return find_latest(os.path.join(output_dir, "checkpoints"))
+    path = resume
+    if os.path.isdir(path):
+        folder = os.path.join(path, "checkpoints") if os.path.isdir(
+            os.path.join(path, "checkpoints")) else path
+        stem = find_latest(folder)
+        if stem is None:
+            raise RunError(f"--resume {resume}: no complete checkpoint in {folder}")
+        return stem
+    for ext in (STATE_EXT, WEIGHTS_EXT):
+        if path.endswith(ext):
+            path = path[: -len(ext)]
+            break
+    if not (os.path.exists(path + WEIGHTS_EXT) or os.path.exists(path + STATE_EXT)):
+        raise RunError(f"--resume {resume}: checkpoint not found")
+    if pair_step(path) is None:
+        raise RunError(f"--resume {resume}: incomplete or corrupt checkpoint (needs matching "
+                       f"{os.path.basename(path)}{WEIGHTS_EXT} and {STATE_EXT} files)")
+    return path
+
+
+def load_weights_file(path: str) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:
+        raise RunError(f"cannot read weights {path}: {exc}") from None
+
+
+class CheckpointWriter:
+    """Writes ckpt-<step> pairs, points ``last``/``best`` at them and prunes old ones."""
+
+    def __init__(self, folder: str, keep_recent: int) -> None:
+        self.folder = folder
+        self.keep_recent = max(0, keep_recent)
+        os.makedirs(folder, exist_ok=True)
+
+    def save(self, step: int, epoch: int, weights: Dict[str, torch.Tensor],
+             state: Dict[str, Any], is_best: bool,
+             ema_weights: Optional[Dict[str, torch.Tensor]] = None) -> str:
+        """Write the pair for ``step``; returns its stem (before pruning)."""
+        stem = os.path.join(self.folder, f"ckpt-{step:08d}")
+        meta = {"step": step, "epoch": epoch, "format": "mfdsl"}
+        atomic_save_weights(weights, stem + WEIGHTS_EXT, meta)
+        if ema_weights is not None:
+            atomic_save_weights(ema_weights, stem + ".ema" + WEIGHTS_EXT, dict(meta, ema=True))
+        atomic_torch_save(dict(state, format=STATE_FORMAT, step=step, epoch=epoch),
+                          stem + STATE_EXT)
+        targets = ["last"] + (["best"] if is_best else [])
+        for name in targets:
+            dst = os.path.join(self.folder, name)
+            if ema_weights is not None:
+                _link_atomic(stem + ".ema" + WEIGHTS_EXT, dst + ".ema" + WEIGHTS_EXT)
+            _link_atomic(stem + WEIGHTS_EXT, dst + WEIGHTS_EXT)
+            _link_atomic(stem + STATE_EXT, dst + STATE_EXT)
+        self.prune()
+        return stem
+
+    def prune(self) -> None:
+        for _, stem in list_periodic(self.folder)[self.keep_recent:]:
+            for ext in (STATE_EXT, ".ema" + WEIGHTS_EXT, WEIGHTS_EXT):
+                if os.path.exists(stem + ext):
+                    os.unlink(stem + ext)

@@ -1,0 +1,97 @@
+"""One process per device under torchrun: process-group setup and small collective helpers."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, List
+
+import torch
+import torch.distributed as dist
+
+from .errors import RunError
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when available, else CPU. Under torchrun each process gets cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RunError(f"--device {name}: CUDA is not available on this machine")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise RunError(f"bad --device '{name}': {exc}") from None
+
+
+def setup(device_name: str) -> DistEnv:
+    """Join the torchrun process group if WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return DistEnv(rank, world, local_rank, device)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(env: DistEnv, values: List[float]) -> List[float]:
+    """Element-wise sum of ``values`` over all ranks (float64)."""
+    if not env.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64,
+                     device=env.device if env.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def any_rank(env: DistEnv, flag: bool) -> bool:
+    return all_sum(env, [1.0 if flag else 0.0])[0] > 0
+
+
+def gather_objects(env: DistEnv, obj: Any) -> List[Any]:
+    if not env.distributed:
+        return [obj]
+    out: List[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(env: DistEnv, obj: Any) -> Any:
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()

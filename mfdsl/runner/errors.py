@@ -1,0 +1,22 @@
+"""Errors the runner reports to the user as one clear message and an exit code."""
+from __future__ import annotations
+
+
+class RunError(Exception):
+    """A problem with the run's inputs (data folder, options, checkpoint); exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DataError(RunError):
+    """The dataset cannot be used (missing, empty, or no decodable image nearby)."""
+
+
+class NonFiniteLossError(RunError):
+    """Training produced a non-finite loss or gradient and the policy says stop; exit code 3."""
+
+    exit_code = 3

@@ -1,0 +1,146 @@
+"""Top-1 / top-5 / loss / throughput of a model over an ImageFolder split."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Dict, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .distributed import DistEnv, all_sum
+from .metrics import accuracy_counts
+
+
+def autocast_context(device: torch.device, enabled: bool, dtype: torch.dtype):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, env: DistEnv, amp: bool = False,
+             amp_dtype: torch.dtype = torch.bfloat16, channels_last: bool = False
+             ) -> Dict[str, Any]:
+    """Exact metrics over the whole split (each rank evaluates its unpadded shard).
+
+    Loss is plain cross-entropy on the true labels; unreadable images are left out. Returns top1/top5 in percent, mean loss,
+    images, img_s and the unreadable files met (``skipped_images``, ``skipped_paths``).
+    """
+    was_training = model.training
+    model.eval()
+    device = env.device
+    loss_sum, n, c1, c5 = 0.0, 0, 0, 0
+    skipped: List[str] = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for images, target, bad in loader:
+        skipped += [p for b in bad if b for p in b.split("\n")]
+        # A non-empty ``bad`` marks a replacement sample: leave it out, so every readable
+        # image counts exactly once.
+        keep = [i for i, b in enumerate(bad) if not b]
+        if len(keep) < len(bad):
+            if not keep:
+                continue
+            images, target = images[keep], target[keep]
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        target = target.to(device, non_blocking=True)
+        with autocast_context(device, amp, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        k1, k5 = accuracy_counts(logits, target)
+        c1 += k1
+        c5 += k5
+        n += images.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - t0
+    loss_sum, n, c1, c5, n_bad = all_sum(env, [loss_sum, n, c1, c5, len(skipped)])
+    elapsed = max(all_sum(env, [elapsed])[0] / env.world_size, 1e-9)
+    model.train(was_training)
+    n = int(n)
+    return {
+        "top1": 100.0 * c1 / max(n, 1),
+        "top5": 100.0 * c5 / max(n, 1),
+        "loss": loss_sum / max(n, 1),
+        "images": n,
+        "img_s": n / elapsed,
+        "seconds": elapsed,
+        "skipped_images": int(n_bad),
+        "skipped_paths": skipped,
+    }
+
+
+def resolve_checkpoint_path(path: str) -> str:
+    """A run folder or checkpoints folder means its ``last`` weights; files pass through."""
+    import os
+
+    for cand in (os.path.join(path, "checkpoints", "last.safetensors"),
+                 os.path.join(path, "last.safetensors")):
+        if os.path.isdir(path) and os.path.isfile(cand):
+            return cand
+    return path
+
+
+def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "val",
+                   batch_size: int = 128, workers: int = 4, device: str = "auto",
+                   amp: Any = None, amp_dtype: str = "bfloat16",
+                   channels_last: Any = None) -> Dict[str, Any]:
+    """Build the spec's model, load ``checkpoint`` (mfdsl, timm or official layout) and
+    evaluate it on ``data``/``split`` (or ``data`` itself if it has no such sub-folder;
+    the embedded dataset's val split if ``data`` is None)."""
+    import os
+
+    from ..api import build_model
+    from .distributed import setup, teardown
+    from .errors import DataError, RunError
+    from .imagefolder import ShardSampler, SkippingImageFolder, eval_transform, make_loader
+
+    if batch_size < 1:
+        raise RunError("--batch-size must be >= 1")
+    if data is None:
+        from ..data.tinyshapes import ensure_tinyshapes
+
+        data = str(ensure_tinyshapes())
+    if not os.path.isdir(data):
+        raise DataError(f"--data {data}: no such folder")
+    root = os.path.join(data, split) if os.path.isdir(os.path.join(data, split)) else data
+    model = build_model(spec)
+    ckpt_path = resolve_checkpoint_path(checkpoint)
+    if not os.path.exists(ckpt_path):
+        raise RunError(f"--checkpoint {checkpoint}: no such file")
+    from ..checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        report = load_checkpoint(model, ckpt_path)
+    except CheckpointError as exc:
+        raise RunError(f"cannot load checkpoint: {exc}") from None
+    dataset = SkippingImageFolder(root, eval_transform(model))
+    if len(dataset.classes) > model.num_classes:
+        raise DataError(f"{root} has {len(dataset.classes)} class folders but the model has "
+                        f"{model.num_classes} classes")
+    env = setup(device)
+    try:
+        cuda = env.device.type == "cuda"
+        use_amp = (spec.recipe.amp if spec.recipe else True) and cuda if amp is None else amp
+        cl = cuda if channels_last is None else channels_last
+        model = model.to(env.device)
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+        loader = make_loader(dataset, ShardSampler(len(dataset), env.rank, env.world_size),
+                             batch_size, workers, 0, drop_last=False, pin_memory=cuda)
+        res = evaluate(model, loader, env, use_amp, getattr(torch, amp_dtype), cl)
+        from .distributed import barrier
+
+        barrier(env)  # ranks tear the process group down together
+    finally:
+        teardown()
+    res.update(checkpoint=ckpt_path, checkpoint_format=getattr(report, "format", None),
+               data=root, classes=len(dataset.classes), device=str(env.device),
+               world_size=env.world_size, amp=bool(use_amp))
+    return res

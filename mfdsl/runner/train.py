@@ -1,0 +1,634 @@
+"""The training loop behind ``mfdsl train``: data, model, optimizer, checkpoints, logging.
+
+Single process or one process per device under torchrun (DDP). Resuming from a checkpoint
+continues exactly: same weights, optimizer, schedule, RNG streams and data position.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..ir import ModelSpec, with_overrides
+from . import checkpointing as ckpt
+from .distributed import (DistEnv, all_sum, any_rank, barrier, gather_objects, setup,
+                          teardown)
+from .errors import DataError, NonFiniteLossError, RunError
+from .evaluate import autocast_context, evaluate
+from .imagefolder import (ResumableDistributedSampler, ShardSampler, SkippingImageFolder,
+                          eval_transform, make_loader, split_dir, train_transform)
+from .metrics import MetricsLog, format_duration, plot_curves
+from .optim import LRSchedule, create_optimizer
+from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
+                      plan_batches, recipe_as_dict, scaled_lr)
+from .run_folder import environment, spec_text, write_json
+
+# Test hooks (documented in docs/training.md): SIGKILL the process right after optimizer
+# step N (after that step's checkpoint, if any); make the loss of step N non-finite.
+KILL_ENV = "MFDSL_TEST_KILL_AFTER_STEP"
+NAN_ENV = "MFDSL_TEST_NAN_AT_STEP"
+
+
+def _env_int(name: str) -> Optional[int]:
+    v = os.environ.get(name)
+    return int(v) if v not in (None, "") else None
+
+
+@dataclass
+class TrainState:
+    """Where the run is: completed optimizer steps, epoch, micro-batches used this epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0
+    best_top1: float = -1.0
+    nan_skipped: int = 0
+    nan_consecutive: int = 0
+    skipped_images: int = 0
+    last_saved_step: int = -1
+    last_val: Optional[Dict[str, Any]] = None
+    last_val_step: int = -1
+    skipped_paths: List[str] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, spec: ModelSpec, opts: TrainOptions, env: DistEnv) -> None:
+        self.opts = opts
+        self.env = env
+        self.log_file = None
+        self._setup_data_roots()
+        spec = apply_recipe_overrides(spec, opts.recipe_overrides)
+        if opts.img_size is not None:
+            spec = with_overrides(spec, img_size=tuple(opts.img_size))
+        self.spec = spec
+        self.recipe = spec.recipe
+        self._seed_everything(opts.seed + env.rank)
+        from ..api import build_model
+
+        self.model = build_model(spec)  # SpecError goes to the CLI
+        if opts.init_from:
+            from ..checkpoint import load_checkpoint
+
+            load_checkpoint(self.model, opts.init_from)  # CheckpointError goes to the CLI
+        self._setup_datasets()
+        self._setup_batches()
+        self._setup_device_and_model()
+        self._setup_optim()
+        self.state = TrainState()
+        self.output = opts.output or os.path.join("runs", spec.name)
+        self.ckpt_dir = os.path.join(self.output, "checkpoints")
+        resume_stem = self._find_resume()
+        if resume_stem is not None:
+            self._load_resume(resume_stem)
+        self.metrics = MetricsLog(self.output, env.is_main, opts.tensorboard,
+                                  resume_step=self.state.step if resume_stem else None)
+        self.writer = ckpt.CheckpointWriter(self.ckpt_dir, opts.keep_recent) if env.is_main else None
+        if env.is_main:
+            self._write_run_folder(resume_stem)
+        barrier(env)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_data_roots(self) -> None:
+        opts = self.opts
+        self.embedded = opts.data is None
+        if self.embedded:
+            from ..data.tinyshapes import ensure_tinyshapes
+
+            # Rank 0 generates; the others wait and then find it complete.
+            if self.env.is_main:
+                root = ensure_tinyshapes()
+            barrier(self.env)
+            root = ensure_tinyshapes()
+            self.data_root = str(root)
+        else:
+            if not os.path.isdir(opts.data):
+                raise DataError(f"--data {opts.data}: no such folder")
+            self.data_root = opts.data
+        self.train_dir = split_dir(self.data_root, opts.train_split)
+        if self.train_dir is None:
+            raise DataError(f"--data {self.data_root}: no '{opts.train_split}' folder (expected "
+                            f"{opts.train_split}/<class>/<images> and optionally "
+                            f"{opts.val_split}/<class>/<images>)")
+        self.val_dir = split_dir(self.data_root, opts.val_split)
+
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _setup_datasets(self) -> None:
+        spec, r = self.spec, self.recipe
+        if spec.in_chans != 3:
+            raise RunError(f"image folders give RGB images; the spec wants {spec.in_chans} "
+                           "input channels")
+        ev = spec.eval
+        # TinyShapes images hold one object-sized shape: an 8% crop often misses it.
+        self.crop_scale_min = (self.opts.crop_scale_min if self.opts.crop_scale_min is not None
+                               else EMBEDDED_CROP_SCALE_MIN if self.embedded else 0.08)
+        if not 0 < self.crop_scale_min <= 1:
+            raise RunError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
+        self.train_set = SkippingImageFolder(
+            self.train_dir, train_transform(r, spec.img_size, ev.mean, ev.std, self.opts.hflip,
+                                            self.crop_scale_min))
+        self.val_set = (SkippingImageFolder(self.val_dir, eval_transform(self.model))
+                        if self.val_dir else None)
+        n_cls = len(self.train_set.classes)
+        if n_cls > spec.num_classes:
+            raise DataError(f"the training data has {n_cls} classes but the spec's head has "
+                            f"num_classes {spec.num_classes}")
+        if self.val_set is not None and self.val_set.classes != self.train_set.classes:
+            raise DataError(f"the class folders of {self.val_dir} differ from those of "
+                            f"{self.train_dir}")
+        if n_cls < spec.num_classes:
+            self.log(f"note: {n_cls} class folders for a {spec.num_classes}-class head")
+
+    def _setup_batches(self) -> None:
+        opts, r = self.opts, self.recipe
+        global_batch = opts.batch_size
+        if (self.embedded and global_batch is None and opts.per_device_batch is None
+                and opts.accum is None and r.batch_size > EMBEDDED_MAX_BATCH):
+            self.log(f"note: embedded dataset: global batch {r.batch_size} -> "
+                     f"{EMBEDDED_MAX_BATCH} (set --batch-size to change)")
+            global_batch = EMBEDDED_MAX_BATCH
+        plan = plan_batches(self.env.world_size, r.batch_size, global_batch,
+                            opts.per_device_batch, opts.accum)
+        self.plan: BatchPlan = plan
+        self.mixup_active = r.mixup > 0 or r.cutmix > 0
+        if self.mixup_active and plan.per_device % 2:
+            raise RunError(f"mixup/cutmix need an even per-device batch, got {plan.per_device}"
+                           " (change --batch-size/--per-device-batch, or --no-mixup --no-cutmix)")
+        per_rank = math.ceil(len(self.train_set) / self.env.world_size)
+        self.micro_per_epoch = per_rank // plan.per_device
+        self.steps_per_epoch = self.micro_per_epoch // plan.accum
+        if self.steps_per_epoch < 1:
+            raise DataError(f"the training set ({len(self.train_set)} images) is smaller than "
+                            f"one global batch ({plan.global_batch}); lower --batch-size")
+        self.lr = scaled_lr(r, plan.global_batch)
+        planned = r.epochs * self.steps_per_epoch
+        self.total_steps = planned
+        warmup = r.warmup_epochs * self.steps_per_epoch
+        if self.opts.max_steps is not None:
+            if self.opts.max_steps < 1:
+                raise RunError("--max-steps must be >= 1")
+            if self.opts.max_steps < planned:
+                # A shortened run keeps the schedule's shape, compressed into max_steps.
+                warmup = round(warmup * self.opts.max_steps / planned)
+                self.total_steps = self.opts.max_steps
+        self.schedule = LRSchedule(r.sched, self.lr, self.total_steps, warmup, r.warmup_lr,
+                                   r.min_lr)
+
+    def _setup_device_and_model(self) -> None:
+        env, opts = self.env, self.opts
+        cuda = env.device.type == "cuda"
+        self.amp = (self.recipe.amp and cuda) if opts.amp is None else opts.amp
+        if opts.amp_dtype not in ("bfloat16", "float16"):
+            raise RunError(f"--amp-dtype must be bfloat16 or float16, got {opts.amp_dtype}")
+        self.amp_dtype = getattr(torch, opts.amp_dtype)
+        self.channels_last = cuda if opts.channels_last is None else opts.channels_last
+        use_compile = cuda if opts.compile is None else opts.compile
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        model = self.model.to(env.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        fwd: nn.Module = model
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            fwd = DDP(model, device_ids=[env.device.index] if cuda else None)
+        self.ddp = fwd if env.distributed else None
+        if use_compile:
+            fwd = torch.compile(fwd)
+        self.forward_model = fwd
+
+    def _setup_optim(self) -> None:
+        r = self.recipe
+        self.optimizer = create_optimizer(self.model, r, self.lr)
+        fp16 = self.amp and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=fp16) if fp16 else None
+        self.mixup = None
+        if self.mixup_active:
+            from timm.data import Mixup
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, prob=1.0,
+                               switch_prob=r.mixup_switch_prob, mode="batch",
+                               label_smoothing=r.label_smoothing,
+                               num_classes=self.spec.num_classes)
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif r.label_smoothing > 0:
+            from timm.loss import LabelSmoothingCrossEntropy
+
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=r.label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.ema = None
+        if r.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=r.ema)
+
+    # ------------------------------------------------------------------ resume
+    def _find_resume(self) -> Optional[str]:
+        opts = self.opts
+        if opts.resume is None:
+            if self.env.is_main and ckpt.find_latest(self.ckpt_dir) is not None:
+                raise RunError(f"{self.output} already holds checkpoints; continue it with "
+                               "--resume auto, or choose another --output")
+            return None
+        stem = ckpt.resolve_resume(opts.resume, self.output)
+        if stem is None:
+            self.log(f"note: --resume auto: no checkpoint in {self.ckpt_dir}, starting fresh")
+        return stem
+
+    def _load_resume(self, stem: str) -> None:
+        state = ckpt.load_state(stem + ckpt.STATE_EXT)
+        weights = ckpt.load_weights_file(stem + ckpt.WEIGHTS_EXT)
+        try:
+            self.model.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            raise RunError(f"checkpoint {stem}{ckpt.WEIGHTS_EXT} does not match this spec: "
+                           f"{str(exc).splitlines()[0]} ...") from None
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise RunError(f"optimizer state in {stem}{ckpt.STATE_EXT} does not fit: {exc}") from None
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.module.load_state_dict(state["ema"])
+            else:
+                self.ema.set(self.model)
+        st = self.state
+        st.step, st.epoch = int(state["step"]), int(state["epoch"])
+        st.micro = int(state["batches_in_epoch"])
+        st.best_top1 = float(state.get("best_top1", -1.0))
+        st.nan_skipped = int(state.get("nan_skipped", 0))
+        st.nan_consecutive = int(state.get("nan_consecutive", 0))
+        st.skipped_images = int(state.get("skipped_images", 0))
+        st.last_saved_step = st.step
+        same_layout = (state.get("world_size") == self.env.world_size
+                       and state.get("per_device") == self.plan.per_device
+                       and state.get("accum") == self.plan.accum)
+        rngs = state.get("rng") or []
+        if same_layout and len(rngs) == self.env.world_size:
+            ckpt.restore_rng(rngs[self.env.rank])
+        else:
+            if st.micro:
+                self.log("note: the batch layout differs from the checkpoint's: the data "
+                         f"position restarts at the beginning of epoch {st.epoch + 1}")
+            st.micro = 0
+            self._seed_everything(self.opts.seed + self.env.rank + 1000003 * st.step)
+        self.log(f"resumed from {stem} (step {st.step}, epoch {st.epoch + 1}, "
+                 f"{st.micro} micro-batches into it)")
+
+    # ------------------------------------------------------------------ run folder
+    def _write_run_folder(self, resume_stem: Optional[str]) -> None:
+        os.makedirs(self.output, exist_ok=True)
+        name, text = spec_text(self.spec)
+        with open(os.path.join(self.output, name), "w", encoding="utf-8") as f:
+            f.write(text)
+        p = self.plan
+        write_json(os.path.join(self.output, "recipe.json"), {
+            "recipe": recipe_as_dict(self.recipe),
+            "resolved": {
+                "global_batch": p.global_batch, "per_device_batch": p.per_device,
+                "accum": p.accum, "world_size": p.world_size, "lr": self.lr,
+                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "warmup_steps": self.schedule.warmup_steps, "img_size": list(self.spec.img_size),
+                "amp": self.amp, "amp_dtype": self.opts.amp_dtype if self.amp else None,
+                "channels_last": self.channels_last,
+                "compile": self.forward_model is not (self.ddp or self.model),
+                "mixup_active": self.mixup_active, "loss": type(self.criterion).__name__,
+                "data": self.data_root, "embedded_data": self.embedded,
+                "train_images": len(self.train_set),
+                "val_images": len(self.val_set) if self.val_set else 0,
+                "classes": len(self.train_set.classes), "seed": self.opts.seed,
+                "nan_policy": self.opts.nan_policy, "crop_scale_min": self.crop_scale_min,
+            },
+        })
+        env = environment(self.opts.argv or sys.argv, self.env.world_size, self.env.device)
+        env["resumed_from"] = resume_stem
+        write_json(os.path.join(self.output, "environment.json"), env)
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, msg: str) -> None:
+        if self.env.is_main:
+            bar = getattr(self, "_bar", None)
+            if bar is not None:
+                bar.write(msg)
+            else:
+                print(msg, flush=True)
+
+    def _loader(self, epoch: int, micro: int):
+        sampler = ResumableDistributedSampler(self.train_set, self.env.world_size,
+                                              self.env.rank, seed=self.opts.seed)
+        sampler.set_position(epoch, micro * self.plan.per_device)
+        return make_loader(self.train_set, sampler, self.plan.per_device, self.opts.workers,
+                           self.opts.seed + epoch, drop_last=True,
+                           pin_memory=self.env.device.type == "cuda")
+
+    def _val_loader(self):
+        sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size)
+        return make_loader(self.val_set, sampler, self.plan.per_device, self.opts.workers,
+                           self.opts.seed, drop_last=False,
+                           pin_memory=self.env.device.type == "cuda")
+
+    def validate(self) -> Optional[Dict[str, Any]]:
+        if self.val_set is None:
+            return None
+        res = evaluate(self.model, self._val_loader(), self.env, self.amp, self.amp_dtype,
+                       self.channels_last)
+        if self.ema is not None:
+            ema_res = evaluate(self.ema.module, self._val_loader(), self.env, self.amp,
+                               self.amp_dtype, self.channels_last)
+            res["ema_top1"], res["ema_top5"] = ema_res["top1"], ema_res["top5"]
+        st = self.state
+        st.last_val, st.last_val_step = res, st.step
+        self.metrics.write("val", st.step, epoch=st.epoch, top1=res["top1"], top5=res["top5"],
+                           loss=res["loss"], img_s=res["img_s"],
+                           skipped_images=res["skipped_images"],
+                           **({"ema_top1": res["ema_top1"]} if self.ema is not None else {}))
+        extra = f", EMA top-1 {res['ema_top1']:.2f}%" if self.ema is not None else ""
+        self.log(f"val @ step {st.step}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+                 f"loss {res['loss']:.4f}  ({res['images']} images, {res['img_s']:.0f} img/s)"
+                 + extra)
+        if res["skipped_images"]:
+            self.log(f"val: skipped {res['skipped_images']} unreadable image(s): "
+                     + ", ".join(res["skipped_paths"][:5]))
+        return res
+
+    def _weights_finite(self) -> bool:
+        bad = any(not torch.isfinite(p).all() for p in self.model.parameters())
+        return not any_rank(self.env, bad)
+
+    def save(self) -> None:
+        """Checkpoint the current position (all ranks take part; rank 0 writes)."""
+        st = self.state
+        if not self._weights_finite():
+            raise NonFiniteLossError(
+                f"the weights became non-finite by step {st.step}; stopped without saving. "
+                f"The last good checkpoint is intact: {self._last_good()}")
+        rngs = gather_objects(self.env, ckpt.capture_rng())
+        if not self.env.is_main:
+            st.last_saved_step = st.step
+            return
+        val = st.last_val if st.last_val_step == st.step else None
+        is_best = val is not None and val["top1"] > st.best_top1
+        if is_best:
+            st.best_top1 = val["top1"]
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "rng": rngs,
+            "batches_in_epoch": st.micro,
+            "sampler_epoch": st.epoch,
+            "best_top1": st.best_top1,
+            "val_top1": val["top1"] if val else None,
+            "nan_skipped": st.nan_skipped,
+            "nan_consecutive": st.nan_consecutive,
+            "skipped_images": st.skipped_images,
+            "world_size": self.env.world_size,
+            "per_device": self.plan.per_device,
+            "accum": self.plan.accum,
+            "global_batch": self.plan.global_batch,
+            "seed": self.opts.seed,
+        }
+        ema_w = self.ema.module.state_dict() if self.ema is not None else None
+        self.writer.save(st.step, st.epoch, self.model.state_dict(), state, is_best, ema_w)
+        st.last_saved_step = st.step
+
+    def _last_good(self) -> str:
+        stem = ckpt.find_latest(self.ckpt_dir)
+        return f"{stem}{ckpt.WEIGHTS_EXT}" if stem else "(none was written yet)"
+
+    # ------------------------------------------------------------------ loop
+    def _train_step(self, it) -> Dict[str, Any]:
+        """One optimizer step over ``accum`` micro-batches. Returns loss and status."""
+        env, plan, st = self.env, self.plan, self.state
+        lr = self.schedule.apply(self.optimizer, st.step)
+        loss_sum = torch.zeros((), device=env.device)
+        bad_files: List[str] = []
+        inject_nan = _env_int(NAN_ENV) == st.step + 1
+        for k in range(plan.accum):
+            images, target, bad = next(it)
+            bad_files += [p for b in bad if b for p in b.split("\n")]
+            images = images.to(env.device, non_blocking=True)
+            target = target.to(env.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            if self.mixup is not None:
+                images, target = self.mixup(images, target)
+            sync = self.ddp is None or k == plan.accum - 1
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with ctx:
+                with autocast_context(env.device, self.amp, self.amp_dtype):
+                    out = self.forward_model(images)
+                loss = self.criterion(out.float(), target)
+                if inject_nan:
+                    loss = loss * float("nan")
+                scaled = loss / plan.accum
+                if self.scaler is not None:
+                    scaled = self.scaler.scale(scaled)
+                scaled.backward()
+            loss_sum += loss.detach()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = self.recipe.clip_grad
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        mean_loss = loss_sum / plan.accum
+        finite = bool(torch.isfinite(mean_loss) & torch.isfinite(grad_norm))
+        finite = not any_rank(env, not finite)
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, step=st.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        return dict(loss=float(mean_loss), lr=lr, finite=finite, grad_norm=float(grad_norm),
+                    bad_files=bad_files)
+
+    def _handle_nonfinite(self, loss: float) -> None:
+        st = self.state
+        st.nan_skipped += 1
+        st.nan_consecutive += 1
+        where = f"step {st.step + 1} (epoch {st.epoch + 1})"
+        self.metrics.write("nonfinite", st.step + 1, epoch=st.epoch, loss=loss,
+                           policy=self.opts.nan_policy)
+        if self.opts.nan_policy == "stop":
+            raise NonFiniteLossError(
+                f"non-finite loss/gradient ({loss}) at {where}; stopped (--nan-policy stop). "
+                f"The last good checkpoint is intact: {self._last_good()}")
+        self.log(f"warning: non-finite loss/gradient ({loss}) at {where}: step skipped "
+                 f"({st.nan_consecutive} in a row, {st.nan_skipped} in all)")
+        if st.nan_consecutive >= self.opts.nan_max_consecutive:
+            raise NonFiniteLossError(
+                f"{st.nan_consecutive} non-finite steps in a row (last at {where}); stopped. "
+                f"Lower the lr or set clip_grad. The last good checkpoint is intact: "
+                f"{self._last_good()}")
+
+    def fit(self) -> Dict[str, Any]:
+        env, plan, st, opts, r = self.env, self.plan, self.state, self.opts, self.recipe
+        self.log(f"training {self.spec.name}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M"
+                 f" params on {env.device} x{env.world_size}; {plan.describe()}; "
+                 f"lr {self.lr:.3g} ({r.optimizer}, {r.sched}); {self.steps_per_epoch} steps/epoch,"
+                 f" {self.total_steps} steps; data {self.data_root} "
+                 f"({len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val)")
+        kill_after = _env_int(KILL_ENV)
+        progress = opts.progress if opts.progress is not None else sys.stderr.isatty()
+        progress = progress and env.is_main
+        images_per_step = plan.global_batch
+        t_start = time.perf_counter()
+        self.model.train()
+        while st.epoch < r.epochs and st.step < self.total_steps:
+            epoch = st.epoch
+            it = iter(self._loader(epoch, st.micro))
+            ep_bad: List[str] = []
+            ep_loss, ep_n = 0.0, 0
+            win_loss, win_n, win_t = 0.0, 0, time.perf_counter()
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.steps_per_epoch, initial=st.micro // plan.accum,
+                           desc=f"epoch {epoch + 1}/{r.epochs}", unit="step", dynamic_ncols=True,
+                           file=sys.stderr)
+                self._bar = bar
+            epoch_micro = self.steps_per_epoch * plan.accum
+            while st.micro + plan.accum <= epoch_micro and st.step < self.total_steps:
+                res = self._train_step(it)
+                st.micro += plan.accum
+                ep_bad += res["bad_files"]
+                if res["finite"]:
+                    st.nan_consecutive = 0
+                    ep_loss += res["loss"]
+                    ep_n += 1
+                    win_loss += res["loss"]
+                    win_n += 1
+                else:
+                    self._handle_nonfinite(res["loss"])
+                st.step += 1
+                if bar is not None:
+                    bar.update(1)
+                if st.step % max(1, opts.log_every) == 0 or st.step == self.total_steps:
+                    now = time.perf_counter()
+                    steps_in_win = max(1, win_n)
+                    img_s = images_per_step * steps_in_win / max(now - win_t, 1e-9)
+                    loss = win_loss / win_n if win_n else float("nan")
+                    self.metrics.write("train", st.step, epoch=epoch, loss=loss, lr=res["lr"],
+                                       grad_norm=res["grad_norm"], img_s=img_s)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{res['lr']:.2e}",
+                                        img_s=f"{img_s:.0f}")
+                    else:
+                        left = (self.total_steps - st.step) * (now - win_t) / steps_in_win
+                        self.log(f"epoch {epoch + 1}/{r.epochs} step {st.step}/{self.total_steps}"
+                                 f" loss {loss:.4f} lr {res['lr']:.3e} {img_s:.0f} img/s"
+                                 f" eta {format_duration(left)}")
+                    win_loss, win_n, win_t = 0.0, 0, now
+                if (opts.ckpt_every and st.step % opts.ckpt_every == 0
+                        and st.micro < epoch_micro and st.step < self.total_steps):
+                    self.save()
+                if kill_after is not None and st.step == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            if bar is not None:
+                bar.close()
+                self._bar = None
+            del it
+            # Unreadable images: per-epoch report, summed over ranks.
+            n_bad = int(all_sum(env, [len(ep_bad)])[0])
+            st.skipped_images += n_bad
+            for paths in gather_objects(env, ep_bad):
+                st.skipped_paths += paths
+            epoch_done = st.micro + plan.accum > epoch_micro
+            if epoch_done:
+                st.epoch += 1
+                st.micro = 0
+            if epoch_done and (st.epoch % max(1, opts.eval_every) == 0 or st.epoch == r.epochs
+                               or st.step >= self.total_steps):
+                self.validate()
+            self.metrics.write("epoch", st.step, epoch=epoch + 1, complete=epoch_done,
+                               train_loss=ep_loss / ep_n if ep_n else float("nan"),
+                               skipped_images=n_bad,
+                               val_top1=st.last_val["top1"] if st.last_val_step == st.step else None)
+            if n_bad:
+                self.log(f"epoch {epoch + 1}: skipped {n_bad} unreadable training image(s), "
+                         f"e.g. {', '.join(ep_bad[:3]) or '(on another rank)'}")
+            if epoch_done or st.step >= self.total_steps:
+                self.save()
+            if kill_after is not None and st.step == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if st.last_saved_step != st.step:
+            self.save()
+        final = st.last_val if st.last_val_step == st.step else None
+        if final is None and self.val_set is not None:
+            final = self.validate()
+        return self._finish(final, time.perf_counter() - t_start)
+
+    def _finish(self, final: Optional[Dict[str, Any]], elapsed: float) -> Dict[str, Any]:
+        st = self.state
+        summary = {
+            "status": "completed" if st.epoch >= self.recipe.epochs else "stopped_at_max_steps",
+            "steps": st.step, "epochs_completed": st.epoch,
+            "final_val": ({k: v for k, v in final.items() if k != "skipped_paths"}
+                          if final else None),
+            "best_top1": st.best_top1 if st.best_top1 >= 0 else None,
+            "skipped_images": st.skipped_images,
+            "nan_skipped_steps": st.nan_skipped,
+            "checkpoint": os.path.join(self.ckpt_dir, "last" + ckpt.WEIGHTS_EXT),
+            "seconds": elapsed,
+        }
+        if self.env.is_main:
+            write_json(os.path.join(self.output, "summary.json"), summary)
+            if st.skipped_paths:
+                with open(os.path.join(self.output, "skipped_images.txt"), "a") as f:
+                    f.write("".join(p + "\n" for p in st.skipped_paths))
+            self.metrics.close()
+            png = plot_curves(self.metrics.jsonl, os.path.join(self.output, "curves.png"))
+            fv = summary["final_val"]
+            self.log(f"done: {st.step} steps in {format_duration(elapsed)}"
+                     + (f"; final val top-1 {fv['top1']:.2f}% top-5 {fv['top5']:.2f}%" if fv else "")
+                     + f"; skipped {st.skipped_images} unreadable training image(s)"
+                     + (f"; {st.nan_skipped} non-finite step(s) skipped" if st.nan_skipped else "")
+                     + f"\nrun folder: {self.output}"
+                     + (f" (curves: {os.path.basename(png)})" if png else ""))
+        return summary
+
+
+def run_training(spec: ModelSpec, opts: TrainOptions) -> Dict[str, Any]:
+    """Set up the process group (if under torchrun), train, tear down. Returns the summary."""
+    if opts.nan_policy not in ("skip", "stop"):
+        raise RunError(f"--nan-policy must be skip or stop, got {opts.nan_policy}")
+    env = setup(opts.device)
+    trainer = None
+    try:
+        trainer = Trainer(spec, opts, env)
+        summary = trainer.fit()
+        # Leave together: a rank tearing gloo down while rank 0 still writes the summary
+        # and plot can abort ("terminate called without an active exception").
+        barrier(env)
+        return summary
+    finally:
+        if trainer is not None and env.is_main:
+            trainer.metrics.close()
+        teardown()
