@@ -1,1 +1,91 @@
-from . import main  # noqa: F401
+"""``mfdsl bench``: throughput and memory of a spec's model against timm's same model."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import click
+
+from ..errors import SpecError
+from . import main
+
+
+@main.command("bench")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="auto: cuda when available, else cpu.")
+@click.option("--batch", type=click.IntRange(1, 4096), default=8, show_default=True)
+@click.option("--tasks", type=click.Choice(["both", "infer", "train"]), default="both",
+              show_default=True, help="Inference, training step (fwd+bwd+AdamW), or both.")
+@click.option("--eager/--no-eager", default=True, show_default=True,
+              help="Measure the eager models.")
+@click.option("--compile", "compiled", is_flag=True,
+              help="Also measure torch.compile'd models (slow to warm up on CPU).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Compute dtype (autocast). Default: bf16 on cuda, fp32 on cpu.")
+@click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Interleaved measurement rounds; the median is reported.")
+@click.option("--iters", type=click.IntRange(1, 10000), default=2, show_default=True,
+              help="Steps per round and case.")
+@click.option("--warmup", type=click.IntRange(1, 1000), default=2, show_default=True,
+              help="Untimed steps per case first (includes compilation).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="torch CPU threads (default: torch's choice).")
+@click.option("--no-timm", is_flag=True, help="Measure mfdsl's model only.")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-memory step.")
+@click.option("--peak-tflops", type=click.FloatRange(0, min_open=True), default=None,
+              help="GPU dense bf16 peak for MFU (default: from the GPU's name).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the full report (all rounds, machine) as JSON here.")
+def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled: bool,
+          dtype: Optional[str], rounds: int, iters: int, warmup: int, threads: Optional[int],
+          no_timm: bool, no_memory: bool, peak_tflops: Optional[float],
+          json_path: Optional[str]) -> None:
+    """Images/s (median of interleaved rounds) and peak memory of SPEC's model against
+    timm's model of the same name, eager and/or compiled, with ratio columns; on CUDA
+    also MFU and compile warm-up time. Prints a markdown table.
+    """
+    import torch
+
+    from ..analysis.counting import count_macs_meta
+    from ..api import load_spec
+    from ..checks import check
+    from ..lower import lower
+    from ..passes.throughput import markdown_table, report_header, run_benchmark
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        click.echo("error: --device cuda but no CUDA device is available", err=True)
+        sys.exit(2)
+    if not eager and not compiled:
+        click.echo("error: nothing to measure (--no-eager without --compile)", err=True)
+        sys.exit(2)
+    dtype = dtype or ("bf16" if device == "cuda" else "fp32")
+    try:
+        ir = check(load_spec(spec))
+    except SpecError as err:
+        click.echo(err.render(), err=True)
+        sys.exit(2)
+    macs = count_macs_meta(ir)
+    report = run_benchmark(
+        lambda: lower(ir, target=device), ir.name, img_size=ir.img_size,
+        num_classes=ir.num_classes, in_chans=ir.in_chans, device=device, batch=batch,
+        tasks=("infer", "train") if tasks == "both" else (tasks,), compile=compiled,
+        eager=eager, dtype=dtype, with_timm=not no_timm, rounds=rounds, iters=iters,
+        warmup=warmup, memory=not no_memory, macs=macs, peak_tflops=peak_tflops,
+        log=lambda s: click.echo(s, err=True),
+    )
+    click.echo(report_header(report))
+    click.echo("")
+    click.echo(markdown_table(report))
+    if json_path:
+        try:
+            with open(json_path, "w") as f:
+                json.dump(report, f, indent=2)
+        except OSError as exc:
+            click.echo(f"error: cannot write {json_path}: {exc.strerror}", err=True)
+            sys.exit(1)

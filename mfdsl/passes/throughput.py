@@ -1,0 +1,314 @@
+"""Throughput benchmark: mfdsl's model against timm's same model, side by side.
+
+Each case (implementation x eager/compiled) is built once, warmed up, then measured in
+interleaved rounds (A, B, A, B, ...) so that a noisy, shared machine slows every case
+alike; the reported figure is the median over rounds. Memory is measured in a separate
+step per case after the timing rounds:
+
+* CUDA: ``torch.cuda.max_memory_allocated`` over one step (weights included);
+* CPU: the growth of the process's peak resident set over one step (Linux
+  ``/proc/self/clear_refs`` resets the peak; glibc is told to return large blocks to the
+  OS at once so freed activations do not hide in the heap). Weights already resident are
+  not counted.
+
+MFU (CUDA) = model FLOPs per second / the GPU's dense bf16 peak, with model FLOPs =
+2 * MACs per image for inference and 6 * MACs for a training step (forward + backward).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets), matched by substring of
+# torch.cuda.get_device_name(). Override with peak_tflops.
+GPU_BF16_PEAK_TFLOPS = (
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
+    ("L40S", 362.0), ("A10G", 70.0), ("RTX 4090", 165.0), ("RTX 5090", 209.0),
+)
+
+
+@dataclass
+class Result:
+    impl: str  # "mfdsl" | "timm"
+    mode: str  # "eager" | "compiled"
+    task: str  # "infer" | "train"
+    img_s: float  # median images / second
+    img_s_all: List[float] = field(default_factory=list)
+    warmup_s: float = 0.0  # first calls (compilation for compiled cases)
+    peak_mib: Optional[float] = None
+    mfu: Optional[float] = None
+
+
+def machine_info(device: str) -> Dict[str, Any]:
+    """CPU model, cores, GPU, library versions: what a reader needs to compare numbers."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: Dict[str, Any] = {
+        "cpu": cpu,
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+    }
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:
+        info["timm"] = None
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def gpu_peak_tflops(name: str) -> Optional[float]:
+    for key, peak in GPU_BF16_PEAK_TFLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+def timm_name_for(spec_name: str) -> Optional[str]:
+    """timm's model of the same name, if timm has one (it lacks identity/randformer)."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    base = spec_name.split(".")[0]
+    return base if timm.is_model(base) else None
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class _Case:
+    """One model in one mode, with its step functions."""
+
+    def __init__(self, impl: str, mode: str, model: nn.Module, device: str, dtype: str,
+                 batch: int, img_size, num_classes: int, in_chans: int) -> None:
+        self.impl, self.mode, self.device, self.dtype = impl, mode, device, dtype
+        self.model = model
+        self.x = torch.randn(batch, in_chans, *img_size, device=device)
+        self.y = torch.randint(0, num_classes, (batch,), device=device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # foreach AdamW on every device: the optimizer is part of a real training step
+        self.opt = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+
+    def step(self, task: str) -> None:
+        if task == "infer":
+            self.model.eval()
+            with torch.inference_mode():
+                self.model(self.x)
+        else:
+            self.model.train()
+            loss = F.cross_entropy(self.model(self.x).float(), self.y)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+
+    def time(self, task: str, iters: int) -> float:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            self.step(task)
+        _sync(self.device)
+        return (time.perf_counter() - t0) / iters
+
+
+@contextlib.contextmanager
+def _cpu_peak_rss():
+    """Yields a dict that gets ``peak_mib``: peak RSS growth inside the block (Linux)."""
+    out: Dict[str, Optional[float]] = {"peak_mib": None}
+
+    def status(key: str) -> Optional[int]:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1])  # kB
+        except OSError:
+            return None
+        return None
+
+    try:  # hand freed heap pages back first, so the step's allocations show in RSS
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        ok = True
+    except OSError:
+        ok = False
+    base = status("VmRSS")
+    yield out
+    peak = status("VmHWM")
+    if ok and base is not None and peak is not None:
+        out["peak_mib"] = max(0, peak - base) / 1024.0
+
+
+def _glibc_release_freed_memory() -> None:
+    # Allocations >= 64 KiB get their own mapping and go back to the OS when freed, so
+    # the peak-RSS probe sees the step's own memory rather than a warm heap.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD
+    except OSError:
+        pass
+
+
+def run_benchmark(
+    build_mfdsl: Callable[[], nn.Module],
+    spec_name: str,
+    *,
+    img_size=(224, 224),
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    device: str = "cpu",
+    batch: int = 8,
+    tasks: Sequence[str] = ("infer", "train"),
+    compile: bool = False,
+    eager: bool = True,
+    dtype: str = "fp32",
+    with_timm: bool = True,
+    rounds: int = 5,
+    iters: int = 2,
+    warmup: int = 2,
+    memory: bool = True,
+    macs: Optional[int] = None,
+    peak_tflops: Optional[float] = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Dict[str, Any]:
+    """Measure every (implementation, mode, task); returns a JSON-able report."""
+    from .targets import compile_for_target
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for but no CUDA device is available")
+    modes = (["eager"] if eager else []) + (["compiled"] if compile else [])
+    if not modes:
+        raise ValueError("nothing to measure: enable eager and/or compiled")
+    timm_name = timm_name_for(spec_name) if with_timm else None
+    builders: Dict[str, Callable[[], nn.Module]] = {"mfdsl": build_mfdsl}
+    if timm_name is not None:
+        import timm
+
+        builders["timm"] = lambda: timm.create_model(timm_name, num_classes=num_classes)
+    cases: List[_Case] = []
+    results: Dict[tuple, Result] = {}
+    for impl, build in builders.items():
+        for mode in modes:
+            # the same autocast and torch.compile for both; timm's model keeps the NCHW
+            # layout it ships with (what its users run), mfdsl's gets its target lowering
+            model = compile_for_target(build(), target=device, dtype=dtype,
+                                       mode="default" if mode == "compiled" else "eager",
+                                       channels_last=impl == "mfdsl")
+            case = _Case(impl, mode, model, device, dtype, batch, img_size, num_classes,
+                         in_chans)
+            for task in tasks:
+                t0 = time.perf_counter()
+                for _ in range(warmup):
+                    case.step(task)
+                _sync(device)
+                results[(impl, mode, task)] = Result(impl, mode, task, 0.0,
+                                                     warmup_s=time.perf_counter() - t0)
+                log(f"warm-up {impl} {mode} {task}: {results[(impl, mode, task)].warmup_s:.1f}s")
+            cases.append(case)
+    for r in range(rounds):
+        for task in tasks:
+            for case in cases:  # interleaved: A, B, A, B, ...
+                sec = case.time(task, iters)
+                results[(case.impl, case.mode, task)].img_s_all.append(batch / sec)
+        log(f"round {r + 1}/{rounds} done")
+    for res in results.values():
+        res.img_s = statistics.median(res.img_s_all)
+    if memory:
+        if device == "cpu":
+            _glibc_release_freed_memory()
+        for case in cases:
+            for task in tasks:
+                results[(case.impl, case.mode, task)].peak_mib = _measure_memory(case, task)
+    gpu_peak = None
+    if device == "cuda":
+        gpu_peak = peak_tflops or gpu_peak_tflops(torch.cuda.get_device_name())
+        if macs and gpu_peak:
+            for res in results.values():
+                flops = macs * (6 if res.task == "train" else 2) * res.img_s
+                res.mfu = flops / (gpu_peak * 1e12)
+    return {
+        "spec": spec_name, "timm_model": timm_name, "device": device, "dtype": dtype,
+        "batch": batch, "rounds": rounds, "iters_per_round": iters, "warmup_steps": warmup,
+        "macs_per_image": macs, "gpu_peak_tflops": gpu_peak,
+        "machine": machine_info(device), "results": [asdict(r) for r in results.values()],
+    }
+
+
+def _measure_memory(case: _Case, task: str) -> Optional[float]:
+    if case.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        case.step(task)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    with _cpu_peak_rss() as out:
+        case.step(task)
+    return out["peak_mib"]
+
+
+def markdown_table(report: Dict[str, Any]) -> str:
+    """One row per (task, mode): mfdsl and timm img/s, their ratio, memory, MFU."""
+    rows = {}
+    for r in report["results"]:
+        rows.setdefault((r["task"], r["mode"]), {})[r["impl"]] = r
+    cuda = report["device"] == "cuda"
+    head = ["task", "mode", "mfdsl img/s", "timm img/s", "mfdsl/timm",
+            "mfdsl peak MiB", "timm peak MiB", "warm-up s (mfdsl/timm)"]
+    if cuda:
+        head += ["MFU mfdsl", "MFU timm"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def num(v, fmt="{:.1f}"):
+        return "-" if v is None else fmt.format(v)
+
+    for (task, mode), by in rows.items():
+        m, t = by.get("mfdsl"), by.get("timm")
+        ratio = m["img_s"] / t["img_s"] if (m and t and t["img_s"]) else None
+        cells = [task, mode, num(m and m["img_s"]), num(t and t["img_s"]),
+                 num(ratio, "{:.2f}x"), num(m and m["peak_mib"], "{:.0f}"),
+                 num(t and t["peak_mib"], "{:.0f}"),
+                 f"{num(m and m['warmup_s'])} / {num(t and t['warmup_s'])}"]
+        if cuda:
+            cells += [num(m and m["mfu"], "{:.1%}"), num(t and t["mfu"], "{:.1%}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_header(report: Dict[str, Any]) -> str:
+    mi = report["machine"]
+    where = mi.get("gpu") or mi["cpu"]
+    return (f"**{report['spec']}** vs timm `{report['timm_model'] or '(none)'}` on "
+            f"{report['device']} ({where}; {mi['cores_available']} cores, "
+            f"{mi['torch_threads']} torch threads), batch {report['batch']}, "
+            f"{report['dtype']}, median of {report['rounds']} interleaved rounds x "
+            f"{report['iters_per_round']} steps; torch {mi['torch']}, timm {mi['timm']}")

@@ -1,0 +1,126 @@
+"""compile_for_target: outputs match the eager model, the state dict is the original's,
+options are validated, and the benchmark report is well formed."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mfdsl.api import build_model
+from mfdsl.ir import ModelSpec, StageSpec, call, default_downsample
+from mfdsl.passes import TargetError, compile_for_target, compile_for_target_with_summary
+from mfdsl.passes.throughput import markdown_table, run_benchmark, timm_name_for
+
+
+def tiny_spec() -> ModelSpec:
+    stages = [
+        StageSpec(depth=1, width=16, mixers=[call("sepconv", kernel=3)], mlp_ratio=2.0,
+                  res_scale=1.0),
+        StageSpec(depth=1, width=32, mixers=[call("attention", head_dim=8)], mlp_ratio=2.0,
+                  layer_scale=0.5, downsample=default_downsample()),
+    ]
+    return ModelSpec(name="tiny", img_size=(32, 32), num_classes=7, stages=stages,
+                     head=call("mlp"))
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = build_model(tiny_spec()).eval()
+    with torch.no_grad():  # move scales off their init so every parameter matters
+        for p in m.parameters():
+            if p.ndim <= 1:
+                p.add_(0.2 * torch.randn_like(p))
+    return m
+
+
+def test_cpu_eager_matches_and_keeps_state_dict() -> None:
+    model = _model()
+    ref_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    opt, summary = compile_for_target_with_summary(copy.deepcopy(model), "cpu", mode="eager")
+    with torch.no_grad():
+        out = opt(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    sd = opt.state_dict()
+    assert list(sd) == list(ref_sd)
+    for k in sd:
+        torch.testing.assert_close(sd[k], ref_sd[k], rtol=0, atol=0)
+    assert summary["mode"] == "eager" and summary["target"] == "cpu"
+    assert any("channels_last" in a for a in summary["applied"])
+    # checkpoints move between the wrapper and a plain model
+    fresh = build_model(tiny_spec())
+    fresh.load_state_dict(opt.state_dict())
+    opt.load_state_dict(model.state_dict())
+    # attributes of the inner model stay reachable
+    assert opt.pretrained_cfg["num_classes"] == 7
+    assert opt.forward_features(x).shape == (2, 32, 4, 4)
+
+
+def test_spec_input_and_fold() -> None:
+    opt = compile_for_target(tiny_spec(), "cpu", mode="eager", fold=True)
+    assert opt.summary["fold"] and "fold_for_inference" in opt.summary["applied"][0]
+    assert not opt.training
+    out = opt(torch.randn(1, 3, 32, 32))
+    assert out.shape == (1, 7)
+
+
+def test_bf16_autocast_on_cpu_close() -> None:
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        out = compile_for_target(copy.deepcopy(model), "cpu", dtype="bf16", mode="eager")(x)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 5e-2
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(target="tpu"), "unknown target"),
+    (dict(dtype="int8"), "unknown dtype"),
+    (dict(mode="fast"), "unknown mode"),
+])
+def test_bad_options(kw, msg) -> None:
+    with pytest.raises(TargetError, match=msg):
+        compile_for_target(_model(), **kw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_gpu_is_a_clear_error() -> None:
+    with pytest.raises(TargetError, match="no CUDA device"):
+        compile_for_target(_model(), "cuda")
+
+
+@pytest.mark.slow  # torch.compile of even a tiny model takes ~30 s on 2 cores
+def test_compiled_cpu_matches_eager() -> None:
+    """The one compiled test: the tiny model through torch.compile (default mode)."""
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    opt = compile_for_target(copy.deepcopy(model), "cpu", mode="default")
+    with torch.no_grad():
+        out = opt(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert list(opt.state_dict()) == list(model.state_dict())
+
+
+def test_benchmark_report_tiny() -> None:
+    report = run_benchmark(lambda: build_model(tiny_spec()), "tiny", img_size=(32, 32),
+                           num_classes=7, batch=2, rounds=2, iters=1, warmup=1)
+    assert report["timm_model"] is None  # timm has no "tiny": mfdsl only
+    rows = {(r["impl"], r["mode"], r["task"]): r for r in report["results"]}
+    assert set(rows) == {("mfdsl", "eager", "infer"), ("mfdsl", "eager", "train")}
+    for r in rows.values():
+        assert r["img_s"] > 0 and len(r["img_s_all"]) == 2
+    table = markdown_table(report)
+    assert table.count("\n") == 3 and "| infer | eager |" in table
+    assert report["machine"]["torch"] == torch.__version__
+
+
+def test_timm_name_mapping() -> None:
+    pytest.importorskip("timm")
+    assert timm_name_for("caformer_s18") == "caformer_s18"
+    assert timm_name_for("identityformer_s12") is None  # timm lacks it
