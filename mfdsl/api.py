@@ -37,6 +37,8 @@ def load_spec(path: Union[str, "os.PathLike[str]"]) -> ModelSpec:
         from .errors import Loc
 
         raise SpecError("the file is not valid UTF-8 text", Loc(path, line, col)) from None
+    # Editors on Windows start UTF-8 files with a byte-order mark; it is not content.
+    text = text[1:] if text.startswith("\ufeff") else text
     if ext == ".mf":
         from .frontend.mf import parse_mf
 

@@ -65,10 +65,12 @@ class LoadReport:
     renamed: Dict[str, str] = field(default_factory=dict)
     container: Optional[str] = None
     notes: List[str] = field(default_factory=list)
+    # (name, why): right shape but unusable values (NaN, complex, integer, no data).
+    bad_values: List[Tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.bad_values)
 
     def summary(self, outcome: Optional[str] = None) -> str:
         """A readable multi-line account, naming every key that did not fit."""
@@ -86,6 +88,9 @@ class LoadReport:
             lines.append(f"  wrong shape ({len(self.mismatched)}):")
             lines += [f"    {self._named(k)}: model expects {list(e)}, checkpoint has {list(g)}"
                       for k, e, g in self.mismatched]
+        if self.bad_values:
+            lines.append(f"  unusable values ({len(self.bad_values)}):")
+            lines += [f"    {self._named(k)}: {why}" for k, why in self.bad_values]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -352,6 +357,10 @@ def load_checkpoint(
             continue
         if tuple(v.shape) != tuple(target[k].shape):
             report.mismatched.append((k, tuple(target[k].shape), tuple(v.shape)))
+            continue
+        why = _unusable(v, target[k])
+        if why:
+            report.bad_values.append((k, why))
         else:
             good[k] = v
     report.notes = _notes(model, fmt, report)
@@ -368,6 +377,19 @@ def load_checkpoint(
         raise CheckpointError(f"{where}: cannot copy the weights: {_first_line(exc)}") from None
     report.loaded = list(good)
     return report
+
+
+def _unusable(v: torch.Tensor, want: torch.Tensor) -> Optional[str]:
+    """Why a right-shaped tensor still cannot be loaded (copy_ would silently cast it)."""
+    if v.is_meta:
+        return "holds no data (it was saved from the meta device)"
+    if want.is_floating_point():
+        if not v.is_floating_point():
+            return f"is {str(v.dtype).replace('torch.', '')}, the model's weight is " \
+                   f"{str(want.dtype).replace('torch.', '')}"
+        if not bool(torch.isfinite(v).all()):
+            return "contains NaN or infinite values"
+    return None
 
 
 def _notes(model: nn.Module, fmt: str, report: LoadReport) -> List[str]:

@@ -6,6 +6,7 @@ hint where one helps (nearest valid name, allowed range).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Dict, Optional, Tuple
 
 from .errors import Loc, SpecError, nearest
@@ -19,6 +20,28 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 
 def check(spec: ModelSpec, *, size_limits: bool = True) -> ModelSpec:
     """Raise SpecError for the first problem in ``spec``; return it unchanged if valid."""
+    try:
+        return _check(spec, size_limits)
+    except SpecError as err:
+        if err.line is None:
+            # A problem with a setting the user did not write (a default that does not
+            # fit): point at the model itself rather than at no place at all.
+            where = spec.loc("")
+            if where is not None:
+                err.path, err.line, err.column = where.path, where.line, where.column
+            elif spec.source and err.path == "<spec>":
+                err.path = spec.source
+        raise
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check(spec: ModelSpec, size_limits: bool) -> ModelSpec:
+    if not isinstance(spec.name, str) or not _MODEL_NAME.match(spec.name):
+        raise SpecError(f"model name {_show(spec.name)} is not a plain name", spec.loc("name"),
+                        hint="letters, digits and _, not starting with a digit, e.g. "
+                             "caformer_s18")
     _positive_int(spec, "in_chans", spec.in_chans, "input channels", MAX_WIDTH)
     _positive_int(spec, "num_classes", spec.num_classes, "classes", MAX_CLASSES)
     if len(spec.img_size) != 2 or any(not _is_int(v) or v < 1 for v in spec.img_size):
@@ -42,6 +65,7 @@ def check(spec: ModelSpec, *, size_limits: bool = True) -> ModelSpec:
     _check_eval(spec)
     if spec.recipe is not None:
         check_recipe(spec.recipe)
+    _check_limits(spec)
     if size_limits:
         _check_size(spec)
     return spec
@@ -170,6 +194,13 @@ def _check_stage(spec: ModelSpec, i: int, st: StageSpec, res: Tuple[int, int],
                                                    else st.width, res, 0))
     if not st.mixers:
         raise SpecError(f"stage {i} names no token mixer", st.loc("mixers"))
+    if _is_int(st.depth) and len(st.mixers) > st.depth:
+        # The pattern is cycled over the blocks: mixers past the depth would never be built.
+        raise SpecError(f"stage {i} lists {len(st.mixers)} token mixers but has only "
+                        f"{st.depth} block{'s' if st.depth != 1 else ''}; the last "
+                        f"{len(st.mixers) - st.depth} would never be used",
+                        st.loc("mixers"),
+                        hint=f"use x{len(st.mixers)} or more blocks, or fewer mixers")
     for j, m in enumerate(st.mixers):
         check_call("mixer", m, BuildContext(st.width, res, i, j))
     check_call("activation", st.mlp_act, BuildContext(int(st.mlp_ratio * st.width), res, i))
@@ -272,6 +303,14 @@ def _check_eval(spec: ModelSpec) -> None:
                         hint=f"did you mean '{guess}'?" if guess else "bilinear, bicubic or nearest")
     for name in ("mean", "std"):
         v = getattr(ev, name)
+        if name not in ev.locs and len(v) != spec.in_chans:
+            # The default is ImageNet's RGB statistics; other inputs must state their own.
+            raise SpecError(
+                f"the default eval {name} has {len(v)} values (ImageNet RGB) but the input "
+                f"has {spec.in_chans} channel{'s' if spec.in_chans != 1 else ''}",
+                spec.loc("in_chans"),
+                hint=f"set eval mean and std to {spec.in_chans} value(s) each, one per input "
+                     "channel")
         if len(v) != spec.in_chans or not all(_is_number(x) and math.isfinite(x) for x in v):
             raise SpecError(f"{name} must be {spec.in_chans} numbers, one per input channel",
                             ev.loc(name))
@@ -360,11 +399,33 @@ def _check_size(spec: ModelSpec) -> None:
     lim = spec.limits
     if params > lim.max_params:
         raise SpecError(
-            f"model has {params / 1e6:.1f}M parameters, over the limit of "
-            f"{lim.max_params / 1e6:.1f}M", lim.loc("max_params") or spec.loc(""),
+            "model has {} parameters, over the limit of {}".format(
+                *_counts(params, lim.max_params)), lim.loc("max_params") or spec.loc(""),
             hint="raise it with `limits { params 2G }` or --max-params")
     if macs > lim.max_macs:
         raise SpecError(
-            f"model needs {macs / 1e9:.1f}G MACs per image, over the limit of "
-            f"{lim.max_macs / 1e9:.1f}G", lim.loc("max_macs") or spec.loc(""),
+            "model needs {} MACs per image, over the limit of {}".format(
+                *_counts(macs, lim.max_macs)), lim.loc("max_macs") or spec.loc(""),
             hint="raise it with `limits { macs 2T }` or --max-macs")
+
+
+def _counts(value: int, limit: int) -> Tuple[str, str]:
+    """Both counts in the units limits are written in (950, 12.3K, 26.1M, 4.1G); exact
+    when rounding would make them look equal."""
+    def short(n: int) -> str:
+        for suffix, unit in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
+            if n >= unit:
+                return f"{n / unit:.1f}{suffix}"
+        return str(n)
+
+    a, b = short(value), short(limit)
+    return (a, b) if a != b else (f"{value:,}", f"{limit:,}")
+
+
+def _check_limits(spec: ModelSpec) -> None:
+    lim = spec.limits
+    for name, what in (("max_params", "params"), ("max_macs", "macs")):
+        v = getattr(lim, name)
+        if not _is_int(v) or v < 1:
+            raise SpecError(f"limit {what} must be a count >= 1, got {_show(v)}",
+                            lim.loc(name), hint="e.g. `limits { params 2G  macs 50G }`")

@@ -61,7 +61,8 @@ def export_model(model: nn.Module, path: str, fmt: str, *, input_shape: Tuple[in
     checks = [trace_batch] + ([trace_batch + 1] if dynamic_batch else [])
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise ExportError(f"output directory does not exist: {parent}")
+        why = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise ExportError(f"cannot write {path}: {parent} {why}")
 
     if fmt == "pt2":
         run, runtime = _export_pt2(model, example, path, dynamic_batch)
@@ -80,8 +81,10 @@ def export_model(model: nn.Module, path: str, fmt: str, *, input_shape: Tuple[in
             raise ExportError(f"exported model gives shape {got.shape}, eager {want.shape} "
                               f"(batch {b})")
         diff = np.abs(got - want)
-        worst_abs = max(worst_abs, float(diff.max()))
-        worst_rel = max(worst_rel, float(diff.max() / max(np.abs(want).max(), 1e-12)))
+        # np.maximum keeps a NaN (Python's max would drop it and report a diff of 0).
+        worst_abs = float(np.maximum(worst_abs, diff.max()))
+        worst_rel = float(np.maximum(worst_rel, diff.max() / np.maximum(np.abs(want).max(),
+                                                                        1e-12)))
         ok = ok and bool(np.all(diff <= atol + rtol * np.abs(want)))
     return ExportResult(path, fmt, runtime, checks, worst_abs, worst_rel, ok)
 

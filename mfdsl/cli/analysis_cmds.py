@@ -49,10 +49,16 @@ def load_checked(path: str, img_size: Optional[Tuple[int, int]] = None) -> Model
 
     try:
         spec = load_spec(path)
+        written = spec.loc("img_size")
         if img_size is not None:
             spec = with_overrides(spec, img_size=img_size)
         return check(spec)
     except SpecError as err:
+        if img_size is not None and err.loc is not None and err.loc == written:
+            # The size came from the command line: pointing at the file's `input` line,
+            # which says something else, would mislead.
+            err = SpecError(f"--img-size {img_size[0]}x{img_size[1]}: {err.message}",
+                            path=path, hint=err.hint)
         _fail_spec(err)
         raise AssertionError("unreachable")
 
@@ -111,6 +117,15 @@ def inspect_cmd(spec: str, batch: int, dtype: str, img_size: Optional[Tuple[int,
                 _fail(f"cannot write {graph_out}: {exc.strerror}", 1)
 
 
+def _tolerance_cb(_ctx: click.Context, _p: click.Parameter, value: float) -> float:
+    if not value >= 0 or value == float("inf"):  # also refuses NaN
+        raise click.BadParameter(f"must be a finite number >= 0, got {value}")
+    return value
+
+
+_EXPORT_EXT = {"pt2": ".pt2", "onnx": ".onnx"}
+
+
 @main.command("export")
 @SPEC_ARG
 @click.option("--format", "fmt", type=click.Choice(["pt2", "onnx"]), required=True,
@@ -119,12 +134,13 @@ def inspect_cmd(spec: str, batch: int, dtype: str, img_size: Optional[Tuple[int,
               help="Weights to load (mfdsl, timm or official layout).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="File to write.")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size of the example input the model is traced and checked with.")
 @click.option("--dynamic-batch", is_flag=True, help="Make the batch dimension symbolic.")
 @IMG_SIZE_OPT
-@click.option("--atol", type=float, default=1e-4, show_default=True,
+@click.option("--atol", type=float, default=1e-4, show_default=True, callback=_tolerance_cb,
               help="Absolute tolerance of the exported-vs-eager check.")
-@click.option("--rtol", type=float, default=1e-3, show_default=True,
+@click.option("--rtol", type=float, default=1e-3, show_default=True, callback=_tolerance_cb,
               help="Relative tolerance of the exported-vs-eager check.")
 def export_cmd(spec: str, fmt: str, checkpoint: Optional[str], output: str, batch: int,
                dynamic_batch: bool, img_size: Optional[Tuple[int, int]], atol: float,
@@ -136,6 +152,10 @@ def export_cmd(spec: str, fmt: str, checkpoint: Optional[str], output: str, batc
     from ..export import ExportError, export_model
     from ..lower import lower
 
+    if not output.lower().endswith(_EXPORT_EXT[fmt]):
+        # torch.export.load and ONNX tools recognise the files by this suffix.
+        raise click.BadParameter(f"a {fmt} file must end in {_EXPORT_EXT[fmt]}, got "
+                                 f"'{output}'", param_hint="'-o' / '--output'")
     model_spec = load_checked(spec, img_size)
     try:
         model = lower(model_spec)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -15,8 +16,8 @@ from . import main
 _SI = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
-def parse_count(text: Optional[str]) -> Optional[int]:
-    """'2G' -> 2_000_000_000; plain integers too."""
+def parse_count(text: Optional[str], option: Optional[str] = None) -> Optional[int]:
+    """'2G' -> 2_000_000_000; plain integers too. ``option`` names the flag in errors."""
     if text is None:
         return None
     t = text.strip().upper()
@@ -26,9 +27,13 @@ def parse_count(text: Optional[str]) -> Optional[int]:
     try:
         value = float(t) * mult
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not a count like 150M or 2G") from None
-    if value <= 0:
-        raise click.BadParameter("must be > 0")
+        raise click.BadParameter(f"'{text}' is not a count like 150M or 2G",
+                                 param_hint=option) from None
+    if not math.isfinite(value):  # inf, nan, 1e400: no count
+        raise click.BadParameter(f"'{text}' is not a count like 150M or 2G",
+                                 param_hint=option)
+    if value < 1:
+        raise click.BadParameter(f"'{text}' must be at least 1", param_hint=option)
     return int(value)
 
 
@@ -51,7 +56,7 @@ def load_checked(path: str, max_params: Optional[str] = None,
     from ..checks import check
 
     spec = load_spec(path)
-    mp, mm = parse_count(max_params), parse_count(max_macs)
+    mp, mm = parse_count(max_params, "--max-params"), parse_count(max_macs, "--max-macs")
     if mp is not None:
         spec.limits.max_params = mp
     if mm is not None:
@@ -111,6 +116,9 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
     from ..lower import lower
     from ..summary import format_table, summarize
 
+    if target is None and not fold and (dtype != "fp32" or mode != "default"):
+        raise click.UsageError("--dtype and --mode choose how to optimise for --target "
+                               "(or --fold); give --target cpu or --target cuda")
     ir = load_checked(spec, max_params, max_macs)
     model = lower(ir, target=target or "cpu")
     if checkpoint:
@@ -137,14 +145,31 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
         click.echo("optimisations: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
 
 
-def _emit(spec: ModelSpec, fmt: str) -> str:
+def _emit(spec: ModelSpec, fmt: str, dest_dir: str = ".",
+          schema_ref: Optional[str] = None) -> str:
+    """The spec as ``fmt`` text; a YAML file's schema comment is relative to ``dest_dir``."""
     if fmt == "mf":
         from ..emit.mf import to_mf
 
         return to_mf(spec)
     from ..emit.yaml import to_yaml
 
-    return to_yaml(spec)
+    return to_yaml(spec, schema_ref=schema_ref or _schema_ref(dest_dir))
+
+
+def _schema_ref(dest_dir: str) -> str:
+    """The JSON Schema's path as seen from a YAML file in ``dest_dir`` (for editors)."""
+    from ..resources import grammar_file
+
+    target = str(grammar_file("metaformer.schema.json"))
+    try:
+        rel = os.path.relpath(target, os.path.abspath(dest_dir or "."))
+    except ValueError:  # another drive on Windows
+        rel = target
+    return rel.replace(os.sep, "/")
+
+
+_SPEC_EXTS = {".mf": "mf", ".yaml": "yaml", ".yml": "yaml"}
 
 
 def _format_of(path: str) -> str:
@@ -161,7 +186,14 @@ def convert(spec: str, to: str, output: Optional[str]) -> None:
     """Convert SPEC between .mf and .yaml, losslessly (A -> B -> A gives the same IR)."""
     from ..api import load_spec
 
-    text = _emit(load_spec(spec), to)
+    if output:
+        out_fmt = _SPEC_EXTS.get(os.path.splitext(output)[1].lower())
+        if out_fmt is not None and out_fmt != to:
+            raise click.BadParameter(
+                f"'{output}' names a .{out_fmt} file but --to is {to}; the file could not "
+                f"be read back", param_hint="'-o' / '--output'")
+    dest = os.path.dirname(output) if output else os.path.dirname(spec)
+    text = _emit(load_spec(spec), to, dest)
     if output:
         _write_atomic(output, text)
     else:
@@ -179,12 +211,20 @@ def fmt(specs: Sequence[str], write: bool, check: bool, drop_comments: bool) -> 
     """Print each SPEC in its one canonical form (same format as the input).
 
     Comment lines above `model` in .mf files are kept; other comments are not part of
-    the spec and -w refuses to drop them unless --drop-comments is given.
+    the spec and -w refuses to drop them unless --drop-comments is given. Exit 2 if a
+    SPEC is invalid or was not rewritten.
     """
+    if check and write:
+        raise click.UsageError("--check changes nothing; it cannot be used with -w")
     changed = 0
     refused = 0
     for path in specs:
-        original, text = _canonical(path)
+        try:
+            original, text = _canonical(path)
+        except SpecError as err:  # report it and go on with the other files
+            refused += 1
+            click.echo(err.render(), err=True)
+            continue
         same = original == text
         if check:
             if not same:
@@ -201,10 +241,10 @@ def fmt(specs: Sequence[str], write: bool, check: bool, drop_comments: bool) -> 
                 click.echo(f"formatted {path}", err=True)
         else:
             click.echo(text, nl=False)
+    if refused:  # an invalid file outranks a merely unformatted one
+        sys.exit(2)
     if check and changed:
         sys.exit(1)
-    if refused:
-        sys.exit(2)
 
 
 def _canonical(path: str) -> "tuple[str, str]":
@@ -217,8 +257,13 @@ def _canonical(path: str) -> "tuple[str, str]":
     if _format_of(path) == "mf":
         from ..emit.mf import format_mf
 
-        return original, format_mf(original, path)
-    return original, _emit(spec, "yaml")
+        # load_spec accepts a byte-order mark; the canonical form has none.
+        return original, format_mf(original.lstrip("\ufeff"), path)
+    first = original.lstrip("\ufeff").split("\n", 1)[0]
+    ref = None
+    if first.startswith("# yaml-language-server:") and "$schema=" in first:
+        ref = first.split("$schema=", 1)[1].strip()  # keep the user's own schema reference
+    return original, _emit(spec, "yaml", os.path.dirname(path), schema_ref=ref)
 
 
 def _comments(text: str) -> list:
@@ -234,9 +279,19 @@ def _comments(text: str) -> list:
 
 
 def _write_atomic(path: str, text: str) -> None:
+    """Write via a temporary file, so a failed write never leaves half a spec; a write
+    that fails (missing folder, read-only place) exits 1 naming ``path``."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        click.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
+        sys.exit(1)

@@ -27,7 +27,13 @@ _ONE_LINE_MAX = 88  # a { } block fits on one line up to this width and 4 entrie
 
 
 def to_mf(spec: ModelSpec) -> str:
-    """The canonical ``.mf`` text of ``spec``."""
+    """The canonical ``.mf`` text of ``spec``; SpecError if its name has no .mf form."""
+    if not isinstance(spec.name, str) or not _IDENT.fullmatch(spec.name):
+        from ..errors import SpecError
+
+        raise SpecError(f"model name {spec.name!r} cannot be written in .mf", spec.loc("name"),
+                        hint="a .mf model name is letters, digits and _, not starting with "
+                             "a digit; rename the model")
     lines: List[str] = [f"model {spec.name} {{"]
     body: List[str] = []
     size = "x".join(str(v) for v in (spec.in_chans, *spec.img_size))

@@ -349,8 +349,25 @@ def _end_of_text(text: str, path: str) -> Loc:
     return Loc(path, line, col)
 
 
+def _lexer_allowed(exc: UnexpectedCharacters) -> set:
+    """What the parser accepts where the lexer failed.
+
+    The contextual lexer's own list always contains the newline token (the postlexer
+    must see it), even where the grammar takes no newline: keep only what the parser
+    state accepts.
+    """
+    allowed = set(exc.allowed or ())
+    try:
+        state = exc.state
+        accepts = set(state.parse_conf.parse_table.states[state.position])
+    except Exception:  # noqa: BLE001 - older Lark: no parser state on the error
+        return allowed
+    return (allowed & accepts) or allowed
+
+
 def _syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
     if isinstance(exc, UnexpectedCharacters):
+        exc.allowed = _lexer_allowed(exc)
         loc = Loc(path, exc.line, exc.column)
         pos = exc.pos_in_stream
         word = text[pos:].split(None, 1)[0] if text[pos:].strip() else text[pos]
@@ -1004,8 +1021,12 @@ class _Interpreter:
             return c
         if isinstance(item, CallNode):
             return self.call(item)
+        hint = None
+        if _is_word(item, "none"):
+            hint = "write identity for no norm / activation" if what != "head" else \
+                "a model needs a head; `linear` is the plainest"
         raise SpecError(f"expected a component name for {what}, like layernorm or "
-                        f"attention(head_dim=32), got {_describe(item)}", item.loc)
+                        f"attention(head_dim=32), got {_describe(item)}", item.loc, hint=hint)
 
     def call(self, node: CallNode) -> Call:
         c = Call(name=node.name)

@@ -329,6 +329,11 @@ def _call_level(error: Any) -> Any:
     return error
 
 
+def _deeper(e: Any, p: Path) -> list:
+    """The errors of ``e``'s branches that lie below ``p`` (inside a component's args)."""
+    return [c for c in (e.context or []) if len(c.absolute_path) > len(p)]
+
+
 def _schema_error(e: Any, doc: _Document) -> SpecError:
     p = tuple(e.absolute_path)
     where = show_path(p)
@@ -343,6 +348,12 @@ def _schema_error(e: Any, doc: _Document) -> SpecError:
             msg = f"{where}: '{name}' is not a component name"
             loc = doc.key_loc(p + (name,))
             hint = "a component name is a plain identifier like 'sepconv'"
+        elif isinstance(inst, dict) and len(inst) == 1 and isinstance(
+                next(iter(inst.values())), dict) and _deeper(e, p):
+            # The arguments are a mapping: the problem is inside one of them.
+            from jsonschema.exceptions import best_match
+
+            return _schema_error(_call_level(best_match(_deeper(e, p))), doc)
         elif isinstance(inst, dict) and len(inst) == 1:
             name = next(iter(inst))
             msg = (f"{where}: the arguments of '{name}' must be a mapping {{arg: value}}, "
@@ -386,7 +397,8 @@ def _schema_error(e: Any, doc: _Document) -> SpecError:
         lo = e.schema.get("minItems")
         hi = e.schema.get("maxItems")
         n = f"{lo}" if lo == hi else (f"at least {lo}" if v == "minItems" else f"at most {hi}")
-        return SpecError(f"{where}: expected {n} item{'s' if n != '1' else ''}, got "
+        count = lo if v == "minItems" else hi
+        return SpecError(f"{where}: expected {n} item{'s' if count != 1 else ''}, got "
                          f"{len(inst)}", loc)
     if v in ("anyOf", "oneOf"):
         desc = e.schema.get("description", "")
