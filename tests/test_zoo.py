@@ -13,7 +13,7 @@ from typing import Dict, Tuple
 
 import pytest
 
-from mfdsl.analysis.counting import macs_by_module, meta_model, param_counts
+from mfdsl.analysis.counting import count_macs_meta, macs_by_module, meta_model, param_counts
 from mfdsl.api import check_spec, load_spec
 from mfdsl.ir import call, default_downsample
 
@@ -161,13 +161,12 @@ def test_hybrids_use_what_the_paper_code_cannot_say() -> None:
 
 
 def test_demo_is_tiny_and_quick() -> None:
+    """The README's first run must fit a few CPU minutes on the built-in 10-class data."""
     spec = load_spec(SPECS_DIR / "demo_tiny.mf")
     assert (spec.in_chans, spec.img_size, spec.num_classes) == (3, (64, 64), 10)
-    assert all(16 <= w <= 64 for w in spec.widths) and all(1 <= d <= 2 for d in spec.depths)
-    assert len({m.name for st in spec.stages for m in st.mixers}) >= 3
     r = spec.recipe
-    assert (r.optimizer, r.batch_size, r.lr_batch, r.warmup_epochs) == ("adamw", 64, 256, 1)
-    assert r.epochs <= 10 and r.randaugment is None
-    assert (r.mixup, r.cutmix, r.random_erasing, r.drop_path) == (0, 0, 0, 0)
+    assert r.randaugment is None and (r.mixup, r.cutmix, r.random_erasing) == (0, 0, 0)
+    assert r.epochs * 1500 / r.batch_size <= 2000  # optimizer steps on the built-in data
     trainable, frozen = param_counts(meta_model(spec))
-    assert trainable < 1_000_000
+    assert trainable < 1_000_000 and frozen == 0
+    assert count_macs_meta(spec) < 50_000_000
