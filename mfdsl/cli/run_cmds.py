@@ -12,6 +12,9 @@ import click
 from ..errors import SpecError
 from . import main
 
+# More loader processes than cores only adds contention (and a DataLoader warning).
+_DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
 _EXIT_SPEC = 2
 
 
@@ -203,8 +206,9 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
 @click.option("--finetune-from", help="Recorded in the recipe (use --init-from to load weights).")
 @click.option("--init-from", type=click.Path(), help="Start from these weights (mfdsl, timm "
                                                      "or official checkpoint).")
-@click.option("--workers", type=int, default=4, show_default=True,
-              help="DataLoader worker processes per training process.")
+@click.option("--workers", type=int, default=_DEFAULT_WORKERS, show_default=True,
+              help="DataLoader worker processes per training process (default: CPU cores, "
+                   "at most 8).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", help="Continue from a checkpoint: a .safetensors/.state.pt file, a "
                                "run folder, or 'auto' (the latest in --output).")
@@ -283,7 +287,8 @@ def train_cmd(spec: str, **kw: Any) -> None:
                    "the built-in TinyShapes val split.")
 @click.option("--split", default="val", show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--workers", type=int, default=4, show_default=True)
+@click.option("--workers", type=int, default=_DEFAULT_WORKERS, show_default=True,
+              help="DataLoader worker processes.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on CUDA).")
 @click.option("--channels-last/--no-channels-last", default=None)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .activations import StarReLU
 from .mixers import _nchw, _nhwc
+from .pointwise import Pointwise, pointwise
 
 
 class Scale(nn.Module):
@@ -46,9 +47,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, act: nn.Module, bias: bool = False) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc1 = Pointwise(dim, hidden, bias=bias)
         self.act = act
-        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.fc2 = Pointwise(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if type(self.act) is StarReLU:
@@ -69,7 +70,7 @@ class Mlp(nn.Module):
         bias = act.bias * fc2.weight.sum(1)
         if fc2.bias is not None:
             bias = bias + fc2.bias
-        return F.linear(r, fc2.weight * act.scale, bias)
+        return pointwise(r, fc2.weight * act.scale, bias)
 
 
 class Block(nn.Module):

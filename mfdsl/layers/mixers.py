@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..registry import BuildContext, Maker, Param, register_mixer
 from .activations import StarReLU
+from .pointwise import Pointwise, pointwise
 
 Problems = List[Tuple[str, str, Optional[str]]]
 
@@ -102,11 +103,11 @@ class SepConv(nn.Module):
                  bias: bool = False) -> None:
         super().__init__()
         mid = int(expansion * dim)
-        self.pwconv1 = nn.Linear(dim, mid, bias=bias)
+        self.pwconv1 = Pointwise(dim, mid, bias=bias)
         self.act1 = act(mid) if act is not None else nn.Identity()
         self.dwconv = nn.Conv2d(mid, mid, kernel, padding=kernel // 2, groups=mid, bias=bias)
         self.act2 = act2(mid) if act2 is not None else nn.Identity()
-        self.pwconv2 = nn.Linear(mid, dim, bias=bias)
+        self.pwconv2 = Pointwise(mid, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if type(self.act1) is StarReLU:
@@ -128,7 +129,7 @@ class SepConv(nn.Module):
         b1 = self.pwconv1.bias
         if b1 is not None:
             b1 = b1 * s.abs().clamp_min(1e-30).sqrt()
-        r = F.relu(F.linear(x, w1, b1))
+        r = F.relu(pointwise(x, w1, b1))
         a = torch.addcmul(act.bias * sign, r, r)
         dw = self.dwconv
         y = F.conv2d(_nchw(a), dw.weight * sign, dw.bias, dw.stride, dw.padding,
@@ -175,9 +176,9 @@ class Attention(nn.Module):
         self.num_heads = heads if heads is not None else max(1, dim // head_dim)
         inner = self.num_heads * self.head_dim
         self.scale = head_dim ** -0.5
-        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.qkv = Pointwise(dim, 3 * inner, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(inner, dim, bias=proj_bias)
+        self.proj = Pointwise(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
