@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .errors import Loc, SpecError, nearest
 from .ir import Call, DownsampleSpec, ModelSpec, RecipeSpec, StageSpec
-from .registry import BuildContext, Component, Param, registry
+from .registry import BuildContext, Param, registry
 
 OPTIMIZERS = ("adamw", "lamb", "sgd")
 SCHEDULES = ("cosine", "constant")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-import torch
 import torch.nn as nn
 
 from .errors import SpecError

@@ -7,32 +7,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch.nn as nn
 
 from .analysis.counting import macs_by_module, meta_model, param_counts
-from .ir import Call, ModelSpec
-
-
-def call_text(c: Any) -> str:
-    """A short human form of a component reference: ``attention(head_dim=64)``."""
-    if not isinstance(c, Call):
-        return str(c)
-    if not c.args:
-        return c.name
-    inner = ", ".join(f"{k}={call_text(v) if isinstance(v, Call) else _lit(v)}"
-                      for k, v in c.args.items())
-    return f"{c.name}({inner})"
-
-
-def _lit(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "none"
-    return str(v)
-
-
-def mixer_text(mixers: List[Call]) -> str:
-    if len(mixers) == 1:
-        return call_text(mixers[0])
-    return "[" + ", ".join(call_text(m) for m in mixers) + "]"
+from .analysis.labels import human, mixer_label
+from .ir import ModelSpec
 
 
 @dataclass
@@ -81,7 +57,7 @@ def summarize(spec: ModelSpec, model: Optional[nn.Module] = None) -> CompileSumm
                          (spec.stages[0].width, *res[0]), t, f, m))
     for i, st in enumerate(spec.stages):
         t, f, m = sub(f"stages.{i}")
-        rows.append(StageRow(f"stage{i}", mixer_text(st.mixers), st.depth, st.width,
+        rows.append(StageRow(f"stage{i}", mixer_label(st), st.depth, st.width,
                              (st.width, *res[i]), t, f, m))
     t, f, m = sub("head")
     rows.append(StageRow("head", spec.head.name, 1, spec.num_classes,
@@ -89,14 +65,6 @@ def summarize(spec: ModelSpec, model: Optional[nn.Module] = None) -> CompileSumm
     total_t, total_f = param_counts(model)
     return CompileSummary(spec.name, (spec.in_chans, *spec.img_size), spec.num_classes,
                           total_t, total_f, macs["Global"], rows)
-
-
-def human(n: float, unit: str = "") -> str:
-    """12345678 -> '12.35M'."""
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{suffix}{unit}"
-    return f"{n:g}{unit}"
 
 
 def format_table(s: CompileSummary) -> str:

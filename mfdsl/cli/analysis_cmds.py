@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import click
 
 from . import main
+from .common import parse_img_size
 from ..errors import SpecError
 from ..ir import ModelSpec
 
@@ -23,22 +24,6 @@ def _fail_spec(err: SpecError) -> None:
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
-
-
-def parse_img_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
-    """``384``, ``384x384`` or ``384,256`` -> (H, W)."""
-    if text is None:
-        return None
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        raise click.BadParameter(f"expected N or HxW, got {text!r}") from None
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or min(vals) < 1:
-        raise click.BadParameter(f"expected N or HxW with positive sizes, got {text!r}")
-    return vals[0], vals[1]
 
 
 def load_checked(path: str, img_size: Optional[Tuple[int, int]] = None) -> ModelSpec:

@@ -11,6 +11,7 @@ import click
 
 from ..errors import SpecError
 from . import main
+from .common import parse_img_size
 
 # More loader processes than cores only adds contention (and a DataLoader warning).
 _DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -56,21 +57,6 @@ def _run_guarded(fn, *args, **kw) -> Any:
         _fail(f"checkpoint: {err}", 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-
-
-def _parse_img_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
-    if text is None:
-        return None
-    parts = text.lower().replace("x", ",").split(",")
-    try:
-        vals = [int(p) for p in parts if p.strip()]
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not a size like 224 or 256x192") from None
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or min(vals) < 8:
-        raise click.BadParameter(f"'{text}' is not a size like 224 or 256x192 (each >= 8)")
-    return vals[0], vals[1]
 
 
 def _parse_betas(text: Optional[str]) -> Optional[Tuple[float, float]]:
@@ -251,7 +237,7 @@ def train_cmd(spec: str, **kw: Any) -> None:
     from ..runner.options import TrainOptions
 
     kw["betas"] = _parse_betas(kw.get("betas"))
-    img_size = _parse_img_size(kw.get("img_size"))
+    img_size = parse_img_size(kw.get("img_size"), minimum=8)
     parsed = _run_guarded(_load_spec, spec)
     overrides = _recipe_overrides(kw)
     _check_overrides(parsed, overrides)

@@ -1,7 +1,6 @@
 """Token mixers on channels-last tensors (B, H, W, C)."""
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
