@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Optional
 
@@ -64,6 +65,13 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
     if not eager and not compiled:
         click.echo("error: nothing to measure (--no-eager without --compile)", err=True)
         sys.exit(2)
+    if json_path:
+        # Refuse before the measurement, not after minutes of it.
+        folder = os.path.dirname(os.path.abspath(json_path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            click.echo(f"error: --json {json_path}: folder {folder} does not exist or is "
+                       "not writable", err=True)
+            sys.exit(2)
     dtype = dtype or ("bf16" if device == "cuda" else "fp32")
     try:
         ir = check(load_spec(spec))

@@ -65,9 +65,11 @@ def _parse_betas(text: Optional[str]) -> Optional[Tuple[float, float]]:
     try:
         vals = tuple(float(p) for p in text.split(","))
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not two numbers like 0.9,0.999") from None
+        raise click.BadParameter(f"'{text}' is not two numbers like 0.9,0.999",
+                                 param_hint="'--betas'") from None
     if len(vals) != 2:
-        raise click.BadParameter(f"'{text}' is not two numbers like 0.9,0.999")
+        raise click.BadParameter(f"'{text}' is not two numbers like 0.9,0.999",
+                                 param_hint="'--betas'")
     return vals  # type: ignore[return-value]
 
 
@@ -124,8 +126,27 @@ def _check_overrides(spec, overrides: Dict[str, Any]) -> None:
             check_recipe(base)
         except SpecError:
             return  # the spec itself is wrong: build_model reports it with its location
+        hint = err.hint
+        if (hint is None and "warmup_epochs" in err.message and "epochs" in overrides
+                and "warmup_epochs" not in overrides):
+            hint = "lower --warmup-epochs as well"
         _fail(f"command-line recipe value: {err.message}"
-              + (f" (hint: {err.hint})" if err.hint else ""), _EXIT_SPEC)
+              + (f" (hint: {hint})" if hint else ""), _EXIT_SPEC)
+
+
+def _check_img_size(spec, img_size: Tuple[int, int]) -> None:
+    """Blame --img-size, not the file's `input` line (which says something else), when the
+    command-line size does not fit the model."""
+    from ..checks import check
+    from ..ir import with_overrides
+
+    try:
+        check(with_overrides(spec, img_size=img_size))
+    except SpecError as err:
+        if err.loc is not None and err.loc == spec.loc("img_size"):
+            _fail(f"--img-size {img_size[0]}x{img_size[1]}: {err.message}"
+                  + (f" (hint: {err.hint})" if err.hint else ""), _EXIT_SPEC)
+        # Anything else is the spec's own fault: build_model reports it with its location.
 
 
 def _output_for_resume(resume: Optional[str]) -> Optional[str]:
@@ -210,15 +231,15 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
               show_default=True)
 @click.option("--nan-policy", type=click.Choice(["skip", "stop"]), default="skip",
               show_default=True, help="On a non-finite loss: skip the step, or stop (exit 3).")
-@click.option("--nan-max-consecutive", type=int, default=5, show_default=True,
+@click.option("--nan-max-consecutive", type=click.IntRange(min=1), default=5, show_default=True,
               help="With skip: stop after this many non-finite steps in a row.")
-@click.option("--keep-recent", type=int, default=3, show_default=True,
+@click.option("--keep-recent", type=click.IntRange(min=0), default=3, show_default=True,
               help="Periodic checkpoints kept besides last and best.")
-@click.option("--ckpt-every", type=int, default=0, show_default=True,
+@click.option("--ckpt-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also checkpoint every N optimizer steps (0: at epoch ends only).")
-@click.option("--log-every", type=int, default=50, show_default=True,
+@click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="Optimizer steps between log lines / metric records.")
-@click.option("--eval-every", type=int, default=1, show_default=True, help="Epochs between "
+@click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between "
                                                                             "validations.")
 @click.option("--tensorboard/--no-tensorboard", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=None,
@@ -237,8 +258,14 @@ def train_cmd(spec: str, **kw: Any) -> None:
     from ..runner.options import TrainOptions
 
     kw["betas"] = _parse_betas(kw.get("betas"))
-    img_size = parse_img_size(kw.get("img_size"), minimum=8)
+    try:
+        img_size = parse_img_size(kw.get("img_size"), minimum=8)
+    except click.BadParameter as err:
+        err.param_hint = "'--img-size'"  # parse_img_size does not know the option's name
+        raise
     parsed = _run_guarded(_load_spec, spec)
+    if img_size is not None:
+        _check_img_size(parsed, img_size)
     overrides = _recipe_overrides(kw)
     _check_overrides(parsed, overrides)
     opts = TrainOptions(

@@ -97,6 +97,18 @@ def timm_name_for(spec_name: str) -> Optional[str]:
     return base if timm.is_model(base) else None
 
 
+def _shapes(model: nn.Module) -> List[tuple]:
+    """Sorted parameter shapes, equal for the same architecture whatever its key names
+    (a 1x1 convolution's kernel counts as the linear layer it is)."""
+    shapes = []
+    for p in model.parameters():
+        shape = tuple(p.shape)
+        while len(shape) > 2 and shape[-2:] == (1, 1):
+            shape = shape[:-2]
+        shapes.append(shape)
+    return sorted(shapes)
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -211,10 +223,22 @@ def run_benchmark(
         raise ValueError("nothing to measure: enable eager and/or compiled")
     timm_name = timm_name_for(spec_name) if with_timm else None
     builders: Dict[str, Callable[[], nn.Module]] = {"mfdsl": build_mfdsl}
+    timm_note = None
     if timm_name is not None:
         import timm
 
-        builders["timm"] = lambda: timm.create_model(timm_name, num_classes=num_classes)
+        def build_timm() -> nn.Module:
+            return timm.create_model(timm_name, num_classes=num_classes, in_chans=in_chans)
+
+        # A spec keeps its name when edited: only a model with the same parameter shapes
+        # is a twin; comparing against another architecture would give a false ratio.
+        if _shapes(build_mfdsl()) != _shapes(build_timm()):
+            timm_note = (f"timm's {timm_name} differs from this spec (parameter shapes); "
+                         "not compared")
+            log(f"note: {timm_note}")
+            timm_name = None
+        else:
+            builders["timm"] = build_timm
     cases: List[_Case] = []
     results: Dict[tuple, Result] = {}
     for impl, build in builders.items():
@@ -257,7 +281,8 @@ def run_benchmark(
                 flops = macs * (6 if res.task == "train" else 2) * res.img_s
                 res.mfu = flops / (gpu_peak * 1e12)
     return {
-        "spec": spec_name, "timm_model": timm_name, "device": device, "dtype": dtype,
+        "spec": spec_name, "timm_model": timm_name, "timm_note": timm_note,
+        "device": device, "dtype": dtype,
         "batch": batch, "rounds": rounds, "iters_per_round": iters, "warmup_steps": warmup,
         "macs_per_image": macs, "gpu_peak_tflops": gpu_peak,
         "machine": machine_info(device), "results": [asdict(r) for r in results.values()],

@@ -20,3 +20,9 @@ class NonFiniteLossError(RunError):
     """Training produced a non-finite loss or gradient and the policy says stop; exit code 3."""
 
     exit_code = 3
+
+
+class InterruptedRun(RunError):
+    """The user stopped training (Ctrl-C / SIGINT); exit code 130 like a shell's."""
+
+    exit_code = 130

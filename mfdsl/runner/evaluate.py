@@ -80,11 +80,20 @@ def resolve_checkpoint_path(path: str) -> str:
     """A run folder or checkpoints folder means its ``last`` weights; files pass through."""
     import os
 
+    from .errors import RunError
+
     for cand in (os.path.join(path, "checkpoints", "last.safetensors"),
                  os.path.join(path, "last.safetensors")):
         if os.path.isdir(path) and os.path.isfile(cand):
             return cand
+    if os.path.isdir(path):
+        raise RunError(f"--checkpoint {path}: a folder without checkpoints (expected a run "
+                       "folder with checkpoints/last.safetensors, or a weights file)")
     return path
+
+
+# Sub-folder names that mark a dataset root laid out by split rather than by class.
+_SPLIT_NAMES = ("train", "val", "validation", "test")
 
 
 def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "val",
@@ -110,6 +119,11 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     if not os.path.isdir(data):
         raise DataError(f"--data {data}: no such folder")
     root = os.path.join(data, split) if os.path.isdir(os.path.join(data, split)) else data
+    splits = sorted(n for n in _SPLIT_NAMES if os.path.isdir(os.path.join(data, n)))
+    if root == data and splits:
+        # Evaluating the root would take 'train' etc. for class folders: a meaningless score.
+        raise DataError(f"--data {data} has no '{split}' folder (it has {', '.join(splits)}); "
+                        "choose one with --split")
     model = build_model(spec)
     ckpt_path = resolve_checkpoint_path(checkpoint)
     if not os.path.exists(ckpt_path):

@@ -137,7 +137,8 @@ def plot_curves(jsonl_path: str, png_path: str) -> Optional[str]:
     ax1.grid(alpha=0.3)
     ax2.set_xlabel("optimizer step")
     ax2.set_ylabel("accuracy (%)")
-    ax2.legend()
+    if ax2.get_legend_handles_labels()[0]:  # no val split: nothing to label
+        ax2.legend()
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)

@@ -23,7 +23,7 @@ from ..ir import ModelSpec, with_overrides
 from . import checkpointing as ckpt
 from .distributed import (DistEnv, all_sum, any_rank, barrier, gather_objects, setup,
                           teardown)
-from .errors import DataError, NonFiniteLossError, RunError
+from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import autocast_context, evaluate
 from .imagefolder import (ResumableDistributedSampler, ShardSampler, SkippingImageFolder,
                           eval_transform, make_loader, split_dir, train_transform)
@@ -90,11 +90,17 @@ class Trainer:
         resume_stem = self._find_resume()
         if resume_stem is not None:
             self._load_resume(resume_stem)
-        self.metrics = MetricsLog(self.output, env.is_main, opts.tensorboard,
-                                  resume_step=self.state.step if resume_stem else None)
-        self.writer = ckpt.CheckpointWriter(self.ckpt_dir, opts.keep_recent) if env.is_main else None
-        if env.is_main:
-            self._write_run_folder(resume_stem)
+        try:
+            self.metrics = MetricsLog(self.output, env.is_main, opts.tensorboard,
+                                      resume_step=self.state.step if resume_stem else None)
+            self.writer = (ckpt.CheckpointWriter(self.ckpt_dir, opts.keep_recent)
+                           if env.is_main else None)
+            if env.is_main:
+                self._write_run_folder(resume_stem)
+        except OSError as exc:
+            # Say which option is at fault: a bare "[Errno 20] Not a directory" does not.
+            raise RunError(f"--output {self.output}: cannot write the run folder: "
+                           f"{exc.strerror or exc}") from None
         barrier(env)
 
     # ------------------------------------------------------------------ setup
@@ -251,12 +257,17 @@ class Trainer:
             return None
         stem = ckpt.resolve_resume(opts.resume, self.output)
         if stem is None:
-            self.log(f"note: --resume auto: no checkpoint in {self.ckpt_dir}, starting fresh")
+            self.log(f"note: --resume auto: no complete checkpoint in {self.ckpt_dir}, "
+                     "starting fresh")
         return stem
 
     def _load_resume(self, stem: str) -> None:
         state = ckpt.load_state(stem + ckpt.STATE_EXT)
         weights = ckpt.load_weights_file(stem + ckpt.WEIGHTS_EXT)
+        mismatch = ckpt.describe_mismatch(self.model.state_dict(), weights)
+        if mismatch:
+            raise RunError(f"checkpoint {stem}{ckpt.WEIGHTS_EXT} was made for a different "
+                           f"model than this spec builds:\n{mismatch}")
         try:
             self.model.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
@@ -295,6 +306,18 @@ class Trainer:
             self._seed_everything(self.opts.seed + self.env.rank + 1000003 * st.step)
         self.log(f"resumed from {stem} (step {st.step}, epoch {st.epoch + 1}, "
                  f"{st.micro} micro-batches into it)")
+
+    def interrupted_message(self) -> str:
+        """What a user stopping the run needs: where it stopped and how to go on."""
+        st = self.state
+        try:
+            latest = ckpt.find_latest(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
+        except Exception:  # noqa: BLE001 - the message must not hide the interrupt
+            return f"interrupted at step {st.step}"
+        if latest is None:
+            return f"interrupted at step {st.step}; no checkpoint was written yet"
+        return (f"interrupted at step {st.step}; the last checkpoint is {latest} (step "
+                f"{ckpt.pair_step(latest)}); continue with --resume auto -o {self.output}")
 
     # ------------------------------------------------------------------ run folder
     def _write_run_folder(self, resume_stem: Optional[str]) -> None:
@@ -454,16 +477,23 @@ class Trainer:
         clip = self.recipe.clip_grad
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
         mean_loss = loss_sum / plan.accum
-        finite = bool(torch.isfinite(mean_loss) & torch.isfinite(grad_norm))
-        finite = not any_rank(env, not finite)
-        if finite:
-            if self.scaler is not None:
+        loss_finite = not any_rank(env, not bool(torch.isfinite(mean_loss)))
+        finite = loss_finite and not any_rank(env, not bool(torch.isfinite(grad_norm)))
+        if self.scaler is not None:
+            # fp16: scaled gradients that overflow are the loss scaler's business, not a
+            # non-finite loss: it skips the step itself and lowers the scale. update() must
+            # follow every unscale_(), or the next step's unscale_() raises.
+            if finite:
                 self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
+            self.scaler.update()
+            finite = loss_finite
+            stepped = not any_rank(env, not bool(torch.isfinite(grad_norm)))
+        else:
+            if finite:
                 self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.model, step=st.step)
+            stepped = finite
+        if stepped and self.ema is not None:
+            self.ema.update(self.model, step=st.step)
         self.optimizer.zero_grad(set_to_none=True)
         return dict(loss=float(mean_loss), lr=lr, finite=finite, grad_norm=float(grad_norm),
                     bad_files=bad_files)
@@ -623,7 +653,10 @@ def run_training(spec: ModelSpec, opts: TrainOptions) -> Dict[str, Any]:
     trainer = None
     try:
         trainer = Trainer(spec, opts, env)
-        summary = trainer.fit()
+        try:
+            summary = trainer.fit()
+        except KeyboardInterrupt:
+            raise InterruptedRun(trainer.interrupted_message()) from None
         # Leave together: a rank tearing gloo down while rank 0 still writes the summary
         # and plot can abort ("terminate called without an active exception").
         barrier(env)
