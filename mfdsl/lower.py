@@ -1,7 +1,7 @@
 """Lowering: a checked ModelSpec -> a MetaFormer nn.Module."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 import torch.nn as nn
 
@@ -9,7 +9,7 @@ from .errors import SpecError
 from .ir import Call, DownsampleSpec, ModelSpec, call
 from .layers.block import Block, Downsample, Mlp, Stage
 from .model import ClassifierHead, MetaFormer
-from .registry import BuildContext, Component, Maker, registry
+from .registry import BuildContext, Maker, registry, resolve_args
 
 
 def as_call(value: Any) -> Call:
@@ -17,22 +17,11 @@ def as_call(value: Any) -> Call:
     return value if isinstance(value, Call) else call(str(value))
 
 
-def resolved_args(comp: Component, given: Dict[str, Any]) -> Dict[str, Any]:
-    """Defaults updated with the given args; ints widened where a float is expected."""
-    out = comp.defaults()
-    out.update(given)
-    for p in comp.params:
-        v = out.get(p.name)
-        if p.type is float and isinstance(v, int) and not isinstance(v, bool):
-            out[p.name] = float(v)
-    return out
-
-
 def make_component(kind: str, c: Call, ctx: BuildContext, **extra: Any) -> nn.Module:
     comp = registry.get(kind, c.name)
     if comp is None:  # the checker reports this with a location first
         raise SpecError(f"unknown {kind} '{c.name}'", c.loc())
-    args = resolved_args(comp, c.args)
+    args = resolve_args(comp, c.args)
     for p in comp.params:
         if isinstance(p.type, str) and args.get(p.name) is not None:
             args[p.name] = _maker(p.type, as_call(args[p.name]), ctx)

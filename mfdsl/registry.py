@@ -179,9 +179,14 @@ def register_head(name: str, *params: Param, **kw: Any):
 
 
 def resolve_args(comp: Component, given: Dict[str, Any]) -> Dict[str, Any]:
-    """The component's defaults updated with what the spec gave (already checked)."""
+    """The component's defaults updated with what the spec gave (already checked); ints
+    are widened where a float is expected."""
     out = comp.defaults()
     out.update(given)
+    for p in comp.params:
+        v = out.get(p.name)
+        if p.type is float and isinstance(v, int) and not isinstance(v, bool):
+            out[p.name] = float(v)
     return out
 
 

@@ -9,7 +9,7 @@ import torch
 
 from mfdsl.api import build_model
 from mfdsl.ir import ModelSpec, StageSpec, call, default_downsample
-from mfdsl.passes import TargetError, compile_for_target, compile_for_target_with_summary
+from mfdsl.passes import TargetError, compile_for_target
 from mfdsl.passes.throughput import markdown_table, run_benchmark, timm_name_for
 
 
@@ -40,7 +40,8 @@ def test_cpu_eager_matches_and_keeps_state_dict() -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
-    opt, summary = compile_for_target_with_summary(copy.deepcopy(model), "cpu", mode="eager")
+    opt = compile_for_target(copy.deepcopy(model), "cpu", mode="eager")
+    summary = opt.summary
     with torch.no_grad():
         out = opt(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

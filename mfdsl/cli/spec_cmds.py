@@ -133,7 +133,7 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
         model.eval()
         result = compile_for_target(model, target=target or "cpu", dtype=dtype, mode=mode,
                                     fold=fold)
-        applied = getattr(result, "mfdsl_applied", None)
+        applied = result.summary
     if as_json:
         out = summary.to_json()
         if applied is not None:

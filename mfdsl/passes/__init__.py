@@ -4,5 +4,5 @@ from .fold import (  # noqa: F401
     fold_for_inference, fold_layer_scale, fold_norm_affine, fold_res_scale, fold_starrelu,
 )
 from .targets import (  # noqa: F401
-    TargetError, TargetModel, compile_for_target, compile_for_target_with_summary,
+    TargetError, TargetModel, compile_for_target,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -46,7 +46,6 @@ class TargetModel(nn.Module):
         # Kept out of the module tree so it adds no state-dict keys.
         object.__setattr__(self, "_compiled", compiled)
         self.summary = summary
-        self.mfdsl_applied = summary  # the name `mfdsl compile` reads
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,23 +108,9 @@ def compile_for_target(
     * ``channels_last``: feed the image and conv weights channels-last (mfdsl's blocks
       run channels-last anyway; turn it off to time a foreign model as its authors ship it).
 
-    ``result.summary`` (also ``result.mfdsl_applied``) says what was applied. Raises :class:`TargetError` for bad
+    ``result.summary`` says what was applied. Raises :class:`TargetError` for bad
     options and :class:`mfdsl.errors.SpecError` for a bad spec.
     """
-    return compile_for_target_with_summary(model_or_spec, target, dtype, mode, fold,
-                                           channels_last=channels_last)[0]
-
-
-def compile_for_target_with_summary(
-    model_or_spec: Union[nn.Module, ModelSpec, str, "os.PathLike[str]"],
-    target: str = "cpu",
-    dtype: str = "fp32",
-    mode: str = "default",
-    fold: bool = False,
-    *,
-    channels_last: bool = True,
-) -> Tuple[TargetModel, Dict[str, Any]]:
-    """:func:`compile_for_target` and its summary dict (for the CLI)."""
     _validate(target, dtype, mode)
     if isinstance(model_or_spec, nn.Module):
         model = model_or_spec
@@ -168,4 +153,4 @@ def compile_for_target_with_summary(
     wrapped = TargetModel(model, target, dtype, mode, compiled, summary, channels_last)
     if not model.training:
         wrapped.eval()
-    return wrapped, summary
+    return wrapped
