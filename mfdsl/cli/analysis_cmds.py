@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import click
 
 from . import main
-from .common import parse_img_size
+from .common import check_at_img_size, parse_img_size
 from ..errors import SpecError
 from ..ir import ModelSpec
 
@@ -29,21 +29,10 @@ def _fail(message: str, code: int = 2) -> None:
 def load_checked(path: str, img_size: Optional[Tuple[int, int]] = None) -> ModelSpec:
     """Load and check a spec file; on a bad spec print the located error and exit 2."""
     from ..api import load_spec
-    from ..checks import check
-    from ..ir import with_overrides
 
     try:
-        spec = load_spec(path)
-        written = spec.loc("img_size")
-        if img_size is not None:
-            spec = with_overrides(spec, img_size=img_size)
-        return check(spec)
+        return check_at_img_size(load_spec(path), img_size)
     except SpecError as err:
-        if img_size is not None and err.loc is not None and err.loc == written:
-            # The size came from the command line: pointing at the file's `input` line,
-            # which says something else, would mislead.
-            err = SpecError(f"--img-size {img_size[0]}x{img_size[1]}: {err.message}",
-                            path=path, hint=err.hint)
         _fail_spec(err)
         raise AssertionError("unreachable")
 

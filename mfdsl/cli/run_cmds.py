@@ -11,7 +11,7 @@ import click
 
 from ..errors import SpecError
 from . import main
-from .common import parse_img_size
+from .common import check_at_img_size, parse_img_size
 
 # More loader processes than cores only adds contention (and a DataLoader warning).
 _DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -134,21 +134,6 @@ def _check_overrides(spec, overrides: Dict[str, Any]) -> None:
               + (f" (hint: {hint})" if hint else ""), _EXIT_SPEC)
 
 
-def _check_img_size(spec, img_size: Tuple[int, int]) -> None:
-    """Blame --img-size, not the file's `input` line (which says something else), when the
-    command-line size does not fit the model."""
-    from ..checks import check
-    from ..ir import with_overrides
-
-    try:
-        check(with_overrides(spec, img_size=img_size))
-    except SpecError as err:
-        if err.loc is not None and err.loc == spec.loc("img_size"):
-            _fail(f"--img-size {img_size[0]}x{img_size[1]}: {err.message}"
-                  + (f" (hint: {err.hint})" if err.hint else ""), _EXIT_SPEC)
-        # Anything else is the spec's own fault: build_model reports it with its location.
-
-
 def _output_for_resume(resume: Optional[str]) -> Optional[str]:
     """The run folder a ``--resume PATH`` belongs to (used when --output is not given)."""
     if resume in (None, "auto"):
@@ -265,7 +250,13 @@ def train_cmd(spec: str, **kw: Any) -> None:
         raise
     parsed = _run_guarded(_load_spec, spec)
     if img_size is not None:
-        _check_img_size(parsed, img_size)
+        # Only the size's own errors are reported here; the spec's others come, located,
+        # from build_model.
+        try:
+            check_at_img_size(parsed, img_size)
+        except SpecError as err:
+            if err.line is None:
+                raise
     overrides = _recipe_overrides(kw)
     _check_overrides(parsed, overrides)
     opts = TrainOptions(
