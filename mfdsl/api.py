@@ -12,6 +12,10 @@ from .ir import ModelSpec
 
 SpecLike = Union[str, "os.PathLike[str]", ModelSpec]
 
+# The largest spec file read: the zoo's biggest spec is a few KiB; a bound keeps a huge or
+# endless file (/dev/zero) from exhausting memory.
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+
 
 def load_spec(path: Union[str, "os.PathLike[str]"]) -> ModelSpec:
     """Parse a ``.mf`` or ``.yaml``/``.yml`` file into the IR (syntax and schema only)."""
@@ -20,9 +24,12 @@ def load_spec(path: Union[str, "os.PathLike[str]"]) -> ModelSpec:
     if ext not in (".mf", ".yaml", ".yml"):
         raise SpecError(f"unknown spec file type '{ext or path}'", path=path,
                         hint="use a .mf or .yaml file")
+    from .fsio import UnsafePathError, read_regular
+
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_regular(path, MAX_SPEC_BYTES, "spec file")
+    except UnsafePathError as exc:
+        raise SpecError(str(exc), path=path) from None
     except FileNotFoundError:
         raise SpecError("no such spec file", path=path) from None
     except IsADirectoryError:

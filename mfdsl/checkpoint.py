@@ -127,7 +127,10 @@ def _read_file(path: str, map_location: Union[str, torch.device]) -> Any:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    from .fsio import check_regular
+
     try:
+        check_regular(path, "checkpoint")  # a FIFO would block the read below
         with open(path, "rb") as f:
             magic = f.read(16)
     except OSError as exc:

@@ -138,12 +138,13 @@ def test_resume_missing_path(data, tmp_path):
     assert code == 2 and "not found" in out
 
 
-def test_resume_checkpoint_of_another_spec_names_the_shapes(data, trained, wide_spec, tmp_path):
+def test_resume_checkpoint_of_another_spec_names_the_difference(data, trained, wide_spec,
+                                                                tmp_path):
     before = (trained / "spec.mf").read_text()
     code, out = run("train", wide_spec, *FAST, "--data", data, "-o", trained, "--resume", "auto")
     assert code == 2
     assert "different model" in out
-    assert "stem.conv.weight: model expects [48, 3, 7, 7], checkpoint has [32, 3, 7, 7]" in out
+    assert "stages[0].width: 48 here, 32 in the run" in out
     assert (trained / "spec.mf").read_text() == before  # the run folder is untouched
 
 
@@ -264,7 +265,7 @@ def test_eval_corrupt_checkpoint(data, tmp_path):
 
 def test_eval_wrong_architecture(data, trained, wide_spec):
     code, out = run("eval", wide_spec, "--workers", "0", "--data", data, "-c", trained)
-    assert code == 2 and "model expects [48" in out
+    assert code == 2 and "different model" in out and "stages[0].width: 48 here" in out
 
 
 def test_eval_refuses_pickled_code(data, tmp_path):

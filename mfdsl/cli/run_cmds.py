@@ -49,9 +49,13 @@ def _run_guarded(fn, *args, **kw) -> Any:
     try:
         return fn(*args, **kw)
     except SpecError as err:
-        click.echo(_rank_prefix() + err.render(), err=True)
+        # Every rank of a torchrun job reads the same spec: rank 0 alone reports it.
+        if os.environ.get("RANK") in (None, "0"):
+            click.echo(err.render(), err=True)
         sys.exit(_EXIT_SPEC)
     except RunError as err:
+        if err.quiet:  # another rank of this distributed run reports it
+            sys.exit(err.exit_code)
         _fail(_clean(err.message), err.exit_code)
     except CheckpointError as err:
         _fail(f"checkpoint: {err}", 2)
@@ -204,6 +208,9 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", help="Continue from a checkpoint: a .safetensors/.state.pt file, a "
                                "run folder, or 'auto' (the latest in --output).")
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run in an --output folder that holds an earlier run: its run "
+                   "files (checkpoints, metrics, run.json ...) are removed first.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (the "
                                             "schedule is compressed to fit).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -264,7 +271,8 @@ def train_cmd(spec: str, **kw: Any) -> None:
         output=kw["output"] or _output_for_resume(kw["resume"]),
         batch_size=kw["batch_size"], per_device_batch=kw["per_device_batch"],
         accum=kw["accum"], img_size=img_size, workers=kw["workers"], seed=kw["seed"],
-        resume=kw["resume"], max_steps=kw["max_steps"], device=kw["device"],
+        resume=kw["resume"], overwrite=kw["overwrite"], max_steps=kw["max_steps"],
+        device=kw["device"],
         compile=kw["compile"], channels_last=kw["channels_last"], amp=kw["amp"],
         amp_dtype=kw["amp_dtype"], hflip=0.0 if kw["no_flip"] else 0.5,
         crop_scale_min=kw["crop_scale_min"],
@@ -282,14 +290,17 @@ def train_cmd(spec: str, **kw: Any) -> None:
 
 
 @main.command("eval")
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path(dir_okay=False), required=False)
 @click.option("--checkpoint", "-c", required=True, type=click.Path(),
-              help="Weights: mfdsl (.safetensors/.pth), timm or official checkpoint, or a run "
-                   "folder (its last checkpoint).")
+              help="Weights: a run folder (its last checkpoint), an mfdsl .safetensors, or a "
+                   "timm/official checkpoint (then SPEC is needed).")
 @click.option("--data", type=click.Path(), default=None,
               help="ImageFolder root; its --split sub-folder is used if present. Default: "
                    "the built-in TinyShapes val split.")
 @click.option("--split", default="val", show_default=True)
+@click.option("--img-size", help="Evaluate at this size instead of the run's (e.g. 224 or "
+                                 "256x192).")
+@click.option("--crop-pct", type=float, help="Centre-crop fraction instead of the run's.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=_DEFAULT_WORKERS, show_default=True,
               help="DataLoader worker processes.")
@@ -297,19 +308,28 @@ def train_cmd(spec: str, **kw: Any) -> None:
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on CUDA).")
 @click.option("--channels-last/--no-channels-last", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_cmd(spec: str, checkpoint: str, data: Optional[str], split: str, batch_size: int,
+def eval_cmd(spec: Optional[str], checkpoint: str, data: Optional[str], split: str,
+             img_size: Optional[str], crop_pct: Optional[float], batch_size: int,
              workers: int, device: str, amp: Optional[bool], channels_last: Optional[bool],
              as_json: bool) -> None:
-    """Evaluate SPEC with CHECKPOINT's weights: top-1, top-5, loss and images/s.
+    """Evaluate CHECKPOINT: top-1, top-5, loss and images/s.
 
-    The eval transform is the spec's: resize, centre crop (crop_pct), interpolation,
-    mean/std.
+    A checkpoint from an mfdsl run knows its model, input size, eval transform and class
+    list: SPEC may be left out, and if given must build the same model. The eval
+    transform is resize, centre crop (crop_pct), interpolation, mean/std.
     """
     from ..runner.evaluate import run_evaluation
 
-    parsed = _run_guarded(_load_spec, spec)
+    try:
+        size = parse_img_size(img_size, minimum=8)
+    except click.BadParameter as err:
+        err.param_hint = "'--img-size'"
+        raise
+    parsed = _run_guarded(_load_spec, spec) if spec else None
+    quiet = as_json or os.environ.get("RANK") not in (None, "0")
     res = _run_guarded(run_evaluation, parsed, checkpoint, data, split, batch_size, workers,
-                       device, amp, "bfloat16", channels_last)
+                       device, amp, "bfloat16", channels_last, size, crop_pct,
+                       None if quiet else (lambda m: click.echo(m, err=True)))
     if os.environ.get("RANK") not in (None, "0"):
         return
     paths = res.pop("skipped_paths")

@@ -18,13 +18,12 @@ import json
 import os
 import random
 import re
-import shutil
-import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .. import fsio
 from .errors import RunError
 
 WEIGHTS_EXT = ".safetensors"
@@ -34,47 +33,14 @@ _CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
 
 
 # --------------------------------------------------------------------------- atomic files
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: str, write) -> None:
-    """Run ``write(tmp_path)`` then fsync and rename the temporary file onto ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
+# Every file goes through mfdsl.fsio (temporary file in the same folder, fsync, rename);
+# checkpoints are run-folder files, so a symlink in their place is refused.
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    _atomic(path, write)
+    fsio.write_atomic(path, data, links=fsio.INTERNAL)
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    fsio.write_atomic_with(path, lambda tmp: torch.save(obj, tmp), links=fsio.INTERNAL)
 
 
 def atomic_save_weights(tensors: Dict[str, torch.Tensor], path: str,
@@ -85,22 +51,6 @@ def atomic_save_weights(tensors: Dict[str, torch.Tensor], path: str,
     blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                 metadata={"mfdsl": json.dumps(meta, sort_keys=True)})
     atomic_write_bytes(path, blob)
-
-
-def _link_atomic(src: str, dst: str) -> None:
-    """Make ``dst`` name the same file as ``src`` (hard link, or a copy), atomically."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.lnk")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    try:
-        os.link(src, tmp)
-        os.replace(tmp, dst)
-        _fsync_dir(folder)
-    except OSError:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        _atomic(dst, lambda t: shutil.copyfile(src, t))
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -137,6 +87,7 @@ def weights_meta(path: str) -> Optional[Dict[str, Any]]:
     from safetensors import safe_open
 
     try:
+        fsio.check_regular(path, "checkpoint")
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
         return json.loads(meta["mfdsl"])
@@ -146,6 +97,7 @@ def weights_meta(path: str) -> Optional[Dict[str, Any]]:
 
 def load_state(path: str) -> Dict[str, Any]:
     try:
+        fsio.check_regular(path, "training state file")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RunError(f"training state file not found: {path}") from None
@@ -183,6 +135,13 @@ def list_periodic(folder: str) -> List[Tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
+def checkpoint_files(folder: str) -> List[str]:
+    """Names of the checkpoint files (valid or not) in a checkpoints folder."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n for n in os.listdir(folder) if n.endswith((WEIGHTS_EXT, STATE_EXT)))
+
+
 def find_latest(folder: str) -> Optional[str]:
     """The stem of the newest valid pair in a checkpoints folder (``last`` first)."""
     candidates = [(pair_step(os.path.join(folder, "last")), os.path.join(folder, "last"))]
@@ -198,7 +157,17 @@ def resolve_resume(resume: str, output_dir: str) -> Optional[str]:
     """The checkpoint stem ``--resume`` names: ``auto`` (latest in the output folder, None if
     there is none), a run or checkpoints folder, or a ``.safetensors``/``.state.pt`` file."""
     if resume == "auto":
-        return find_latest(os.path.join(output_dir, "checkpoints"))
+        folder = os.path.join(output_dir, "checkpoints")
+        stem = find_latest(folder)
+        files = checkpoint_files(folder)
+        if stem is None and files:
+            # Starting fresh would overwrite (and prune) what is there: refuse, touch nothing.
+            shown = ", ".join(files[:6]) + (f", ... ({len(files)} files)" if len(files) > 6 else "")
+            raise RunError(f"--resume auto: {folder} holds checkpoint files ({shown}) but no "
+                           f"complete, readable pair (each needs X{WEIGHTS_EXT} and "
+                           f"X{STATE_EXT} for the same step); nothing was changed. Resume from "
+                           "one explicitly with --resume FILE, or move them away")
+        return stem
     path = resume
     if os.path.isdir(path):
         folder = os.path.join(path, "checkpoints") if os.path.isdir(
@@ -246,25 +215,34 @@ def load_weights_file(path: str) -> Dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
+        fsio.check_regular(path, "checkpoint")
         return load_file(path, device="cpu")
     except Exception as exc:
         raise RunError(f"cannot read weights {path}: {exc}") from None
 
 
 class CheckpointWriter:
-    """Writes ckpt-<step> pairs, points ``last``/``best`` at them and prunes old ones."""
+    """Writes ckpt-<step> pairs, points ``last``/``best`` at them and prunes old ones.
 
-    def __init__(self, folder: str, keep_recent: int) -> None:
+    ``context`` (a run's ``RunContext.to_json()``) goes into every weights file's
+    metadata; pruning deletes only periodic pairs whose metadata names this run.
+    """
+
+    def __init__(self, folder: str, keep_recent: int,
+                 context: Optional[Dict[str, Any]] = None) -> None:
         self.folder = folder
         self.keep_recent = max(0, keep_recent)
-        os.makedirs(folder, exist_ok=True)
+        self.context = context
+        fsio.ensure_folder(folder)
 
     def save(self, step: int, epoch: int, weights: Dict[str, torch.Tensor],
              state: Dict[str, Any], is_best: bool,
              ema_weights: Optional[Dict[str, torch.Tensor]] = None) -> str:
         """Write the pair for ``step``; returns its stem (before pruning)."""
         stem = os.path.join(self.folder, f"ckpt-{step:08d}")
-        meta = {"step": step, "epoch": epoch, "format": "mfdsl"}
+        meta: Dict[str, Any] = {"step": step, "epoch": epoch, "format": "mfdsl"}
+        if self.context is not None:
+            meta["run"] = self.context
         atomic_save_weights(weights, stem + WEIGHTS_EXT, meta)
         if ema_weights is not None:
             atomic_save_weights(ema_weights, stem + ".ema" + WEIGHTS_EXT, dict(meta, ema=True))
@@ -274,14 +252,21 @@ class CheckpointWriter:
         for name in targets:
             dst = os.path.join(self.folder, name)
             if ema_weights is not None:
-                _link_atomic(stem + ".ema" + WEIGHTS_EXT, dst + ".ema" + WEIGHTS_EXT)
-            _link_atomic(stem + WEIGHTS_EXT, dst + WEIGHTS_EXT)
-            _link_atomic(stem + STATE_EXT, dst + STATE_EXT)
+                fsio.link_atomic(stem + ".ema" + WEIGHTS_EXT, dst + ".ema" + WEIGHTS_EXT)
+            fsio.link_atomic(stem + WEIGHTS_EXT, dst + WEIGHTS_EXT)
+            fsio.link_atomic(stem + STATE_EXT, dst + STATE_EXT)
         self.prune()
         return stem
 
+    def _ours(self, stem: str) -> bool:
+        meta = weights_meta(stem + WEIGHTS_EXT)
+        run = (meta or {}).get("run")
+        return (self.context is not None and isinstance(run, dict)
+                and run.get("run_id") == self.context.get("run_id"))
+
     def prune(self) -> None:
-        for _, stem in list_periodic(self.folder)[self.keep_recent:]:
+        mine = [stem for _, stem in list_periodic(self.folder) if self._ours(stem)]
+        for stem in mine[self.keep_recent:]:
             for ext in (STATE_EXT, ".ema" + WEIGHTS_EXT, WEIGHTS_EXT):
-                if os.path.exists(stem + ext):
+                if os.path.lexists(stem + ext):
                     os.unlink(stem + ext)

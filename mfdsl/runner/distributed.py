@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -95,3 +95,29 @@ def broadcast_object(env: DistEnv, obj: Any) -> Any:
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
+
+
+def agree_on_failure(env: DistEnv, failure: Optional[BaseException]) -> None:
+    """Collective: if any rank failed, every rank raises and exactly one message is shown.
+
+    The lowest failing rank re-raises its own error (the CLI prints it); every other rank
+    raises a quiet RunError with the same exit code, so the launcher sees one failure
+    cause and no rank is left waiting in a collective.
+    """
+    if not env.distributed:
+        if failure is not None:
+            raise failure
+        return
+    mine = None if failure is None else (str(getattr(failure, "message", failure)),
+                                         int(getattr(failure, "exit_code", 2)))
+    reports = gather_objects(env, mine)
+    failed = [(r, rep) for r, rep in enumerate(reports) if rep is not None]
+    if not failed:
+        return
+    first, (message, code) = failed[0]
+    if env.rank == first and failure is not None:
+        raise failure
+    quiet = RunError(message)
+    quiet.exit_code = code
+    quiet.quiet = True
+    raise quiet

@@ -6,6 +6,9 @@ class RunError(Exception):
     """A problem with the run's inputs (data folder, options, checkpoint); exit code 2."""
 
     exit_code = 2
+    # True on the ranks of a distributed run that stay silent because another rank
+    # reports the same failure.
+    quiet = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

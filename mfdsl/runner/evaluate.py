@@ -99,19 +99,71 @@ _SPLIT_NAMES = ("train", "val", "validation", "test")
 def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "val",
                    batch_size: int = 128, workers: int = 4, device: str = "auto",
                    amp: Any = None, amp_dtype: str = "bfloat16",
-                   channels_last: Any = None) -> Dict[str, Any]:
-    """Build the spec's model, load ``checkpoint`` (mfdsl, timm or official layout) and
-    evaluate it on ``data``/``split`` (or ``data`` itself if it has no such sub-folder;
-    the embedded dataset's val split if ``data`` is None)."""
+                   channels_last: Any = None, img_size: Any = None,
+                   crop_pct: Any = None, log: Any = None) -> Dict[str, Any]:
+    """Load ``checkpoint`` (mfdsl, timm or official layout) into the model and evaluate it
+    on ``data``/``split`` (or ``data`` itself if it has no such sub-folder; the embedded
+    dataset's val split if ``data`` is None).
+
+    A checkpoint of an mfdsl run carries its context (``run_folder.RunContext``): the model
+    fingerprint (``spec``, if given, must build that model; without ``spec`` the run's own
+    is used), the input size and eval transform it was trained with (used unless
+    ``img_size``/``crop_pct`` override them) and its class list (labels are positions in
+    it; a folder class outside it is an error). A checkpoint without context (a bare or
+    timm/official file) needs ``spec``; labels are then the folder's sorted class names,
+    whose number must equal the head's.
+    """
     import os
 
     from ..api import build_model
+    from ..fingerprint import model_fingerprint, short
+    from ..ir import with_overrides
     from .distributed import setup, teardown
     from .errors import DataError, RunError
     from .imagefolder import ShardSampler, SkippingImageFolder, eval_transform, make_loader
+    from .run_folder import checkpoint_context
 
+    say = log or (lambda msg: None)
     if batch_size < 1:
         raise RunError("--batch-size must be >= 1")
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise RunError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+    ckpt_path = resolve_checkpoint_path(checkpoint)
+    if not os.path.exists(ckpt_path):
+        raise RunError(f"--checkpoint {checkpoint}: no such file")
+    ctx = checkpoint_context(ckpt_path) if ckpt_path.endswith(".safetensors") else None
+    if ctx is None:
+        if spec is None:
+            raise RunError(f"--checkpoint {checkpoint} carries no run context (not from an "
+                           "mfdsl run): give the SPEC it was made for")
+    else:
+        if spec is None:
+            spec = ctx.load_spec(ckpt_path + " (run spec)")
+        else:
+            fp = model_fingerprint(spec)
+            if fp != ctx.model:
+                raise RunError(f"{spec.source or 'the spec'} builds a different model "
+                               f"(fingerprint {short(fp)}) than {ckpt_path} was trained as "
+                               f"({short(ctx.model)}); evaluate the run without a SPEC, or "
+                               "give the run's own spec.mf" + ctx.difference(spec))
+            if (tuple(spec.img_size) != tuple(ctx.img_size) and img_size is None) or any(
+                    getattr(spec.eval, k) != (tuple(v) if isinstance(v, list) else v)
+                    for k, v in ctx.eval.items()):
+                say("note: using the run's input size and eval transform "
+                    f"({ctx.img_size[0]}x{ctx.img_size[1]}, crop_pct {ctx.eval['crop_pct']}, "
+                    f"{ctx.eval['interpolation']}), not the spec's")
+            spec = ctx.apply(spec)
+    if img_size is not None:
+        img_size = (int(img_size[0]), int(img_size[1]))
+        if ctx is not None and img_size != tuple(ctx.img_size):
+            say(f"note: --img-size {img_size[0]}x{img_size[1]} overrides the run's "
+                f"{ctx.img_size[0]}x{ctx.img_size[1]}")
+        from ..cli.common import check_at_img_size
+
+        check_at_img_size(spec, img_size)  # a size the model cannot take: a located error
+        spec = with_overrides(spec, img_size=img_size)
+    if crop_pct is not None:
+        spec = with_overrides(spec, eval=with_overrides(spec.eval, crop_pct=float(crop_pct)))
     if data is None:
         from ..data.tinyshapes import ensure_tinyshapes
 
@@ -125,19 +177,29 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
         raise DataError(f"--data {data} has no '{split}' folder (it has {', '.join(splits)}); "
                         "choose one with --split")
     model = build_model(spec)
-    ckpt_path = resolve_checkpoint_path(checkpoint)
-    if not os.path.exists(ckpt_path):
-        raise RunError(f"--checkpoint {checkpoint}: no such file")
     from ..checkpoint import CheckpointError, load_checkpoint
 
     try:
         report = load_checkpoint(model, ckpt_path)
     except CheckpointError as exc:
         raise RunError(f"cannot load checkpoint: {exc}") from None
-    dataset = SkippingImageFolder(root, eval_transform(model))
-    if len(dataset.classes) > model.num_classes:
-        raise DataError(f"{root} has {len(dataset.classes)} class folders but the model has "
-                        f"{model.num_classes} classes")
+    if ctx is not None:
+        if len(ctx.classes) > model.num_classes:
+            raise DataError(f"the run's class list has {len(ctx.classes)} classes but the "
+                            f"model has {model.num_classes}")
+        dataset = SkippingImageFolder(root, eval_transform(model), classes=ctx.classes)
+        class_source = "run"
+    else:
+        dataset = SkippingImageFolder(root, eval_transform(model))
+        class_source = "folder"
+        n = len(dataset.classes)
+        if n != model.num_classes:
+            raise DataError(
+                f"{root} has {n} class folders but the model has {model.num_classes} classes; "
+                f"{ckpt_path} records no class list (not from an mfdsl run), so labels are "
+                "the positions of the sorted folder names and must match the head one to one")
+        say(f"note: {ckpt_path} records no class list: labels are the {n} sorted class "
+            f"folder names of {root}")
     env = setup(device)
     try:
         cuda = env.device.type == "cuda"
@@ -155,6 +217,8 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     finally:
         teardown()
     res.update(checkpoint=ckpt_path, checkpoint_format=getattr(report, "format", None),
-               data=root, classes=len(dataset.classes), device=str(env.device),
-               world_size=env.world_size, amp=bool(use_amp))
+               data=root, classes=len(dataset.classes), class_source=class_source,
+               device=str(env.device), world_size=env.world_size, amp=bool(use_amp),
+               img_size=list(spec.img_size), crop_pct=spec.eval.crop_pct,
+               model_fingerprint=model_fingerprint(spec))
     return res

@@ -29,18 +29,34 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.
 MAX_REPLACEMENTS = 64
 
 
-def scan_image_folder(root: str) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """Class names (sorted sub-folder names) and (path, class index) samples, sorted.
+def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None
+                      ) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """Class names and (path, class index) samples, sorted.
 
-    Sorting makes ImageNet's wnid folders map to the standard class indices.
+    Without ``classes`` the classes are the sorted sub-folder names (sorting makes
+    ImageNet's wnid folders map to the standard class indices). With ``classes`` (a run's
+    class list) label i is ``classes[i]``: a folder may lack some of them, but a folder
+    not in the list is an error.
     """
     if not os.path.isdir(root):
         raise DataError(f"data folder not found: {root}")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
+    present = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not present:
         raise DataError(f"no class folders in {root} (expected {root}/<class>/<image files>)")
+    if classes is None:
+        classes = present
+    else:
+        classes = list(classes)
+        unknown = [c for c in present if c not in set(classes)]
+        if unknown:
+            raise DataError(f"{root} has class folder(s) the model was not trained on: "
+                            f"{', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else "")
+                            + f" (the run's {len(classes)} classes are "
+                            f"{', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''})")
     samples: List[Tuple[str, int]] = []
     for ci, name in enumerate(classes):
+        if name not in present:
+            continue
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):
             dirnames.sort()
             for fn in sorted(filenames):
@@ -69,9 +85,10 @@ class SkippingImageFolder(Dataset):
     seeded from ``seed`` and the caller's RNG states are restored afterwards.
     """
 
-    def __init__(self, root: str, transform: Optional[Callable] = None) -> None:
+    def __init__(self, root: str, transform: Optional[Callable] = None,
+                 classes: Optional[Sequence[str]] = None) -> None:
         self.root = root
-        self.classes, self.samples = scan_image_folder(root)
+        self.classes, self.samples = scan_image_folder(root, classes)
         self.transform = transform
 
     def __len__(self) -> int:

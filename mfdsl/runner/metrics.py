@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .. import fsio
+
 
 def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> List[int]:
     """How many rows have the target among the top-k logits, for each k."""
@@ -42,15 +44,17 @@ class MetricsLog:
         os.makedirs(folder, exist_ok=True)
         if resume_step is None:
             for p in (self.jsonl, self.csv):
-                if os.path.exists(p):
-                    os.unlink(p)
+                if os.path.lexists(p):
+                    os.unlink(p)  # a new run (the folder was checked): a link itself only
         else:
             self._truncate_after(resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(folder, "tensorboard"))
+                tb_dir = os.path.join(folder, "tensorboard")
+                fsio.ensure_folder(tb_dir)
+                self.tb = SummaryWriter(tb_dir)
             except Exception as exc:  # tensorboard missing or broken: the JSONL still has it all
                 print(f"note: TensorBoard logging off ({exc.__class__.__name__}: {exc})",
                       file=sys.stderr)
@@ -59,31 +63,24 @@ class MetricsLog:
         """Drop records a killed run logged after the checkpoint it resumes from."""
         if os.path.exists(self.jsonl):
             keep = [r for r in read_jsonl(self.jsonl) if r.get("step", 0) <= step]
-            with open(self.jsonl, "w") as f:
-                for r in keep:
-                    f.write(json.dumps(r) + "\n")
+            fsio.write_atomic(self.jsonl, "".join(json.dumps(r) + "\n" for r in keep),
+                              links=fsio.INTERNAL)
             self._rewrite_csv([r for r in keep if r.get("kind") == "epoch"])
 
     def _rewrite_csv(self, rows: List[Dict[str, Any]]) -> None:
-        if os.path.exists(self.csv):
-            os.unlink(self.csv)
-        for r in rows:
-            self._csv_row(r)
+        text = "".join(_csv_text(r, header=i == 0) for i, r in enumerate(rows))
+        if rows or os.path.lexists(self.csv):
+            fsio.write_atomic(self.csv, text, links=fsio.INTERNAL)
 
     def _csv_row(self, rec: Dict[str, Any]) -> None:
-        new = not os.path.exists(self.csv)
-        with open(self.csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rec.keys()), extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(rec)
+        new = not os.path.exists(self.csv) or os.path.getsize(self.csv) == 0
+        fsio.append_text(self.csv, _csv_text(rec, header=new))
 
     def write(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:
             return
         rec = {"kind": kind, "step": step, **{k: _finite(v) for k, v in values.items()}}
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        fsio.append_text(self.jsonl, json.dumps(rec) + "\n")
         if kind == "epoch":
             self._csv_row(rec)
         if self.tb is not None:
@@ -95,6 +92,17 @@ class MetricsLog:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+
+
+def _csv_text(rec: Dict[str, Any], header: bool) -> str:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rec.keys()), extrasaction="ignore")
+    if header:
+        w.writeheader()
+    w.writerow(rec)
+    return buf.getvalue()
 
 
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
@@ -141,8 +149,11 @@ def plot_curves(jsonl_path: str, png_path: str) -> Optional[str]:
         ax2.legend()
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        fsio.write_atomic_with(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"),
+                               links=fsio.INTERNAL)
+    finally:
+        plt.close(fig)
     return png_path
 
 

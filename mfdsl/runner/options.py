@@ -31,6 +31,7 @@ class TrainOptions:
     workers: int = 4
     seed: int = 0
     resume: Optional[str] = None  # a checkpoint path, a run folder, or "auto"
+    overwrite: bool = False  # a new run may replace an earlier run's files in ``output``
     init_from: Optional[str] = None  # initial weights (any format load_checkpoint reads)
     max_steps: Optional[int] = None
     device: str = "auto"

@@ -1,17 +1,214 @@
-"""What a run folder records besides metrics: the spec, the resolved recipe, the environment."""
+"""A run folder: what it records besides metrics (the spec, the resolved recipe, the
+environment), the context a result depends on (``run.json``), and the rules that keep an
+earlier run's files from being overwritten.
+
+``run.json`` holds the run's context: its id, the model fingerprint (see
+``mfdsl.fingerprint``), the canonical spec text, the input size, the eval transform and the
+class list (label i is ``classes[i]``). Every checkpoint's metadata carries the same
+context, so a weights file copied out of its folder still knows what it is. ``--resume``
+and ``eval`` check it; ``eval`` uses it.
+
+Rules: a new run never writes into a folder holding an earlier run's files unless asked
+(``--overwrite`` clears those files first; ``--resume`` continues them); the run's spec.mf
+is never rewritten; a file the command reads (the user's spec) is never written; every
+file is written through ``mfdsl.fsio`` with the internal symlink policy (a link inside the
+folder is refused, so nothing outside it is written).
+"""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import subprocess
 import sys
-from typing import Any, Dict, Optional
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..ir import ModelSpec
+from .. import fsio
+from ..ir import EvalSpec, ModelSpec, with_overrides
+from .errors import RunError
+
+RUN_FILE = "run.json"
+RUN_FORMAT = "mfdsl-run"
+# Everything a run writes at the top of its folder.
+RUN_ENTRIES = ("run.json", "spec.mf", "spec.yaml", "spec.repr.txt", "recipe.json",
+               "environment.json", "metrics.jsonl", "epochs.csv", "summary.json", "curves.png",
+               "skipped_images.txt", "checkpoints", "tensorboard")
+# What a run writes inside checkpoints/ (and the temporary files of its atomic writes).
+_CKPT_FILE_RE = re.compile(r"^(ckpt-\d+|last|best)(\.ema)?\.(safetensors|state\.pt)$"
+                           r"|^\..*\.(tmp.*|lnk)$")
+_MAX_RUN_JSON = 64 * 1024 * 1024
+
+
+@dataclass
+class RunContext:
+    """What a result of the run depends on; see the module docstring."""
+
+    model: str  # fingerprint
+    spec_mf: str  # canonical .mf text of the spec the run trains
+    img_size: Tuple[int, int]
+    eval: Dict[str, Any]  # crop_pct, interpolation, mean, std
+    classes: List[str]
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def of(cls, spec: ModelSpec, classes: Sequence[str], run_id: Optional[str] = None
+           ) -> "RunContext":
+        from ..fingerprint import model_fingerprint
+
+        ev = spec.eval
+        ctx = cls(model=model_fingerprint(spec), spec_mf=spec_text(spec)[1],
+                  img_size=(int(spec.img_size[0]), int(spec.img_size[1])),
+                  eval={"crop_pct": ev.crop_pct, "interpolation": ev.interpolation,
+                        "mean": list(ev.mean), "std": list(ev.std)},
+                  classes=list(classes))
+        if run_id:
+            ctx.run_id = run_id
+        return ctx
+
+    def to_json(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["img_size"] = list(self.img_size)
+        return dict(d, format=RUN_FORMAT)
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> "RunContext":
+        try:
+            if d.get("format") != RUN_FORMAT:
+                raise ValueError("not an mfdsl run record")
+            ev = d["eval"]
+            return cls(model=str(d["model"]), spec_mf=str(d["spec_mf"]),
+                       img_size=(int(d["img_size"][0]), int(d["img_size"][1])),
+                       eval={"crop_pct": float(ev["crop_pct"]),
+                             "interpolation": str(ev["interpolation"]),
+                             "mean": [float(x) for x in ev["mean"]],
+                             "std": [float(x) for x in ev["std"]]},
+                       classes=[str(c) for c in d["classes"]], run_id=str(d["run_id"]))
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RunError(f"{where}: unreadable run context ({exc}); was it written by "
+                           "mfdsl?") from None
+
+    def apply(self, spec: ModelSpec) -> ModelSpec:
+        """``spec`` at the run's input size and with its eval transform."""
+        ev = EvalSpec(crop_pct=self.eval["crop_pct"], interpolation=self.eval["interpolation"],
+                      mean=tuple(self.eval["mean"]), std=tuple(self.eval["std"]))
+        ev.locs = dict(spec.eval.locs)
+        return with_overrides(spec, img_size=tuple(self.img_size), eval=ev)
+
+    def difference(self, spec: ModelSpec) -> str:
+        """":\n<lines>" naming where ``spec``'s model differs from the run's ("" if unknown)."""
+        from ..errors import SpecError
+        from ..fingerprint import describe_difference
+
+        try:
+            text = describe_difference(self.load_spec("run"), spec)
+        except (SpecError, RunError):
+            return ""
+        return ":\n" + text if text else ""
+
+    def load_spec(self, where: str) -> ModelSpec:
+        """The run's own spec (from its canonical text), with the run's context."""
+        from ..frontend.mf import parse_mf
+
+        spec = parse_mf(self.spec_mf, where)
+        return self.apply(spec)
+
+
+def read_run(folder: str) -> Optional[RunContext]:
+    """The context recorded in ``folder``/run.json, None if the folder has none."""
+    path = os.path.join(folder, RUN_FILE)
+    if not os.path.lexists(path):
+        return None
+    try:
+        raw = fsio.read_regular(path, _MAX_RUN_JSON, "run record")
+        d = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: cannot read the run record: {exc}") from None
+    return RunContext.from_json(d, path)
+
+
+def run_folder_of(path: str) -> Optional[str]:
+    """The run folder a checkpoint file or folder belongs to (one holding run.json)."""
+    p = os.path.abspath(path)
+    cands = [p] if os.path.isdir(p) else []
+    parent = os.path.dirname(p)
+    cands += [parent, os.path.dirname(parent)] if os.path.basename(parent) == "checkpoints" \
+        else [parent]
+    for c in cands:
+        if os.path.isfile(os.path.join(c, RUN_FILE)):
+            return c
+    return None
+
+
+def checkpoint_context(weights_path: str) -> Optional[RunContext]:
+    """The context of a weights file: its own metadata, else its run folder's run.json."""
+    from .checkpointing import weights_meta
+
+    meta = weights_meta(weights_path) if os.path.isfile(weights_path) else None
+    if meta and isinstance(meta.get("run"), dict):
+        return RunContext.from_json(meta["run"], weights_path)
+    folder = run_folder_of(weights_path)
+    return read_run(folder) if folder else None
+
+
+# --------------------------------------------------------------------------- folder rules
+def earlier_run_entries(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
+    """The run files already in ``folder`` (input files of this command excepted)."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in RUN_ENTRIES:
+        path = os.path.join(folder, name)
+        if os.path.lexists(path) and not any(src and fsio.same_file(path, src)
+                                             for src in inputs):
+            if name in ("checkpoints", "tensorboard") and os.path.isdir(path) \
+                    and not os.path.islink(path) and not os.listdir(path):
+                continue  # an empty folder holds nothing to lose
+            found.append(name)
+    return found
+
+
+def check_no_links(folder: str, inputs: Iterable[Optional[str]] = ()) -> None:
+    """Refuse a run folder whose run files are symbolic links (writing them would write
+    outside the folder). The command's own input files are exempt: they are never written."""
+    inputs = list(inputs)
+    paths = [os.path.join(folder, n) for n in RUN_ENTRIES]
+    ck = os.path.join(folder, "checkpoints")
+    if os.path.isdir(ck) and not os.path.islink(ck):
+        paths += [os.path.join(ck, n) for n in os.listdir(ck)]
+    for p in paths:
+        if os.path.islink(p) and not any(src and fsio.same_file(p, src) for src in inputs):
+            raise RunError(f"{p} is a symbolic link; mfdsl writes a run's files only inside "
+                           "its folder (remove the link, or choose another --output)")
+
+
+def clear_run(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
+    """Remove an earlier run's files from ``folder`` (for --overwrite); files mfdsl did not
+    write, and the command's input files, stay. Returns what was removed."""
+    removed = []
+    for name in earlier_run_entries(folder, inputs):
+        path = os.path.join(folder, name)
+        if os.path.islink(path) or not os.path.isdir(path):
+            os.unlink(path)  # a link itself, never its target
+            removed.append(name)
+            continue
+        pattern = _CKPT_FILE_RE if name == "checkpoints" else re.compile(r"^events\.out\.")
+        for entry in os.listdir(path):
+            p = os.path.join(path, entry)
+            if pattern.match(entry) and (os.path.islink(p) or os.path.isfile(p)):
+                os.unlink(p)
+        removed.append(name + "/")
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass  # other files are in there: not ours to delete
+    return removed
 
 
 def spec_text(spec: ModelSpec) -> "tuple[str, str]":
@@ -24,8 +221,10 @@ def spec_text(spec: ModelSpec) -> "tuple[str, str]":
         pass
     if spec.source and os.path.isfile(spec.source):
         ext = os.path.splitext(spec.source)[1] or ".mf"
-        with open(spec.source, encoding="utf-8", errors="replace") as f:
-            return "spec" + ext, f.read()
+        from ..api import MAX_SPEC_BYTES
+
+        raw = fsio.read_regular(spec.source, MAX_SPEC_BYTES, "spec file")
+        return "spec" + ext, raw.decode("utf-8", errors="replace")
     return "spec.repr.txt", repr(spec) + "\n"
 
 
@@ -75,6 +274,72 @@ def environment(argv: Any, world_size: int, device: torch.device) -> Dict[str, A
 
 
 def write_json(path: str, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
+    """A run-folder JSON file, atomically (a symlink there is refused)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    fsio.write_atomic(path, text, links=fsio.INTERNAL)
+
+
+# --------------------------------------------------------------------------- a run's start
+@dataclass
+class OutputPlan:
+    """Where a training run writes and what it continues (decided before any write)."""
+
+    output: str
+    resume_stem: Optional[str]  # the checkpoint to continue from, if any
+    prior: Optional[RunContext]  # the context of the run being continued
+    inputs: List[str]  # files this command reads: never written
+
+
+def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
+                overwrite: bool, img_size: Optional[Tuple[int, int]],
+                inputs: Sequence[Optional[str]]) -> OutputPlan:
+    """Check the run folder before anything is written (read-only, so every rank of a
+    distributed run can do it before the process group exists).
+
+    Refuses: an earlier run's files without --resume/--overwrite; links inside the folder;
+    a resumed run with a different model (fingerprint) or input size than it was trained
+    with. ``--resume auto`` with checkpoint files but no usable pair is refused by
+    ``checkpointing.resolve_resume``.
+    """
+    from . import checkpointing as ckpt
+    from ..fingerprint import model_fingerprint, short
+
+    out = output or os.path.join("runs", spec.name)
+    ins = [os.path.abspath(p) for p in inputs if p]
+    if overwrite and resume is not None:
+        raise RunError("--overwrite starts a new run in place of an earlier one; it cannot "
+                       "be combined with --resume")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"--output {out}: exists and is not a folder")
+    check_no_links(out, ins)
+    stem, prior = None, None
+    if resume is None:
+        entries = earlier_run_entries(out, ins)
+        if entries and not overwrite:
+            raise RunError(f"--output {out} holds an earlier run's files ({', '.join(entries)});"
+                           " continue it with --resume auto, choose another --output, or pass "
+                           "--overwrite to replace them")
+    else:
+        stem = ckpt.resolve_resume(resume, out)
+        if stem is not None:
+            prior = checkpoint_context(stem + ckpt.WEIGHTS_EXT)
+        folder_ctx = read_run(out) if os.path.isdir(out) else None
+        if prior is None:
+            prior = folder_ctx
+        elif folder_ctx is not None and folder_ctx.model != prior.model:
+            raise RunError(f"--output {out} holds a run of another model (fingerprint "
+                           f"{short(folder_ctx.model)}) than checkpoint {stem} "
+                           f"({short(prior.model)}); choose another --output")
+    if prior is not None:
+        fp = model_fingerprint(spec)
+        if fp != prior.model:
+            where = spec.source or "the spec"
+            raise RunError(f"{where} builds a different model (fingerprint {short(fp)}) than "
+                           f"the run being resumed (fingerprint {short(prior.model)}); resume "
+                           f"with the run's own spec, {os.path.join(out, 'spec.mf')}"
+                           + prior.difference(spec))
+        if img_size is not None and tuple(img_size) != tuple(prior.img_size):
+            raise RunError(f"--img-size {img_size[0]}x{img_size[1]}: the run was trained at "
+                           f"{prior.img_size[0]}x{prior.img_size[1]}; a resumed run keeps its "
+                           "input size")
+    return OutputPlan(out, stem, prior, ins)

@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from ..ir import ModelSpec, with_overrides
 from . import checkpointing as ckpt
-from .distributed import (DistEnv, all_sum, any_rank, barrier, gather_objects, setup,
-                          teardown)
+from .distributed import (DistEnv, agree_on_failure, all_sum, any_rank, barrier,
+                          gather_objects, setup, teardown)
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import autocast_context, evaluate
 from .imagefolder import (ResumableDistributedSampler, ShardSampler, SkippingImageFolder,
@@ -31,7 +31,9 @@ from .metrics import MetricsLog, format_duration, plot_curves
 from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
                       plan_batches, recipe_as_dict, scaled_lr)
-from .run_folder import environment, spec_text, write_json
+from .. import fsio
+from .run_folder import (OutputPlan, RunContext, clear_run, environment, plan_output,
+                         spec_text, write_json)
 
 # Test hooks (documented in docs/training.md): SIGKILL the process right after optimizer
 # step N (after that step's checkpoint, if any); make the loss of step N non-finite.
@@ -62,13 +64,21 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, spec: ModelSpec, opts: TrainOptions, env: DistEnv) -> None:
+    def __init__(self, spec: ModelSpec, opts: TrainOptions, env: DistEnv,
+                 plan: Optional[OutputPlan] = None) -> None:
         self.opts = opts
         self.env = env
         self.log_file = None
+        if plan is None:
+            plan = plan_output(spec, opts.output, opts.resume, opts.overwrite, opts.img_size,
+                               [spec.source, opts.init_from])
+        self.out_plan = plan
         self._setup_data_roots()
         spec = apply_recipe_overrides(spec, opts.recipe_overrides)
-        if opts.img_size is not None:
+        if plan.prior is not None:
+            # A resumed run keeps its context: input size and eval transform.
+            spec = plan.prior.apply(spec)
+        elif opts.img_size is not None:
             spec = with_overrides(spec, img_size=tuple(opts.img_size))
         self.spec = spec
         self.recipe = spec.recipe
@@ -85,15 +95,26 @@ class Trainer:
         self._setup_device_and_model()
         self._setup_optim()
         self.state = TrainState()
-        self.output = opts.output or os.path.join("runs", spec.name)
+        self.output = plan.output
         self.ckpt_dir = os.path.join(self.output, "checkpoints")
+        prior = plan.prior
+        self.context = RunContext.of(self.spec, self.train_set.classes,
+                                     run_id=prior.run_id if prior else None)
+        if prior is not None:
+            self.context.spec_mf = prior.spec_mf
         resume_stem = self._find_resume()
         if resume_stem is not None:
             self._load_resume(resume_stem)
         try:
+            if env.is_main and opts.resume is None and opts.overwrite:
+                removed = clear_run(self.output, plan.inputs)
+                if removed:
+                    self.log(f"note: --overwrite: removed the earlier run's "
+                             f"{', '.join(removed)} from {self.output}")
             self.metrics = MetricsLog(self.output, env.is_main, opts.tensorboard,
                                       resume_step=self.state.step if resume_stem else None)
-            self.writer = (ckpt.CheckpointWriter(self.ckpt_dir, opts.keep_recent)
+            self.writer = (ckpt.CheckpointWriter(self.ckpt_dir, opts.keep_recent,
+                                                 self.context.to_json())
                            if env.is_main else None)
             if env.is_main:
                 self._write_run_folder(resume_stem)
@@ -101,7 +122,6 @@ class Trainer:
             # Say which option is at fault: a bare "[Errno 20] Not a directory" does not.
             raise RunError(f"--output {self.output}: cannot write the run folder: "
                            f"{exc.strerror or exc}") from None
-        barrier(env)
 
     # ------------------------------------------------------------------ setup
     def _setup_data_roots(self) -> None:
@@ -146,15 +166,19 @@ class Trainer:
         self.train_set = SkippingImageFolder(
             self.train_dir, train_transform(r, spec.img_size, ev.mean, ev.std, self.opts.hflip,
                                             self.crop_scale_min))
-        self.val_set = (SkippingImageFolder(self.val_dir, eval_transform(self.model))
+        prior = self.out_plan.prior
+        if prior is not None and self.train_set.classes != prior.classes:
+            raise DataError(_class_mismatch(self.train_dir, self.train_set.classes,
+                                            prior.classes))
+        # Labels are positions in the training classes: a val folder may lack a class,
+        # but one the model was not trained on is an error.
+        self.val_set = (SkippingImageFolder(self.val_dir, eval_transform(self.model),
+                                            classes=self.train_set.classes)
                         if self.val_dir else None)
         n_cls = len(self.train_set.classes)
         if n_cls > spec.num_classes:
             raise DataError(f"the training data has {n_cls} classes but the spec's head has "
                             f"num_classes {spec.num_classes}")
-        if self.val_set is not None and self.val_set.classes != self.train_set.classes:
-            raise DataError(f"the class folders of {self.val_dir} differ from those of "
-                            f"{self.train_dir}")
         if n_cls < spec.num_classes:
             self.log(f"note: {n_cls} class folders for a {spec.num_classes}-class head")
 
@@ -249,13 +273,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def _find_resume(self) -> Optional[str]:
-        opts = self.opts
-        if opts.resume is None:
-            if self.env.is_main and ckpt.find_latest(self.ckpt_dir) is not None:
-                raise RunError(f"{self.output} already holds checkpoints; continue it with "
-                               "--resume auto, or choose another --output")
+        if self.opts.resume is None:
             return None
-        stem = ckpt.resolve_resume(opts.resume, self.output)
+        stem = self.out_plan.resume_stem
         if stem is None:
             self.log(f"note: --resume auto: no complete checkpoint in {self.ckpt_dir}, "
                      "starting fresh")
@@ -323,8 +343,14 @@ class Trainer:
     def _write_run_folder(self, resume_stem: Optional[str]) -> None:
         os.makedirs(self.output, exist_ok=True)
         name, text = spec_text(self.spec)
-        with open(os.path.join(self.output, name), "w", encoding="utf-8") as f:
-            f.write(text)
+        spec_path = os.path.join(self.output, name)
+        if any(fsio.same_file(spec_path, src) for src in self.out_plan.inputs):
+            self.log(f"note: {spec_path} is the spec file you gave; it is left as it is "
+                     f"(the run's canonical spec is in {os.path.join(self.output, 'run.json')})")
+        elif not os.path.lexists(spec_path):
+            # Never rewritten: a resumed run keeps the spec it was started with.
+            fsio.write_atomic(spec_path, text, links=fsio.INTERNAL)
+        write_json(os.path.join(self.output, "run.json"), self.context.to_json())
         p = self.plan
         write_json(os.path.join(self.output, "recipe.json"), {
             "recipe": recipe_as_dict(self.recipe),
@@ -341,6 +367,7 @@ class Trainer:
                 "train_images": len(self.train_set),
                 "val_images": len(self.val_set) if self.val_set else 0,
                 "classes": len(self.train_set.classes), "seed": self.opts.seed,
+                "model_fingerprint": self.context.model,
                 "nan_policy": self.opts.nan_policy, "crop_scale_min": self.crop_scale_min,
             },
         })
@@ -631,8 +658,8 @@ class Trainer:
         if self.env.is_main:
             write_json(os.path.join(self.output, "summary.json"), summary)
             if st.skipped_paths:
-                with open(os.path.join(self.output, "skipped_images.txt"), "a") as f:
-                    f.write("".join(p + "\n" for p in st.skipped_paths))
+                fsio.append_text(os.path.join(self.output, "skipped_images.txt"),
+                                 "".join(p + "\n" for p in st.skipped_paths))
             self.metrics.close()
             png = plot_curves(self.metrics.jsonl, os.path.join(self.output, "curves.png"))
             fv = summary["final_val"]
@@ -645,14 +672,42 @@ class Trainer:
         return summary
 
 
+def _class_mismatch(folder: str, got: List[str], want: List[str]) -> str:
+    extra = [c for c in got if c not in set(want)]
+    missing = [c for c in want if c not in set(got)]
+    what = []
+    if missing:
+        what.append(f"lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        what.append(f"adds {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+    return (f"the class folders of {folder} differ from the {len(want)} classes the run was "
+            f"trained on ({'; '.join(what) or 'another order'}); a resumed run keeps its "
+            "class list (labels are positions in it)")
+
+
 def run_training(spec: ModelSpec, opts: TrainOptions) -> Dict[str, Any]:
     """Set up the process group (if under torchrun), train, tear down. Returns the summary."""
     if opts.nan_policy not in ("skip", "stop"):
         raise RunError(f"--nan-policy must be skip or stop, got {opts.nan_policy}")
+    # The run folder is checked before the process group exists: under torchrun every rank
+    # sees the same folder and refuses alike, and only rank 0 says so.
+    try:
+        plan = plan_output(spec, opts.output, opts.resume, opts.overwrite, opts.img_size,
+                           [spec.source, opts.init_from])
+    except RunError as exc:
+        if int(os.environ.get("RANK", "0")) != 0:
+            exc.quiet = True
+        raise
     env = setup(opts.device)
     trainer = None
     try:
-        trainer = Trainer(spec, opts, env)
+        failure: Optional[BaseException] = None
+        try:
+            trainer = Trainer(spec, opts, env, plan)
+        except Exception as exc:  # noqa: BLE001 - re-raised by agree_on_failure
+            failure = exc
+        # One rank's setup error stops every rank, and one message is printed.
+        agree_on_failure(env, failure)
         try:
             summary = trainer.fit()
         except KeyboardInterrupt:

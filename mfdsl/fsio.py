@@ -1,0 +1,222 @@
+"""Every file mfdsl writes or reads from a user-named path goes through here.
+
+Writes are atomic: the data goes to a temporary file in the target's own folder, is
+fsynced, optionally verified, and renamed over the target (then the folder is fsynced), so
+a crash or a failed check leaves the old file intact and no temporary file behind. An
+existing file keeps its permission bits; a new one gets 0666 minus the umask, as ``open``
+would give it.
+
+Symbolic links, two policies:
+
+* ``OUTPUT`` (a path the user named: ``-o``, ``fmt -w``, ``--graph-out``): the link is
+  the user's; the write goes through it to its target, which keeps being a link.
+* ``INTERNAL`` (a file inside a run folder): a link is refused (``UnsafePathError``), so
+  run data is never written outside the folder asked for.
+
+Reads of user-named input files (specs, checkpoints) check that the path is a regular
+file (a FIFO would block, ``/dev/zero`` would never end) and bound its size.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from typing import Callable, Iterable, Optional, Union
+
+OUTPUT = "output"
+INTERNAL = "internal"
+
+
+class UnsafePathError(OSError):
+    """A path mfdsl refuses to write or read; ``str()`` is the whole message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+# --------------------------------------------------------------------------- helpers
+def fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_target(path: str, links: str) -> str:
+    """The path a write of ``path`` actually replaces, after the symlink policy."""
+    if not os.path.islink(path):
+        return path
+    if links == INTERNAL:
+        raise UnsafePathError(f"{path} is a symbolic link; a run folder's files must be its "
+                              "own (remove the link)")
+    return os.path.realpath(path)
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one file (through symlinks and hard links)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_inputs(output: str, inputs: Iterable[Optional[str]], what: str) -> None:
+    """Raise if writing ``output`` would overwrite one of the command's input files."""
+    for src in inputs:
+        if src and same_file(output, src):
+            raise UnsafePathError(f"{what} {output} is the input file {src}; mfdsl never "
+                                  "overwrites its input (choose another output path)")
+
+
+# --------------------------------------------------------------------------- writes
+def write_atomic_with(path: str, write: Callable[[str], None], *, links: str = OUTPUT,
+                      verify: Optional[Callable[[str], None]] = None) -> str:
+    """Run ``write(tmp)`` (and ``verify(tmp)``) then rename ``tmp`` onto ``path``'s target.
+
+    Any exception leaves the previous file untouched and removes the temporary one.
+    Returns the path written (the link's target for a followed link).
+    """
+    target = write_target(path, links)
+    folder = os.path.dirname(os.path.abspath(target))
+    base = os.path.basename(target)
+    ext = os.path.splitext(base)[1]
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    # The real extension last: writers that pick a format from the name still work.
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
+    os.close(fd)
+    try:
+        os.chmod(tmp, mode)
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(folder)
+    return target
+
+
+def write_atomic(path: str, data: Union[bytes, str], *, links: str = OUTPUT) -> str:
+    """Atomically replace ``path`` with ``data`` (str is written as UTF-8)."""
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+
+    return write_atomic_with(path, write, links=links)
+
+
+def link_atomic(src: str, dst: str) -> None:
+    """Make ``dst`` name the same file as ``src`` (a hard link, or else a copy), atomically.
+    ``dst`` is internal: a symlink there is refused."""
+    import shutil
+
+    write_target(dst, INTERNAL)
+    folder = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.lnk")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        fsync_dir(folder)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        write_atomic_with(dst, lambda t: shutil.copyfile(src, t), links=INTERNAL)
+
+
+def append_text(path: str, text: str) -> None:
+    """Append to a log file inside a run folder; a symlink there is refused (O_NOFOLLOW).
+
+    Appends are not atomic: readers of these logs skip a line cut short by a crash.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnsafePathError(f"{path} is a symbolic link; a run folder's files must be "
+                                  "its own (remove the link)") from None
+        raise exc
+    with os.fdopen(fd, "a", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def ensure_folder(path: str) -> None:
+    """``os.makedirs`` for a folder inside a run folder: an existing symlink is refused."""
+    if os.path.islink(path):
+        raise UnsafePathError(f"{path} is a symbolic link; a run folder's sub-folders must be "
+                              "its own (remove the link)")
+    os.makedirs(path, exist_ok=True)
+
+
+# --------------------------------------------------------------------------- reads
+def check_regular(path: str, what: str = "file") -> os.stat_result:
+    """Stat ``path`` (following links) and refuse anything but a regular file."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "Is a directory", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(f"not a regular file (a FIFO, device or socket); a {what} must "
+                              "be a regular file")
+    return st
+
+
+def read_regular(path: str, limit: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes.
+
+    Opened without blocking, then checked on the open descriptor, so a FIFO or device
+    swapped in after a check cannot hang or flood the read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"not a regular file (a FIFO, device or socket); a {what} "
+                                  "must be a regular file")
+        if st.st_size > limit:
+            raise UnsafePathError(f"{st.st_size} bytes: larger than the {limit // 1024} KiB a "
+                                  f"{what} may have")
+        chunks = []
+        size = 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:  # the file grew after fstat
+                raise UnsafePathError(f"larger than the {limit // 1024} KiB a {what} may have")
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
