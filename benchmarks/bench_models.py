@@ -67,8 +67,9 @@ def main(argv=None) -> int:
         reports.append(report)
         print(report_header(report) + "\n\n" + markdown_table(report) + "\n", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(reports, f, indent=2)
+        from mfdsl.fsio import write_atomic
+
+        write_atomic(args.json, json.dumps(reports, indent=2) + "\n")
     return 0
 
 

@@ -246,7 +246,7 @@ def to_png(d: Diagram, path: str, dpi: int = 150) -> None:
         ax.text(t.x, t.y, t.text, fontsize=t.size * 0.9, ha={"start": "left", "middle": "center",
                 "end": "right"}[t.anchor], va="baseline", color=t.colour,
                 fontweight="bold" if t.bold else "normal", family="DejaVu Sans")
-    fig.savefig(path, dpi=dpi, facecolor="white")
+    fig.savefig(path, dpi=dpi, facecolor="white", format="png")
 
 
 def draw(spec: ModelSpec, path: Union[str, "os.PathLike[str]"]) -> str:
@@ -255,10 +255,11 @@ def draw(spec: ModelSpec, path: Union[str, "os.PathLike[str]"]) -> str:
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".svg", ".png"):
         raise ValueError(f"cannot draw to '{ext or path}': use a .svg or .png file name")
+    from . import fsio
+
     d = layout(spec)
     if ext == ".svg":
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(to_svg(d))
+        fsio.write_atomic(path, to_svg(d))
     else:
-        to_png(d, path)
+        fsio.write_atomic_with(path, lambda tmp: to_png(d, tmp))
     return ext[1:]

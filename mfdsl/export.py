@@ -1,9 +1,9 @@
 """Export a built model to a deployable file (PT2 or ONNX) and check it against eager.
 
-``export_model`` writes the file, loads it back through the format's own runtime and
-compares its outputs with the eager model's on the same random input; a mismatch
-beyond tolerance is an :class:`ExportError`, so a file that was written is known to
-compute the same function.
+``export_model`` writes a temporary file beside the target, loads it back through the
+format's own runtime and compares its outputs with the eager model's on the same random
+input; only a file that passes is renamed onto the target (``mfdsl.fsio``), so a failed
+or mismatching export leaves the previous file intact.
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ class ExportResult:
     max_abs_diff: float
     max_rel_diff: float  # max |exported - eager| / max |eager|
     ok: bool
+    written: bool = True  # False: the check failed and ``path`` was left as it was
 
     def summary(self) -> str:
-        verdict = "OK" if self.ok else "MISMATCH"
+        verdict = "OK" if self.ok else "MISMATCH, not written"
         return (f"{self.format} -> {self.path}: checked with {self.runtime} at batch "
                 f"{', '.join(map(str, self.batches))}: max abs diff {self.max_abs_diff:.3g}, "
                 f"max rel diff {self.max_rel_diff:.3g} [{verdict}]")
@@ -64,13 +65,40 @@ def export_model(model: nn.Module, path: str, fmt: str, *, input_shape: Tuple[in
         why = "is not a directory" if os.path.exists(parent) else "does not exist"
         raise ExportError(f"cannot write {path}: {parent} {why}")
 
-    if fmt == "pt2":
-        run, runtime = _export_pt2(model, example, path, dynamic_batch)
-    else:
-        run, runtime = _export_onnx(model, example, path, dynamic_batch)
-    if not check:
-        return ExportResult(path, fmt, "not checked", [], float("nan"), float("nan"), True)
+    from . import fsio
 
+    box: Dict[str, Any] = {}
+
+    def write(tmp: str) -> None:
+        exporter = _export_pt2 if fmt == "pt2" else _export_onnx
+        box["run"], box["runtime"] = exporter(model, example, tmp, dynamic_batch)
+
+    def verify(_tmp: str) -> None:
+        if not check:
+            box["result"] = ExportResult(path, fmt, "not checked", [], float("nan"),
+                                         float("nan"), True)
+            return
+        box["result"] = _compare(model, box["run"], box["runtime"], path, fmt, checks,
+                                 input_shape, gen, atol, rtol)
+        if not box["result"].ok:
+            raise _Mismatch()
+
+    try:
+        fsio.write_atomic_with(path, write, verify=verify)
+    except _Mismatch:
+        box["result"].written = False
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return box["result"]
+
+
+class _Mismatch(Exception):
+    """The check failed: the temporary file is dropped, the target left as it was."""
+
+
+def _compare(model: nn.Module, run: Callable[[torch.Tensor], np.ndarray], runtime: str,
+             path: str, fmt: str, checks: List[int], input_shape: Tuple[int, ...],
+             gen: torch.Generator, atol: float, rtol: float) -> ExportResult:
     worst_abs, worst_rel, ok = 0.0, 0.0, True
     for b in checks:
         x = torch.randn(b, *input_shape, generator=gen)

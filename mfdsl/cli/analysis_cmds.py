@@ -10,6 +10,7 @@ import click
 
 from . import main
 from .common import check_at_img_size, parse_img_size
+from .. import fsio
 from ..errors import SpecError
 from ..ir import ModelSpec
 
@@ -84,11 +85,7 @@ def inspect_cmd(spec: str, batch: int, dtype: str, img_size: Optional[Tuple[int,
         if graph_out is not None:
             text = graph_code(report.graph) if graph_out.endswith(".py") else \
                 render_graph(report.graph)
-            try:
-                with open(graph_out, "w", encoding="utf-8") as f:
-                    f.write(text + "\n")
-            except OSError as exc:
-                _fail(f"cannot write {graph_out}: {exc.strerror}", 1)
+            _write_output(graph_out, [spec], lambda: fsio.write_atomic(graph_out, text + "\n"))
 
 
 def _tolerance_cb(_ctx: click.Context, _p: click.Parameter, value: float) -> float:
@@ -130,6 +127,7 @@ def export_cmd(spec: str, fmt: str, checkpoint: Optional[str], output: str, batc
         # torch.export.load and ONNX tools recognise the files by this suffix.
         raise click.BadParameter(f"a {fmt} file must end in {_EXPORT_EXT[fmt]}, got "
                                  f"'{output}'", param_hint="'-o' / '--output'")
+    _refuse_inputs(output, [spec, checkpoint])
     model_spec = load_checked(spec, img_size)
     try:
         model = lower(model_spec)
@@ -145,7 +143,9 @@ def export_cmd(spec: str, fmt: str, checkpoint: Optional[str], output: str, batc
         _fail(str(exc), 1)
     click.echo(result.summary())
     if not result.ok:
-        _fail(f"exported model differs from eager beyond atol={atol}, rtol={rtol}", 1)
+        _fail(f"exported model differs from eager beyond atol={atol}, rtol={rtol}; {output} "
+              "was not written" + (" (the previous file is intact)" if os.path.exists(output)
+                                   else ""), 1)
 
 
 def _load_weights(model: object, path: str) -> None:
@@ -175,8 +175,21 @@ def draw_cmd(spec: str, output: str, img_size: Optional[Tuple[int, int]]) -> Non
     if ext not in (".svg", ".png"):
         _fail(f"cannot draw to '{output}': use a .svg or .png file name")
     model_spec = load_checked(spec, img_size)
-    try:
-        draw(model_spec, output)
-    except OSError as exc:
-        _fail(f"cannot write {output}: {exc.strerror}", 1)
+    _write_output(output, [spec], lambda: draw(model_spec, output))
     click.echo(f"wrote {output}")
+
+
+def _refuse_inputs(output: str, inputs: list) -> None:
+    try:
+        fsio.refuse_inputs(output, inputs, "output")
+    except fsio.UnsafePathError as exc:
+        _fail(str(exc), 1)
+
+
+def _write_output(output: str, inputs: list, write) -> None:
+    """Run ``write`` for a user-named output: never onto an input; errors exit 1."""
+    _refuse_inputs(output, inputs)
+    try:
+        write()
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}", 1)

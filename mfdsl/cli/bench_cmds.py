@@ -91,9 +91,11 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
     click.echo("")
     click.echo(markdown_table(report))
     if json_path:
+        from .. import fsio
+
         try:
-            with open(json_path, "w") as f:
-                json.dump(report, f, indent=2)
+            fsio.refuse_inputs(json_path, [spec], "--json")
+            fsio.write_atomic(json_path, json.dumps(report, indent=2) + "\n")
         except OSError as exc:
-            click.echo(f"error: cannot write {json_path}: {exc.strerror}", err=True)
+            click.echo(f"error: cannot write {json_path}: {exc.strerror or exc}", err=True)
             sys.exit(1)

@@ -192,6 +192,16 @@ def convert(spec: str, to: str, output: Optional[str]) -> None:
             raise click.BadParameter(
                 f"'{output}' names a .{out_fmt} file but --to is {to}; the file could not "
                 f"be read back", param_hint="'-o' / '--output'")
+    if output:
+        from .. import fsio
+
+        if fsio.same_file(output, spec):
+            # Converting onto the input would drop what the canonical form cannot keep
+            # (comments): that is `fmt -w`'s job, which refuses to lose them.
+            click.echo(f"error: -o {output} is the input file {spec}; convert never "
+                       "overwrites its input (use `mfdsl fmt -w` to reformat a file in place)",
+                       err=True)
+            sys.exit(1)
     dest = os.path.dirname(output) if output else os.path.dirname(spec)
     text = _emit(load_spec(spec), to, dest)
     if output:
@@ -251,9 +261,11 @@ def _canonical(path: str) -> "tuple[str, str]":
     """(file text, its canonical form); loading first gives located errors."""
     from ..api import load_spec
 
-    spec = load_spec(path)
-    with open(path, encoding="utf-8") as f:
-        original = f.read()
+    from ..api import MAX_SPEC_BYTES
+    from ..fsio import read_regular
+
+    spec = load_spec(path)  # a non-regular or oversized file is refused here
+    original = read_regular(path, MAX_SPEC_BYTES, "spec file").decode("utf-8")
     if _format_of(path) == "mf":
         from ..emit.mf import format_mf
 
@@ -279,19 +291,13 @@ def _comments(text: str) -> list:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    """Write via a temporary file, so a failed write never leaves half a spec; a write
-    that fails (missing folder, read-only place) exits 1 naming ``path``."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    """Write a user-named file atomically (``mfdsl.fsio``: permissions kept, a symlink
+    written through to its target); a write that fails (missing folder, read-only
+    place) exits 1 naming ``path``."""
+    from .. import fsio
+
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fsio.write_atomic(path, text)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         click.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
         sys.exit(1)

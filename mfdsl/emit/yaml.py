@@ -580,8 +580,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     target = grammar_file(SCHEMA_FILE)
     if args[:1] == ["--write-schema"]:
         path = args[1] if len(args) > 1 else str(target)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(schema_text())
+        from ..fsio import write_atomic
+
+        write_atomic(path, schema_text())
         print(f"wrote {path}")
         return 0
     if args[:1] == ["--check"]:
