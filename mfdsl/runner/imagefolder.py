@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 import struct
 import zlib
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -101,6 +102,9 @@ class SkippingImageFolder(Dataset):
         for attempt in range(min(MAX_REPLACEMENTS, n)):
             path, target = self.samples[(index + attempt) % n]
             try:
+                # A FIFO or device named like an image would block or never end the read.
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    raise OSError(f"{path}: not a regular file")
                 with Image.open(path) as f:
                     img = f.convert("RGB")
             except DECODE_ERRORS:
