@@ -509,3 +509,15 @@ def _bare(specs: Path, tmp_path: Path) -> Path:
     p = tmp_path / "init.safetensors"
     save_file(build_model(str(specs / "pool.mf")).state_dict(), str(p))
     return p
+
+
+def test_export_and_compile_check_which_model_the_weights_are(trained, specs, tmp_path):
+    w = trained / "checkpoints" / "last.safetensors"
+    code, out = run("export", specs / "ident.mf", "--format", "pt2", "--checkpoint", w,
+                    "-o", tmp_path / "x.pt2")
+    assert code == 2 and "different model" in out and not (tmp_path / "x.pt2").exists()
+    code, out = run("compile", specs / "ident.mf", "--checkpoint", w)
+    assert code == 2 and "different model" in out
+    code, out = run("export", specs / "pool.mf", "--format", "pt2", "--checkpoint", w,
+                    "-o", tmp_path / "x.pt2")
+    assert code == 0 and "run's input size 64x64" in out, out

@@ -128,6 +128,13 @@ def export_cmd(spec: str, fmt: str, checkpoint: Optional[str], output: str, batc
         raise click.BadParameter(f"a {fmt} file must end in {_EXPORT_EXT[fmt]}, got "
                                  f"'{output}'", param_hint="'-o' / '--output'")
     _refuse_inputs(output, [spec, checkpoint])
+    if checkpoint is not None:
+        ctx = _weights_context(spec, checkpoint)
+        if ctx is not None and img_size is None:
+            img_size = tuple(ctx.img_size)  # the size the run was trained at
+            if img_size != tuple(_spec_size(spec)):
+                click.echo(f"note: exporting at the run's input size "
+                           f"{img_size[0]}x{img_size[1]} (--img-size overrides it)", err=True)
     model_spec = load_checked(spec, img_size)
     try:
         model = lower(model_spec)
@@ -146,6 +153,26 @@ def export_cmd(spec: str, fmt: str, checkpoint: Optional[str], output: str, batc
         _fail(f"exported model differs from eager beyond atol={atol}, rtol={rtol}; {output} "
               "was not written" + (" (the previous file is intact)" if os.path.exists(output)
                                    else ""), 1)
+
+
+def _spec_size(spec_path: str):
+    from ..api import load_spec
+
+    return load_spec(spec_path).img_size
+
+
+def _weights_context(spec_path: str, weights: str):
+    """The run context of ``weights`` after checking that the spec builds that model."""
+    from ..api import load_spec
+    from ..runner.errors import RunError
+    from ..runner.run_folder import check_weights_model
+
+    try:
+        return check_weights_model(load_spec(spec_path), weights)
+    except SpecError as err:
+        _fail_spec(err)
+    except RunError as err:
+        _fail(err.message)
 
 
 def _load_weights(model: object, path: str) -> None:

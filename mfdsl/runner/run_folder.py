@@ -343,3 +343,21 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
                            f"{prior.img_size[0]}x{prior.img_size[1]}; a resumed run keeps its "
                            "input size")
     return OutputPlan(out, stem, prior, ins)
+
+
+def check_weights_model(spec: ModelSpec, weights_path: str) -> Optional[RunContext]:
+    """The run context of ``weights_path`` (None for weights without one), after checking
+    that ``spec`` builds the model they were trained as (RunError if not)."""
+    from ..fingerprint import model_fingerprint, short
+
+    if not weights_path.endswith(".safetensors") or not os.path.isfile(weights_path):
+        return None
+    ctx = checkpoint_context(weights_path)
+    if ctx is not None:
+        fp = model_fingerprint(spec)
+        if fp != ctx.model:
+            raise RunError(f"{spec.source or 'the spec'} builds a different model (fingerprint "
+                           f"{short(fp)}) than {weights_path} was trained as "
+                           f"({short(ctx.model)}); use the run's own spec.mf"
+                           + ctx.difference(spec))
+    return ctx
