@@ -521,3 +521,28 @@ def test_export_and_compile_check_which_model_the_weights_are(trained, specs, tm
     code, out = run("export", specs / "pool.mf", "--format", "pt2", "--checkpoint", w,
                     "-o", tmp_path / "x.pt2")
     assert code == 0 and "run's input size 64x64" in out, out
+
+
+def test_resume_into_another_runs_folder_is_refused(data, specs, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert run("train", specs / "pool.mf", *FAST, "--data", data, "-o", out)[0] == 0
+    before = _tree(b)
+    code, text = run("train", specs / "pool.mf", *FAST, "--max-steps", "4", "--data", data,
+                     "-o", b, "--resume", a / "checkpoints" / "last.safetensors")
+    assert code == 2 and "holds another run" in text
+    assert _tree(b) == before
+    # Into a new folder it continues, and eval there needs no spec.
+    code, text = run("train", specs / "pool.mf", *FAST, "--max-steps", "4", "--data", data,
+                     "-o", tmp_path / "c", "--resume", a / "checkpoints" / "last.safetensors")
+    assert code == 0, text
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["run_id"] == json.loads(
+        (a / "run.json").read_text())["run_id"]
+
+
+def test_resume_without_img_size_keeps_the_runs(trained, data, specs):
+    code, text = run("train", specs / "pool.mf", *FAST, "--max-steps", "3", "--data", data,
+                     "-o", trained, "--resume", "auto")
+    assert code == 0, text
+    resolved = json.loads((trained / "recipe.json").read_text())["resolved"]
+    assert resolved["img_size"] == [64, 64]

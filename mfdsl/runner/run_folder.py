@@ -326,10 +326,11 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
         folder_ctx = read_run(out) if os.path.isdir(out) else None
         if prior is None:
             prior = folder_ctx
-        elif folder_ctx is not None and folder_ctx.model != prior.model:
-            raise RunError(f"--output {out} holds a run of another model (fingerprint "
-                           f"{short(folder_ctx.model)}) than checkpoint {stem} "
-                           f"({short(prior.model)}); choose another --output")
+        elif folder_ctx is not None and folder_ctx.run_id != prior.run_id:
+            raise RunError(f"--output {out} holds another run (id {folder_ctx.run_id[:12]}, "
+                           f"model {short(folder_ctx.model)}) than checkpoint {stem} belongs "
+                           f"to (id {prior.run_id[:12]}); resuming there would overwrite it: "
+                           "choose another --output")
     if prior is not None:
         fp = model_fingerprint(spec)
         if fp != prior.model:
