@@ -225,7 +225,8 @@ class CheckpointWriter:
     """Writes ckpt-<step> pairs, points ``last``/``best`` at them and prunes old ones.
 
     ``context`` (a run's ``RunContext.to_json()``) goes into every weights file's
-    metadata; pruning deletes only periodic pairs whose metadata names this run.
+    metadata; pruning deletes only periodic pairs this writer wrote or whose metadata names
+    this run (a resumed run's earlier pairs).
     """
 
     def __init__(self, folder: str, keep_recent: int,
@@ -233,6 +234,7 @@ class CheckpointWriter:
         self.folder = folder
         self.keep_recent = max(0, keep_recent)
         self.context = context
+        self._written: set = set()  # stems this writer made (for writers without a context)
         fsio.ensure_folder(folder)
 
     def save(self, step: int, epoch: int, weights: Dict[str, torch.Tensor],
@@ -248,6 +250,7 @@ class CheckpointWriter:
             atomic_save_weights(ema_weights, stem + ".ema" + WEIGHTS_EXT, dict(meta, ema=True))
         atomic_torch_save(dict(state, format=STATE_FORMAT, step=step, epoch=epoch),
                           stem + STATE_EXT)
+        self._written.add(stem)
         targets = ["last"] + (["best"] if is_best else [])
         for name in targets:
             dst = os.path.join(self.folder, name)
@@ -259,6 +262,8 @@ class CheckpointWriter:
         return stem
 
     def _ours(self, stem: str) -> bool:
+        if stem in self._written:
+            return True
         meta = weights_meta(stem + WEIGHTS_EXT)
         run = (meta or {}).get("run")
         return (self.context is not None and isinstance(run, dict)
