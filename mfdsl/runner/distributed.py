@@ -1,10 +1,11 @@
 """One process per device under torchrun: process-group setup and small collective helpers."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -121,3 +122,16 @@ def agree_on_failure(env: DistEnv, failure: Optional[BaseException]) -> None:
     quiet.exit_code = code
     quiet.quiet = True
     raise quiet
+
+
+@contextlib.contextmanager
+def checked_alike_on_every_rank() -> Iterator[None]:
+    """Around checks every rank makes on the same inputs before the process group exists
+    (files, folders, options): a RunError there is raised by every rank, so only rank 0
+    prints it; the others exit with the same code, silently."""
+    try:
+        yield
+    except RunError as exc:
+        if int(os.environ.get("RANK", "0")) != 0:
+            exc.quiet = True
+        raise

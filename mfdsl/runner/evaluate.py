@@ -123,83 +123,88 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     from .imagefolder import ShardSampler, SkippingImageFolder, eval_transform, make_loader
     from .run_folder import checkpoint_context
 
-    say = log or (lambda msg: None)
-    if batch_size < 1:
-        raise RunError("--batch-size must be >= 1")
-    if crop_pct is not None and not 0 < crop_pct <= 1:
-        raise RunError(f"--crop-pct must be in (0, 1], got {crop_pct}")
-    ckpt_path = resolve_checkpoint_path(checkpoint)
-    if not os.path.exists(ckpt_path):
-        raise RunError(f"--checkpoint {checkpoint}: no such file")
-    ctx = checkpoint_context(ckpt_path) if ckpt_path.endswith(".safetensors") else None
-    if ctx is None:
-        if spec is None:
-            raise RunError(f"--checkpoint {checkpoint} carries no run context (not from an "
-                           "mfdsl run): give the SPEC it was made for")
-    else:
-        if spec is None:
-            spec = ctx.load_spec(ckpt_path + " (run spec)")
+    from .distributed import checked_alike_on_every_rank
+
+    # Everything before the process group is checked alike by every rank of a torchrun
+    # job: rank 0 alone reports a bad input.
+    with checked_alike_on_every_rank():
+        say = log or (lambda msg: None)
+        if batch_size < 1:
+            raise RunError("--batch-size must be >= 1")
+        if crop_pct is not None and not 0 < crop_pct <= 1:
+            raise RunError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+        ckpt_path = resolve_checkpoint_path(checkpoint)
+        if not os.path.exists(ckpt_path):
+            raise RunError(f"--checkpoint {checkpoint}: no such file")
+        ctx = checkpoint_context(ckpt_path) if ckpt_path.endswith(".safetensors") else None
+        if ctx is None:
+            if spec is None:
+                raise RunError(f"--checkpoint {checkpoint} carries no run context (not from an "
+                               "mfdsl run): give the SPEC it was made for")
         else:
-            fp = model_fingerprint(spec)
-            if fp != ctx.model:
-                raise RunError(f"{spec.source or 'the spec'} builds a different model "
-                               f"(fingerprint {short(fp)}) than {ckpt_path} was trained as "
-                               f"({short(ctx.model)}); evaluate the run without a SPEC, or "
-                               "give the run's own spec.mf" + ctx.difference(spec))
-            if (tuple(spec.img_size) != tuple(ctx.img_size) and img_size is None) or any(
-                    getattr(spec.eval, k) != (tuple(v) if isinstance(v, list) else v)
-                    for k, v in ctx.eval.items()):
-                say("note: using the run's input size and eval transform "
-                    f"({ctx.img_size[0]}x{ctx.img_size[1]}, crop_pct {ctx.eval['crop_pct']}, "
-                    f"{ctx.eval['interpolation']}), not the spec's")
-            spec = ctx.apply(spec)
-    if img_size is not None:
-        img_size = (int(img_size[0]), int(img_size[1]))
-        if ctx is not None and img_size != tuple(ctx.img_size):
-            say(f"note: --img-size {img_size[0]}x{img_size[1]} overrides the run's "
-                f"{ctx.img_size[0]}x{ctx.img_size[1]}")
-        from ..cli.common import check_at_img_size
+            if spec is None:
+                spec = ctx.load_spec(ckpt_path + " (run spec)")
+            else:
+                fp = model_fingerprint(spec)
+                if fp != ctx.model:
+                    raise RunError(f"{spec.source or 'the spec'} builds a different model "
+                                   f"(fingerprint {short(fp)}) than {ckpt_path} was trained as "
+                                   f"({short(ctx.model)}); evaluate the run without a SPEC, or "
+                                   "give the run's own spec.mf" + ctx.difference(spec))
+                if (tuple(spec.img_size) != tuple(ctx.img_size) and img_size is None) or any(
+                        getattr(spec.eval, k) != (tuple(v) if isinstance(v, list) else v)
+                        for k, v in ctx.eval.items()):
+                    say("note: using the run's input size and eval transform "
+                        f"({ctx.img_size[0]}x{ctx.img_size[1]}, crop_pct {ctx.eval['crop_pct']}, "
+                        f"{ctx.eval['interpolation']}), not the spec's")
+                spec = ctx.apply(spec)
+        if img_size is not None:
+            img_size = (int(img_size[0]), int(img_size[1]))
+            if ctx is not None and img_size != tuple(ctx.img_size):
+                say(f"note: --img-size {img_size[0]}x{img_size[1]} overrides the run's "
+                    f"{ctx.img_size[0]}x{ctx.img_size[1]}")
+            from ..cli.common import check_at_img_size
 
-        check_at_img_size(spec, img_size)  # a size the model cannot take: a located error
-        spec = with_overrides(spec, img_size=img_size)
-    if crop_pct is not None:
-        spec = with_overrides(spec, eval=with_overrides(spec.eval, crop_pct=float(crop_pct)))
-    if data is None:
-        from ..data.tinyshapes import ensure_tinyshapes
+            check_at_img_size(spec, img_size)  # a size the model cannot take: a located error
+            spec = with_overrides(spec, img_size=img_size)
+        if crop_pct is not None:
+            spec = with_overrides(spec, eval=with_overrides(spec.eval, crop_pct=float(crop_pct)))
+        if data is None:
+            from ..data.tinyshapes import ensure_tinyshapes
 
-        data = str(ensure_tinyshapes())
-    if not os.path.isdir(data):
-        raise DataError(f"--data {data}: no such folder")
-    root = os.path.join(data, split) if os.path.isdir(os.path.join(data, split)) else data
-    splits = sorted(n for n in _SPLIT_NAMES if os.path.isdir(os.path.join(data, n)))
-    if root == data and splits:
-        # Evaluating the root would take 'train' etc. for class folders: a meaningless score.
-        raise DataError(f"--data {data} has no '{split}' folder (it has {', '.join(splits)}); "
-                        "choose one with --split")
-    model = build_model(spec)
-    from ..checkpoint import CheckpointError, load_checkpoint
+            data = str(ensure_tinyshapes())
+        if not os.path.isdir(data):
+            raise DataError(f"--data {data}: no such folder")
+        root = os.path.join(data, split) if os.path.isdir(os.path.join(data, split)) else data
+        splits = sorted(n for n in _SPLIT_NAMES if os.path.isdir(os.path.join(data, n)))
+        if root == data and splits:
+            # Evaluating the root would take 'train' etc. for class folders: a meaningless score.
+            raise DataError(f"--data {data} has no '{split}' folder (it has {', '.join(splits)}); "
+                            "choose one with --split")
+        model = build_model(spec)
+        from ..checkpoint import CheckpointError, load_checkpoint
 
-    try:
-        report = load_checkpoint(model, ckpt_path)
-    except CheckpointError as exc:
-        raise RunError(f"cannot load checkpoint: {exc}") from None
-    if ctx is not None:
-        if len(ctx.classes) > model.num_classes:
-            raise DataError(f"the run's class list has {len(ctx.classes)} classes but the "
-                            f"model has {model.num_classes}")
-        dataset = SkippingImageFolder(root, eval_transform(model), classes=ctx.classes)
-        class_source = "run"
-    else:
-        dataset = SkippingImageFolder(root, eval_transform(model))
-        class_source = "folder"
-        n = len(dataset.classes)
-        if n != model.num_classes:
-            raise DataError(
-                f"{root} has {n} class folders but the model has {model.num_classes} classes; "
-                f"{ckpt_path} records no class list (not from an mfdsl run), so labels are "
-                "the positions of the sorted folder names and must match the head one to one")
-        say(f"note: {ckpt_path} records no class list: labels are the {n} sorted class "
-            f"folder names of {root}")
+        try:
+            report = load_checkpoint(model, ckpt_path)
+        except CheckpointError as exc:
+            raise RunError(f"cannot load checkpoint: {exc}") from None
+        if ctx is not None:
+            if len(ctx.classes) > model.num_classes:
+                raise DataError(f"the run's class list has {len(ctx.classes)} classes but the "
+                                f"model has {model.num_classes}")
+            dataset = SkippingImageFolder(root, eval_transform(model), classes=ctx.classes)
+            class_source = "run"
+        else:
+            dataset = SkippingImageFolder(root, eval_transform(model))
+            class_source = "folder"
+            n = len(dataset.classes)
+            if n != model.num_classes:
+                raise DataError(
+                    f"{root} has {n} class folders but the model has {model.num_classes} classes; "
+                    f"{ckpt_path} records no class list (not from an mfdsl run), so labels are "
+                    "the positions of the sorted folder names and must match the head one to one")
+            say(f"note: {ckpt_path} records no class list: labels are the {n} sorted class "
+                f"folder names of {root}")
     env = setup(device)
     try:
         cuda = env.device.type == "cuda"

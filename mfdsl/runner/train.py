@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..ir import ModelSpec, with_overrides
 from . import checkpointing as ckpt
 from .distributed import (DistEnv, agree_on_failure, all_sum, any_rank, barrier,
-                          gather_objects, setup, teardown)
+                          checked_alike_on_every_rank, gather_objects, setup, teardown)
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import autocast_context, evaluate
 from .imagefolder import (ResumableDistributedSampler, ShardSampler, SkippingImageFolder,
@@ -691,13 +691,9 @@ def run_training(spec: ModelSpec, opts: TrainOptions) -> Dict[str, Any]:
         raise RunError(f"--nan-policy must be skip or stop, got {opts.nan_policy}")
     # The run folder is checked before the process group exists: under torchrun every rank
     # sees the same folder and refuses alike, and only rank 0 says so.
-    try:
+    with checked_alike_on_every_rank():
         plan = plan_output(spec, opts.output, opts.resume, opts.overwrite, opts.img_size,
                            [spec.source, opts.init_from])
-    except RunError as exc:
-        if int(os.environ.get("RANK", "0")) != 0:
-            exc.quiet = True
-        raise
     env = setup(opts.device)
     trainer = None
     try:
