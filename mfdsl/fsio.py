@@ -104,8 +104,8 @@ def write_atomic_with(path: str, write: Callable[[str], None], *, links: str = O
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
     os.close(fd)
     try:
-        os.chmod(tmp, mode)
         write(tmp)
+        os.chmod(tmp, mode)  # after the writer, which may have re-created the file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if verify is not None:
