@@ -100,6 +100,10 @@ def write_atomic_with(path: str, write: Callable[[str], None], *, links: str = O
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         mode = 0o666 & ~_umask()
+    else:
+        if not os.access(target, os.W_OK):
+            # A rename would replace it anyway; a read-only file says "do not".
+            raise PermissionError(13, "Permission denied (the file is read-only)", target)
     # The real extension last: writers that pick a format from the name still work.
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
     os.close(fd)

@@ -86,6 +86,17 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def other_data(data) -> Path:
+    """Other class folders (a, b, d) beside ``data``."""
+    other = data.parent / "other"
+    for split in ("train", "val"):
+        _images(other / split / "a", 4, 30)
+        _images(other / split / "b", 4, 130)
+        _images(other / split / "d", 4, 230)
+    return other
+
+
+@pytest.fixture(scope="module")
 def specs(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("specs")
     (d / "pool.mf").write_text(SPEC.format(mixer="pooling"))
@@ -146,6 +157,9 @@ def test_eval_img_size_override_is_explicit_and_checked(trained, data):
     assert res["img_size"] == [32, 32]
     code, out = run("eval", "-c", trained, "--data", data, "--img-size", "8", "--workers", "0")
     assert code == 2 and "--img-size" in out  # too small for two downsamplings: located
+    assert _eval_json("-c", trained, "--data", data, "--crop-pct", "0.5")["crop_pct"] == 0.5
+    code, out = run("eval", "-c", trained, "--data", data, "--crop-pct", "1.5")
+    assert code == 2 and "--crop-pct" in out
 
 
 def test_eval_refuses_a_same_shaped_other_model(trained, data, specs):
@@ -403,6 +417,19 @@ def test_fmt_and_convert_keep_mode_and_write_through_links(specs, tmp_path):
     assert stat.S_IMODE(dst.stat().st_mode) == 0o600 and "old" != dst.read_text()
 
 
+def test_fsio_refuses_read_only_outputs(tmp_path, monkeypatch):
+    p = tmp_path / "ro.txt"
+    p.write_text("keep")
+    p.chmod(0o444)
+    if os.access(p, os.W_OK):  # root may write anything: act as a user would
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda q, m, **k: False if m == os.W_OK and
+                            os.fspath(q) == str(p) else real(q, m, **k))
+    with pytest.raises(PermissionError):
+        fsio.write_atomic(str(p), "new")
+    assert p.read_text() == "keep"
+
+
 def test_fsio_atomic_write_rules(tmp_path):
     old = os.umask(0o027)
     try:
@@ -473,7 +500,7 @@ def test_fifo_checkpoints_are_refused(tmp_path, specs, data):
 
 
 # =========================================================================== torchrun
-def test_torchrun_refusal_is_one_message(trained, data, specs):
+def test_torchrun_refusal_is_one_message(trained, data, other_data, specs):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
@@ -481,13 +508,18 @@ def test_torchrun_refusal_is_one_message(trained, data, specs):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "mfdsl.runner", "train", str(specs / "pool.mf"), "--data", str(data),
            "-o", str(trained), "--workers", "0", "--device", "cpu"]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    text = p.stdout + p.stderr
-    assert p.returncode != 0
-    errors = [ln for ln in text.splitlines() if ln.startswith(("error:", "[rank"))]
-    assert len(errors) == 1 and "earlier run" in errors[0], text
-    assert "gloo" not in text.lower() and "mfdsl/" not in text  # no rank's traceback
-    assert _tree(trained) == before
+    for extra, why in (([], "earlier run"),  # refused before the process group
+                       # refused after it (the class folders are scanned by every rank)
+                       (["--resume", "auto", "--data", str(data.parent / "other")],
+                        "differ from the 3 classes")):
+        p = subprocess.run(cmd + extra, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=240)
+        text = p.stdout + p.stderr
+        assert p.returncode != 0
+        errors = [ln for ln in text.splitlines() if ln.startswith(("error:", "[rank"))]
+        assert len(errors) == 1 and why in errors[0], text
+        assert "gloo" not in text.lower() and "mfdsl/" not in text  # no rank's traceback
+        assert _tree(trained) == before
 
 
 def test_fifo_named_like_an_image_is_skipped_not_waited_on(specs, tmp_path):
