@@ -377,6 +377,13 @@ def test_export_and_draw_refuse_to_overwrite_the_spec(specs, tmp_path):
     before = spec.read_bytes()
     code, out = run("draw", spec, "-o", link)
     assert code == 1 and "input" in out
+    for cmd in (["inspect", spec, "--graph-out", spec], ["bench", spec, "--json", spec],
+                ["export", spec, "--format", "pt2", "-o", tmp_path / "s.pt2",
+                 "--checkpoint", tmp_path / "s.pt2"]):
+        if cmd[0] == "export":
+            os.link(spec, tmp_path / "s.pt2")  # a hard link to the spec
+        code, out = run(*cmd)
+        assert code in (1, 2) and "input" in out, (cmd, out)
     assert spec.read_bytes() == before
 
 

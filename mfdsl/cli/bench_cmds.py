@@ -72,6 +72,13 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
             click.echo(f"error: --json {json_path}: folder {folder} does not exist or is "
                        "not writable", err=True)
             sys.exit(2)
+        from .. import fsio
+
+        try:
+            fsio.refuse_inputs(json_path, [spec], "--json")
+        except fsio.UnsafePathError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
     dtype = dtype or ("bf16" if device == "cuda" else "fp32")
     try:
         ir = check(load_spec(spec))
@@ -94,7 +101,6 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
         from .. import fsio
 
         try:
-            fsio.refuse_inputs(json_path, [spec], "--json")
             fsio.write_atomic(json_path, json.dumps(report, indent=2) + "\n")
         except OSError as exc:
             click.echo(f"error: cannot write {json_path}: {exc.strerror or exc}", err=True)
