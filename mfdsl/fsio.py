@@ -53,7 +53,16 @@ def fsync_dir(folder: str) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    # Linux reports it without changing it; setting and restoring it is a (brief) race
+    # with other threads creating files.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
