@@ -585,3 +585,16 @@ def test_resume_without_img_size_keeps_the_runs(trained, data, specs):
     assert code == 0, text
     resolved = json.loads((trained / "recipe.json").read_text())["resolved"]
     assert resolved["img_size"] == [64, 64]
+
+
+def test_resume_past_an_unreadable_newer_checkpoint_says_so(data, specs, tmp_path):
+    out = tmp_path / "run"
+    assert run("train", specs / "pool.mf", *FAST, "--max-steps", "2", "--ckpt-every", "1",
+               "--data", data, "-o", out)[0] == 0
+    ck = out / "checkpoints"
+    (ck / "ckpt-00000002.state.pt").write_bytes(b"garbage")
+    (ck / "last.state.pt").unlink()
+    code, text = run("train", specs / "pool.mf", *FAST, "--max-steps", "3", "--data", data,
+                     "-o", out, "--resume", "auto")
+    assert code == 0, text
+    assert "resuming from step 1" in text and "ckpt-00000002" in text

@@ -288,6 +288,7 @@ class OutputPlan:
     resume_stem: Optional[str]  # the checkpoint to continue from, if any
     prior: Optional[RunContext]  # the context of the run being continued
     inputs: List[str]  # files this command reads: never written
+    notes: List[str] = field(default_factory=list)  # for the log
 
 
 def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
@@ -312,7 +313,7 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
     if os.path.exists(out) and not os.path.isdir(out):
         raise RunError(f"--output {out}: exists and is not a folder")
     check_no_links(out, ins)
-    stem, prior = None, None
+    stem, prior, notes = None, None, []
     if resume is None:
         entries = earlier_run_entries(out, ins)
         if entries and not overwrite:
@@ -321,8 +322,16 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
                            "--overwrite to replace them")
     else:
         stem = ckpt.resolve_resume(resume, out)
+        notes = []
         if stem is not None:
             prior = checkpoint_context(stem + ckpt.WEIGHTS_EXT)
+            step = ckpt.pair_step(stem) or 0
+            newer = [n for n in ckpt.checkpoint_files(os.path.dirname(stem))
+                     if (m := re.match(r"^ckpt-(\d+)\.", n)) and int(m.group(1)) > step]
+            if newer:
+                notes.append(f"note: resuming from step {step}: newer checkpoint files are "
+                             f"incomplete or unreadable and are left as they are "
+                             f"({', '.join(newer[:4])}{' ...' if len(newer) > 4 else ''})")
         folder_ctx = read_run(out) if os.path.isdir(out) else None
         if prior is None:
             prior = folder_ctx
@@ -343,7 +352,7 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
             raise RunError(f"--img-size {img_size[0]}x{img_size[1]}: the run was trained at "
                            f"{prior.img_size[0]}x{prior.img_size[1]}; a resumed run keeps its "
                            "input size")
-    return OutputPlan(out, stem, prior, ins)
+    return OutputPlan(out, stem, prior, ins, notes if resume is not None else [])
 
 
 def check_weights_model(spec: ModelSpec, weights_path: str) -> Optional[RunContext]:

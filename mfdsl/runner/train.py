@@ -103,6 +103,8 @@ class Trainer:
         if prior is not None:
             self.context.spec_mf = prior.spec_mf
         resume_stem = self._find_resume()
+        for note in plan.notes:
+            self.log(note)
         if resume_stem is not None:
             self._load_resume(resume_stem)
         try:
