@@ -9,6 +9,8 @@ import torch.nn as nn
 from .checks import check
 from .errors import SpecError
 from .ir import ModelSpec
+from .plugins import load_plugins
+from .size_limits import check_size_limits
 
 SpecLike = Union[str, "os.PathLike[str]", ModelSpec]
 
@@ -58,11 +60,16 @@ def load_spec(path: Union[str, "os.PathLike[str]"]) -> ModelSpec:
     return spec
 
 
-def check_spec(spec: SpecLike, **kw) -> ModelSpec:
-    """Load (if a path) and run every semantic check; raises SpecError."""
+def check_spec(spec: SpecLike, *, size_limits: bool = True) -> ModelSpec:
+    """Load (if a path), run every semantic check, then the size limits (unless
+    ``size_limits=False``); raises SpecError."""
+    load_plugins()
     if not isinstance(spec, ModelSpec):
         spec = load_spec(spec)
-    return check(spec, **kw)
+    check(spec)
+    if size_limits:
+        check_size_limits(spec)
+    return spec
 
 
 def build_model(spec: SpecLike, target: str = "cpu", *, check_sizes: bool = True) -> nn.Module:

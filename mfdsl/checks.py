@@ -9,19 +9,23 @@ import math
 import re
 from typing import Any, Dict, Optional, Tuple
 
+from . import layers  # noqa: F401 - registers the built-in components the checks look up
 from .errors import Loc, SpecError, nearest
-from .ir import Call, DownsampleSpec, ModelSpec, RecipeSpec, StageSpec
-from .registry import BuildContext, Param, registry
-
-OPTIMIZERS = ("adamw", "lamb", "sgd")
-SCHEDULES = ("cosine", "constant")
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
+from .ir import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, INTERPOLATIONS, MAX_CLASSES,
+                 MAX_DEPTH, MAX_SIDE, MAX_WIDTH, OPTIMIZERS, SCHEDULES, SIZE, STR, Call,
+                 DownsampleSpec, ModelSpec, RecipeSpec, Setting, StageSpec, settings_of)
+from .registry import BuildContext, Param, RegistryError, registry
 
 
-def check(spec: ModelSpec, *, size_limits: bool = True) -> ModelSpec:
-    """Raise SpecError for the first problem in ``spec``; return it unchanged if valid."""
+
+def check(spec: ModelSpec) -> ModelSpec:
+    """Raise SpecError for the first problem in ``spec``; return it unchanged if valid.
+
+    Semantic checks only: the size limits are the next step (:mod:`mfdsl.size_limits`),
+    and :func:`mfdsl.api.check_spec` runs both.
+    """
     try:
-        return _check(spec, size_limits)
+        return _check(spec)
     except SpecError as err:
         if err.line is None:
             # A problem with a setting the user did not write (a default that does not
@@ -37,19 +41,13 @@ def check(spec: ModelSpec, *, size_limits: bool = True) -> ModelSpec:
 _MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _check(spec: ModelSpec, size_limits: bool) -> ModelSpec:
+def _check(spec: ModelSpec) -> ModelSpec:
     if not isinstance(spec.name, str) or not _MODEL_NAME.match(spec.name):
         raise SpecError(f"model name {_show(spec.name)} is not a plain name", spec.loc("name"),
                         hint="letters, digits and _, not starting with a digit, e.g. "
                              "caformer_s18")
-    _positive_int(spec, "in_chans", spec.in_chans, "input channels", MAX_WIDTH)
-    _positive_int(spec, "num_classes", spec.num_classes, "classes", MAX_CLASSES)
-    if len(spec.img_size) != 2 or any(not _is_int(v) or v < 1 for v in spec.img_size):
-        raise SpecError(f"input size must be two positive integers, got {spec.img_size}",
-                        spec.loc("img_size"))
-    if max(spec.img_size) > MAX_SIDE:
-        raise SpecError(f"input size {spec.img_size[0]}x{spec.img_size[1]} is out of range",
-                        spec.loc("img_size"), hint=f"allowed: sides up to {MAX_SIDE}")
+    check_settings(spec, {"in_chans": "input channels", "num_classes": "classes",
+                          "img_size": "input size"})
     if not spec.stages:
         raise SpecError("a model needs at least one stage", spec.loc(""),
                         hint="add e.g. `stage pooling x2 @64`")
@@ -66,8 +64,6 @@ def _check(spec: ModelSpec, size_limits: bool) -> ModelSpec:
     if spec.recipe is not None:
         check_recipe(spec.recipe)
     _check_limits(spec)
-    if size_limits:
-        _check_size(spec)
     return spec
 
 
@@ -81,25 +77,98 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# Upper bounds far beyond any real model; they keep absurd values from reaching the
-# meta-device size check (which would overflow storage sizes or exhaust host memory).
-MAX_DEPTH = 1000
-MAX_WIDTH = 1 << 20
-MAX_SIDE = 65536
-MAX_CLASSES = 1 << 24
-MAX_KERNEL = 1024
+# --- the settings' own types and ranges, from the IR's field metadata ----------------------
+
+def check_settings(node: Any, labels: Optional[Dict[str, str]] = None,
+                   prefix: str = "") -> None:
+    """Check every declared setting of ``node`` (not components: they need a context)
+    against its type, range and choices; ``labels`` / ``prefix`` name it in messages."""
+    for name, meta, _ in settings_of(type(node)):
+        if meta.is_component:
+            continue
+        label = (labels or {}).get(name) or f"{prefix}{meta.key or name}"
+        check_setting(node, name, meta, getattr(node, name), label)
 
 
-def _positive_int(node: Any, name: str, v: Any, what: Optional[str] = None,
-                  upper: Optional[int] = None) -> None:
-    what = what or name
-    if not _is_int(v):
-        raise SpecError(f"{what} must be an integer, got {_show(v)}", node.loc(name))
-    if v < 1:
-        raise SpecError(f"{what} must be >= 1, got {v}", node.loc(name))
-    if upper is not None and v > upper:
-        raise SpecError(f"{what} {v} is out of range", node.loc(name),
-                        hint=f"allowed: 1 to {upper}")
+def check_setting(node: Any, name: str, meta: Setting, v: Any, label: str) -> None:
+    loc = node.loc(name)
+    if v is None:
+        if meta.optional:
+            return
+        raise SpecError(f"{label} cannot be none", loc, hint=_allowed(meta))
+    t = meta.type
+    if t in (INT, COUNT):
+        if not _is_int(v):
+            raise SpecError(f"{label} must be an integer, got {_show(v)}", loc,
+                            hint=_allowed(meta))
+        _in_range(meta, v, label, loc)
+    elif t == FLOAT:
+        if not _is_number(v):
+            raise SpecError(f"{label} must be a number{' or none' if meta.optional else ''}, "
+                            f"got {_show(v)}", loc, hint=_allowed(meta))
+        _finite(meta, v, label, loc)
+        _in_range(meta, v, label, loc)
+    elif t == BOOL:
+        if not isinstance(v, bool):
+            raise SpecError(f"{label} must be true or false, got {_show(v)}", loc)
+    elif t == STR:
+        if not isinstance(v, str):
+            raise SpecError(f"{label} must be a string, got {_show(v)}", loc)
+        if meta.choices and v not in meta.choices:
+            guess = nearest(v, meta.choices)
+            raise SpecError(f"unknown {label} {_show(v)}", loc,
+                            hint=f"did you mean '{guess}'?" if guess else
+                            f"one of {', '.join(meta.choices)}")
+    elif t in (FLOATS, SIZE):
+        item = "integer" if t == SIZE else "number"
+        n = meta.length if t == FLOATS else 2
+        if not isinstance(v, (tuple, list)) or (n is not None and len(v) != n) or not v:
+            count = f"{n} {item}s" if n else f"{item}s"
+            raise SpecError(f"{label} must be {count}, got {_show(v)}", loc)
+        for x in v:
+            if not (_is_int(x) if t == SIZE else _is_number(x)):
+                raise SpecError(f"each value of {label} must be {_article(item)}, got "
+                                f"{_show(x)}", loc)
+            if t == SIZE:
+                _in_range(meta, x, f"{label} side", loc)
+                continue
+            _finite(meta, x, f"each value of {label}", loc)
+            if not meta.item_in_range(x):
+                lo = Setting(FLOAT, "", min=meta.item_min, max=meta.item_max,
+                             min_exclusive=meta.item_min_exclusive,
+                             max_exclusive=meta.item_max_exclusive)
+                raise SpecError(f"{label} value {_show(x)} is out of range", loc,
+                                hint=f"allowed: {lo.range_text()}")
+
+
+def _allowed(meta: Setting) -> Optional[str]:
+    text = meta.range_text()
+    return f"allowed: {text}" if text else None
+
+
+def _finite(meta: Setting, v: Any, label: str, loc: Optional[Loc]) -> None:
+    if not math.isfinite(v):
+        raise SpecError(f"{label} must be finite, got {v}", loc)
+    if meta.tensor and abs(v) > FLOAT32_MAX:
+        # It becomes a float32 tensor (a parameter's initial value, a normalisation
+        # constant): beyond float32 it would be inf there and NaN after one step.
+        raise SpecError(f"{label} {_show(v)} does not fit in float32 (|v| <= 3.4e38)", loc,
+                        hint="use a value of a sensible magnitude")
+
+
+def _in_range(meta: Setting, v: Any, label: str, loc: Optional[Loc]) -> None:
+    if meta.in_range(v):
+        return
+    low = meta.min is not None and (v <= meta.min if meta.min_exclusive else v < meta.min)
+    if low:
+        op = ">" if meta.min_exclusive else ">="
+        raise SpecError(f"{label} must be {op} {_num(meta.min)}, got {_show(v)}", loc,
+                        hint=_allowed(meta))
+    raise SpecError(f"{label} is out of range: {_show(v)}", loc, hint=_allowed(meta))
+
+
+def _num(v: Any) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(v)
 
 
 def _show(v: Any) -> str:
@@ -150,11 +219,7 @@ def _total_stride(spec: ModelSpec) -> int:
 
 
 def _check_downsample(ds: DownsampleSpec, what: str) -> None:
-    _positive_int(ds, "kernel", ds.kernel, f"{what} kernel", MAX_KERNEL)
-    _positive_int(ds, "stride", ds.stride, f"{what} stride", MAX_KERNEL)
-    if not _is_int(ds.padding) or ds.padding < 0:
-        raise SpecError(f"{what} padding must be an integer >= 0, got {_show(ds.padding)}",
-                        ds.loc("padding"))
+    check_settings(ds, prefix=f"{what} ")
     if ds.padding >= ds.kernel:
         raise SpecError(f"{what} padding {ds.padding} is not smaller than its kernel "
                         f"{ds.kernel}", ds.loc("padding"), hint=f"use padding <= {ds.kernel // 2}")
@@ -162,20 +227,10 @@ def _check_downsample(ds: DownsampleSpec, what: str) -> None:
 
 def _check_stage(spec: ModelSpec, i: int, st: StageSpec, res: Tuple[int, int],
                  prev: Optional[int]) -> None:
-    _positive_int(st, "depth", st.depth, f"stage {i} depth", MAX_DEPTH)
-    _positive_int(st, "width", st.width, f"stage {i} width", MAX_WIDTH)
-    if not _is_number(st.mlp_ratio) or not 0 < st.mlp_ratio <= 64:  # NaN fails too
-        raise SpecError(f"stage {i} mlp_ratio must be a number in (0, 64], got "
-                        f"{_show(st.mlp_ratio)}", st.loc("mlp_ratio"))
+    check_settings(st, {k: f"stage {i} {k}" for k in ("mlp_ratio", "mlp_act", "mlp_bias")},
+                   prefix=f"stage {i} ")
     if int(st.mlp_ratio * st.width) < 1:
         raise SpecError(f"stage {i} MLP would have no hidden units", st.loc("mlp_ratio"))
-    if not isinstance(st.mlp_bias, bool):
-        raise SpecError(f"stage {i} mlp_bias must be true or false", st.loc("mlp_bias"))
-    for name in ("layer_scale", "res_scale"):
-        v = getattr(st, name)
-        if v is not None and (not _is_number(v) or not math.isfinite(v)):
-            raise SpecError(f"stage {i} {name} must be a number (its initial value) or none, "
-                            f"got {_show(v)}", st.loc(name))
     if i > 0 and st.downsample is None and prev is not None and prev != st.width:
         raise SpecError(
             f"stage {i} has no downsampling but its width {st.width} differs from stage "
@@ -293,14 +348,6 @@ def _article(t: str) -> str:
 
 def _check_eval(spec: ModelSpec) -> None:
     ev = spec.eval
-    if not _is_number(ev.crop_pct) or not 0 < ev.crop_pct <= 1:
-        raise SpecError(f"crop_pct must be in (0, 1], got {_show(ev.crop_pct)}",
-                        ev.loc("crop_pct"))
-    if ev.interpolation not in INTERPOLATIONS[:3]:
-        guess = nearest(str(ev.interpolation), INTERPOLATIONS[:3])
-        raise SpecError(f"unknown interpolation {_show(ev.interpolation)}",
-                        ev.loc("interpolation"),
-                        hint=f"did you mean '{guess}'?" if guess else "bilinear, bicubic or nearest")
     for name in ("mean", "std"):
         v = getattr(ev, name)
         if name not in ev.locs and len(v) != spec.in_chans:
@@ -311,63 +358,14 @@ def _check_eval(spec: ModelSpec) -> None:
                 spec.loc("in_chans"),
                 hint=f"set eval mean and std to {spec.in_chans} value(s) each, one per input "
                      "channel")
-        if len(v) != spec.in_chans or not all(_is_number(x) and math.isfinite(x) for x in v):
+        if not isinstance(v, (tuple, list)) or len(v) != spec.in_chans:
             raise SpecError(f"{name} must be {spec.in_chans} numbers, one per input channel",
                             ev.loc(name))
-    if any(x <= 0 for x in ev.std):
-        raise SpecError("std values must be > 0", ev.loc("std"))
-
-
-_RECIPE_RANGES = {
-    # name: (type, min, max, min_exclusive)
-    "epochs": (int, 1, 100_000, False),
-    "batch_size": (int, 1, 10_000_000, False),
-    "lr": (float, 0.0, 10.0, True),
-    "lr_batch": (int, 1, 10_000_000, False),
-    "weight_decay": (float, 0.0, 10.0, False),
-    "opt_eps": (float, 0.0, 1.0, True),
-    "momentum": (float, 0.0, 1.0, False),
-    "warmup_epochs": (int, 0, 100_000, False),
-    "warmup_lr": (float, 0.0, 10.0, False),
-    "min_lr": (float, 0.0, 10.0, False),
-    "drop_path": (float, 0.0, 0.99, False),
-    "head_dropout": (float, 0.0, 0.99, False),
-    "label_smoothing": (float, 0.0, 0.99, False),
-    "mixup": (float, 0.0, 100.0, False),
-    "cutmix": (float, 0.0, 100.0, False),
-    "mixup_switch_prob": (float, 0.0, 1.0, False),
-    "random_erasing": (float, 0.0, 1.0, False),
-}
+    check_settings(ev)
 
 
 def check_recipe(r: RecipeSpec) -> None:
-    for name, (typ, lo, hi, excl) in _RECIPE_RANGES.items():
-        v = getattr(r, name)
-        if typ is int and not _is_int(v) or typ is float and not _is_number(v):
-            raise SpecError(f"train {name} must be {_article(typ.__name__)}, got {_show(v)}",
-                            r.loc(name))
-        if not math.isfinite(v):
-            raise SpecError(f"train {name} must be finite, got {v}", r.loc(name))
-        if (v <= lo if excl else v < lo) or v > hi:
-            rng = f"{'>' if excl else '>='} {lo} and <= {hi}"
-            raise SpecError(f"train {name} is out of range: {v}", r.loc(name),
-                            hint=f"allowed: {rng}")
-    for name, choices in (("optimizer", OPTIMIZERS), ("sched", SCHEDULES),
-                          ("train_interpolation", INTERPOLATIONS)):
-        v = getattr(r, name)
-        if v not in choices:
-            guess = nearest(str(v), choices)
-            raise SpecError(f"unknown train {name} {_show(v)}", r.loc(name),
-                            hint=f"did you mean '{guess}'?" if guess else
-                            f"one of {', '.join(choices)}")
-    if len(r.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in r.betas):  # NaN fails
-        raise SpecError("train betas must be two numbers in [0, 1)", r.loc("betas"))
-    if r.ema is not None and (not _is_number(r.ema) or not 0 < r.ema < 1):
-        raise SpecError(f"train ema (the decay) must be in (0, 1), got {_show(r.ema)}",
-                        r.loc("ema"))
-    if r.clip_grad is not None and (not _is_number(r.clip_grad) or r.clip_grad <= 0):
-        raise SpecError(f"train clip_grad must be > 0, got {_show(r.clip_grad)}",
-                        r.loc("clip_grad"))
+    check_settings(r, prefix="train ")
     if r.randaugment is not None and not _valid_randaugment(r.randaugment):
         raise SpecError(f"train randaugment {_show(r.randaugment)} is not a RandAugment "
                         "config string", r.loc("randaugment"),
@@ -386,46 +384,5 @@ def _valid_randaugment(s: Any) -> bool:
     return True
 
 
-def _check_size(spec: ModelSpec) -> None:
-    """Build on the meta device (no storage) and compare with the user's limits."""
-    from .analysis.counting import count_macs_meta, count_params_meta
-
-    try:
-        params = count_params_meta(spec)
-        macs = count_macs_meta(spec)
-    except (MemoryError, OverflowError, RuntimeError) as exc:
-        raise SpecError(f"the model is too large to build: {exc}", spec.loc(""),
-                        hint="reduce depths, widths or the input size") from None
-    lim = spec.limits
-    if params > lim.max_params:
-        raise SpecError(
-            "model has {} parameters, over the limit of {}".format(
-                *_counts(params, lim.max_params)), lim.loc("max_params") or spec.loc(""),
-            hint="raise it with `limits { params 2G }` or --max-params")
-    if macs > lim.max_macs:
-        raise SpecError(
-            "model needs {} MACs per image, over the limit of {}".format(
-                *_counts(macs, lim.max_macs)), lim.loc("max_macs") or spec.loc(""),
-            hint="raise it with `limits { macs 2T }` or --max-macs")
-
-
-def _counts(value: int, limit: int) -> Tuple[str, str]:
-    """Both counts in the units limits are written in (950, 12.3K, 26.1M, 4.1G); exact
-    when rounding would make them look equal."""
-    def short(n: int) -> str:
-        for suffix, unit in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
-            if n >= unit:
-                return f"{n / unit:.1f}{suffix}"
-        return str(n)
-
-    a, b = short(value), short(limit)
-    return (a, b) if a != b else (f"{value:,}", f"{limit:,}")
-
-
 def _check_limits(spec: ModelSpec) -> None:
-    lim = spec.limits
-    for name, what in (("max_params", "params"), ("max_macs", "macs")):
-        v = getattr(lim, name)
-        if not _is_int(v) or v < 1:
-            raise SpecError(f"limit {what} must be a count >= 1, got {_show(v)}",
-                            lim.loc(name), hint="e.g. `limits { params 2G  macs 50G }`")
+    check_settings(spec.limits, prefix="limit ")

@@ -5,11 +5,16 @@ name -> Loc; key ``""`` is the node itself). Locations never take part in equali
 ``convert`` round trips compare IR values only.
 
 Defaults are the paper's (facts sheet §1): a spec only states what differs.
+
+Every user-facing field is declared with :func:`setting`: its type, range, choices,
+default, documentation, spelling in the languages and command-line flag live here once,
+and the ``.mf`` reader and printer, the YAML reader, printer and schema, the range checks,
+the recipe's CLI options and the docs' tables derive from it (see docs/internals.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, List, Optional, Tuple, Union
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import Loc
 
@@ -49,16 +54,128 @@ def call(name: str, **args: Value) -> Call:
     return Call(name=name, args=dict(args))
 
 
+# --- field metadata ----------------------------------------------------------------------
+
+# Value types a setting may have. A component type names a registry kind.
+INT, FLOAT, BOOL, STR, COUNT, FLOATS, SIZE = "int", "float", "bool", "str", "count", "floats", "size"
+COMPONENT_TYPES = ("mixer", "activation", "norm", "head")
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one IR field means to the user. Ranges are inclusive unless ``*_exclusive``."""
+
+    type: str  # INT, FLOAT, BOOL, STR, COUNT (an int written 2G), FLOATS (a tuple), SIZE,
+    #            or a component kind
+    doc: str
+    min: Optional[float] = None
+    max: Optional[float] = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    choices: Optional[Tuple[str, ...]] = None
+    optional: bool = False  # may be none / null
+    key: Optional[str] = None  # the word in .mf and YAML when it is not the field name
+    group: Optional[str] = None  # written under a group word: `mlp ratio 4`, `mlp: {ratio: 4}`
+    cli: Optional[str] = None  # the command-line option that overrides it, if any
+    length: Optional[int] = None  # FLOATS: number of items (None: per input channel)
+    item_min: Optional[float] = None  # FLOATS: lower bound of each item
+    item_max: Optional[float] = None
+    item_min_exclusive: bool = False
+    item_max_exclusive: bool = False
+    tensor: bool = False  # the value initialises a float32 tensor: must fit float32
+    examples: Tuple[Any, ...] = ()
+
+    @property
+    def is_component(self) -> bool:
+        return self.type in COMPONENT_TYPES
+
+    def range_text(self) -> str:
+        """``> 0 and <= 64``, ``one of a, b``; '' when unbounded."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        lo = "" if self.min is None else f"{'>' if self.min_exclusive else '>='} {_num(self.min)}"
+        hi = "" if self.max is None else f"{'<' if self.max_exclusive else '<='} {_num(self.max)}"
+        return " and ".join(t for t in (lo, hi) if t)
+
+    def in_range(self, v: Any) -> bool:
+        if self.min is not None and (v <= self.min if self.min_exclusive else v < self.min):
+            return False
+        if self.max is not None and (v >= self.max if self.max_exclusive else v > self.max):
+            return False
+        return True
+
+    def item_in_range(self, v: Any) -> bool:
+        lo, hi = self.item_min, self.item_max
+        if lo is not None and (v <= lo if self.item_min_exclusive else v < lo):
+            return False
+        if hi is not None and (v >= hi if self.item_max_exclusive else v > hi):
+            return False
+        return True
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(v)
+
+
+_META = "mfdsl"
+
+
+def setting(default: Any = None, doc: str = "", type: Optional[str] = None, *,
+            factory: Any = None, **kw: Any) -> Any:
+    """A dataclass field carrying its :class:`Setting`. ``type`` defaults from the value."""
+    if type is None:
+        sample = factory() if factory is not None else default
+        type = {bool: BOOL, int: INT, float: FLOAT, str: STR, tuple: FLOATS}[builtins_type(sample)]
+    meta = {_META: Setting(type=type, doc=doc, **kw)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+MISSING_FACTORY = MISSING
+
+
+def builtins_type(v: Any) -> type:
+    return bool if isinstance(v, bool) else type(v)
+
+
+def setting_of(cls: type, name: str) -> Optional[Setting]:
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata.get(_META)
+    return None
+
+
+def settings_of(cls: type) -> Iterator[Tuple[str, Setting, Any]]:
+    """(field name, Setting, default) of every declared setting of ``cls``, in order."""
+    for f in fields(cls):
+        meta = f.metadata.get(_META)
+        if meta is None:
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING_FACTORY else f.default
+        yield f.name, meta, default
+
+
+def key_of(cls: type, name: str) -> str:
+    """The word a field is written as in .mf and YAML."""
+    meta = setting_of(cls, name)
+    return (meta.key or name) if meta is not None else name
+
+
 @dataclass
 class DownsampleSpec(Node):
     """One strided Conv2d between stages (or the stem), with optional norms around it."""
 
-    kernel: int = 3
-    stride: int = 2
-    padding: int = 1
-    bias: bool = True
-    pre_norm: Optional[Call] = None
-    post_norm: Optional[Call] = None
+    kernel: int = setting(3, "Conv kernel size.", min=1, max=1024)
+    stride: int = setting(2, "Conv stride (the downsampling factor).", min=1, max=1024)
+    padding: int = setting(1, "Zero padding on each side (smaller than the kernel).", min=0,
+                           max=1023)
+    bias: bool = setting(True, "Conv bias.")
+    pre_norm: Optional[Call] = setting(None, "Norm before the conv, on the previous width "
+                                       "(none: no norm).", "norm", optional=True)
+    post_norm: Optional[Call] = setting(None, "Norm after the conv, on the new width "
+                                        "(none: no norm).", "norm", optional=True)
 
 
 def default_stem() -> DownsampleSpec:
@@ -79,19 +196,43 @@ def default_block_norm() -> Call:
     return call("layernorm", bias=False, eps=1e-6)
 
 
+# Sanity bounds far beyond any real model: a typo like x2000000 must not make the size step
+# build millions of (meta) blocks.
+MAX_DEPTH = 1000
+MAX_WIDTH = 1 << 20  # channels
+MAX_SIDE = 1 << 16  # pixels of an input side
+MAX_CLASSES = 1 << 24
+
+
 @dataclass
 class StageSpec(Node):
-    """``depth`` blocks of width ``width``. Block j uses ``mixers[j % len(mixers)]``."""
+    """``depth`` blocks of width ``width``. Block j uses ``mixers[j % len(mixers)]``.
 
-    depth: int = 1
-    width: int = 64
+    The settings from ``norm`` on are the stage settings: written after a stage's width
+    for that stage, or at model level (YAML: under ``defaults``) for every stage.
+    """
+
+    depth: int = setting(1, "Number of blocks.", min=1, max=MAX_DEPTH)
+    width: int = setting(64, "Channels of the stage.", min=1, max=MAX_WIDTH)
     mixers: List[Call] = field(default_factory=lambda: [call("identity")])
-    mlp_ratio: float = 4.0
-    mlp_act: Call = field(default_factory=lambda: call("starrelu"))
-    mlp_bias: bool = False
-    norm: Call = field(default_factory=default_block_norm)
-    layer_scale: Optional[float] = None  # init value; None: no layer scale
-    res_scale: Optional[float] = None  # init value; None: no residual scale
+    mlp_ratio: float = setting(4.0, "Hidden width / width of the block MLP.", min=0,
+                               min_exclusive=True, max=64, group="mlp", key="ratio")
+    mlp_act: Call = setting(None, "Activation between the two Linear layers of the MLP.",
+                            "activation", factory=lambda: call("starrelu"), group="mlp",
+                            key="act", examples=("starrelu", "gelu", "squared_relu"))
+    mlp_bias: bool = setting(False, "Bias in both Linear layers of the MLP.", group="mlp",
+                             key="bias")
+    norm: Call = setting(None, "Norm before the token mixer and before the MLP.", "norm",
+                         factory=default_block_norm,
+                         examples=(call("layernorm", bias=False, eps=1e-6),
+                                   call("modified_layernorm", eps=1e-6)))
+    layer_scale: Optional[float] = setting(
+        None, "Initial value of a learnable per-channel scale on each residual branch "
+        "(none: no layer scale).", FLOAT, optional=True, tensor=True, examples=(1e-6,))
+    res_scale: Optional[float] = setting(
+        None, "Initial value of a learnable per-channel scale on the residual path (none: "
+        "no residual scale). The baselines use 1.0 in stages 2 and 3.", FLOAT, optional=True,
+        tensor=True, examples=(1.0,))
     # Stage 0 is downsampled by the model's stem and keeps None here. For later stages the
     # front ends fill default_downsample() unless the user wrote `downsample none`, which
     # keeps the resolution (width must then equal the previous stage's).
@@ -101,66 +242,122 @@ class StageSpec(Node):
         return self.mixers[j % len(self.mixers)]
 
 
+# The stage settings (everything a stage line or model-level line may set), in the order
+# the printers write them.
+STAGE_SETTINGS: Tuple[str, ...] = ("norm", "mlp_ratio", "mlp_act", "mlp_bias", "layer_scale",
+                                   "res_scale")
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+OPTIMIZERS = ("adamw", "lamb", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
 @dataclass
 class EvalSpec(Node):
     """The model's default evaluation transform (timm's pretrained_cfg)."""
 
-    crop_pct: float = 1.0
-    interpolation: str = "bicubic"
-    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop_pct: float = setting(1.0, "Center-crop fraction.", min=0, min_exclusive=True, max=1,
+                              examples=(1.0, 0.95))
+    interpolation: str = setting("bicubic", "Resize interpolation.", choices=INTERPOLATIONS)
+    mean: Tuple[float, ...] = setting((0.485, 0.456, 0.406), "Per-channel mean (one number "
+                                      "per input channel).", FLOATS, tensor=True)
+    std: Tuple[float, ...] = setting((0.229, 0.224, 0.225), "Per-channel std (one number per "
+                                     "input channel).", FLOATS, item_min=0,
+                                     item_min_exclusive=True, tensor=True)
+
+
+_BIG = 10_000_000
 
 
 @dataclass
 class RecipeSpec(Node):
     """The training recipe (facts sheet §3). ``lr`` is stated for ``lr_batch``."""
 
-    epochs: int = 300
-    batch_size: int = 4096
-    optimizer: str = "adamw"  # adamw | lamb | sgd
-    lr: float = 4e-3
-    lr_batch: int = 4096
-    weight_decay: float = 0.05
-    opt_eps: float = 1e-8
-    betas: Tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9  # sgd only
-    sched: str = "cosine"  # cosine | constant
-    warmup_epochs: int = 5
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    drop_path: float = 0.0
-    head_dropout: float = 0.0
-    label_smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_switch_prob: float = 0.5
-    randaugment: Optional[str] = "rand-m9-mstd0.5-inc1"
-    random_erasing: float = 0.25
-    train_interpolation: str = "random"
-    amp: bool = True
-    ema: Optional[float] = None  # EMA decay; None: no EMA
-    clip_grad: Optional[float] = None
-    finetune_from: Optional[str] = None  # e.g. the 224 model a 384 spec fine-tunes
+    epochs: int = setting(300, "Training epochs.", min=1, max=100_000, cli="--epochs")
+    batch_size: int = setting(4096, "Global batch size.", min=1, max=_BIG, cli="--batch-size")
+    optimizer: str = setting("adamw", "Optimizer.", choices=OPTIMIZERS, cli="--optimizer",
+                             examples=("adamw", "lamb"))
+    lr: float = setting(4e-3, "Peak learning rate, stated for lr_batch (scaled linearly to "
+                        "batch_size).", min=0, min_exclusive=True, max=10, cli="--lr",
+                        examples=(4e-3, 8e-3))
+    lr_batch: int = setting(4096, "The batch size lr is stated for.", min=1, max=_BIG,
+                            cli="--lr-batch")
+    weight_decay: float = setting(0.05, "Decoupled weight decay.", min=0, max=10,
+                                  cli="--weight-decay")
+    opt_eps: float = setting(1e-8, "Optimizer epsilon.", min=0, min_exclusive=True, max=1,
+                             cli="--opt-eps")
+    betas: Tuple[float, float] = setting((0.9, 0.999), "Adam/LAMB betas.", FLOATS, length=2,
+                                         item_min=0, item_max=1, item_max_exclusive=True,
+                                         cli="--betas")
+    momentum: float = setting(0.9, "SGD momentum (sgd only).", min=0, max=1, cli="--momentum")
+    sched: str = setting("cosine", "Learning-rate schedule.", choices=SCHEDULES, cli="--sched")
+    warmup_epochs: int = setting(5, "Linear warmup epochs (at most epochs).", min=0,
+                                 max=100_000, cli="--warmup-epochs", examples=(5, 20))
+    warmup_lr: float = setting(1e-6, "Learning rate at the start of warmup.", min=0, max=10,
+                               cli="--warmup-lr")
+    min_lr: float = setting(1e-5, "Final learning rate of the cosine schedule.", min=0, max=10,
+                            cli="--min-lr")
+    drop_path: float = setting(0.0, "Stochastic depth rate, growing linearly over the blocks "
+                               "to this value.", min=0, max=0.99, cli="--drop-path",
+                               examples=(0.1, 0.15))
+    head_dropout: float = setting(0.0, "Dropout before the classifier's last Linear.", min=0,
+                                  max=0.99, cli="--head-dropout", examples=(0.0, 0.4))
+    label_smoothing: float = setting(0.1, "Label smoothing.", min=0, max=0.99,
+                                     cli="--label-smoothing")
+    mixup: float = setting(0.8, "Mixup alpha (0: off).", min=0, max=100, cli="--mixup")
+    cutmix: float = setting(1.0, "CutMix alpha (0: off).", min=0, max=100, cli="--cutmix")
+    mixup_switch_prob: float = setting(0.5, "Probability of CutMix instead of Mixup when both "
+                                       "are on.", min=0, max=1, cli="--mixup-switch-prob")
+    randaugment: Optional[str] = setting(
+        "rand-m9-mstd0.5-inc1", "Data augmentation policy, timm's config string: RandAugment "
+        "'rand-m9-mstd0.5-inc1', AutoAugment 'original', 'v0' or 'augmix-m5-w3' "
+        "(none: off).", STR, optional=True, cli="--randaugment")
+    random_erasing: float = setting(0.25, "Random erasing probability.", min=0, max=1,
+                                    cli="--random-erasing")
+    train_interpolation: str = setting("random", "Resize interpolation for training crops.",
+                                       choices=("bilinear", "bicubic", "nearest", "random"),
+                                       cli="--train-interpolation")
+    amp: bool = setting(True, "Automatic mixed precision.", cli="--amp")
+    ema: Optional[float] = setting(None, "Model EMA decay (none: no EMA).", FLOAT, min=0,
+                                   min_exclusive=True, max=1, max_exclusive=True,
+                                   optional=True, cli="--ema", examples=(0.9999,))
+    clip_grad: Optional[float] = setting(None, "Gradient norm clipping (none: off).", FLOAT,
+                                         min=0, min_exclusive=True, optional=True,
+                                         cli="--clip-grad", examples=(5.0,))
+    finetune_from: Optional[str] = setting(None, "The checkpoint or spec this recipe "
+                                           "fine-tunes (none: from scratch).", STR,
+                                           optional=True, cli="--finetune-from",
+                                           examples=("caformer_s18",))
 
 
 @dataclass
 class LimitsSpec(Node):
     """Size limits checked before any real tensor is allocated; users may raise them."""
 
-    max_params: int = 1_000_000_000
-    max_macs: int = 1_000_000_000_000
+    max_params: int = setting(1_000_000_000, "Maximum parameters.", COUNT, min=1,
+                              key="params", cli="--max-params", examples=("2G",))
+    max_macs: int = setting(1_000_000_000_000, "Maximum MACs per image.", COUNT, min=1,
+                            key="macs", cli="--max-macs", examples=("2T",))
+    max_activations: int = setting(
+        16 * 2**30, "Maximum bytes of activations one training image keeps for the backward "
+        "pass (fp32).", COUNT, min=1, key="activations", cli="--max-activations",
+        examples=("64G",))
 
 
 @dataclass
 class ModelSpec(Node):
-    name: str = "model"
-    in_chans: int = 3
-    img_size: Tuple[int, int] = (224, 224)
-    num_classes: int = 1000
+    name: str = setting("model", "The model's name (e.g. caformer_s18).")
+    in_chans: int = setting(3, "Input channels.", min=1, max=MAX_WIDTH)
+    img_size: Tuple[int, int] = setting((224, 224), "Input height and width.", SIZE, min=1,
+                                        max=MAX_SIDE)
+    num_classes: int = setting(1000, "Number of classes of the head.", min=1, max=MAX_CLASSES)
     stem: DownsampleSpec = field(default_factory=default_stem)
     stages: List[StageSpec] = field(default_factory=list)
-    output_norm: Call = field(default_factory=lambda: call("layernorm", bias=True, eps=1e-6))
-    head: Call = field(default_factory=lambda: call("linear"))
+    output_norm: Call = setting(None, "Norm after global average pooling, on the pooled "
+                                "(B, C) features.", "norm",
+                                factory=lambda: call("layernorm", bias=True, eps=1e-6))
+    head: Call = setting(None, "The classifier head.", "head", factory=lambda: call("linear"),
+                         examples=("linear", call("mlp", ratio=4)))
     eval: EvalSpec = field(default_factory=EvalSpec)
     limits: LimitsSpec = field(default_factory=LimitsSpec)
     recipe: Optional[RecipeSpec] = None
@@ -204,3 +401,34 @@ def with_overrides(node: Any, **changes: Any) -> Any:
 
 def field_names(cls: type) -> List[str]:
     return [f.name for f in fields(cls) if f.name not in ("locs", "source")]
+
+
+# --- the plain-data form of components (YAML, JSON Schema defaults) ----------------------
+
+def call_data(c: Call, *, nested: bool = False) -> Any:
+    """``Call`` -> ``name`` or ``{name: {args}}`` (a nested Call always as a mapping)."""
+    if not c.args and not nested:
+        return c.name
+    return {c.name: {k: arg_data(v) for k, v in c.args.items()}}
+
+
+def arg_data(v: Any) -> Any:
+    if isinstance(v, Call):
+        return call_data(v, nested=True)
+    if isinstance(v, (list, tuple)):
+        return [arg_data(x) for x in v]
+    return v
+
+
+def setting_data(v: Any) -> Any:
+    """A setting's value as plain data: a component as in YAML, a tuple as a list."""
+    if isinstance(v, Call):
+        return call_data(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+# Counts (limits) may be written with an SI suffix: 2G = 2 * 10^9.
+COUNT_SUFFIX = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+COUNT_PATTERN = r"^[0-9]+(\.[0-9]+)?[KMGT]$"

@@ -9,9 +9,14 @@ Register a new one from Python and name it in specs::
     def shift_mixer(ctx, shift):
         return MyShiftMixer(ctx.dim, shift)
 
-Installed packages may also expose a module under the entry-point group
-``mfdsl.components``; it is imported (and so registers its components) the first time
-the registry is queried.
+This module imports nothing of mfdsl: the built-in components register themselves when
+:mod:`mfdsl.layers` is imported (the checks, lowering and schema generator import it),
+and installed plugins (modules under the entry-point group ``mfdsl.components``) are
+imported by :func:`mfdsl.plugins.load_plugins`, which the API and the CLI call on entry.
+
+Registration order never matters: built-in and user components are kept apart, and a
+name both define is an error (at lookup) unless the user's was registered with
+``replace=True``.
 
 Factories receive a :class:`BuildContext` and the resolved arguments. Every module a
 factory returns works on channels-last tensors ``(B, H, W, C)``.
@@ -56,6 +61,12 @@ class Param:
         return self.type if isinstance(self.type, str) else self.type.__name__
 
 
+# The tensors a component may be placed on. A norm declares which it supports (and what
+# it computes there); the checks refuse it elsewhere with a located error.
+MAP = "map"  # a feature map (B, H, W, C) inside the stages
+POOLED = "pooled"  # a pooled feature vector (B, C) in the head
+
+
 @dataclass(frozen=True)
 class BuildContext:
     """What a factory may know about where its module goes."""
@@ -65,6 +76,7 @@ class BuildContext:
     stage: int = 0
     block: int = 0
     target: str = "cpu"  # lowering target; factories may pick equivalent kernels
+    position: str = MAP  # MAP or POOLED: the tensor the module will see
 
 
 # A nested component (``act=starrelu``) reaches a factory as a Maker: call it with the
@@ -83,6 +95,10 @@ class Component:
     params: Tuple[Param, ...] = ()
     doc: str = ""
     check: Optional[Check] = None
+    # For norms: positions (MAP, POOLED) the component is correct on, with what it computes
+    # there (docs). Undeclared positions are refused by the checks.
+    positions: Tuple[str, ...] = (MAP,)
+    builtin: bool = False
 
     def param(self, name: str) -> Optional[Param]:
         for p in self.params:
@@ -94,12 +110,20 @@ class Component:
         return {p.name: p.default for p in self.params}
 
 
+class RegistryError(ValueError):
+    """Two components registered under one name, or another misuse of the registry."""
+
+
 @dataclass
 class Registry:
-    _items: Dict[str, Dict[str, Component]] = field(
-        default_factory=lambda: {k: {} for k in KINDS}
-    )
-    _plugins_loaded: bool = False
+    """Component tables by kind; built-ins and user components apart (see module doc)."""
+
+    _builtin: Dict[str, Dict[str, Component]] = field(
+        default_factory=lambda: {k: {} for k in KINDS})
+    _user: Dict[str, Dict[str, Component]] = field(
+        default_factory=lambda: {k: {} for k in KINDS})
+    _replaces: Dict[str, Dict[str, bool]] = field(
+        default_factory=lambda: {k: {} for k in KINDS})
 
     def register(
         self,
@@ -109,50 +133,61 @@ class Registry:
         doc: str = "",
         check: Optional[Check] = None,
         replace: bool = False,
+        positions: Optional[Sequence[str]] = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: register ``factory`` as component ``name`` of ``kind``."""
+        """Decorator: register ``factory`` as component ``name`` of ``kind``.
+
+        ``positions`` (norms): where the component is correct, MAP and/or POOLED; default
+        MAP only, so a norm that has not said what it means on a pooled (B, C) vector is
+        refused in the head.
+        """
         if kind not in KINDS:
-            raise ValueError(f"unknown component kind {kind!r}; expected one of {KINDS}")
-        if not name.isidentifier():
-            raise ValueError(f"component name {name!r} must be an identifier")
+            raise RegistryError(f"unknown component kind {kind!r}; expected one of {KINDS}")
+        if not isinstance(name, str) or not name.isidentifier():
+            raise RegistryError(f"component name {name!r} must be an identifier")
+        where = tuple(positions) if positions is not None else (MAP,)
+        bad = [p for p in where if p not in (MAP, POOLED)]
+        if bad or not where:
+            raise RegistryError(f"positions must be a non-empty subset of {(MAP, POOLED)}, "
+                                f"got {where!r}")
 
         def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
-            table = self._items[kind]
+            builtin = getattr(factory, "__module__", "").startswith("mfdsl.layers")
+            table = (self._builtin if builtin else self._user)[kind]
             if name in table and not replace:
-                raise ValueError(f"{kind} {name!r} is already registered")
+                raise RegistryError(f"{kind} {name!r} is already registered")
+            if not builtin and name in self._builtin[kind] and not replace:
+                raise RegistryError(f"{kind} {name!r} is already registered (built in); "
+                                    "pass replace=True to override it")
             text = doc or (factory.__doc__ or "").strip().split("\n")[0]
-            table[name] = Component(kind, name, factory, tuple(params), text, check)
+            table[name] = Component(kind, name, factory, tuple(params), text, check, where,
+                                    builtin)
+            if not builtin:
+                self._replaces[kind][name] = replace
             return factory
 
         return deco
 
     def get(self, kind: str, name: str) -> Optional[Component]:
-        self._load_plugins()
-        return self._items[kind].get(name)
+        user = self._user[kind].get(name)
+        builtin = self._builtin[kind].get(name)
+        if user is not None and builtin is not None and not self._replaces[kind].get(name):
+            # Only possible when the user's came first: the same error, order-independent.
+            raise RegistryError(f"{kind} {name!r} is registered twice: built in and by "
+                                f"{user.factory.__module__}; register it with replace=True "
+                                "to override the built-in")
+        return user if user is not None else builtin
 
     def names(self, kind: str) -> List[str]:
-        self._load_plugins()
-        return sorted(self._items[kind])
+        return sorted(set(self._builtin[kind]) | set(self._user[kind]))
+
+    def builtin_names(self, kind: str) -> List[str]:
+        return sorted(self._builtin[kind])
 
     def unregister(self, kind: str, name: str) -> None:
-        self._items[kind].pop(name, None)
-
-    def _load_plugins(self) -> None:
-        if self._plugins_loaded:
-            return
-        self._plugins_loaded = True
-        # The built-in layers register themselves on import.
-        from . import layers  # noqa: F401
-
-        try:
-            from importlib.metadata import entry_points
-
-            for ep in entry_points(group="mfdsl.components"):
-                ep.load()
-        except Exception as exc:  # a broken plugin must not break every spec
-            import warnings
-
-            warnings.warn(f"mfdsl: could not load a component plugin: {exc}")
+        """Remove a user component (built-ins stay)."""
+        self._user[kind].pop(name, None)
+        self._replaces[kind].pop(name, None)
 
 
 registry = Registry()
@@ -169,7 +204,8 @@ def register_activation(name: str, *params: Param, **kw: Any):
 
 
 def register_norm(name: str, *params: Param, **kw: Any):
-    """Register a norm: ``factory(ctx, **args) -> nn.Module`` over (B, H, W, C) or (B, C)."""
+    """Register a norm: ``factory(ctx, **args) -> nn.Module`` over (B, H, W, C), and over
+    (B, C) too if ``positions`` includes POOLED (``ctx.position`` says which it gets)."""
     return registry.register("norm", name, *params, **kw)
 
 

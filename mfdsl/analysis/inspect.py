@@ -105,7 +105,7 @@ def analyse(spec: ModelSpec, batch: int = 1, dtype: Union[str, torch.dtype] = "f
     dtype_name, torch_dtype = parse_dtype(dtype)
     if img_size is not None:
         spec = with_overrides(spec, img_size=tuple(img_size))
-    check(spec, size_limits=False)
+    check(spec)
     names = _part_names(spec)
 
     model = meta_model(spec).eval()

@@ -22,7 +22,7 @@ fp32 and bf16 figures because norms and softmax stay in fp32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,11 +43,12 @@ class SavedTensors:
     count: int
 
 
-def measure_saved(model: nn.Module, example: torch.Tensor, num_classes: int) -> SavedTensors:
+def measure_saved(model: nn.Module, example: torch.Tensor, num_classes: int,
+                  parts: Optional[List[Tuple[str, nn.Module]]] = None) -> SavedTensors:
     """Run forward + loss in training mode on meta tensors and tally the saved tensors.
 
-    The tally is attributed to the top-level part (``stem``, ``stages.i``, ``head``)
-    whose forward was running when the tensor was saved.
+    The tally is attributed to the part (by default the top-level ``stem``, ``stages.i``,
+    ``head``; or the given ``parts``) whose forward was running when the tensor was saved.
     """
     if example.device.type != "meta":
         raise ValueError("measure_saved expects a model and input on the meta device")
@@ -78,7 +79,7 @@ def measure_saved(model: nn.Module, example: torch.Tensor, num_classes: int) -> 
         current.pop()  # a forward hook that returns a value would replace the output
 
     handles = []
-    for name, part in _parts(model):
+    for name, part in (_parts(model) if parts is None else parts):
         handles.append(part.register_forward_pre_hook(enter(name)))
         handles.append(part.register_forward_hook(leave))
     was_training = model.training

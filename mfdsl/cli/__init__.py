@@ -55,6 +55,9 @@ def main() -> None:
       mfdsl compile specs/caformer_s18.mf
       mfdsl train specs/randformer.yaml
     """
+    from ..plugins import load_plugins
+
+    load_plugins()
 
 
 def _register() -> None:

@@ -29,7 +29,7 @@ def check_at_img_size(spec, img_size: Optional[Tuple[int, int]]):
     An error located at the file's `input` line is re-attributed to --img-size (with no
     source line): the file says something else, so pointing there would mislead.
     """
-    from ..checks import check
+    from ..api import check_spec as check
     from ..errors import SpecError
     from ..ir import with_overrides
 

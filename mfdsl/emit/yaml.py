@@ -14,26 +14,16 @@ import json
 import math
 import re
 import sys
-from dataclasses import fields
 from typing import Any, Dict, List, Optional
 
-from ..frontend.yaml_spec import (
-    COUNT_PATTERN, DOWNSAMPLE_KEYS, LIMIT_KEYS, RECIPE_KEYS, SCHEMA_FILE,
-)
 from ..ir import (
-    Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec, RecipeSpec, StageSpec,
-    default_downsample, default_stem,
+    STAGE_SETTINGS, Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec, RecipeSpec,
+    StageSpec, arg_data, call_data, default_downsample, default_stem, setting_data,
+    setting_of, settings_of,
 )
 
 SCHEMA_COMMENT = "# yaml-language-server: $schema=../grammar/metaformer.schema.json"
-SCHEMA_ID = "urn:mfdsl:schema:metaformer-spec:1"
 LINE_WIDTH = 96
-# Sanity bound: the paper's deepest stage has 24 blocks; a typo like 2000000 must not make
-# the size check build millions of (meta) blocks.
-MAX_DEPTH = 1000
-MAX_WIDTH = 1 << 20  # channels
-MAX_SIZE = 1 << 16  # pixels of the input side, conv kernels and strides
-MAX_CLASSES = 1 << 24
 
 # --- scalars ---------------------------------------------------------------------------
 
@@ -78,21 +68,6 @@ def flow(v: Any) -> str:
 
 # --- IR -> data ------------------------------------------------------------------------
 
-def call_data(c: Call, *, nested: bool = False) -> Any:
-    """``Call`` -> ``name`` or ``{name: {args}}`` (a nested Call always as a mapping)."""
-    if not c.args and not nested:
-        return c.name
-    return {c.name: {k: arg_data(v) for k, v in c.args.items()}}
-
-
-def arg_data(v: Any) -> Any:
-    if isinstance(v, Call):
-        return call_data(v, nested=True)
-    if isinstance(v, (list, tuple)):
-        return [arg_data(x) for x in v]
-    return v
-
-
 def _opt_call(c: Optional[Call]) -> Any:
     return None if c is None else call_data(c)
 
@@ -100,23 +75,22 @@ def _opt_call(c: Optional[Call]) -> Any:
 def downsample_data(ds: DownsampleSpec, base: DownsampleSpec) -> Dict[str, Any]:
     """The fields of ``ds`` that differ from ``base``."""
     out: Dict[str, Any] = {}
-    for k in DOWNSAMPLE_KEYS:
+    for k, meta, _ in settings_of(DownsampleSpec):
         v = getattr(ds, k)
         if v != getattr(base, k):
-            out[k] = _opt_call(v) if k.endswith("_norm") else v
+            out[meta.key or k] = _opt_call(v) if meta.is_component else v
     return out
 
 
 def _stage_settings(st: StageSpec) -> Dict[str, Any]:
-    """Stage settings other than mixer/depth/width/downsample, as YAML data."""
-    return {
-        "norm": call_data(st.norm),
-        ("mlp", "ratio"): st.mlp_ratio,
-        ("mlp", "act"): call_data(st.mlp_act),
-        ("mlp", "bias"): st.mlp_bias,
-        "layer_scale": st.layer_scale,
-        "res_scale": st.res_scale,
-    }
+    """Stage settings other than mixer/depth/width/downsample, as YAML data; a grouped
+    setting (``mlp_ratio``) is keyed (group, key)."""
+    out: Dict[str, Any] = {}
+    for name in STAGE_SETTINGS:
+        meta = setting_of(StageSpec, name)
+        key = meta.key or name
+        out[(meta.group, key) if meta.group else key] = setting_data(getattr(st, name))
+    return out
 
 
 def _put(d: Dict[str, Any], key: Any, v: Any) -> None:
@@ -185,23 +159,22 @@ def spec_data(spec: ModelSpec) -> Dict[str, Any]:
         d["output_norm"] = call_data(spec.output_norm)
     if spec.head != base.head:
         d["head"] = call_data(spec.head)
-    ev = {k: list(v) if isinstance(v, tuple) else v
-          for k, v in _changed(spec.eval, EvalSpec()).items()}
+    ev = _changed(spec.eval, EvalSpec())
     if ev:
         d["eval"] = ev
-    lim_names = {v: k for k, v in LIMIT_KEYS.items()}
-    lim = {lim_names[k]: v for k, v in _changed(spec.limits, LimitsSpec()).items()}
+    lim = _changed(spec.limits, LimitsSpec())
     if lim:
         d["limits"] = lim
     if spec.recipe is not None:
-        d["train"] = {k: list(v) if isinstance(v, tuple) else v
-                      for k, v in _changed(spec.recipe, RecipeSpec()).items()}
+        d["train"] = _changed(spec.recipe, RecipeSpec())
     return d
 
 
 def _changed(node: Any, base: Any) -> Dict[str, Any]:
-    return {f.name: getattr(node, f.name) for f in fields(node)
-            if f.compare and f.name != "locs" and getattr(node, f.name) != getattr(base, f.name)}
+    """The settings of ``node`` that differ from ``base``, by their YAML key."""
+    return {meta.key or name: setting_data(getattr(node, name))
+            for name, meta, _ in settings_of(type(node))
+            if getattr(node, name) != getattr(base, name)}
 
 
 # --- data -> text ----------------------------------------------------------------------
@@ -238,362 +211,9 @@ def to_yaml(spec: ModelSpec, schema_ref: str = "../grammar/metaformer.schema.jso
     return "\n".join(out) + "\n"
 
 
-# --- the JSON Schema -------------------------------------------------------------------
+# --- the JSON Schema (generated in mfdsl.schema; kept importable from here) ---------------
 
-def _prop(title: str, description: str, schema: Dict[str, Any], default: Any = None,
-          examples: Optional[List[Any]] = None, *, has_default: bool = True) -> Dict[str, Any]:
-    out = {"title": title, "description": description}
-    out.update(schema)
-    if has_default:
-        out["default"] = default
-    out["examples"] = examples if examples is not None else (
-        [default] if has_default and default is not None else [])
-    return out
-
-
-_KIND_EXAMPLE = {"mixer": "sepconv", "activation": "starrelu", "norm": "layernorm",
-                 "head": "linear"}
-
-
-def _param_schema(p: Any) -> Dict[str, Any]:
-    from ..ir import Call as _Call
-
-    if isinstance(p.type, str):
-        s: Dict[str, Any] = {"$ref": f"#/$defs/{p.type}"}
-        if p.default is None:
-            s = {"anyOf": [s, {"type": "null"}]}
-    else:
-        t = {int: "integer", float: "number", bool: "boolean", str: "string"}[p.type]
-        s = {"type": [t, "null"] if p.default is None else t}
-        if p.choices:
-            s["enum"] = list(p.choices)
-        if p.min is not None:
-            s["exclusiveMinimum" if p.min_exclusive else "minimum"] = p.min
-        if p.max is not None:
-            s["maximum"] = p.max
-    default = call_data(p.default, nested=True) if isinstance(p.default, _Call) else p.default
-    doc = p.doc or p.name.replace("_", " ")
-    return _prop(p.name, f"{doc} ({p.type_name}; default {flow(default)})", s, default)
-
-
-def _component_defs() -> Dict[str, Any]:
-    """A reference schema per component kind, listing the built-in components' arguments.
-
-    Names outside the list are allowed (plugins); the semantic checks report unknown ones.
-    """
-    from ..registry import KINDS, registry
-
-    defs: Dict[str, Any] = {
-        "args": {
-            "title": "arguments",
-            "description": "Keyword arguments of a component registered from Python.",
-            "type": ["object", "null"],
-        },
-    }
-    for kind in KINDS:
-        builtin = [n for n in registry.names(kind)
-                   if registry.get(kind, n).factory.__module__.startswith("mfdsl.layers")]
-        props = {}
-        for name in builtin:
-            comp = registry.get(kind, name)
-            props[name] = {
-                "title": name,
-                "description": f"{comp.doc}." if comp.doc else name,
-                "type": ["object", "null"],
-                "properties": {p.name: _param_schema(p) for p in comp.params},
-                "additionalProperties": False,
-                "default": {},
-                "examples": [{p.name: arg_data(p.default) for p in comp.params[:1]}],
-            }
-        example = _KIND_EXAMPLE[kind]
-        defs[kind] = {
-            "title": kind,
-            "description": (f"A {kind}: its name, or a one-key mapping {{name: {{arg: value}}}}"
-                            f". Built in: {', '.join(builtin)}; plugins may add more."),
-            "x-expected": f"a {kind}: a name like '{example}' or a one-key mapping "
-                          "{name: {arg: value}}",
-            "anyOf": [
-                {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
-                 "examples": builtin},
-                {"type": "object", "minProperties": 1, "maxProperties": 1,
-                 "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-                 "properties": props,
-                 "additionalProperties": {"$ref": "#/$defs/args"}},
-            ],
-        }
-    return defs
-
-
-def _opt_ref(kind: str) -> Dict[str, Any]:
-    return {"anyOf": [{"$ref": f"#/$defs/{kind}"}, {"type": "null"}, {"const": "none"}]}
-
-
-def _downsample_def(base: DownsampleSpec, what: str) -> Dict[str, Any]:
-    nd = lambda c: None if c is None else call_data(c)  # noqa: E731
-    return {
-        "title": what,
-        "description": f"The strided Conv2d of the {what}, with optional norms around it. "
-                       "Omitted fields keep their defaults.",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "kernel": _prop("kernel", "Conv kernel size.",
-                            {"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
-                            base.kernel),
-            "stride": _prop("stride", "Conv stride (the downsampling factor).",
-                            {"type": "integer", "minimum": 1, "maximum": MAX_SIZE}, base.stride),
-            "padding": _prop("padding", "Zero padding on each side.",
-                             {"type": "integer", "minimum": 0}, base.padding),
-            "bias": _prop("bias", "Conv bias.", {"type": "boolean"}, base.bias),
-            "pre_norm": _prop("pre_norm", "Norm before the conv (null: none).",
-                              _opt_ref("norm"), nd(base.pre_norm), [nd(base.pre_norm)]),
-            "post_norm": _prop("post_norm", "Norm after the conv (null: none).",
-                               _opt_ref("norm"), nd(base.post_norm), [nd(base.post_norm)]),
-        },
-    }
-
-
-def _stage_props(st: StageSpec, for_defaults: bool) -> Dict[str, Any]:
-    scale = {"anyOf": [{"type": "number"}, {"type": "null"}, {"const": "none"}]}
-    mixer_list = {"anyOf": [{"$ref": "#/$defs/mixer"},
-                            {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/mixer"}}]}
-    where = "every stage (a stage's own setting wins)" if for_defaults else "this stage"
-    props = {
-        "mixer": _prop("mixer", f"Token mixer of {where}; a list is cycled over the blocks "
-                       "(block j uses mixer j mod n).", mixer_list, "identity",
-                       ["pooling", "sepconv", ["sepconv", {"attention": {"head_dim": 32}}]]),
-        "norm": _prop("norm", f"Norm before the mixer and the MLP in {where}.",
-                      {"$ref": "#/$defs/norm"}, call_data(st.norm),
-                      [call_data(st.norm), {"modified_layernorm": {"eps": 1e-6}}]),
-        "mlp": {
-            "title": "mlp",
-            "description": f"The channel MLP of {where}: Linear -> act -> Linear.",
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "ratio": _prop("ratio", "Hidden width / width.",
-                               {"type": "number", "exclusiveMinimum": 0, "maximum": 64},
-                               st.mlp_ratio),
-                "act": _prop("act", "Activation between the two Linear layers.",
-                             {"$ref": "#/$defs/activation"}, call_data(st.mlp_act),
-                             ["starrelu", "gelu", "squared_relu"]),
-                "bias": _prop("bias", "Bias in both Linear layers.", {"type": "boolean"},
-                              st.mlp_bias),
-            },
-            "default": {}, "examples": [{"ratio": 4, "act": "starrelu", "bias": False}],
-        },
-        "layer_scale": _prop("layer_scale", "Initial value of a learnable per-channel scale "
-                             "on each residual branch (null: none).", scale, None, [1.0e-6]),
-        "res_scale": _prop("res_scale", "Initial value of a learnable per-channel scale on "
-                           "the residual path (null: none). The baselines use 1.0 in stages "
-                           "2 and 3.", scale, None, [1.0]),
-        "downsample": _prop("downsample", "The downsampling before " + (
-            "each stage after the first" if for_defaults else "this stage (not stage 0: the "
-            "stem does that)") + "; null or none keeps the resolution.",
-            {"anyOf": [{"$ref": "#/$defs/downsample"}, {"type": "null"}, {"const": "none"}]},
-            {}, [{"kernel": 3, "stride": 2, "padding": 1}, None]),
-    }
-    if not for_defaults:
-        props = {
-            "mixer": props.pop("mixer"),
-            "depth": _prop("depth", f"Number of blocks (at most {MAX_DEPTH}).",
-                           {"type": "integer", "minimum": 1, "maximum": MAX_DEPTH},
-                           None, [2, 3, 6], has_default=False),
-            "width": _prop("width", f"Channels of the stage (at most {MAX_WIDTH}).",
-                           {"type": "integer", "minimum": 1, "maximum": MAX_WIDTH},
-                           None, [64, 128, 320, 512], has_default=False),
-            **props,
-        }
-    return props
-
-
-_RECIPE_DOCS = {
-    "epochs": "Training epochs.",
-    "batch_size": "Global batch size.",
-    "optimizer": "Optimizer.",
-    "lr": "Peak learning rate, stated for lr_batch (scaled linearly to batch_size).",
-    "lr_batch": "The batch size lr is stated for.",
-    "weight_decay": "Decoupled weight decay.",
-    "opt_eps": "Optimizer epsilon.",
-    "betas": "Adam/LAMB betas.",
-    "momentum": "SGD momentum (sgd only).",
-    "sched": "Learning-rate schedule.",
-    "warmup_epochs": "Linear warmup epochs.",
-    "warmup_lr": "Learning rate at the start of warmup.",
-    "min_lr": "Final learning rate of the cosine schedule.",
-    "drop_path": "Stochastic depth rate, growing linearly over the blocks to this value.",
-    "head_dropout": "Dropout before the classifier's last Linear.",
-    "label_smoothing": "Label smoothing.",
-    "mixup": "Mixup alpha (0: off).",
-    "cutmix": "CutMix alpha (0: off).",
-    "mixup_switch_prob": "Probability of CutMix instead of Mixup when both are on.",
-    "randaugment": "RandAugment config string (null: off).",
-    "random_erasing": "Random erasing probability.",
-    "train_interpolation": "Resize interpolation for training crops.",
-    "amp": "Automatic mixed precision.",
-    "ema": "Model EMA decay (null: no EMA).",
-    "clip_grad": "Gradient norm clipping (null: off).",
-    "finetune_from": "The checkpoint or spec this recipe fine-tunes (null: from scratch).",
-}
-
-
-def _recipe_def() -> Dict[str, Any]:
-    from ..checks import INTERPOLATIONS, OPTIMIZERS, SCHEDULES
-
-    r = RecipeSpec()
-    enums = {"optimizer": OPTIMIZERS, "sched": SCHEDULES, "train_interpolation": INTERPOLATIONS}
-    examples = {"optimizer": ["adamw", "lamb"], "lr": [4e-3, 8e-3], "drop_path": [0.1, 0.15],
-                "warmup_epochs": [5, 20], "head_dropout": [0.0, 0.4], "ema": [0.9999],
-                "clip_grad": [5.0], "finetune_from": ["caformer_s18"]}
-    props = {}
-    for k in RECIPE_KEYS:
-        v = getattr(r, k)
-        if k in enums:
-            s: Dict[str, Any] = {"type": "string", "enum": list(enums[k])}
-        elif k == "betas":
-            s = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
-            v = list(v)
-        elif k in ("randaugment", "finetune_from"):
-            s = {"type": ["string", "null"]}
-        elif k in ("ema", "clip_grad"):
-            s = {"type": ["number", "null"]}
-        elif isinstance(v, bool):
-            s = {"type": "boolean"}
-        elif isinstance(v, int):
-            s = {"type": "integer", "minimum": 0 if k == "warmup_epochs" else 1}
-        else:
-            s = {"type": "number", "minimum": 0}
-        props[k] = _prop(k, _RECIPE_DOCS[k], s, v, examples.get(k))
-    return {"title": "train", "description": "The training recipe; omitted fields keep the "
-            "paper's shared settings (facts sheet section 3).", "type": ["object", "null"],
-            "additionalProperties": False, "properties": props}
-
-
-def build_schema() -> Dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of the ``.yaml`` spec format."""
-    base = ModelSpec()
-    ev = EvalSpec()
-    lim = LimitsSpec()
-    count = {"anyOf": [{"type": "integer", "minimum": 1},
-                       {"type": "string", "pattern": COUNT_PATTERN}]}
-    defs = _component_defs()
-    defs["downsample"] = _downsample_def(default_downsample(), "downsampling between stages")
-    defs["stem"] = _downsample_def(default_stem(), "stem")
-    defs["stage"] = {
-        "title": "stage", "description": "One stage: depth blocks of the given width.",
-        "type": "object", "additionalProperties": False, "required": ["depth", "width"],
-        "properties": _stage_props(StageSpec(), False),
-    }
-    defs["recipe"] = _recipe_def()
-    one = {"type": "integer", "minimum": 1, "maximum": MAX_SIZE}
-    size = {"anyOf": [one, {"type": "array", "items": one,
-                       "minItems": 2, "maxItems": 2}]}
-    props = {
-        "model": _prop("model", "The model's name (e.g. caformer_s18).", {"type": "string"},
-                       None, ["caformer_s18", "randformer_s12"], has_default=False),
-        "input": {
-            "title": "input", "description": "The input image.", "type": "object",
-            "additionalProperties": False, "default": {},
-            "examples": [{"channels": 3, "size": 224}],
-            "properties": {
-                "channels": _prop("channels", "Input channels.",
-                                  {"type": "integer", "minimum": 1, "maximum": MAX_WIDTH},
-                                  base.in_chans),
-                "size": _prop("size", "Input size: one integer (square) or [height, width]"
-                              f", at most {MAX_SIZE}.",
-                              size, base.img_size[0], [224, 384, [224, 288]]),
-            },
-        },
-        "classes": _prop("classes", "Number of classes of the head.",
-                         {"type": "integer", "minimum": 1, "maximum": MAX_CLASSES},
-                         base.num_classes, [1000, 21841]),
-        "stem": {"$ref": "#/$defs/stem"},
-        "defaults": {
-            "title": "defaults", "description": "Settings shared by every stage; a stage's "
-            "own setting wins.", "type": "object", "additionalProperties": False,
-            "default": {}, "examples": [{"norm": {"layernorm": {"bias": False, "eps": 1e-6}}}],
-            "properties": _stage_props(StageSpec(), True),
-        },
-        "stages": {
-            "title": "stages", "description": "The stages, first (highest resolution) first.",
-            "type": "array", "minItems": 1, "items": {"$ref": "#/$defs/stage"},
-            "examples": [[{"mixer": "pooling", "depth": 2, "width": 64}]],
-        },
-        "output_norm": _prop("output_norm", "Norm after global average pooling.",
-                             {"$ref": "#/$defs/norm"}, call_data(base.output_norm)),
-        "head": _prop("head", "The classifier head.", {"$ref": "#/$defs/head"},
-                      call_data(base.head), ["linear", {"mlp": {"ratio": 4}}]),
-        "eval": {
-            "title": "eval", "description": "The default evaluation transform.",
-            "type": "object", "additionalProperties": False, "default": {},
-            "examples": [{"crop_pct": 0.95}],
-            "properties": {
-                "crop_pct": _prop("crop_pct", "Center-crop fraction.",
-                                  {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                                  ev.crop_pct, [1.0, 0.95]),
-                "interpolation": _prop("interpolation", "Resize interpolation.",
-                                       {"type": "string",
-                                        "enum": ["bilinear", "bicubic", "nearest"]},
-                                       ev.interpolation),
-                "mean": _prop("mean", "Per-channel mean.", {"type": "array", "minItems": 1,
-                              "items": {"type": "number"}}, list(ev.mean)),
-                "std": _prop("std", "Per-channel std.", {"type": "array", "minItems": 1,
-                             "items": {"type": "number", "exclusiveMinimum": 0}}, list(ev.std)),
-            },
-        },
-        "limits": {
-            "title": "limits", "description": "Size limits checked before any tensor is "
-            "allocated.", "type": "object", "additionalProperties": False, "default": {},
-            "examples": [{"params": "2G"}],
-            "properties": {
-                "params": _prop("params", "Maximum parameters (integer or e.g. '2G').", count,
-                                lim.max_params, ["2G"]),
-                "macs": _prop("macs", "Maximum MACs per image (integer or e.g. '2T').", count,
-                              lim.max_macs, ["2T"]),
-            },
-        },
-        "train": {"$ref": "#/$defs/recipe"},
-    }
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
-        "title": "mfdsl MetaFormer spec",
-        "description": "A MetaFormer vision model (and optionally its training recipe) for "
-                       "mfdsl. Generated by `python -m mfdsl.emit.yaml --write-schema`.",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["model", "stages"],
-        "properties": props,
-        "$defs": defs,
-    }
-
-
-def schema_text() -> str:
-    return json.dumps(build_schema(), indent=2) + "\n"
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """``--write-schema [PATH]``: write the schema (default: grammar/); ``--check``: compare."""
-    from ..resources import grammar_file
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    target = grammar_file(SCHEMA_FILE)
-    if args[:1] == ["--write-schema"]:
-        path = args[1] if len(args) > 1 else str(target)
-        from ..fsio import write_atomic
-
-        write_atomic(path, schema_text())
-        print(f"wrote {path}")
-        return 0
-    if args[:1] == ["--check"]:
-        current = target.read_text(encoding="utf-8") if target.exists() else ""
-        if current != schema_text():
-            print(f"{target} is out of date; run python -m mfdsl.emit.yaml --write-schema")
-            return 1
-        return 0
-    print("usage: python -m mfdsl.emit.yaml --write-schema [PATH] | --check", file=sys.stderr)
-    return 2
-
+from ..schema import build_schema, main, schema_text  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

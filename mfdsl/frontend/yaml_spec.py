@@ -22,8 +22,9 @@ import yaml
 
 from ..errors import Loc, SpecError, nearest
 from ..ir import (
-    Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec, RecipeSpec, StageSpec,
-    default_downsample, default_stem, field_names,
+    COUNT, COUNT_SUFFIX, STAGE_SETTINGS, Call, DownsampleSpec, EvalSpec, LimitsSpec,
+    ModelSpec, RecipeSpec, StageSpec, default_downsample, default_stem, setting_of,
+    settings_of,
 )
 
 SCHEMA_FILE = "metaformer.schema.json"
@@ -33,17 +34,11 @@ MAX_DEPTH = 64  # nesting; a spec needs about 8
 
 Path = Tuple[Any, ...]  # keys and list indices from the document root
 
-# --- the format's vocabulary (shared with the printer and the schema generator) --------
-
-# YAML key -> IR field of a stage (the same keys are allowed under `defaults`).
-STAGE_MLP_KEYS = {"ratio": "mlp_ratio", "act": "mlp_act", "bias": "mlp_bias"}
-DOWNSAMPLE_KEYS = ("kernel", "stride", "padding", "bias", "pre_norm", "post_norm")
-LIMIT_KEYS = {"params": "max_params", "macs": "max_macs"}
-RECIPE_KEYS = tuple(field_names(RecipeSpec))
-# Written as a bare `none` as well as YAML's null for these optional settings.
+# The format's vocabulary (keys, groups, types) is the IR's field metadata (mfdsl.ir).
+# An optional setting may be written as a bare `none` as well as YAML's null.
 NONE_WORDS = ("none", "None")
-COUNT_SUFFIX = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-COUNT_PATTERN = r"^[0-9]+(\.[0-9]+)?[KMGT]$"
+# Longer integers are not a size anyone means, and Python refuses to read past 4300 digits.
+MAX_DIGITS = 100
 
 
 # --- reading YAML with positions -------------------------------------------------------
@@ -170,6 +165,9 @@ def _short_tag(tag: str) -> str:
 
 def _parse_int(text: str, loc: Loc) -> int:
     t = text.replace("_", "")
+    if len(t) > MAX_DIGITS:
+        raise SpecError(f"the integer {text[:20]}... ({len(t)} digits) is too large", loc,
+                        hint="no setting takes a number this large")
     try:
         if t.startswith("0o"):
             return int(t[2:], 8)
@@ -182,6 +180,9 @@ def _parse_int(text: str, loc: Loc) -> int:
 
 def _parse_float(text: str, loc: Loc) -> float:
     t = text.replace("_", "").lower()
+    if len(t) > MAX_DIGITS + 10:
+        raise SpecError(f"the number {text[:20]}... ({len(t)} characters) is too long", loc,
+                        hint="no setting takes a number this long")
     try:
         v = float(t.replace(".inf", "inf").replace(".nan", "nan"))
     except ValueError:
@@ -258,7 +259,7 @@ def load_schema() -> Dict[str, Any]:
         with open(grammar_file(SCHEMA_FILE), encoding="utf-8") as f:
             return json.load(f)
     except OSError:  # a source tree without the generated file: build it in memory
-        from ..emit.yaml import build_schema
+        from ..schema import build_schema
 
         return build_schema()
 
@@ -420,9 +421,11 @@ def parse_yaml(text: str, path: str) -> ModelSpec:
 
 
 def parse_count(v: Any) -> int:
-    """``2000000`` or ``"2M"`` -> 2000000 (limits are written either way)."""
+    """``2000000`` or ``"2M"`` -> 2000000 (limits are written either way); exact."""
     if isinstance(v, str):
-        return int(round(float(v[:-1]) * COUNT_SUFFIX[v[-1]]))
+        from decimal import Decimal
+
+        return int(Decimal(v[:-1]) * COUNT_SUFFIX[v[-1]])
     return v
 
 
@@ -458,32 +461,33 @@ class _Builder:
         for key in ("output_norm", "head"):
             if key in d:
                 self._set(spec, key, self.call(d[key], (key,)), (key,))
-        if "eval" in d:
-            ev = EvalSpec()
-            ev.locs[""] = self.doc.loc(("eval",))
-            for k, v in d["eval"].items():
-                self._set(ev, k, tuple(v) if isinstance(v, list) else v, ("eval", k))
-            self._set(spec, "eval", ev, ("eval",))
-        if "limits" in d:
-            lim = LimitsSpec()
-            lim.locs[""] = self.doc.loc(("limits",))
-            for k, v in d["limits"].items():
-                self._set(lim, LIMIT_KEYS[k], parse_count(v), ("limits", k))
-            self._set(spec, "limits", lim, ("limits",))
-        if "train" in d:
-            self._set(spec, "recipe", self.recipe(d["train"] or {}), ("train",))
+        for key, fld, cls in (("eval", "eval", EvalSpec), ("limits", "limits", LimitsSpec),
+                              ("train", "recipe", RecipeSpec)):
+            if key in d:
+                self._set(spec, fld, self.settings_block(cls, d[key] or {}, (key,)), (key,))
         return spec
 
-    def recipe(self, d: Dict[str, Any]) -> RecipeSpec:
-        r = RecipeSpec()
-        r.locs[""] = self.doc.loc(("train",))
+    def settings_block(self, cls: type, d: Dict[str, Any], p: Path) -> Any:
+        """An ``eval`` / ``limits`` / ``train`` mapping: every key is a declared setting."""
+        node = cls()
+        node.locs[""] = self.doc.loc(p)
+        by_key = {meta.key or name: (name, meta) for name, meta, _ in settings_of(cls)}
         for k, v in d.items():
-            if isinstance(v, list):
-                v = tuple(v)
-            elif v in NONE_WORDS and k in ("randaugment", "finetune_from"):
-                v = None
-            self._set(r, k, v, ("train", k))
-        return r
+            name, meta = by_key[k]  # the schema admits only these keys
+            self._set(node, name, self.value(meta, v, p + (k,)), p + (k,))
+        return node
+
+    def value(self, meta: Any, v: Any, p: Path) -> Any:
+        """A schema-valid setting value as the IR holds it."""
+        if meta.optional and _is_none(v):
+            return None
+        if meta.is_component:
+            return self.call(v, p)
+        if meta.type == COUNT:
+            return parse_count(v)
+        if isinstance(v, list):
+            return tuple(v)
+        return v
 
     def stage(self, i: int, d: Dict[str, Any], defaults: Dict[str, Any]) -> StageSpec:
         p: Path = ("stages", i)
@@ -498,17 +502,13 @@ class _Builder:
                 calls = [self.call(x, mp + (j,) if isinstance(m, list) else mp)
                          for j, x in enumerate(ms)]
                 self._set(st, "mixers", calls, mp)
-            for k in ("depth", "width", "layer_scale", "res_scale"):
-                if k in src:
-                    v = src[k]
-                    self._set(st, k, None if v in NONE_WORDS else v, base + (k,))
-            if "norm" in src:
-                self._set(st, "norm", self.call(src["norm"], base + ("norm",)), base + ("norm",))
-            for k, fld in STAGE_MLP_KEYS.items():
-                mp = base + ("mlp", k)
-                if k in (src.get("mlp") or {}):
-                    v = src["mlp"][k]
-                    self._set(st, fld, self.call(v, mp) if fld == "mlp_act" else v, mp)
+            for name in ("depth", "width") + STAGE_SETTINGS:
+                meta = setting_of(StageSpec, name)
+                key = meta.key or name
+                holder = (src.get(meta.group) or {}) if meta.group else src
+                if key in holder:
+                    vp = base + ((meta.group, key) if meta.group else (key,))
+                    self._set(st, name, self.value(meta, holder[key], vp), vp)
         # Stage 0 is downsampled by the stem; later stages by default_downsample().
         if "downsample" in d and i == 0 and not _is_none(d["downsample"]):
             raise SpecError("stage 0 is downsampled by the stem; set `stem:` instead",
@@ -534,10 +534,10 @@ class _Builder:
                             bias=base.bias, pre_norm=base.pre_norm, post_norm=base.post_norm)
         ds.locs = dict(base.locs)
         ds.locs[""] = self.doc.loc(p)
+        by_key = {meta.key or name: (name, meta) for name, meta, _ in settings_of(DownsampleSpec)}
         for k, v in d.items():
-            if k in ("pre_norm", "post_norm"):
-                v = None if _is_none(v) else self.call(v, p + (k,))
-            self._set(ds, k, v, p + (k,))
+            name, meta = by_key[k]
+            self._set(ds, name, self.value(meta, v, p + (k,)), p + (k,))
         return ds
 
     def call(self, v: Any, p: Path) -> Call:

@@ -1,0 +1,340 @@
+"""The JSON Schema of the ``.yaml`` spec format, generated from the IR's field metadata
+(:func:`mfdsl.ir.setting`) and the registry's component parameters.
+
+``python -m mfdsl.schema --write-schema`` (or ``python -m mfdsl.emit.yaml``) regenerates
+``grammar/metaformer.schema.json``; a test checks the committed file is up to date. Every
+range here is the one the semantic checks enforce: both read the same metadata.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Dict, List, Optional
+
+from . import layers  # noqa: F401 - registers the built-in components the schema lists
+from .ir import (BOOL, COUNT, COUNT_PATTERN, FLOAT, FLOATS, INT, SIZE, STR, Call,
+                 DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec, RecipeSpec, Setting,
+                 StageSpec, arg_data, call, call_data, default_downsample, default_stem,
+                 setting_data, settings_of)
+from .registry import KINDS, registry
+
+SCHEMA_FILE = "metaformer.schema.json"
+SCHEMA_ID = "urn:mfdsl:schema:metaformer-spec:1"
+_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
+_KIND_EXAMPLE = {"mixer": "sepconv", "activation": "starrelu", "norm": "layernorm",
+                 "head": "linear"}
+
+
+def _prop(title: str, description: str, schema: Dict[str, Any], default: Any = None,
+          examples: Optional[List[Any]] = None, *, has_default: bool = True) -> Dict[str, Any]:
+    out = {"title": title, "description": description}
+    out.update(schema)
+    if has_default:
+        out["default"] = default
+    out["examples"] = examples if examples is not None else (
+        [default] if has_default and default is not None else [])
+    return out
+
+
+def _bounds(out: Dict[str, Any], lo: Any, hi: Any, lo_ex: bool, hi_ex: bool) -> None:
+    if lo is not None:
+        out["exclusiveMinimum" if lo_ex else "minimum"] = lo
+    if hi is not None:
+        out["exclusiveMaximum" if hi_ex else "maximum"] = hi
+
+
+def value_schema(meta: Setting) -> Dict[str, Any]:
+    """The JSON Schema of one setting's value, from its metadata."""
+    t = meta.type
+    if meta.is_component:
+        s: Dict[str, Any] = {"$ref": f"#/$defs/{t}"}
+    elif t in (INT, FLOAT):
+        s = {"type": "integer" if t == INT else "number"}
+        _bounds(s, meta.min, meta.max, meta.min_exclusive, meta.max_exclusive)
+    elif t == COUNT:
+        one = {"type": "integer"}
+        _bounds(one, meta.min, meta.max, meta.min_exclusive, meta.max_exclusive)
+        s = {"anyOf": [one, {"type": "string", "pattern": COUNT_PATTERN}]}
+    elif t == BOOL:
+        s = {"type": "boolean"}
+    elif t == STR:
+        s = {"type": "string"}
+        if meta.choices:
+            s["enum"] = list(meta.choices)
+    elif t == FLOATS:
+        item: Dict[str, Any] = {"type": "number"}
+        _bounds(item, meta.item_min, meta.item_max, meta.item_min_exclusive,
+                meta.item_max_exclusive)
+        s = {"type": "array", "items": item, "minItems": meta.length or 1}
+        if meta.length:
+            s["maxItems"] = meta.length
+    elif t == SIZE:
+        one = {"type": "integer"}
+        _bounds(one, meta.min, meta.max, meta.min_exclusive, meta.max_exclusive)
+        s = {"anyOf": [one, {"type": "array", "items": one, "minItems": 2, "maxItems": 2}]}
+    else:  # pragma: no cover - every type is listed above
+        raise ValueError(f"no schema for setting type {t!r}")
+    if meta.optional:
+        if t == STR:
+            s = {"type": ["string", "null"], **{k: v for k, v in s.items() if k != "type"}}
+        else:
+            s = {"anyOf": [s, {"type": "null"}, {"const": "none"}]}
+    return s
+
+
+def setting_schema(name: str, meta: Setting, default: Any) -> Dict[str, Any]:
+    examples = [setting_data(call(e) if meta.is_component and isinstance(e, str) else e)
+                for e in meta.examples] if meta.examples else None
+    return _prop(meta.key or name, meta.doc, value_schema(meta), setting_data(default),
+                 examples)
+
+
+def _props(cls: type, base: Any, names: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Properties of the settings of ``cls`` (defaults from ``base``), groups nested."""
+    out: Dict[str, Any] = {}
+    for name, meta, _ in settings_of(cls):
+        if names is not None and name not in names:
+            continue
+        prop = setting_schema(name, meta, getattr(base, name))
+        if meta.group:
+            grp = out.setdefault(meta.group, {
+                "title": meta.group, "description": f"The block {meta.group.upper()}: "
+                "Linear -> act -> Linear.", "type": "object", "additionalProperties": False,
+                "properties": {}, "default": {}, "examples": []})
+            grp["properties"][meta.key or name] = prop
+            grp["examples"] = [{k: p["default"] for k, p in grp["properties"].items()}]
+        else:
+            out[meta.key or name] = prop
+    return out
+
+
+# --- components ----------------------------------------------------------------------------
+
+def _param_schema(p: Any) -> Dict[str, Any]:
+    if isinstance(p.type, str):
+        s: Dict[str, Any] = {"$ref": f"#/$defs/{p.type}"}
+        if p.default is None:
+            s = {"anyOf": [s, {"type": "null"}]}
+    else:
+        t = {int: "integer", float: "number", bool: "boolean", str: "string"}[p.type]
+        s = {"type": [t, "null"] if p.default is None else t}
+        if p.choices:
+            s["enum"] = list(p.choices)
+        if p.min is not None:
+            s["exclusiveMinimum" if p.min_exclusive else "minimum"] = p.min
+        if p.max is not None:
+            s["maximum"] = p.max
+    default = call_data(p.default, nested=True) if isinstance(p.default, Call) else p.default
+    doc = p.doc or p.name.replace("_", " ")
+    shown = json.dumps(default) if not isinstance(default, str) else default
+    return _prop(p.name, f"{doc} ({p.type_name}; default {_flow(default) or shown})", s,
+                 default)
+
+
+def _flow(v: Any) -> str:
+    """YAML flow text of a default (for descriptions)."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_flow(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_flow(x) for x in v) + "]"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        text = repr(v)
+        if "e" in text and "." not in text.split("e")[0]:
+            m, e = text.split("e")
+            text = f"{m}.0e{e}"
+        return text
+    return str(v)
+
+
+def _component_defs() -> Dict[str, Any]:
+    """A reference schema per component kind, listing the built-in components' arguments.
+
+    Names outside the list are allowed (plugins); the semantic checks report unknown ones.
+    """
+    defs: Dict[str, Any] = {
+        "args": {
+            "title": "arguments",
+            "description": "Keyword arguments of a component registered from Python.",
+            "type": ["object", "null"],
+        },
+    }
+    for kind in KINDS:
+        builtin = registry.builtin_names(kind)
+        props = {}
+        for name in builtin:
+            comp = registry.get(kind, name)
+            props[name] = {
+                "title": name,
+                "description": f"{comp.doc}." if comp.doc else name,
+                "type": ["object", "null"],
+                "properties": {p.name: _param_schema(p) for p in comp.params},
+                "additionalProperties": False,
+                "default": {},
+                "examples": [{p.name: arg_data(p.default) for p in comp.params[:1]}],
+            }
+        example = _KIND_EXAMPLE[kind]
+        defs[kind] = {
+            "title": kind,
+            "description": (f"A {kind}: its name, or a one-key mapping {{name: {{arg: value}}}}"
+                            f". Built in: {', '.join(builtin)}; plugins may add more."),
+            "x-expected": f"a {kind}: a name like '{example}' or a one-key mapping "
+                          "{name: {arg: value}}",
+            "anyOf": [
+                {"type": "string", "pattern": _NAME_PATTERN, "examples": builtin},
+                {"type": "object", "minProperties": 1, "maxProperties": 1,
+                 "propertyNames": {"pattern": _NAME_PATTERN},
+                 "properties": props,
+                 "additionalProperties": {"$ref": "#/$defs/args"}},
+            ],
+        }
+    return defs
+
+
+# --- the document --------------------------------------------------------------------------
+
+def _downsample_def(base: DownsampleSpec, what: str) -> Dict[str, Any]:
+    return {
+        "title": what,
+        "description": f"The strided Conv2d of the {what}, with optional norms around it. "
+                       "Omitted fields keep their defaults.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": _props(DownsampleSpec, base),
+    }
+
+
+def _stage_props(for_defaults: bool) -> Dict[str, Any]:
+    st = StageSpec()
+    where = "every stage (a stage's own setting wins)" if for_defaults else "this stage"
+    mixer_list = {"anyOf": [{"$ref": "#/$defs/mixer"},
+                            {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/mixer"}}]}
+    props: Dict[str, Any] = {
+        "mixer": _prop("mixer", f"Token mixer of {where}; a list is cycled over the blocks "
+                       "(block j uses mixer j mod n).", mixer_list, "identity",
+                       ["pooling", "sepconv", ["sepconv", {"attention": {"head_dim": 32}}]]),
+    }
+    if not for_defaults:
+        for name in ("depth", "width"):
+            meta = next(m for n, m, _ in settings_of(StageSpec) if n == name)
+            props[name] = _prop(name, meta.doc, value_schema(meta), None,
+                                {"depth": [2, 3, 6], "width": [64, 128, 320, 512]}[name],
+                                has_default=False)
+    settings = [n for n, _, _ in settings_of(StageSpec) if n not in ("depth", "width")]
+    props.update(_props(StageSpec, st, settings))
+    props["downsample"] = _prop(
+        "downsample", "The downsampling before " + (
+            "each stage after the first" if for_defaults else "this stage (not stage 0: the "
+            "stem does that)") + "; null or none keeps the resolution.",
+        {"anyOf": [{"$ref": "#/$defs/downsample"}, {"type": "null"}, {"const": "none"}]},
+        {}, [{"kernel": 3, "stride": 2, "padding": 1}, None])
+    return props
+
+
+def _block_def(title: str, description: str, cls: type, base: Any,
+               nullable: bool = False) -> Dict[str, Any]:
+    props = _props(cls, base)
+    first = next(iter(props.values()))
+    example = first["examples"][-1] if first["examples"] else first["default"]
+    return {"title": title, "description": description,
+            "type": ["object", "null"] if nullable else "object",
+            "additionalProperties": False, **({} if nullable else {"default": {}}),
+            "examples": [{next(iter(props)): example}], "properties": props}
+
+
+def build_schema() -> Dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the ``.yaml`` spec format."""
+    base = ModelSpec()
+    model = {n: m for n, m, _ in settings_of(ModelSpec)}
+    defs = _component_defs()
+    defs["downsample"] = _downsample_def(default_downsample(), "downsampling between stages")
+    defs["stem"] = _downsample_def(default_stem(), "stem")
+    defs["stage"] = {
+        "title": "stage", "description": "One stage: depth blocks of the given width.",
+        "type": "object", "additionalProperties": False, "required": ["depth", "width"],
+        "properties": _stage_props(False),
+    }
+    defs["recipe"] = _block_def("train", "The training recipe; omitted fields keep the "
+                                "paper's shared settings (facts sheet section 3).",
+                                RecipeSpec, RecipeSpec(), nullable=True)
+    props = {
+        "model": _prop("model", model["name"].doc, {"type": "string"}, None,
+                       ["caformer_s18", "randformer_s12"], has_default=False),
+        "input": {
+            "title": "input", "description": "The input image.", "type": "object",
+            "additionalProperties": False, "default": {},
+            "examples": [{"channels": 3, "size": 224}],
+            "properties": {
+                "channels": _prop("channels", model["in_chans"].doc,
+                                  value_schema(model["in_chans"]), base.in_chans),
+                "size": _prop("size", "Input size: one integer (square) or [height, width].",
+                              value_schema(model["img_size"]), base.img_size[0],
+                              [224, 384, [224, 288]]),
+            },
+        },
+        "classes": _prop("classes", model["num_classes"].doc,
+                         value_schema(model["num_classes"]), base.num_classes, [1000, 21841]),
+        "stem": {"$ref": "#/$defs/stem"},
+        "defaults": {
+            "title": "defaults", "description": "Settings shared by every stage; a stage's "
+            "own setting wins.", "type": "object", "additionalProperties": False,
+            "default": {}, "examples": [{"norm": {"layernorm": {"bias": False, "eps": 1e-6}}}],
+            "properties": _stage_props(True),
+        },
+        "stages": {
+            "title": "stages", "description": "The stages, first (highest resolution) first.",
+            "type": "array", "minItems": 1, "items": {"$ref": "#/$defs/stage"},
+            "examples": [[{"mixer": "pooling", "depth": 2, "width": 64}]],
+        },
+        **_props(ModelSpec, base, ["output_norm", "head"]),
+        "eval": _block_def("eval", "The default evaluation transform.", EvalSpec, EvalSpec()),
+        "limits": _block_def("limits", "Size limits, checked after the semantic checks and "
+                             "before any real tensor is allocated.", LimitsSpec, LimitsSpec()),
+        "train": {"$ref": "#/$defs/recipe"},
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "mfdsl MetaFormer spec",
+        "description": "A MetaFormer vision model (and optionally its training recipe) for "
+                       "mfdsl. Generated by `python -m mfdsl.schema --write-schema`.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model", "stages"],
+        "properties": props,
+        "$defs": defs,
+    }
+
+
+def schema_text() -> str:
+    return json.dumps(build_schema(), indent=2) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``--write-schema [PATH]``: write the schema (default: grammar/); ``--check``: compare."""
+    from .resources import grammar_file
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    target = grammar_file(SCHEMA_FILE)
+    if args[:1] == ["--write-schema"]:
+        path = args[1] if len(args) > 1 else str(target)
+        from .fsio import write_atomic
+
+        write_atomic(path, schema_text())
+        print(f"wrote {path}")
+        return 0
+    if args[:1] == ["--check"]:
+        current = target.read_text(encoding="utf-8") if target.exists() else ""
+        if current != schema_text():
+            print(f"{target} is out of date; run python -m mfdsl.schema --write-schema")
+            return 1
+        return 0
+    print("usage: python -m mfdsl.schema --write-schema [PATH] | --check", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
