@@ -10,11 +10,12 @@ import re
 from typing import Any, Dict, Optional, Tuple
 
 from . import layers  # noqa: F401 - registers the built-in components the checks look up
+from .augment import AugmentError, parse_augment
 from .errors import Loc, SpecError, nearest
 from .ir import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, INTERPOLATIONS, MAX_CLASSES,
                  MAX_DEPTH, MAX_SIDE, MAX_WIDTH, OPTIMIZERS, SCHEDULES, SIZE, STR, Call,
                  DownsampleSpec, ModelSpec, RecipeSpec, Setting, StageSpec, settings_of)
-from .registry import BuildContext, Param, RegistryError, registry
+from .registry import POOLED, BuildContext, Param, RegistryError, registry
 
 
 
@@ -57,7 +58,7 @@ def _check(spec: ModelSpec) -> ModelSpec:
         _check_stage(spec, i, st, res[i], prev)
         prev = st.width
     last = spec.stages[-1]
-    ctx = BuildContext(last.width, res[-1], len(spec.stages) - 1, 0)
+    ctx = BuildContext(last.width, res[-1], len(spec.stages) - 1, 0, position=POOLED)
     check_call("norm", spec.output_norm, ctx)
     check_call("head", spec.head, ctx)
     _check_eval(spec)
@@ -152,8 +153,8 @@ def _finite(meta: Setting, v: Any, label: str, loc: Optional[Loc]) -> None:
     if meta.tensor and abs(v) > FLOAT32_MAX:
         # It becomes a float32 tensor (a parameter's initial value, a normalisation
         # constant): beyond float32 it would be inf there and NaN after one step.
-        raise SpecError(f"{label} {_show(v)} does not fit in float32 (|v| <= 3.4e38)", loc,
-                        hint="use a value of a sensible magnitude")
+        raise SpecError(f"{label} is too large for float32: {_show(v)}", loc,
+                        hint="float32 holds magnitudes up to 3.4e38")
 
 
 def _in_range(meta: Setting, v: Any, label: str, loc: Optional[Loc]) -> None:
@@ -162,7 +163,8 @@ def _in_range(meta: Setting, v: Any, label: str, loc: Optional[Loc]) -> None:
     low = meta.min is not None and (v <= meta.min if meta.min_exclusive else v < meta.min)
     if low:
         op = ">" if meta.min_exclusive else ">="
-        raise SpecError(f"{label} must be {op} {_num(meta.min)}, got {_show(v)}", loc,
+        a = "a count " if meta.type == COUNT else ""
+        raise SpecError(f"{label} must be {a}{op} {_num(meta.min)}, got {_show(v)}", loc,
                         hint=_allowed(meta))
     raise SpecError(f"{label} is out of range: {_show(v)}", loc, hint=_allowed(meta))
 
@@ -270,12 +272,21 @@ def check_call(kind: str, c: Any, ctx: BuildContext) -> Dict[str, Any]:
         c = _call(c)
     if not isinstance(c, Call):
         raise SpecError(f"expected a {kind} name, got {_show(c)}", None)
-    comp = registry.get(kind, c.name)
+    try:
+        comp = registry.get(kind, c.name)
+    except RegistryError as exc:
+        raise SpecError(str(exc), c.loc("")) from None
     if comp is None:
         names = registry.names(kind)
         guess = nearest(c.name, names)
         hint = f"did you mean '{guess}'?" if guess else f"known {kind}s: {', '.join(names)}"
         raise SpecError(f"unknown {kind} '{c.name}'", c.loc(""), hint=hint)
+    if kind == "norm" and ctx.position not in comp.positions:
+        raise SpecError(
+            f"norm '{c.name}' is not defined on the pooled (B, C) features the head sees",
+            c.loc(""), hint="use layernorm (each image normalised on its own) or identity; "
+            "a Python norm must declare positions=(MAP, POOLED) when it is correct there"
+            if ctx.position == POOLED else "this norm only works on pooled features")
     args: Dict[str, Any] = comp.defaults()
     for name, value in c.args.items():
         p = comp.param(name)
@@ -322,6 +333,10 @@ def _check_value(kind: str, c: Call, p: Param, v: Any, ctx: BuildContext) -> Any
         v = float(v)
         if not math.isfinite(v):
             raise SpecError(f"{what} must be finite, got {v}", loc)
+        if abs(v) > FLOAT32_MAX:
+            # Component floats end up in float32 tensors or kernels: inf there, NaN later.
+            raise SpecError(f"{what} is too large for float32: {_show(v)}", loc,
+                            hint="float32 holds magnitudes up to 3.4e38")
     if p.choices and v not in p.choices:
         guess = nearest(str(v), [str(x) for x in p.choices]) if isinstance(v, str) else None
         raise SpecError(f"{what} must be one of {', '.join(map(str, p.choices))}, got {_show(v)}",
@@ -366,22 +381,38 @@ def _check_eval(spec: ModelSpec) -> None:
 
 def check_recipe(r: RecipeSpec) -> None:
     check_settings(r, prefix="train ")
-    if r.randaugment is not None and not _valid_randaugment(r.randaugment):
-        raise SpecError(f"train randaugment {_show(r.randaugment)} is not a RandAugment "
-                        "config string", r.loc("randaugment"),
-                        hint="e.g. 'rand-m9-mstd0.5-inc1'")
+    if r.randaugment is not None:
+        try:
+            parse_augment(r.randaugment)
+        except AugmentError as exc:
+            raise SpecError(f"train randaugment {_show(r.randaugment)}: {exc.message}",
+                            r.loc("randaugment"), hint=exc.hint) from None
+    _check_recipe_combinations(r)
     if r.warmup_epochs > r.epochs:
         raise SpecError(f"train warmup_epochs {r.warmup_epochs} exceeds epochs {r.epochs}",
                         r.loc("warmup_epochs"))
 
 
-def _valid_randaugment(s: Any) -> bool:
-    if not isinstance(s, str) or not s.startswith("rand"):
-        return False
-    for part in s.split("-")[1:]:
-        if not part or not part[0].isalpha():
-            return False
-    return True
+def _check_recipe_combinations(r: RecipeSpec) -> None:
+    """Settings that would be silently ignored by the optimizer the recipe names."""
+    base = RecipeSpec()
+    unused = ({"momentum": "sgd"} if r.optimizer != "sgd" else
+              {"betas": "adamw and lamb", "opt_eps": "adamw and lamb"})
+    for name, users in unused.items():
+        if getattr(r, name) != getattr(base, name):
+            raise SpecError(f"train {name} is set but the optimizer {r.optimizer} does not use "
+                            f"it (only {users} do)", r.loc(name),
+                            hint=f"remove {name}, or change the optimizer")
+    if r.sched == "constant" and r.min_lr != base.min_lr:
+        raise SpecError("train min_lr is set but the constant schedule does not use it",
+                        r.loc("min_lr"), hint="remove min_lr, or use sched cosine")
+    if r.warmup_epochs == 0 and r.warmup_lr != base.warmup_lr:
+        raise SpecError("train warmup_lr is set but there is no warmup (warmup_epochs 0)",
+                        r.loc("warmup_lr"), hint="remove warmup_lr, or set warmup_epochs")
+    if (r.mixup == 0 or r.cutmix == 0) and r.mixup_switch_prob != base.mixup_switch_prob:
+        raise SpecError("train mixup_switch_prob is set but only matters when both mixup and "
+                        "cutmix are on", r.loc("mixup_switch_prob"),
+                        hint="remove it, or turn on both mixup and cutmix")
 
 
 def _check_limits(spec: ModelSpec) -> None:

@@ -1,6 +1,7 @@
 """Lowering: a checked ModelSpec -> a MetaFormer nn.Module."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, List, Optional
 
 import torch.nn as nn
@@ -9,7 +10,7 @@ from .errors import SpecError
 from .ir import Call, DownsampleSpec, ModelSpec, call
 from .layers.block import Block, Downsample, Mlp, Stage
 from .model import ClassifierHead, MetaFormer
-from .registry import BuildContext, Maker, registry, resolve_args
+from .registry import POOLED, BuildContext, Maker, registry, resolve_args
 
 
 def as_call(value: Any) -> Call:
@@ -35,8 +36,7 @@ def make_component(kind: str, c: Call, ctx: BuildContext, **extra: Any) -> nn.Mo
 
 def _maker(kind: str, c: Call, ctx: BuildContext) -> Maker:
     def make(dim: int) -> nn.Module:
-        sub = BuildContext(dim, ctx.resolution, ctx.stage, ctx.block, ctx.target)
-        return make_component(kind, c, sub)
+        return make_component(kind, c, replace(ctx, dim=dim))
 
     return make
 
@@ -92,7 +92,7 @@ def lower(spec: ModelSpec, target: str = "cpu") -> MetaFormer:
             ))
         stages.append(Stage(ds, blocks))
         prev = st.width
-    ctx = BuildContext(prev, res[-1], len(spec.stages) - 1, 0, target)
+    ctx = BuildContext(prev, res[-1], len(spec.stages) - 1, 0, target, position=POOLED)
     head = ClassifierHead(
         make_component("norm", spec.output_norm, ctx),
         make_component("head", spec.head, ctx, num_classes=spec.num_classes,

@@ -37,10 +37,17 @@ def parse_count(text: Optional[str], option: Optional[str] = None) -> Optional[i
     return int(value)
 
 
-limit_options = [
-    click.option("--max-params", metavar="N", help="Raise the parameter limit (e.g. 2G)."),
-    click.option("--max-macs", metavar="N", help="Raise the MACs-per-image limit (e.g. 500G)."),
-]
+def _limit_options() -> list:
+    """One --max-X option per size limit that declares a CLI flag (mfdsl.ir.LimitsSpec)."""
+    from ..ir import LimitsSpec, settings_of
+
+    return [click.option(meta.cli, name, metavar="N", default=None,
+                         help=f"Raise the limit: {meta.doc[0].lower()}{meta.doc[1:-1]} "
+                              f"(e.g. {meta.examples[0] if meta.examples else '2G'}).")
+            for name, meta, _ in settings_of(LimitsSpec) if meta.cli]
+
+
+limit_options = _limit_options()
 
 
 def with_limits(f):
@@ -50,26 +57,27 @@ def with_limits(f):
 
 
 def load_checked(path: str, max_params: Optional[str] = None,
-                 max_macs: Optional[str] = None) -> ModelSpec:
-    """Load a spec file, apply command-line limits, run every check."""
-    from ..api import load_spec
-    from ..checks import check
+                 max_macs: Optional[str] = None, **limits: Optional[str]) -> ModelSpec:
+    """Load a spec file, apply command-line limits (``max_X="2G"``), run every check and
+    the size limits."""
+    from ..api import check_spec, load_spec
+    from ..ir import LimitsSpec, setting_of
 
     spec = load_spec(path)
-    mp, mm = parse_count(max_params, "--max-params"), parse_count(max_macs, "--max-macs")
-    if mp is not None:
-        spec.limits.max_params = mp
-    if mm is not None:
-        spec.limits.max_macs = mm
-    return check(spec)
+    limits.update(max_params=max_params, max_macs=max_macs)
+    for name, text in limits.items():
+        meta = setting_of(LimitsSpec, name)
+        value = parse_count(text, meta.cli if meta else None)
+        if value is not None:
+            setattr(spec.limits, name, value)
+    return check_spec(spec)
 
 
 @main.command()
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
 @with_limits
-def validate(specs: Sequence[str], quiet: bool, max_params: Optional[str],
-             max_macs: Optional[str]) -> None:
+def validate(specs: Sequence[str], quiet: bool, **limits: Optional[str]) -> None:
     """Check spec files without building them.
 
     Exit 0 when every SPEC is valid, 2 otherwise. Errors are printed as
@@ -78,7 +86,7 @@ def validate(specs: Sequence[str], quiet: bool, max_params: Optional[str],
     bad = 0
     for path in specs:
         try:
-            spec = load_checked(path, max_params, max_macs)
+            spec = load_checked(path, **limits)
         except SpecError as err:
             bad += 1
             click.echo(err.render(), err=True)
@@ -105,8 +113,7 @@ def validate(specs: Sequence[str], quiet: bool, max_params: Optional[str],
               help="Load weights (mfdsl, timm or official format) before optimising.")
 @with_limits
 def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mode: str,
-                fold: bool, checkpoint: Optional[str], max_params: Optional[str],
-                max_macs: Optional[str]) -> None:
+                fold: bool, checkpoint: Optional[str], **limits: Optional[str]) -> None:
     """Check SPEC, lower it to a PyTorch model and report what was built.
 
     Prints a per-stage table (mixer, depth, width, output shape, params, MACs). MACs
@@ -119,7 +126,7 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
     if target is None and not fold and (dtype != "fp32" or mode != "default"):
         raise click.UsageError("--dtype and --mode choose how to optimise for --target "
                                "(or --fold); give --target cpu or --target cuda")
-    ir = load_checked(spec, max_params, max_macs)
+    ir = load_checked(spec, **limits)
     if checkpoint:
         from ..runner.errors import RunError
         from ..runner.run_folder import check_weights_model

@@ -182,12 +182,15 @@ class _ToSyntax(Transformer):
 
     def width(self, children: list) -> Width:
         at, num = children
+        _bounded(str(num), _tok_loc(self.path, num))
         return Width(int(num), _tok_loc(self.path, at), _tok_end(self.path, num))
 
     def atom(self, children: list) -> Atom:
         (tok,) = children
         loc, end = _tok_loc(self.path, tok), _tok_end(self.path, tok)
         text = str(tok)
+        if tok.type in ("INT", "FLOAT", "SI_NUMBER", "SIZE", "DEPTH"):
+            _bounded(text, loc)
         kind = {"NAME": "name", "INT": "int", "FLOAT": "float", "SI_NUMBER": "si",
                 "STRING": "str", "SIZE": "size", "DEPTH": "depth"}[tok.type]
         if kind == "name":
@@ -236,6 +239,16 @@ class _ToSyntax(Transformer):
         items = [c for c in children[1:-1] if not isinstance(c, Token)]
         return ListNode(items, _tok_loc(self.path, children[0]),
                         _tok_end(self.path, children[-1]))
+
+
+# No setting takes a number this long; Python also refuses to read ints past 4300 digits.
+MAX_NUMBER_CHARS = 100
+
+
+def _bounded(text: str, loc: Loc) -> None:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise SpecError(f"the number {text[:20]}... ({len(text)} characters) is too long",
+                        loc, hint="no setting takes a number this large")
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "'": "'"}

@@ -1,4 +1,11 @@
-"""Norms over channels-last tensors: layernorm (over C), modified_layernorm (over H, W, C)."""
+"""Norms over channels-last tensors: layernorm (over C), modified_layernorm (over H, W, C).
+
+Each norm declares the positions it is correct on (``positions=``): MAP, a (B, H, W, C)
+feature map in the stages, and POOLED, the (B, C) vector the head sees. On POOLED every
+built-in works per sample in eval mode: layernorm and modified_layernorm normalise each
+sample's C values (GroupNorm(1) of a vector is LayerNorm over it); batchnorm uses its running
+statistics (BatchNorm1d), and in training mode the batch's, as it does in the blocks.
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..registry import BuildContext, Param, register_norm
+from ..registry import MAP, POOLED, BuildContext, Param, register_norm
 
 _EPS = Param("eps", float, 1e-6, min=0.0, max=1.0, min_exclusive=True, doc="added to the variance")
 _BIAS = Param("bias", bool, False, doc="learn a per-channel bias")
@@ -50,7 +57,9 @@ class ModifiedLayerNorm(nn.Module):
             # Measured on CPU: ~2x faster than layer_norm over (H, W, C) then * weight.
             return F.group_norm(x.permute(0, 3, 1, 2), 1, self.weight, self.bias,
                                 self.eps).permute(0, 2, 3, 1)
-        y = F.layer_norm(x, x.shape[-3:], None, None, self.eps)
+        # Any other rank: statistics over every dim but the batch, one sample at a time
+        # (on a pooled (B, C) vector that is over C; never across the batch).
+        y = F.layer_norm(x, x.shape[1:], None, None, self.eps)
         if self.bias is None:
             return y * self.weight
         return torch.addcmul(self.bias, y, self.weight)
@@ -66,7 +75,8 @@ class BatchNorm(nn.BatchNorm2d):
         return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-@register_norm("layernorm", _EPS, _BIAS, doc="LayerNorm over channels (weight; optional bias)")
+@register_norm("layernorm", _EPS, _BIAS, doc="LayerNorm over channels (weight; optional bias)",
+               positions=(MAP, POOLED))
 def _layernorm(ctx: BuildContext, eps: float, bias: bool) -> nn.Module:
     return LayerNorm(ctx.dim, eps=eps, bias=bias)
 
@@ -74,6 +84,7 @@ def _layernorm(ctx: BuildContext, eps: float, bias: bool) -> nn.Module:
 @register_norm(
     "modified_layernorm", _EPS, _BIAS,
     doc="the paper's modified LayerNorm over (H, W, C), per-channel weight",
+    positions=(MAP, POOLED),
 )
 def _modified_layernorm(ctx: BuildContext, eps: float, bias: bool) -> nn.Module:
     return ModifiedLayerNorm(ctx.dim, eps=eps, bias=bias)
@@ -84,11 +95,14 @@ def _modified_layernorm(ctx: BuildContext, eps: float, bias: bool) -> nn.Module:
     Param("eps", float, 1e-5, min=0.0, max=1.0, min_exclusive=True),
     Param("momentum", float, 0.1, min=0.0, max=1.0),
     doc="BatchNorm per channel (for conv-style hybrids)",
+    positions=(MAP, POOLED),
 )
 def _batchnorm(ctx: BuildContext, eps: float, momentum: float) -> nn.Module:
+    if ctx.position == POOLED:  # a (B, C) vector: the same statistics and state dict, 1-d
+        return nn.BatchNorm1d(ctx.dim, eps=eps, momentum=momentum)
     return BatchNorm(ctx.dim, eps=eps, momentum=momentum)
 
 
-@register_norm("identity", doc="no normalisation")
+@register_norm("identity", doc="no normalisation", positions=(MAP, POOLED))
 def _identity(ctx: BuildContext) -> Optional[nn.Module]:
     return nn.Identity()
