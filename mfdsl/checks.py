@@ -12,8 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 from . import layers  # noqa: F401 - registers the built-in components the checks look up
 from .augment import AugmentError, parse_augment
 from .errors import Loc, SpecError, nearest
-from .ir import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, INTERPOLATIONS, MAX_CLASSES,
-                 MAX_DEPTH, MAX_SIDE, MAX_WIDTH, OPTIMIZERS, SCHEDULES, SIZE, STR, Call,
+from .ir import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, SIZE, STR, Call,
                  DownsampleSpec, ModelSpec, RecipeSpec, Setting, StageSpec, settings_of)
 from .registry import POOLED, BuildContext, Param, RegistryError, registry
 

@@ -11,8 +11,9 @@ import re
 from decimal import Decimal
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..ir import (Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec, RecipeSpec,
-                  StageSpec, default_downsample, default_stem, field_names)
+from ..frontend.mf_vocab import BLOCKS, CONV_ARGS, DOWNSAMPLE_NORMS
+from ..ir import (COUNT, STAGE_SETTINGS, Call, DownsampleSpec, ModelSpec, Setting, StageSpec,
+                  default_downsample, default_stem, setting_of, settings_of)
 
 __all__ = ["to_mf", "format_mf", "format_float", "format_value"]
 
@@ -21,8 +22,8 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED = ("true", "false", "none")
 _DEPTH = re.compile(r"x[0-9]+")  # lexes as a block count, so such strings are quoted
 _SI = (("T", 10 ** 12), ("G", 10 ** 9), ("M", 10 ** 6), ("K", 10 ** 3))
-# The stage settings in the order they are printed; model-level when shared.
-_STAGE_FIELDS = ("norm", "mlp_ratio", "mlp_act", "mlp_bias", "layer_scale", "res_scale")
+# The stage settings in the order they are printed (model-level when shared): the IR's.
+_STAGE_FIELDS = STAGE_SETTINGS
 _ONE_LINE_MAX = 88  # a { } block fits on one line up to this width and 4 entries
 
 
@@ -64,10 +65,10 @@ def to_mf(spec: ModelSpec) -> str:
         body.append(f"output_norm {_call_text(spec.output_norm)}")
     if spec.head != ModelSpec().head:
         body.append(f"head {_call_text(spec.head)}")
-    body.extend(_block("eval", _diff_entries(spec.eval, EvalSpec(), _EVAL_KEYS)))
-    body.extend(_block("limits", _limit_entries(spec.limits)))
-    if spec.recipe is not None:
-        body.extend(_block("train", _diff_entries(spec.recipe, RecipeSpec()), always=True))
+    for keyword, (fld, cls) in BLOCKS.items():
+        node = getattr(spec, fld)
+        if node is not None:  # a recipe is printed even when it is all defaults
+            body.extend(_block(keyword, _block_entries(node, cls()), always=fld == "recipe"))
     lines.extend(INDENT + b for b in body)
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -164,30 +165,36 @@ def _call_text(c: Call) -> str:
     return f"{c.name}({_args_text(c.args)})" if c.args else c.name
 
 
-def _opt_number(v: Any) -> str:
-    return "none" if v is None else format_value(v)
-
-
 # --- stages -----------------------------------------------------------------------------
 
+def setting_text(meta: Setting, v: Any) -> str:
+    """A setting's value as written in .mf, by its declared type."""
+    if v is None:
+        return "none"
+    if meta.is_component:
+        return _call_text(v)
+    if meta.type == COUNT:
+        return _count_text(v)
+    return _field_text(v)
+
+
 def _settings_text(values: Dict[str, Any]) -> List[str]:
-    """Stage settings as `key value` groups, in canonical order."""
+    """Stage settings as `key value` groups (`mlp ratio 2 act gelu`), in canonical order."""
     parts: List[str] = []
-    if "norm" in values:
-        parts.append(f"norm {_call_text(values['norm'])}")
-    mlp = []
-    if "mlp_ratio" in values:
-        mlp.append(f"ratio {format_value(values['mlp_ratio'])}")
-    if "mlp_act" in values:
-        mlp.append(f"act {_call_text(values['mlp_act'])}")
-    if "mlp_bias" in values:
-        mlp.append(f"bias {format_value(values['mlp_bias'])}")
-    if mlp:
-        parts.append("mlp " + " ".join(mlp))
-    for name in ("layer_scale", "res_scale"):
-        if name in values:
-            parts.append(f"{name} {_opt_number(values[name])}")
-    return parts
+    groups: Dict[str, List[str]] = {}
+    for name in _STAGE_FIELDS:
+        if name not in values:
+            continue
+        meta = setting_of(StageSpec, name)
+        text = f"{meta.key or name} {setting_text(meta, values[name])}"
+        if meta.group:
+            if meta.group not in groups:
+                groups[meta.group] = []
+                parts.append(meta.group)  # placeholder, filled below
+            groups[meta.group].append(text)
+        else:
+            parts.append(text)
+    return [f"{p} " + " ".join(groups[p]) if p in groups else p for p in parts]
 
 
 def _stage_lines(stages: Sequence[StageSpec], shared: Dict[str, Any],
@@ -229,12 +236,11 @@ def _stage_lines(stages: Sequence[StageSpec], shared: Dict[str, Any],
 
 def _downsample_text(ds: DownsampleSpec, base: DownsampleSpec) -> str:
     """`conv(...) pre_norm X post_norm Y`, stating only what differs from ``base``."""
-    conv = {k: getattr(ds, k) for k in ("kernel", "stride", "padding", "bias")
-            if getattr(ds, k) != getattr(base, k)}
+    conv = {k: getattr(ds, k) for k in CONV_ARGS if getattr(ds, k) != getattr(base, k)}
     parts = []
     if conv:
         parts.append(f"conv({_args_text(conv)})")
-    for name in ("pre_norm", "post_norm"):
+    for name in DOWNSAMPLE_NORMS:
         v = getattr(ds, name)
         if v != getattr(base, name):
             parts.append(f"{name} {'none' if v is None else _call_text(v)}")
@@ -243,36 +249,17 @@ def _downsample_text(ds: DownsampleSpec, base: DownsampleSpec) -> str:
 
 # --- { } blocks -------------------------------------------------------------------------
 
-_EVAL_KEYS = ("crop_pct", "interpolation", "mean", "std")
-
-
 def _field_text(v: Any) -> str:
     if isinstance(v, list):
         v = tuple(v)
     return format_value(v)
 
 
-def _diff_entries(node: Any, default: Any, keys: Optional[Sequence[str]] = None
-                  ) -> List[Tuple[str, str]]:
-    out = []
-    for name in keys or field_names(type(node)):
-        v = getattr(node, name)
-        if v != getattr(default, name):
-            if name == "randaugment" and v is not None:
-                out.append((name, _quote(v)))
-            else:
-                out.append((name, _field_text(v)))
-    return out
-
-
-def _limit_entries(lim: LimitsSpec) -> List[Tuple[str, str]]:
-    out = []
-    default = LimitsSpec()
-    for key, name in (("params", "max_params"), ("macs", "max_macs")):
-        v = getattr(lim, name)
-        if v != getattr(default, name):
-            out.append((key, _count_text(v)))
-    return out
+def _block_entries(node: Any, default: Any) -> List[Tuple[str, str]]:
+    """`key value` of every setting of ``node`` that differs from ``default``."""
+    return [(meta.key or name, setting_text(meta, getattr(node, name)))
+            for name, meta, _ in settings_of(type(node))
+            if getattr(node, name) != getattr(default, name)]
 
 
 def _count_text(v: Any) -> str:

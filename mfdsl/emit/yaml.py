@@ -213,7 +213,7 @@ def to_yaml(spec: ModelSpec, schema_ref: str = "../grammar/metaformer.schema.jso
 
 # --- the JSON Schema (generated in mfdsl.schema; kept importable from here) ---------------
 
-from ..schema import build_schema, main, schema_text  # noqa: E402,F401
+from ..schema import build_schema, main, schema_text  # noqa: E402,F401 - re-exported
 
 if __name__ == "__main__":
     sys.exit(main())
