@@ -1,5 +1,5 @@
 """``python -m mfdsl.cli`` (used by torchrun, which needs a module to run)."""
-from . import main
+from .app import main
 
 if __name__ == "__main__":
     main(prog_name="mfdsl")

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import click
 
-from . import main
+from .app import main
 from .common import check_at_img_size, parse_img_size
 from .. import fsio
 from ..errors import SpecError

@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from ..errors import SpecError
-from . import main
+from .app import main
 
 
 @main.command("bench")

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 import click
 
 from ..errors import SpecError
-from . import main
+from .app import main
 from .common import check_at_img_size, parse_img_size
 
 # More loader processes than cores only adds contention (and a DataLoader warning).

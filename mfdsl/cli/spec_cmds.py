@@ -11,7 +11,7 @@ import click
 
 from ..errors import SpecError
 from ..ir import ModelSpec
-from . import main
+from .app import main
 
 _SI = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 

@@ -1,0 +1,205 @@
+"""The shape of the code: no import circles, a registry that imports nothing and that
+registration order cannot corrupt, one vocabulary for every consumer of the IR."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "mfdsl"
+
+
+# --- imports ----------------------------------------------------------------------------
+
+def _modules() -> Dict[str, Path]:
+    mods = {}
+    for p in PKG.rglob("*.py"):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = p
+    return mods
+
+
+def import_graph() -> Dict[str, Set[str]]:
+    """Module -> the mfdsl modules it imports, counting imports inside functions.
+
+    ``from pkg import sub`` depends on ``pkg.sub``; the package itself only when a name
+    (not a module) is taken from it. Python imports parent packages first in any case.
+    """
+    mods = _modules()
+    graph: Dict[str, Set[str]] = {}
+    for name, path in mods.items():
+        is_pkg = path.name == "__init__.py"
+        base = name.split(".") if is_pkg else name.split(".")[:-1]
+        deps: Set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = base[: len(base) - (node.level - 1)]
+                    src = ".".join(anchor + ([node.module] if node.module else []))
+                else:
+                    src = node.module or ""
+                subs = [f"{src}.{a.name}" for a in node.names]
+                deps.update(subs)
+                if not all(s in mods for s in subs):
+                    deps.add(src)
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on: Set[str] = set()
+    out: List[List[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_counting_imports_inside_functions():
+    found = cycles(import_graph())
+    assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_registry_imports_nothing_of_mfdsl():
+    assert import_graph()["mfdsl.registry"] == set()
+
+
+# --- the registry -----------------------------------------------------------------------
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def test_registering_a_builtin_name_first_does_not_corrupt_the_registry():
+    """The quoted bug: a user mixer named like a built-in, registered before any lookup,
+    left the registry with three mixers and no norms. Now it is refused where it is
+    registered, and the built-ins are all there."""
+    r = _run("""
+        from mfdsl.registry import register_mixer, registry, RegistryError
+        try:
+            @register_mixer("pooling")
+            def mine(ctx):
+                return None
+        except RegistryError as e:
+            print("refused:", e)
+        from mfdsl.api import check_spec
+        print(len(registry.names("mixer")), len(registry.names("norm")))
+        print(registry.get("mixer", "pooling").factory.__module__)
+    """)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("refused:") and "built in" in lines[0]
+    mixers, norms = map(int, lines[1].split())
+    assert mixers >= 7 and norms >= 4
+    assert lines[2] == "mfdsl.layers.mixers"
+
+
+def test_conflicts_do_not_depend_on_registration_order():
+    from mfdsl.registry import Registry, RegistryError
+
+    def builtin(ctx):
+        return None
+
+    builtin.__module__ = "mfdsl.layers.fake"
+
+    def user(ctx):
+        return None
+
+    # user first, then the built-in: the lookup reports the clash, other kinds untouched
+    reg = Registry()
+    reg.register("mixer", "pooling")(user)
+    reg.register("mixer", "pooling")(builtin)
+    reg.register("norm", "layernorm")(builtin)
+    with pytest.raises(RegistryError, match="registered twice"):
+        reg.get("mixer", "pooling")
+    assert reg.get("norm", "layernorm").factory is builtin
+    # built-in first, then the user's: refused at registration
+    reg2 = Registry()
+    reg2.register("mixer", "pooling")(builtin)
+    with pytest.raises(RegistryError, match="already registered"):
+        reg2.register("mixer", "pooling")(user)
+    # replace=True overrides in either order
+    for first, second in ((user, builtin), (builtin, user)):
+        reg3 = Registry()
+        for f in (first, second):
+            reg3.register("mixer", "pooling", replace=f is user)(f)
+        assert reg3.get("mixer", "pooling").factory is user
+        reg3.unregister("mixer", "pooling")
+        assert reg3.get("mixer", "pooling").factory is builtin
+
+
+def test_a_registry_clash_in_a_spec_is_a_located_error(tmp_path):
+    from mfdsl.api import check_spec
+    from mfdsl.errors import SpecError
+    from mfdsl.registry import registry
+
+    def user(ctx):
+        return None
+
+    registry._user["mixer"]["pooling"] = registry._builtin["mixer"]["pooling"].__class__(
+        "mixer", "pooling", user)
+    try:
+        p = tmp_path / "t.mf"
+        p.write_text("model t {\n  input 3x32x32\n  stage pooling x1 @8\n}\n")
+        with pytest.raises(SpecError) as e:
+            check_spec(p)
+        assert e.value.line == 3 and "registered twice" in e.value.message
+    finally:
+        registry.unregister("mixer", "pooling")
+
+
+def test_plugins_are_loaded_explicitly_not_by_the_registry():
+    src = (PKG / "registry.py").read_text(encoding="utf-8")
+    assert "entry_points" not in src and "import_module" not in src
+    r = _run("""
+        import mfdsl.plugins as p
+        import mfdsl.api
+        assert not p._done
+        mfdsl.api.check_spec("specs/demo_tiny.mf")
+        assert p._done
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
