@@ -78,6 +78,7 @@ class Setting:
     key: Optional[str] = None  # the word in .mf and YAML when it is not the field name
     group: Optional[str] = None  # written under a group word: `mlp ratio 4`, `mlp: {ratio: 4}`
     cli: Optional[str] = None  # the command-line option that overrides it, if any
+    cli_off: bool = False  # also a --no-X flag: none if optional, else 0
     length: Optional[int] = None  # FLOATS: number of items (None: per input channel)
     item_min: Optional[float] = None  # FLOATS: lower bound of each item
     item_max: Optional[float] = None
@@ -298,32 +299,33 @@ class RecipeSpec(Node):
     min_lr: float = setting(1e-5, "Final learning rate of the cosine schedule.", min=0, max=10,
                             cli="--min-lr")
     drop_path: float = setting(0.0, "Stochastic depth rate, growing linearly over the blocks "
-                               "to this value.", min=0, max=0.99, cli="--drop-path",
+                               "to this value.", min=0, max=0.99, cli="--drop-path", cli_off=True,
                                examples=(0.1, 0.15))
     head_dropout: float = setting(0.0, "Dropout before the classifier's last Linear.", min=0,
                                   max=0.99, cli="--head-dropout", examples=(0.0, 0.4))
     label_smoothing: float = setting(0.1, "Label smoothing.", min=0, max=0.99,
-                                     cli="--label-smoothing")
-    mixup: float = setting(0.8, "Mixup alpha (0: off).", min=0, max=100, cli="--mixup")
-    cutmix: float = setting(1.0, "CutMix alpha (0: off).", min=0, max=100, cli="--cutmix")
+                                     cli="--label-smoothing", cli_off=True)
+    mixup: float = setting(0.8, "Mixup alpha (0: off).", min=0, max=100, cli="--mixup", cli_off=True)
+    cutmix: float = setting(1.0, "CutMix alpha (0: off).", min=0, max=100, cli="--cutmix", cli_off=True)
     mixup_switch_prob: float = setting(0.5, "Probability of CutMix instead of Mixup when both "
                                        "are on.", min=0, max=1, cli="--mixup-switch-prob")
     randaugment: Optional[str] = setting(
         "rand-m9-mstd0.5-inc1", "Data augmentation policy, timm's config string: RandAugment "
         "'rand-m9-mstd0.5-inc1', AutoAugment 'original', 'v0' or 'augmix-m5-w3' "
-        "(none: off).", STR, optional=True, cli="--randaugment")
+        "(none: off).", STR, optional=True, cli="--randaugment", cli_off=True)
     random_erasing: float = setting(0.25, "Random erasing probability.", min=0, max=1,
-                                    cli="--random-erasing")
+                                    cli="--random-erasing", cli_off=True)
     train_interpolation: str = setting("random", "Resize interpolation for training crops.",
                                        choices=("bilinear", "bicubic", "nearest", "random"),
                                        cli="--train-interpolation")
-    amp: bool = setting(True, "Automatic mixed precision.", cli="--amp")
+    # No generated flag: --amp/--no-amp is also a run option (default: on CUDA only).
+    amp: bool = setting(True, "Automatic mixed precision.")
     ema: Optional[float] = setting(None, "Model EMA decay (none: no EMA).", FLOAT, min=0,
                                    min_exclusive=True, max=1, max_exclusive=True,
-                                   optional=True, cli="--ema", examples=(0.9999,))
+                                   optional=True, cli="--ema", cli_off=True, examples=(0.9999,))
     clip_grad: Optional[float] = setting(None, "Gradient norm clipping (none: off).", FLOAT,
                                          min=0, min_exclusive=True, optional=True,
-                                         cli="--clip-grad", examples=(5.0,))
+                                         cli="--clip-grad", cli_off=True, examples=(5.0,))
     finetune_from: Optional[str] = setting(None, "The checkpoint or spec this recipe "
                                            "fine-tunes (none: from scratch).", STR,
                                            optional=True, cli="--finetune-from",

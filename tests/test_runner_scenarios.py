@@ -160,14 +160,16 @@ def test_init_from_corrupt_file(data, tmp_path):
 # --- train: option values ---------------------------------------------------------------
 
 @pytest.mark.parametrize("args,words", [
-    (["--epochs", "0"], "epochs is out of range"),
-    (["--batch-size", "-1"], "batch_size is out of range"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--batch-size", "-1"], "batch_size must be >= 1"),
     (["--lr", "nan"], "lr must be finite"),
     (["--img-size", "0"], "'--img-size'"),
     (["--img-size", "abc"], "'--img-size'"),
     (["--accum", "0"], "--accum must be >= 1"),
     (["--betas", "a,b"], "'--betas'"),
-    (["--randaugment", "foo"], "not a RandAugment config"),
+    (["--randaugment", "foo"], "unknown augmentation 'foo'"),
+    (["--randaugment", "rand-w0"], "'w0' is not a setting of RandAugment"),
+    (["--momentum", "0.5"], "does not use it"),
     (["--log-every", "0"], "'--log-every'"),
     (["--eval-every", "0"], "'--eval-every'"),
     (["--keep-recent", "-1"], "'--keep-recent'"),

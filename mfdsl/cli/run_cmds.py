@@ -85,28 +85,16 @@ def _load_spec(path: str):
 
 def _recipe_overrides(kw: Dict[str, Any]) -> Dict[str, Any]:
     """Recipe fields named on the command line (None = not given). --no-X wins over X."""
+    from ..ir import RecipeSpec, settings_of
+
     o: Dict[str, Any] = {}
-    plain = ("epochs", "optimizer", "lr", "lr_batch", "weight_decay", "opt_eps", "momentum",
-             "sched", "warmup_epochs", "warmup_lr", "min_lr", "drop_path", "head_dropout",
-             "label_smoothing", "mixup", "cutmix", "mixup_switch_prob", "randaugment",
-             "random_erasing", "train_interpolation", "ema", "clip_grad", "finetune_from")
-    for name in plain:
-        if kw.get(name) is not None:
+    for name, meta, _ in settings_of(RecipeSpec):
+        if meta.cli and kw.get(name) is not None:
             o[name] = kw[name]
-    if kw.get("batch_size") is not None:
-        o["batch_size"] = kw["batch_size"]
-    if kw.get("betas") is not None:
-        o["betas"] = kw["betas"]
-    if kw.get("amp") is not None:
+        if meta.cli_off and kw.get("no_" + name):
+            o[name] = None if meta.optional else 0.0
+    if kw.get("amp") is not None:  # --amp/--no-amp: a run option that also sets the recipe's
         o["amp"] = kw["amp"]
-    for flag, name, off in (("no_randaugment", "randaugment", None), ("no_mixup", "mixup", 0.0),
-                            ("no_cutmix", "cutmix", 0.0),
-                            ("no_random_erasing", "random_erasing", 0.0),
-                            ("no_label_smoothing", "label_smoothing", 0.0),
-                            ("no_ema", "ema", None), ("no_clip_grad", "clip_grad", None),
-                            ("no_drop_path", "drop_path", 0.0)):
-        if kw.get(flag):
-            o[name] = off
     if o.get("randaugment") in ("none", "off", ""):
         o["randaugment"] = None
     return o
@@ -149,6 +137,40 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
     return os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
 
 
+def _recipe_options(f):
+    """One option per recipe setting that declares a flag (mfdsl.ir.RecipeSpec metadata),
+    plus --no-X where ``cli_off``: a new recipe field needs no edit here."""
+    from ..ir import BOOL, FLOAT, FLOATS, INT, RecipeSpec, settings_of
+
+    opts = []
+    for name, meta, default in settings_of(RecipeSpec):
+        if not meta.cli:
+            continue
+        shown = "none" if default is None else (",".join(map(str, default))
+                                                 if isinstance(default, tuple) else default)
+        help_text = f"{meta.doc} Recipe {name}; default {shown}."
+        if meta.choices:
+            kind: Any = click.Choice(list(meta.choices))
+        elif meta.type == INT:
+            kind = int
+        elif meta.type == FLOAT:
+            kind = float
+        elif meta.type == BOOL:  # pragma: no cover - no recipe bool has a generated flag
+            kind = bool
+        else:
+            kind = str
+        if meta.type == FLOATS:
+            help_text += " Write it as numbers separated by commas, e.g. 0.9,0.999."
+        opts.append(click.option(meta.cli, name, type=kind, default=None, help=help_text))
+        if meta.cli_off:
+            off = "none" if meta.optional else "0"
+            opts.append(click.option("--no-" + meta.cli[2:], "no_" + name, is_flag=True,
+                                     help=f"Set recipe {name} to {off}."))
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 @main.command("train")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(), default=None,
@@ -158,48 +180,14 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
 @click.option("--val-split", default="val", show_default=True)
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Run folder. Default: runs/<model name>.")
-@click.option("--epochs", type=int, help="Recipe epochs.")
-@click.option("--batch-size", type=int, help="Global batch size (recipe batch_size).")
+@_recipe_options
 @click.option("--per-device-batch", type=int, help="Micro-batch per process.")
 @click.option("--accum", type=int, help="Gradient accumulation steps.")
 @click.option("--img-size", help="Training/eval image size, e.g. 224 or 256x192 "
                                  "(default: the spec's input size).")
-@click.option("--lr", type=float, help="Peak lr, stated for --lr-batch images and scaled "
-                                       "linearly to the global batch.")
-@click.option("--lr-batch", type=int, help="Batch size the lr is stated for (recipe lr_batch).")
-@click.option("--min-lr", type=float)
-@click.option("--warmup-lr", type=float)
-@click.option("--warmup-epochs", type=int)
-@click.option("--sched", type=click.Choice(["cosine", "constant"]))
-@click.option("--optimizer", type=click.Choice(["adamw", "lamb", "sgd"]))
-@click.option("--weight-decay", type=float)
-@click.option("--opt-eps", type=float)
-@click.option("--betas", help="Adam/LAMB betas, e.g. 0.9,0.999.")
-@click.option("--momentum", type=float, help="SGD momentum.")
-@click.option("--drop-path", type=float)
-@click.option("--no-drop-path", is_flag=True)
-@click.option("--head-dropout", type=float)
-@click.option("--label-smoothing", type=float)
-@click.option("--no-label-smoothing", is_flag=True)
-@click.option("--mixup", type=float, help="Mixup alpha (0 = off).")
-@click.option("--no-mixup", is_flag=True)
-@click.option("--cutmix", type=float, help="CutMix alpha (0 = off).")
-@click.option("--no-cutmix", is_flag=True)
-@click.option("--mixup-switch-prob", type=float)
-@click.option("--randaugment", help="RandAugment config, e.g. rand-m9-mstd0.5-inc1, or none.")
-@click.option("--no-randaugment", is_flag=True)
-@click.option("--random-erasing", type=float, help="Random erasing probability.")
-@click.option("--no-random-erasing", is_flag=True)
-@click.option("--train-interpolation",
-              type=click.Choice(["random", "bilinear", "bicubic", "nearest"]))
 @click.option("--no-flip", is_flag=True, help="No random horizontal flip.")
 @click.option("--crop-scale-min", type=float, help="Smallest RandomResizedCrop area fraction "
                                                    "(default 0.08; 0.35 on the embedded data).")
-@click.option("--ema", type=float, help="Weight EMA decay, e.g. 0.9999.")
-@click.option("--no-ema", is_flag=True)
-@click.option("--clip-grad", type=float, help="Clip the gradient norm to this value.")
-@click.option("--no-clip-grad", is_flag=True)
-@click.option("--finetune-from", help="Recorded in the recipe (use --init-from to load weights).")
 @click.option("--init-from", type=click.Path(), help="Start from these weights (mfdsl, timm "
                                                      "or official checkpoint).")
 @click.option("--workers", type=int, default=_DEFAULT_WORKERS, show_default=True,
