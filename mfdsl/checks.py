@@ -86,7 +86,8 @@ def check_settings(node: Any, labels: Optional[Dict[str, str]] = None,
     for name, meta, _ in settings_of(type(node)):
         if meta.is_component:
             continue
-        label = (labels or {}).get(name) or f"{prefix}{meta.key or name}"
+        # A grouped setting is named by its one-word spelling (mlp_ratio), so it reads alone.
+        label = (labels or {}).get(name) or f"{prefix}{name if meta.group else meta.key or name}"
         check_setting(node, name, meta, getattr(node, name), label)
 
 
@@ -228,8 +229,7 @@ def _check_downsample(ds: DownsampleSpec, what: str) -> None:
 
 def _check_stage(spec: ModelSpec, i: int, st: StageSpec, res: Tuple[int, int],
                  prev: Optional[int]) -> None:
-    check_settings(st, {k: f"stage {i} {k}" for k in ("mlp_ratio", "mlp_act", "mlp_bias")},
-                   prefix=f"stage {i} ")
+    check_settings(st, prefix=f"stage {i} ")
     if int(st.mlp_ratio * st.width) < 1:
         raise SpecError(f"stage {i} MLP would have no hidden units", st.loc("mlp_ratio"))
     if i > 0 and st.downsample is None and prev is not None and prev != st.width:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch.nn as nn
 
 from .errors import SpecError
-from .ir import Call, DownsampleSpec, ModelSpec, call
+from .ir import Call, DownsampleSpec, ModelSpec, StageSpec, call, settings_of
 from .layers.block import Block, Downsample, Mlp, Stage
 from .model import ClassifierHead, MetaFormer
 from .registry import POOLED, BuildContext, Maker, registry, resolve_args
@@ -53,6 +53,14 @@ def _downsample(ds: DownsampleSpec, in_chs: int, out_chs: int, stage: int,
                       pre, post, nchw_input=nchw_input)
 
 
+def group_args(st: StageSpec, group: str) -> Dict[str, Any]:
+    """The stage settings of ``group`` that its layer takes as keyword arguments, by their
+    written key (``mlp bias`` -> ``bias=``). Ratio and act are used above to build it; any
+    other setting declared in the group (a new ``mlp dropout``) reaches the layer as is."""
+    return {meta.key or name: getattr(st, name) for name, meta, _ in settings_of(StageSpec)
+            if meta.group == group and (meta.key or name) not in ("ratio", "act")}
+
+
 def drop_path_rates(spec: ModelSpec) -> List[List[float]]:
     """Linear from 0 to the recipe's drop_path over all blocks of the model."""
     total = sum(spec.depths)
@@ -84,7 +92,7 @@ def lower(spec: ModelSpec, target: str = "cpu") -> MetaFormer:
             mixer = make_component("mixer", st.mixer_for_block(j), ctx)
             act = make_component("activation", st.mlp_act,
                                  BuildContext(int(st.mlp_ratio * st.width), res[i], i, j, target))
-            mlp = Mlp(st.width, int(st.mlp_ratio * st.width), act, st.mlp_bias)
+            mlp = Mlp(st.width, int(st.mlp_ratio * st.width), act, **group_args(st, "mlp"))
             blocks.append(Block(
                 st.width, make_component("norm", st.norm, ctx), mixer,
                 make_component("norm", st.norm, ctx), mlp, dprs[i][j],
