@@ -341,7 +341,7 @@ class LimitsSpec(Node):
     max_macs: int = setting(1_000_000_000_000, "Maximum MACs per image.", COUNT, min=1,
                             key="macs", cli="--max-macs", examples=("2T",))
     max_activations: int = setting(
-        16 * 2**30, "Maximum bytes of activations one training image keeps for the backward "
+        16_000_000_000, "Maximum bytes of activations one training image keeps for the backward "
         "pass (fp32).", COUNT, min=1, key="activations", cli="--max-activations",
         examples=("64G",))
 

@@ -203,3 +203,54 @@ def test_plugins_are_loaded_explicitly_not_by_the_registry():
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# --- one vocabulary -------------------------------------------------------------------
+
+def test_docs_tables_are_generated_from_the_ir():
+    from mfdsl.emit.docs import main
+
+    assert main(["--check"]) == 0, "run: python -m mfdsl.emit.docs --write"
+
+
+def _numeric_settings():
+    from mfdsl.ir import (COUNT, FLOAT, INT, DownsampleSpec, EvalSpec, LimitsSpec,
+                          RecipeSpec, StageSpec, settings_of)
+
+    for cls in (RecipeSpec, EvalSpec, LimitsSpec, StageSpec, DownsampleSpec):
+        for name, meta, default in settings_of(cls):
+            if meta.type in (INT, FLOAT, COUNT) and (meta.min is not None or meta.max is not None):
+                yield cls, name, meta, default
+
+
+@pytest.mark.parametrize("cls,name,meta,default", list(_numeric_settings()),
+                         ids=lambda v: getattr(v, "__name__", None) if isinstance(v, type)
+                         else (v if isinstance(v, str) else None))
+def test_schema_and_checks_agree_on_every_range(cls, name, meta, default):
+    """Values just inside and just outside each declared range: the YAML schema and the
+    semantic checks accept and refuse exactly the same ones."""
+    from jsonschema import Draft202012Validator
+
+    from mfdsl.checks import check_setting
+    from mfdsl.errors import SpecError
+    from mfdsl.ir import INT, COUNT
+    from mfdsl.schema import build_schema, value_schema
+
+    validator = Draft202012Validator({"$defs": build_schema()["$defs"], **value_schema(meta)})
+    integral = meta.type in (INT, COUNT)
+    step = 1 if integral else 1e-3
+    probes = []
+    for bound, excl, sign in ((meta.min, meta.min_exclusive, -1), (meta.max, meta.max_exclusive, 1)):
+        if bound is None:
+            continue
+        b = int(bound) if integral else float(bound)
+        probes += [(b, not excl), (b + sign * step, False), (b - sign * step, True)]
+    node = cls()
+    for v, inside in probes:
+        schema_ok = validator.is_valid(v)
+        try:
+            check_setting(node, name, meta, v, name)
+            check_ok = True
+        except SpecError:
+            check_ok = False
+        assert schema_ok == check_ok == inside, (name, v, schema_ok, check_ok, inside)
