@@ -139,3 +139,4 @@ def parse_augment(text: str) -> AugmentConfig:
 _NAMES = {"rand": "RandAugment", "augmix": "AugMix", "auto": "AutoAugment"}
 _EXAMPLE = {"m": "9", "n": "2", "p": "0.5", "mstd": "0.5", "mmax": "10", "inc": "1", "w": "3",
             "d": "2", "a": "1.0", "b": "0"}
+
