@@ -123,39 +123,38 @@ def _accepted(text: str, pos: int, fallback: Set[str]) -> Set[str]:
 
 
 # Hints for common mistakes, as data: label -> inputs that make the mistake. The parser
-# state the user's error stopped in picks the label (Lark's match_examples).
+# state the user's error stopped in picks the label (Lark's match_examples). Lark compares
+# states with their stack depth, which depends on how many lines come before the mistake
+# in each block: ``{M}`` and ``{B}`` mark where 0, 1 or 2 filler lines are tried (model
+# level and inside a block), and every example is also tried after a header comment.
 HINT_EXAMPLES: Dict[str, List[str]] = {
     "settings are written `key value`; '=' is only for call arguments, as in "
     "layernorm(eps=1e-6)": [
-        "model m {\n  classes=10\n}\n",
-        "model m {\n  input 3x32x32\n  classes=10\n}\n",
-        "model m {\n  input 3x32x32\n  classes 10 norm=layernorm\n}\n",
-        "model m {\n  stage pooling x1 @8 norm=layernorm\n}\n",
-        "model m {\n  train { lr=1e-3 }\n}\n",
-        "model m {\n  input 3x32x32\n  train { lr=1e-3 }\n}\n",
-        "model m {\n  train { epochs 3  lr=1e-3 }\n}\n",
-        "model m {\n  train {\n    epochs 3\n    lr=1e-3\n  }\n}\n",
+        "model m {\n{M}  classes=10\n}\n",
+        "model m {\n{M}  classes 10 norm=layernorm\n}\n",
+        "model m {\n{M}  stage pooling x1 @8 norm=layernorm\n}\n",
+        "model m {\n{M}  train { lr=1e-3 }\n}\n",
+        "model m {\n{M}  train { epochs 3  lr=1e-3 }\n}\n",
+        "model m {\n{M}  train {\n{B}    lr=1e-3\n  }\n}\n",
     ],
     "separate settings with spaces or new lines, not commas": [
-        "model m {\n  classes 10,\n}\n",
-        "model m {\n  input 3x32x32\n  classes 10,\n}\n",
-        "model m {\n  train { lr 1e-3, epochs 3 }\n}\n",
-        "model m {\n  train { epochs 3  lr 1e-3, }\n}\n",
-        "model m {\n  input 3x32x32\n  train { lr 1e-3, epochs 3 }\n}\n",
-        "model m {\n  input 3x32x32\n  train { epochs 3  lr 1e-3, warmup_epochs 1 }\n}\n",
-        "model m {\n  input 3x32x32\n  train {\n    epochs 3,\n  }\n}\n",
-        "model m {\n  stage pooling x1 @8, norm layernorm\n}\n",
-        "model m {\n  stage pooling x1 @8 norm layernorm,\n}\n",
+        "model m {\n{M}  classes 10,\n}\n",
+        "model m {\n{M}  train { lr 1e-3, epochs 3 }\n}\n",
+        "model m {\n{M}  train { epochs 3  lr 1e-3, }\n}\n",
+        "model m {\n{M}  train {\n{B}    epochs 3,\n  }\n}\n",
+        "model m {\n{M}  stage pooling x1 @8, norm layernorm\n}\n",
+        "model m {\n{M}  stage pooling x1 @8 norm layernorm,\n}\n",
     ],
-    "a '{' block must follow a keyword such as train, eval or limits": [
-        "model m {\n  {\n}\n}\n",
-        "model m {\n  input 3x32x32\n  {\n}\n}\n",
+    "the model needs a name: model <name> { ... }": [
+        "model {\n{M}}\n",
+        "model {\n{M}  stage pooling x1 @8\n}\n",
     ],
     "a spec is one block: model <name> { ... }": [
         "", "stage pooling x1 @8\n", "modle m {\n}\n", "model m {\n}\nmodel n {\n}\n",
-        "\n\nclasses 10\n", "# a comment\nstage pooling x1 @8\n",
+        "classes 10\n",
     ],
 }
+_FILL = {"{M}": "  input 3x32x32\n", "{B}": "    warmup_epochs 1\n"}
 # Characters the lexer cannot start any token with, and what writing them usually means
 # (Lark's lexer errors carry no comparable parser state, so these are keyed by character).
 CHARACTER_HINTS: Dict[str, str] = {
@@ -164,11 +163,16 @@ CHARACTER_HINTS: Dict[str, str] = {
 }
 
 
+def _variants(example: str) -> List[str]:
+    out = [example]
+    for mark, line in _FILL.items():
+        out = [v.replace(mark, line * n) for v in out for n in ((0, 1, 2) if mark in v else (0,))]
+    return out + ["# header\n" + v for v in out]
+
+
 @lru_cache(maxsize=1)
 def _examples() -> Dict[str, List[str]]:
-    # Lark compares parser states with their stack depth, which a leading comment or blank
-    # line changes: try every example with and without one.
-    return {label: [e for ex in exs for e in (ex, "# header\n" + ex)]
+    return {label: [v for ex in exs for v in _variants(ex)]
             for label, exs in HINT_EXAMPLES.items()}
 
 
