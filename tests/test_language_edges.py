@@ -313,3 +313,8 @@ def test_cli_recipe_override_is_checked(tmp_path):
     p = mf(tmp_path, "stage pooling x1 @8")
     result = cli("train", p, "--randaugment", "rand-mxx", "--max-steps", "1")
     assert result.exit_code == 2 and "mxx" in result.output
+
+
+def test_mlp_head_without_hidden_units_is_refused(tmp_path):
+    err = error_of(mf(tmp_path, "stage pooling x1 @8", "head mlp(ratio=1e-300)"))
+    assert err.line == 5 and "no hidden units" in err.message

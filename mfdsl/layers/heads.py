@@ -42,6 +42,13 @@ def _linear(ctx: BuildContext, num_classes: int, dropout: float, bias: bool) -> 
     return LinearHead(ctx.dim, num_classes, bias, dropout)
 
 
+def _mlp_check(ctx: BuildContext, args: dict) -> list:
+    if int(args["ratio"] * ctx.dim) < 1:
+        return [("ratio", f"head mlp ratio {args['ratio']} leaves no hidden units for "
+                 f"{ctx.dim} input channels", "use ratio >= 1 / channels")]
+    return []
+
+
 @register_head(
     "mlp",
     Param("ratio", float, 4.0, min=0.0, max=64.0, min_exclusive=True, doc="hidden / input width"),
@@ -50,6 +57,7 @@ def _linear(ctx: BuildContext, num_classes: int, dropout: float, bias: bool) -> 
     Param("norm", "norm", call("layernorm", bias=True, eps=1e-5), doc="norm after the activation"),
     Param("bias", bool, True),
     doc="two-layer MLP head (ConvFormer / CAFormer)",
+    check=_mlp_check,
 )
 def _mlp(ctx: BuildContext, num_classes: int, dropout: float, ratio: float, act: Maker,
          norm: Maker, bias: bool) -> nn.Module:
