@@ -85,18 +85,18 @@ def _load_spec(path: str):
 
 def _recipe_overrides(kw: Dict[str, Any]) -> Dict[str, Any]:
     """Recipe fields named on the command line (None = not given). --no-X wins over X."""
-    from ..ir import RecipeSpec, settings_of
+    from ..ir import STR, RecipeSpec, settings_of
 
     o: Dict[str, Any] = {}
     for name, meta, _ in settings_of(RecipeSpec):
         if meta.cli and kw.get(name) is not None:
             o[name] = kw[name]
+            if meta.optional and meta.type == STR and kw[name] in ("none", "off", ""):
+                o[name] = None  # `--randaugment none` as in a spec file
         if meta.cli_off and kw.get("no_" + name):
             o[name] = None if meta.optional else 0.0
     if kw.get("amp") is not None:  # --amp/--no-amp: a run option that also sets the recipe's
         o["amp"] = kw["amp"]
-    if o.get("randaugment") in ("none", "off", ""):
-        o["randaugment"] = None
     return o
 
 
