@@ -34,7 +34,9 @@ def _repeats(depth: int, n: int) -> List[int]:
 
 def estimate_size(spec: ModelSpec) -> SizeEstimate:
     """Params, MACs and training activation bytes per image of a checked spec."""
-    from .analysis.counting import macs_by_module, meta_model
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .analysis.counting import meta_model
     from .analysis.memory import measure_saved
 
     stages = [with_overrides(st, depth=min(st.depth, len(st.mixers))) for st in spec.stages]
@@ -51,23 +53,28 @@ def estimate_size(spec: ModelSpec) -> SizeEstimate:
     params += sum(n * sum(p.numel() for p in blocks[path].parameters())
                   for path, n in extra.items())
 
-    macs_map = macs_by_module(model, sample)
-    macs = macs_map["Global"]
-    macs += sum(n * macs_map.get(f"MetaFormer.{path}", 0) for path, n in extra.items())
-
+    # One training-mode forward on meta tensors gives both figures: the MACs (the FLOP
+    # counter; conv/linear/matmul count the same in train and eval mode) and the tensors
+    # autograd saves. (Halves the step's cost: meta kernels dominate it.)
     parts: List[Tuple[str, torch.nn.Module]] = [
         (path, mod) for path, mod in blocks.items() if path.count(".") == 3
         and path.startswith("stages.") and ".blocks." in path]
     saved = None
     for batch in (1, 2):  # training-mode BatchNorm refuses one value per channel
+        counter = FlopCounterMode(display=False)
         try:
             x = torch.empty(batch, spec.in_chans, *spec.img_size, device="meta")
-            saved = measure_saved(model, x, spec.num_classes, parts)
+            with counter:
+                saved = measure_saved(model, x, spec.num_classes, parts)
             break
         except ValueError:
             if batch == 2:
                 raise
     assert saved is not None
+    macs_map = {k: sum(v.values()) // 2 // batch
+                for k, v in counter.get_flop_counts().items()}
+    macs = macs_map["Global"]
+    macs += sum(n * macs_map.get(f"MetaFormer.{path}", 0) for path, n in extra.items())
     act = saved.total_bytes + sum(n * saved.by_part.get(path, 0) for path, n in extra.items())
     return SizeEstimate(params, macs, act // batch)
 
