@@ -318,3 +318,8 @@ def test_cli_recipe_override_is_checked(tmp_path):
 def test_mlp_head_without_hidden_units_is_refused(tmp_path):
     err = error_of(mf(tmp_path, "stage pooling x1 @8", "head mlp(ratio=1e-300)"))
     assert err.line == 5 and "no hidden units" in err.message
+
+
+def test_limits_accept_the_ir_field_names_as_before(tmp_path):
+    spec = load_spec(mf(tmp_path, "stage pooling x1 @8", "limits { max_params 2G  activations 1T }"))
+    assert spec.limits.max_params == 2 * 10**9 and spec.limits.max_activations == 10**12

@@ -50,8 +50,7 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
     import torch
 
     from ..analysis.counting import count_macs_meta
-    from ..api import load_spec
-    from ..checks import check
+    from ..api import check_spec
     from ..lower import lower
     from ..passes.throughput import markdown_table, report_header, run_benchmark
 
@@ -81,7 +80,7 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
             sys.exit(2)
     dtype = dtype or ("bf16" if device == "cuda" else "fp32")
     try:
-        ir = check(load_spec(spec))
+        ir = check_spec(spec)  # the checks and the size limits
     except SpecError as err:
         click.echo(err.render(), err=True)
         sys.exit(2)

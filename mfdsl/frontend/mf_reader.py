@@ -441,10 +441,14 @@ class Interpreter:
         node = cls()
         node.locs[""] = head.loc
         keys = block_keys(cls)
+        # The IR field name is accepted too where the key differs (`max_params 2G`).
+        aliases = {name: (name, meta) for name, meta in keys.values() if name not in keys}
         word = head.value
         seen = _Seen(f"in {word}")
         for key, sub in self.block_pairs(head, cur):
             k = key.value
+            if k not in keys and k in aliases:
+                keys = {**keys, k: aliases[k]}
             if k not in keys:
                 guess = nearest(k, keys)
                 raise SpecError(f"unknown {_BLOCK_NOUN.get(word, word + ' setting')} '{k}'",
