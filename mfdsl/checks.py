@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 from . import layers  # noqa: F401 - registers the built-in components the checks look up
 from .augment import AugmentError, parse_augment
 from .errors import Loc, SpecError, nearest
-from .ir import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, SIZE, STR, Call,
+from .ir import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, MAX_SIDE, SIZE, STR, Call,
                  DownsampleSpec, ModelSpec, RecipeSpec, Setting, StageSpec, settings_of)
 from .registry import POOLED, BuildContext, Param, RegistryError, registry
 
@@ -376,6 +376,13 @@ def _check_eval(spec: ModelSpec) -> None:
             raise SpecError(f"{name} must be {spec.in_chans} numbers, one per input channel",
                             ev.loc(name))
     check_settings(ev)
+    # The eval transform resizes to img_size / crop_pct before cropping (timm's rule): a
+    # tiny crop_pct would ask for an image of millions of pixels a side at eval time.
+    side = max(spec.img_size) / ev.crop_pct
+    if side > MAX_SIDE:
+        raise SpecError(f"crop_pct {_show(ev.crop_pct)} would resize the {max(spec.img_size)} px "
+                        f"input to {side:,.0f} px before cropping", ev.loc("crop_pct"),
+                        hint=f"use crop_pct >= {max(spec.img_size) / MAX_SIDE:.3g}")
 
 
 def check_recipe(r: RecipeSpec) -> None:

@@ -323,3 +323,8 @@ def test_mlp_head_without_hidden_units_is_refused(tmp_path):
 def test_limits_accept_the_ir_field_names_as_before(tmp_path):
     spec = load_spec(mf(tmp_path, "stage pooling x1 @8", "limits { max_params 2G  activations 1T }"))
     assert spec.limits.max_params == 2 * 10**9 and spec.limits.max_activations == 10**12
+
+
+def test_a_crop_pct_that_would_blow_up_the_eval_resize_is_refused(tmp_path):
+    err = error_of(mf(tmp_path, "stage pooling x1 @8", "eval { crop_pct 1e-6 }"))
+    assert (err.line, err.column) == (5, 19) and "resize" in err.message
