@@ -65,9 +65,26 @@ def check_spec(spec: SpecLike, **kw) -> ModelSpec:
     return check(spec, **kw)
 
 
-def build_model(spec: SpecLike, target: str = "cpu", *, check_sizes: bool = True) -> nn.Module:
-    """Check and lower a spec (or spec file) to a MetaFormer ``nn.Module`` on the CPU."""
+def build_model(spec: SpecLike, target: str = "cpu", *, check_sizes: bool = True,
+                pretrained: Union[bool, str, None] = None) -> nn.Module:
+    """Check and lower a spec (or spec file) to a MetaFormer ``nn.Module`` on the CPU.
+
+    ``pretrained``: True (the spec's released ImageNet weights), a tag
+    (``"sail_in22k_ft_in1k"``) or a release name (``"caformer_s18.sail_in1k"``): fetched
+    through the Hugging Face cache, verified, loaded strictly; the model's
+    ``pretrained_cfg`` becomes the release's. Raises ``mfdsl.weights.WeightsError``.
+    """
     from .lower import lower
 
     spec = check_spec(spec, size_limits=check_sizes)
-    return lower(spec, target=target)
+    if pretrained is None or pretrained is False:
+        return lower(spec, target=target)
+    from .weights import apply_release_context, load_release, resolve_release
+
+    release = resolve_release(spec, pretrained, purpose="eval")
+    spec, _ = apply_release_context(spec, release)
+    model = lower(spec, target=target)
+    load_release(model, release)
+    model.pretrained_cfg = dict(model.pretrained_cfg, release=release.name,
+                                hf_hub_id=release.repo_id, file=release.filename)
+    return model

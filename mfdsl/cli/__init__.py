@@ -59,6 +59,7 @@ def main() -> None:
 
 def _register() -> None:
     from . import analysis_cmds, bench_cmds, run_cmds, spec_cmds  # noqa: F401  (they add commands)
+    from . import compare_cmds, weights_cmds  # noqa: F401
 
 
 _register()

@@ -1,0 +1,375 @@
+"""Where models sit against each other: top-1 against MACs, parameters and throughput.
+
+Entries are specs (static counts; no accuracy), runs (the accuracy their run folder
+recorded, with the dataset it was measured on) and, on request, the paper's table
+(ImageNet-1K top-1, parameters and MACs as published). Accuracy is only ever compared
+within one dataset: the Pareto front is computed per dataset. Throughput is measured here,
+with a short timed forward at a stated batch and image size, and is recorded with the
+machine it came from.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .ir import ModelSpec
+
+IMAGENET = "ImageNet-1K"
+
+# The paper's table (MetaFormer Baselines for Vision, Table 1/2; 224x224, ImageNet-1K):
+# name: (trainable params M, frozen params M, MACs G, top-1 %).
+PAPER_TABLE: Dict[str, tuple] = {
+    "identityformer_s12": (11.9, 0.0, 1.8, 74.6),
+    "identityformer_s24": (21.3, 0.0, 3.4, 78.2),
+    "identityformer_s36": (30.8, 0.0, 5.0, 79.3),
+    "identityformer_m36": (56.1, 0.0, 8.8, 80.0),
+    "identityformer_m48": (73.3, 0.0, 11.5, 80.4),
+    "randformer_s12": (11.9, 0.2, 1.9, 76.6),
+    "randformer_s24": (21.3, 0.5, 3.5, 78.2),
+    "randformer_s36": (30.8, 0.7, 5.2, 79.5),
+    "randformer_m36": (56.1, 0.7, 9.0, 81.2),
+    "randformer_m48": (73.3, 0.9, 11.9, 81.4),
+    "poolformerv2_s12": (11.9, 0.0, 1.8, 78.0),
+    "poolformerv2_s24": (21.3, 0.0, 3.4, 80.7),
+    "poolformerv2_s36": (30.8, 0.0, 5.0, 81.6),
+    "poolformerv2_m36": (56.1, 0.0, 8.8, 82.2),
+    "poolformerv2_m48": (73.3, 0.0, 11.5, 82.6),
+    "convformer_s18": (27, 0.0, 3.9, 83.0),
+    "convformer_s36": (40, 0.0, 7.6, 84.1),
+    "convformer_m36": (57, 0.0, 12.8, 84.5),
+    "convformer_b36": (100, 0.0, 22.6, 84.8),
+    "caformer_s18": (26, 0.0, 4.1, 83.6),
+    "caformer_s36": (39, 0.0, 8.0, 84.5),
+    "caformer_m36": (56, 0.0, 13.2, 85.2),
+    "caformer_b36": (99, 0.0, 23.2, 85.5),
+}
+
+
+class CompareError(Exception):
+    """An item that cannot be compared, or an output that would overwrite a file."""
+
+
+@dataclass
+class Entry:
+    label: str
+    kind: str  # spec | run | paper
+    source: str
+    params: int  # trainable
+    frozen: int
+    macs: int
+    img_size: Optional[List[int]] = None
+    top1: Optional[float] = None
+    top1_from: Optional[str] = None  # which record the accuracy comes from
+    dataset: Optional[str] = None
+    img_s: Optional[float] = None
+    pareto: Dict[str, bool] = field(default_factory=dict)
+
+
+# --- gathering ------------------------------------------------------------------------
+
+def _counts(spec: ModelSpec) -> tuple:
+    from .analysis.counting import macs_by_module, meta_model, param_counts
+
+    model = meta_model(spec)
+    trainable, frozen = param_counts(model)
+    return trainable, frozen, macs_by_module(model, spec)["Global"]
+
+
+def _load_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _run_accuracy(folder: str) -> tuple:
+    """(top1, where it comes from, dataset) of a run folder."""
+    summary = _load_json(os.path.join(folder, "summary.json"))
+    recipe = _load_json(os.path.join(folder, "recipe.json")) or {}
+    resolved = recipe.get("resolved", {})
+    data = resolved.get("data")
+    dataset = ("TinyShapes" if resolved.get("embedded_data")
+               else os.path.basename(os.path.normpath(data)) if data else None)
+    if summary and summary.get("final_val"):
+        return (float(summary["final_val"]["top1"]), "summary.json final_val.top1", dataset)
+    last = None
+    try:
+        with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("kind", rec.get("type")) == "val" and "top1" in rec:
+                    last = rec
+    except OSError:
+        pass
+    if last is not None:
+        return float(last["top1"]), f"metrics.jsonl val @ step {last.get('step')}", dataset
+    return None, None, dataset
+
+
+def gather(item: str) -> Entry:
+    """An Entry for a spec file, a zoo model name or a run folder."""
+    from .api import check_spec, load_spec
+    from .resources import zoo_spec_file
+
+    if os.path.isdir(item):
+        spec_file = next((os.path.join(item, n) for n in ("spec.mf", "spec.yaml")
+                          if os.path.isfile(os.path.join(item, n))), None)
+        if spec_file is None:
+            raise CompareError(f"{item}: a folder without spec.mf (a run folder is expected)")
+        spec = check_spec(load_spec(spec_file))
+        top1, where, dataset = _run_accuracy(item)
+        if top1 is None:
+            raise CompareError(f"{item}: the run has no validation accuracy yet (no "
+                               "summary.json final_val and no val record in metrics.jsonl)")
+        p, f, m = _counts(spec)
+        return Entry(os.path.basename(os.path.normpath(item)), "run", item, p, f, m,
+                     list(spec.img_size), top1, where, dataset)
+    path = item
+    if not os.path.exists(item):
+        zoo = zoo_spec_file(item)
+        if zoo is None:
+            raise CompareError(f"{item}: no such spec file, run folder or zoo model")
+        path = str(zoo)
+    spec = check_spec(load_spec(path))
+    p, f, m = _counts(spec)
+    return Entry(spec.name, "spec", path, p, f, m, list(spec.img_size))
+
+
+def paper_entries() -> List[Entry]:
+    return [Entry(name, "paper", "MetaFormer Baselines for Vision, Yu et al. (TPAMI 2024)",
+                  int(round(p * 1e6)), int(round(fr * 1e6)), int(round(m * 1e9)), [224, 224],
+                  top1, "paper table", IMAGENET)
+            for name, (p, fr, m, top1) in PAPER_TABLE.items()]
+
+
+# --- throughput -----------------------------------------------------------------------
+
+@torch.no_grad()
+def measure_throughput(spec: ModelSpec, batch: int = 8, seconds: float = 2.0,
+                       device: str = "cpu") -> float:
+    """Images/s of an eval-mode forward at ``batch`` x the spec's image size (fp32, eager):
+    two warm-up passes, then passes until ``seconds`` have gone by (at least three)."""
+    from .lower import lower
+
+    torch.manual_seed(0)
+    model = lower(spec).eval().to(device)
+    x = torch.randn(batch, spec.in_chans, *spec.img_size, device=device)
+    for _ in range(2):
+        model(x)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < seconds:
+        model(x)
+        n += 1
+    sync()
+    return batch * n / (time.perf_counter() - t0)
+
+
+def machine() -> Dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or None,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+# --- Pareto ---------------------------------------------------------------------------
+
+AXES = (("macs", "MACs", False), ("params", "parameters", False),
+        ("img_s", "throughput (img/s)", True))
+
+
+def mark_pareto(entries: Sequence[Entry]) -> None:
+    """For each axis, mark the entries no other entry of the same dataset beats: at least
+    as accurate and at least as cheap (fewer MACs / parameters, more img/s), one strictly."""
+    for attr, _, higher_better in AXES:
+        for e in entries:
+            x = getattr(e, attr)
+            if e.top1 is None or x is None:
+                continue
+
+            def better(o: Entry) -> bool:
+                ox = getattr(o, attr)
+                if o is e or o.top1 is None or ox is None or o.dataset != e.dataset:
+                    return False
+                cheaper = ox >= x if higher_better else ox <= x
+                strictly = (ox > x if higher_better else ox < x) or o.top1 > e.top1
+                return cheaper and o.top1 >= e.top1 and strictly
+
+            e.pareto[attr] = not any(better(o) for o in entries)
+
+
+# --- output ---------------------------------------------------------------------------
+
+COLUMNS = ("label", "kind", "dataset", "top1", "params", "frozen", "macs", "img_s",
+           "img_size", "pareto_macs", "pareto_params", "pareto_img_s", "top1_from", "source")
+
+
+def _row(e: Entry) -> Dict[str, Any]:
+    d = asdict(e)
+    d.pop("pareto")
+    for attr, _, _ in AXES:
+        d[f"pareto_{attr}"] = e.pareto.get(attr)
+    d["img_size"] = "x".join(map(str, e.img_size)) if e.img_size else None
+    return d
+
+
+def table(entries: Sequence[Entry]) -> str:
+    from .analysis.labels import human
+
+    head = ("model", "kind", "dataset", "top-1", "params", "MACs", "img/s", "Pareto")
+    rows = [head]
+    for e in entries:
+        front = ",".join(a for a, _, _ in AXES if e.pareto.get(a)) or "-"
+        params = human(e.params) + (f" + {human(e.frozen)} frozen" if e.frozen else "")
+        rows.append((e.label, e.kind, e.dataset or "-",
+                     f"{e.top1:.2f}" if e.top1 is not None else "-", params, human(e.macs),
+                     f"{e.img_s:.1f}" if e.img_s is not None else "-", front))
+    widths = [max(len(str(r[c])) for r in rows) for c in range(len(head))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def to_csv(entries: Sequence[Entry]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for e in entries:
+        w.writerow(_row(e))
+    return buf.getvalue()
+
+
+def to_json(entries: Sequence[Entry], context: Dict[str, Any]) -> str:
+    return json.dumps({"context": context, "entries": [_row(e) for e in entries]},
+                      indent=2, sort_keys=True) + "\n"
+
+
+def plot(entries: Sequence[Entry], context: Dict[str, Any]) -> bytes:
+    """PNG: one panel per axis; one series per (kind, dataset); Pareto fronts as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    series: Dict[tuple, List[Entry]] = {}
+    for e in entries:
+        series.setdefault((e.kind, e.dataset), []).append(e)
+    markers = {"paper": "s", "run": "o", "spec": "^"}
+    for ax, (attr, name, higher_better) in zip(axes, AXES):
+        scale = {"macs": 1e9, "params": 1e6}.get(attr, 1.0)
+        unit = {"macs": " (G)", "params": " (M)"}.get(attr, "")
+        for (kind, dataset), es in sorted(series.items(), key=lambda kv: str(kv[0])):
+            pts = [e for e in es if e.top1 is not None and getattr(e, attr) is not None]
+            if not pts:
+                continue
+            xs = [getattr(e, attr) / scale for e in pts]
+            ax.scatter(xs, [e.top1 for e in pts], marker=markers.get(kind, "o"),
+                       label=f"{kind}s on {dataset or 'unknown data'}")
+            for e, x in zip(pts, xs):
+                ax.annotate(e.label, (x, e.top1), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        by_data: Dict[Optional[str], List[Entry]] = {}
+        for e in entries:
+            if e.pareto.get(attr):
+                by_data.setdefault(e.dataset, []).append(e)
+        for dataset, front in by_data.items():
+            front.sort(key=lambda e: getattr(e, attr))
+            ax.plot([getattr(e, attr) / scale for e in front], [e.top1 for e in front],
+                    "--", linewidth=1, alpha=0.7, label=f"Pareto front ({dataset})")
+        unplaced = [e for e in entries if e.top1 is None and getattr(e, attr) is not None]
+        for e in unplaced:  # specs without an accuracy: a tick on the x axis
+            ax.axvline(getattr(e, attr) / scale, color="grey", linewidth=0.6, alpha=0.5)
+        ax.set_xlabel(name + unit + (" - higher is better" if higher_better else ""))
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(alpha=0.3)
+        if attr == "img_s":
+            ax.set_title(f"measured: batch {context['batch']}, fp32, {context['device']}",
+                         fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_outputs(folder: str, files: Dict[str, bytes], overwrite: bool = False) -> List[str]:
+    """Write every file atomically inside ``folder``; refuse (before writing any) if one
+    exists and ``overwrite`` is not set. Existing files keep their permissions.
+
+    TODO(lead): switch to mfdsl.fsio's atomic writer once it lands on main.
+    """
+    os.makedirs(folder, exist_ok=True)
+    paths = {name: os.path.join(folder, name) for name in files}
+    existing = [p for p in paths.values() if os.path.exists(p)]
+    if existing and not overwrite:
+        raise CompareError(f"would overwrite {', '.join(existing)}; pass --force or choose "
+                           "another --output folder")
+    for name, data in files.items():
+        _atomic_write(paths[name], data)
+    return list(paths.values())
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    mode = None
+    if os.path.exists(path):
+        mode = os.stat(path).st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def compare(items: Sequence[str], *, paper: bool = False, throughput: bool = True,
+            batch: int = 8, seconds: float = 2.0, device: str = "cpu") -> tuple:
+    """(entries with Pareto marks, context) for ``items`` (+ the paper's table)."""
+    entries = [gather(i) for i in items]
+    if throughput:
+        from .api import check_spec, load_spec
+
+        for e in entries:
+            src = e.source
+            if e.kind == "run":
+                src = next(os.path.join(src, n) for n in ("spec.mf", "spec.yaml")
+                           if os.path.isfile(os.path.join(src, n)))
+            e.img_s = measure_throughput(check_spec(load_spec(src)), batch, seconds, device)
+    if paper:
+        entries += paper_entries()
+    mark_pareto(entries)
+    context = {"batch": batch, "seconds": seconds, "device": device,
+               "throughput": "eval-mode forward, fp32, eager, each spec's own image size"
+               if throughput else None, "machine": machine()}
+    return entries, context
