@@ -242,15 +242,20 @@ def _downsample_sig(ds: Optional[DownsampleSpec]) -> Optional[str]:
     return f"conv k{ds.kernel} s{ds.stride} p{ds.padding}, pre_norm {pre}, post_norm {post}"
 
 
-def _block_sig(spec: ModelSpec, i: int, j: int) -> Dict[str, Optional[str]]:
+def _block_sig(spec: ModelSpec, i: int, j: int) -> Dict[str, Tuple[Optional[str], str]]:
+    """{what: (canonical form compared, label shown)} of block j of stage i."""
+    from ..analysis.labels import call_label
+
     st = spec.stages[i]
-    return {"mixer": canonical_call(st.mixer_for_block(j), "mixer"),
-            "norm": st.norm.name, "mlp act": st.mlp_act.name}
+    mixer = st.mixer_for_block(j)
+    return {"mixer": (canonical_call(mixer, "mixer"), call_label(mixer)),
+            "norm": (st.norm.name, st.norm.name), "mlp act": (st.mlp_act.name, st.mlp_act.name)}
 
 
-def _sig_difference(mine: Dict[str, Optional[str]], theirs: Dict[str, Optional[str]]
-                    ) -> Optional[str]:
-    diffs = [f"{k} {mine[k]} (source: {theirs[k]})" for k in mine if mine[k] != theirs.get(k)]
+def _sig_difference(mine: Dict[str, Tuple[Optional[str], str]],
+                    theirs: Dict[str, Tuple[Optional[str], str]]) -> Optional[str]:
+    diffs = [f"{k} {mine[k][1]} (source: {theirs[k][1]})" for k in mine
+             if mine[k][0] != theirs[k][0]]
     return "; ".join(diffs) if diffs else None
 
 
@@ -317,9 +322,19 @@ class InheritReport:
         for p in self.parts:
             for n in p.notes:
                 lines.append(f"  {p.part}: {n}")
+            # One line per module and reason: a block whose mixer differs is one line.
+            grouped: Dict[Tuple[str, str], List[str]] = {}
             for t in p.tensors:
                 if t.status == "mismatch":
-                    lines.append(f"  {p.part}: {t.key} not copied: {t.reason}")
+                    owner = re.sub(r"\.(weight|bias|scale|[a-z_]+)$", "", t.key)
+                    owner = re.match(r"^(stages\.\d+\.blocks\.\d+)\.", t.key).group(1) \
+                        if re.match(r"^stages\.\d+\.blocks\.\d+\.", t.key) and \
+                        not (t.reason or "").startswith("shape") else owner
+                    grouped.setdefault((owner, t.reason or ""), []).append(t.key)
+            for (owner, why), keys in grouped.items():
+                what = owner if len(keys) > 1 else keys[0]
+                count = f" ({len(keys)} tensors)" if len(keys) > 1 else ""
+                lines.append(f"  {p.part}: {what}{count} not copied: {why}")
         return "\n".join(lines)
 
     def as_json(self) -> Dict[str, Any]:
