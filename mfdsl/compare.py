@@ -158,25 +158,37 @@ def paper_entries() -> List[Entry]:
 # --- throughput -----------------------------------------------------------------------
 
 @torch.no_grad()
-def measure_throughput(spec: ModelSpec, batch: int = 8, seconds: float = 2.0,
-                       device: str = "cpu") -> float:
-    """Images/s of an eval-mode forward at ``batch`` x the spec's image size (fp32, eager):
-    two warm-up passes, then passes until ``seconds`` have gone by (at least three)."""
+def measure_throughput(specs: Sequence[ModelSpec], batch: int = 8, seconds: float = 2.0,
+                       device: str = "cpu", rounds: int = 3) -> List[float]:
+    """Images/s of an eval-mode forward (fp32, eager) at ``batch`` x each spec's image size.
+
+    Models are timed side by side: in each of ``rounds`` rounds every model runs for
+    ``seconds / rounds`` (at least two passes) after one warm-up pass; a model's figure is
+    its median round, so load that comes and goes hits all models alike.
+    """
     from .lower import lower
 
-    torch.manual_seed(0)
-    model = lower(spec).eval().to(device)
-    x = torch.randn(batch, spec.in_chans, *spec.img_size, device=device)
-    for _ in range(2):
-        model(x)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t0 < seconds:
-        model(x)
-        n += 1
-    sync()
-    return batch * n / (time.perf_counter() - t0)
+    models, inputs = [], []
+    for spec in specs:
+        torch.manual_seed(0)
+        m = lower(spec).eval().to(device)
+        x = torch.randn(batch, spec.in_chans, *spec.img_size, device=device)
+        m(x)  # warm-up
+        models.append(m)
+        inputs.append(x)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    per_round = max(seconds, 0.0) / max(rounds, 1)
+    rates: List[List[float]] = [[] for _ in models]
+    for _ in range(max(rounds, 1)):
+        for k, (m, x) in enumerate(zip(models, inputs)):
+            sync()
+            n, t0 = 0, time.perf_counter()
+            while n < 2 or time.perf_counter() - t0 < per_round:
+                m(x)
+                n += 1
+            sync()
+            rates[k].append(batch * n / (time.perf_counter() - t0))
+    return [sorted(r)[len(r) // 2] for r in rates]
 
 
 def machine() -> Dict[str, Any]:
@@ -259,51 +271,59 @@ def to_json(entries: Sequence[Entry], context: Dict[str, Any]) -> str:
 
 
 def plot(entries: Sequence[Entry], context: Dict[str, Any]) -> bytes:
-    """PNG: one panel per axis; one series per (kind, dataset); Pareto fronts as lines."""
+    """PNG: one row per dataset (accuracies from different data never share an axis), one
+    column per cost axis (log scale); Pareto fronts as dashed lines; specs without an
+    accuracy as grey ticks on the cost axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-    series: Dict[tuple, List[Entry]] = {}
-    for e in entries:
-        series.setdefault((e.kind, e.dataset), []).append(e)
+    datasets = sorted({e.dataset for e in entries if e.top1 is not None}, key=str) or [None]
+    fig, grid = plt.subplots(len(datasets), 3, figsize=(16, 4.6 * len(datasets)),
+                             squeeze=False)
     markers = {"paper": "s", "run": "o", "spec": "^"}
-    for ax, (attr, name, higher_better) in zip(axes, AXES):
-        scale = {"macs": 1e9, "params": 1e6}.get(attr, 1.0)
-        unit = {"macs": " (G)", "params": " (M)"}.get(attr, "")
-        for (kind, dataset), es in sorted(series.items(), key=lambda kv: str(kv[0])):
-            pts = [e for e in es if e.top1 is not None and getattr(e, attr) is not None]
-            if not pts:
-                continue
-            xs = [getattr(e, attr) / scale for e in pts]
-            ax.scatter(xs, [e.top1 for e in pts], marker=markers.get(kind, "o"),
-                       label=f"{kind}s on {dataset or 'unknown data'}")
-            for e, x in zip(pts, xs):
-                ax.annotate(e.label, (x, e.top1), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")
-        by_data: Dict[Optional[str], List[Entry]] = {}
-        for e in entries:
-            if e.pareto.get(attr):
-                by_data.setdefault(e.dataset, []).append(e)
-        for dataset, front in by_data.items():
-            front.sort(key=lambda e: getattr(e, attr))
-            ax.plot([getattr(e, attr) / scale for e in front], [e.top1 for e in front],
-                    "--", linewidth=1, alpha=0.7, label=f"Pareto front ({dataset})")
-        unplaced = [e for e in entries if e.top1 is None and getattr(e, attr) is not None]
-        for e in unplaced:  # specs without an accuracy: a tick on the x axis
-            ax.axvline(getattr(e, attr) / scale, color="grey", linewidth=0.6, alpha=0.5)
-        ax.set_xlabel(name + unit + (" - higher is better" if higher_better else ""))
-        ax.set_ylabel("top-1 (%)")
-        ax.grid(alpha=0.3)
-        if attr == "img_s":
-            ax.set_title(f"measured: batch {context['batch']}, fp32, {context['device']}",
-                         fontsize=8)
-    axes[0].legend(fontsize=7)
+    for row, dataset in zip(grid, datasets):
+        mine = [e for e in entries if e.dataset == dataset and e.top1 is not None]
+        for ax, (attr, name, higher_better) in zip(row, AXES):
+            scale = {"macs": 1e9, "params": 1e6}.get(attr, 1.0)
+            unit = {"macs": " (G)", "params": " (M)"}.get(attr, "")
+            for kind in ("paper", "run", "spec"):
+                pts = [e for e in mine if e.kind == kind and getattr(e, attr) is not None]
+                if not pts:
+                    continue
+                xs = [getattr(e, attr) / scale for e in pts]
+                ax.scatter(xs, [e.top1 for e in pts], marker=markers[kind],
+                           label=f"{kind}s")
+                for e, x in zip(pts, xs):
+                    ax.annotate(e.label, (x, e.top1), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points")
+            front = sorted((e for e in mine if e.pareto.get(attr)),
+                           key=lambda e: getattr(e, attr))
+            if len(front) > 1:
+                ax.plot([getattr(e, attr) / scale for e in front], [e.top1 for e in front],
+                        "--", linewidth=1, alpha=0.7, label="Pareto front")
+            placed = [getattr(e, attr) for e in mine if getattr(e, attr)]
+            lo, hi = (min(placed), max(placed)) if placed else (0.0, float("inf"))
+            for e in entries:
+                x = getattr(e, attr)
+                # a spec without an accuracy: a tick, in the rows whose range it is near
+                if e.top1 is None and x is not None and lo / 3 <= x <= hi * 3:
+                    ax.axvline(x / scale, color="grey", linewidth=0.6, alpha=0.5)
+            if placed and hi / lo > 20:
+                ax.set_xscale("log")
+            ax.set_xlabel(name + unit + (" - higher is better" if higher_better else ""))
+            ax.set_ylabel(f"top-1 (%) on {dataset or '-'}")
+            ax.grid(alpha=0.3, which="both")
+            if attr == "img_s":
+                ax.set_title(f"measured here: batch {context['batch']}, fp32, "
+                             f"{context['device']}" if context.get("throughput")
+                             else "throughput not measured", fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
 
@@ -314,15 +334,26 @@ def write_outputs(folder: str, files: Dict[str, bytes], overwrite: bool = False)
 
     TODO(lead): switch to mfdsl.fsio's atomic writer once it lands on main.
     """
+    check_outputs(folder, files, overwrite)
     os.makedirs(folder, exist_ok=True)
     paths = {name: os.path.join(folder, name) for name in files}
-    existing = [p for p in paths.values() if os.path.exists(p)]
-    if existing and not overwrite:
-        raise CompareError(f"would overwrite {', '.join(existing)}; pass --force or choose "
-                           "another --output folder")
     for name, data in files.items():
         _atomic_write(paths[name], data)
     return list(paths.values())
+
+
+OUTPUT_FILES = ("compare.csv", "compare.json", "compare.png")
+
+
+def check_outputs(folder: str, names: Sequence[str] = OUTPUT_FILES,
+                  overwrite: bool = False) -> None:
+    """Refuse early: an output that exists (unless ``overwrite``), or a folder that is a file."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise CompareError(f"--output {folder}: exists and is not a folder")
+    existing = [os.path.join(folder, n) for n in names if os.path.exists(os.path.join(folder, n))]
+    if existing and not overwrite:
+        raise CompareError(f"would overwrite {', '.join(existing)}; pass --force or choose "
+                           "another --output folder")
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -354,22 +385,27 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def compare(items: Sequence[str], *, paper: bool = False, throughput: bool = True,
-            batch: int = 8, seconds: float = 2.0, device: str = "cpu") -> tuple:
+            batch: int = 8, seconds: float = 2.0, device: str = "cpu", rounds: int = 3
+            ) -> tuple:
     """(entries with Pareto marks, context) for ``items`` (+ the paper's table)."""
     entries = [gather(i) for i in items]
-    if throughput:
+    if throughput and entries:
         from .api import check_spec, load_spec
 
+        specs = []
         for e in entries:
             src = e.source
             if e.kind == "run":
                 src = next(os.path.join(src, n) for n in ("spec.mf", "spec.yaml")
                            if os.path.isfile(os.path.join(src, n)))
-            e.img_s = measure_throughput(check_spec(load_spec(src)), batch, seconds, device)
+            specs.append(check_spec(load_spec(src)))
+        for e, rate in zip(entries, measure_throughput(specs, batch, seconds, device, rounds)):
+            e.img_s = rate
     if paper:
         entries += paper_entries()
     mark_pareto(entries)
-    context = {"batch": batch, "seconds": seconds, "device": device,
-               "throughput": "eval-mode forward, fp32, eager, each spec's own image size"
+    context = {"batch": batch, "seconds": seconds, "device": device, "rounds": rounds,
+               "throughput": "eval-mode forward, fp32, eager, each spec's own image size; "
+                             "models timed side by side in rounds, median round"
                if throughput else None, "machine": machine()}
     return entries, context
