@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Dict
@@ -11,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mfdsl.api import build_model, load_spec
+from mfdsl.api import build_model
 from mfdsl.weights import InheritError, inherit
 from mfdsl.weights.inherit import plan_parts, split_mapping
 
@@ -180,7 +179,7 @@ def test_two_sources_by_part_and_bare_checkpoint(tmp_path: Path, demo_run: Path)
     bare = tmp_path / "bare.pth"
     torch.save(official, bare)
     demo = spec_file(tmp_path, "demo", DEMO)
-    model, init = fresh(demo), fresh(demo)
+    model = fresh(demo)
     report = inherit(model, [f"stage2,head={bare}", str(demo_run)])
     a, b = source_state(demo_run), source_state(other)
     for k, v in model.state_dict().items():

@@ -240,3 +240,42 @@ def test_cli_eval_pretrained_offline(hub: Path, tmp_path: Path, timm_poolformer)
     assert "unknown release poolformerv2_s12.sail_in1k_384" in r.stderr
     r = _cli("eval", spec, "--data", str(data), env=env, cwd=tmp_path)
     assert r.returncode == 2 and "one of --checkpoint and --pretrained" in r.stderr
+
+
+def test_inherit_from_a_release_by_name(hub: Path, tmp_path: Path, timm_poolformer) -> None:
+    """A hybrid takes PoolFormerV2-S12's stem and first two stages from the cached release;
+    its attention stage and 10-class head stay new, and the report says why."""
+    from mfdsl.weights import inherit
+
+    put_in_cache(hub, "timm/poolformerv2_s12.sail_in1k", "model.safetensors",
+                 _safetensors_bytes(timm_poolformer.state_dict(), tmp_path))
+    spec = tmp_path / "pf_hybrid.mf"
+    spec.write_text("""model pf_hybrid {
+  input 3x64x64
+  classes 10
+  norm modified_layernorm(bias=false, eps=1e-6)
+  stage pooling   x2 @64
+  stage pooling   x3 @128
+  stage attention x1 @320  res_scale 1.0
+  head linear
+}
+""")
+    torch.manual_seed(0)
+    model = build_model(spec)
+    report = inherit(model, ["poolformerv2_s12.sail_in1k"])
+    theirs = timm_poolformer.state_dict()
+    sd = model.state_dict()
+    for k in ("stem.conv.weight", "stages.1.blocks.1.mlp.fc1.weight",
+              "stages.2.downsample.conv.weight"):
+        assert report.fate(k).status == "copied", k
+    # the output norm follows the last stage's width: 320 here, 512 in the release
+    assert report.fate("head.norm.weight").reason == "shape [320], source [512]"
+    # timm keeps MLP weights as 1x1 convs and names the stem norm "norm": both mapped
+    assert torch.equal(sd["stages.1.blocks.1.mlp.fc1.weight"],
+                       theirs["stages.1.blocks.1.mlp.fc1.weight"].flatten(1))
+    assert torch.equal(sd["stem.post_norm.weight"], theirs["stem.norm.weight"])
+    assert report.fate("stages.1.blocks.2.norm1.weight").reason == "the source stage has 2 blocks"
+    assert report.fate("stages.2.blocks.0.norm1.weight").reason.startswith(
+        "mixer attention (source: pooling)")
+    assert report.fate("head.fc.weight").reason == "10 classes, the source has 1000"
+    assert report.as_json()["sources"][0]["release"] == "poolformerv2_s12.sail_in1k"

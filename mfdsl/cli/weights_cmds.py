@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 import click
@@ -38,7 +39,8 @@ def list_cmd(model: Optional[str], as_json: bool) -> None:
         model = load_spec(model).name
     rows = releases_for(model) if model else list(RELEASES.values())
     if model and not rows:
-        raise click.ClickException(f"no released weights for '{model}'")
+        click.echo(f"error: no released weights for '{model}'", err=True)
+        sys.exit(2)
     data = [dict(name=r.name, repo_id=r.repo_id, filename=r.filename, layout=r.layout,
                  img_size=list(r.img_size), num_classes=r.num_classes, crop_pct=r.crop_pct,
                  url=r.url, cached=_cached(r)) for r in rows]
@@ -61,4 +63,5 @@ def fetch_cmd(names: Sequence[str]) -> None:
         try:
             click.echo(f"{name}\t{fetch(name)}")
         except WeightsError as exc:
-            raise click.ClickException(str(exc)) from None
+            click.echo(f"error: weights: {exc}", err=True)
+            sys.exit(2)

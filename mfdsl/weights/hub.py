@@ -17,8 +17,9 @@ from typing import Optional, Tuple, Union
 
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError, LoadReport, detect_format, load_checkpoint, read_state_dict
-from ..ir import EvalSpec, ModelSpec, with_overrides
+from ..checkpoint import (CheckpointError, LoadReport, detect_format, load_checkpoint,
+                          read_state_dict)
+from ..ir import ModelSpec, with_overrides
 from .releases import (DEFAULT_TAG, RELEASES, Release, lookup, releases_for, zoo_model_of)
 
 Which = Union[bool, str, None]
