@@ -279,3 +279,24 @@ def test_inherit_from_a_release_by_name(hub: Path, tmp_path: Path, timm_poolform
         "mixer attention (source: pooling)")
     assert report.fate("head.fc.weight").reason == "10 classes, the source has 1000"
     assert report.as_json()["sources"][0]["release"] == "poolformerv2_s12.sail_in1k"
+
+
+def test_weights_list_and_fetch_commands(hub: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mfdsl.cli import main
+
+    data = b"not even weights"  # fetch checks the hub's sha256 only; loading checks the rest
+    put_in_cache(hub, "sail/dl", "randformer/randformer_s12.pth", data)
+    r = CliRunner().invoke(main, ["weights", "list", "randformer_s12", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [x["name"] for x in rows] == ["randformer_s12.sail_in1k"]
+    assert rows[0]["cached"] and rows[0]["url"].endswith("sail/dl/resolve/main/randformer/"
+                                                         "randformer_s12.pth")
+    r = CliRunner().invoke(main, ["weights", "fetch", "randformer_s12.sail_in1k"])
+    assert r.exit_code == 0 and "randformer_s12.pth" in r.output
+    r = CliRunner().invoke(main, ["weights", "fetch", "caformer_s18.sail_in1k"])
+    assert r.exit_code == 2 and "HF_HUB_OFFLINE" in r.output
+    r = CliRunner().invoke(main, ["weights", "list", "demo_tiny"])
+    assert r.exit_code == 2 and "no released weights" in r.output
