@@ -300,3 +300,17 @@ def test_weights_list_and_fetch_commands(hub: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "HF_HUB_OFFLINE" in r.output
     r = CliRunner().invoke(main, ["weights", "list", "demo_tiny"])
     assert r.exit_code == 2 and "no released weights" in r.output
+
+
+def test_release_context_wins_over_the_spec_eval_block() -> None:
+    from mfdsl.ir import with_overrides
+    from mfdsl.weights import apply_release_context
+
+    spec = load_spec(SPECS / "caformer_s18.mf")
+    same, notes = apply_release_context(spec, RELEASES["caformer_s18.sail_in1k"])
+    assert same is spec and notes == []
+    odd = with_overrides(spec, eval=with_overrides(spec.eval, crop_pct=0.875,
+                                                   mean=[0.5, 0.5, 0.5]))
+    fixed, notes = apply_release_context(odd, RELEASES["caformer_s18.sail_in1k"])
+    assert fixed.eval.crop_pct == 1.0 and fixed.eval.mean == (0.485, 0.456, 0.406)
+    assert len(notes) == 2 and "crop_pct: the spec says 0.875" in notes[0]

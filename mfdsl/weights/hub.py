@@ -94,9 +94,12 @@ def apply_release_context(spec: ModelSpec, release: Release) -> Tuple[ModelSpec,
     mean/std), and a note for each value that changed."""
     ev = spec.eval
     notes = []
+    def plain(v):
+        return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else v
+
     for name in ("crop_pct", "interpolation", "mean", "std"):
-        mine, theirs = getattr(ev, name), getattr(release, name)
-        if tuple(mine) != tuple(theirs) if isinstance(mine, tuple) else mine != theirs:
+        mine, theirs = plain(getattr(ev, name)), plain(getattr(release, name))
+        if mine != theirs:
             notes.append(f"{name}: the spec says {mine}, {release.name} was made with {theirs}"
                          " (used)")
     if not notes:
