@@ -148,6 +148,23 @@ def test_other_class_count_gets_a_new_classifier(tmp_path: Path, demo_run: Path)
     assert report.fate("head.fc.weight").reason == "5 classes, the source has 10"
 
 
+def test_extra_stage_is_new(tmp_path: Path, demo_run: Path) -> None:
+    four = spec_file(tmp_path, "four", _variant(DEMO, "four", **{
+        "  stage sepconv(kernel=3) x1 @96\n":
+        "  stage sepconv(kernel=3) x1 @96\n  stage attention x2 @128\n"}))
+    model, init = fresh(four), fresh(four)
+    report = inherit(model, [str(demo_run)])
+    src = source_state(demo_run)
+    _check_tensorwise(model, init, src, report, {
+        k: k for k in model.state_dict()
+        if not k.startswith(("stages.3.", "head."))})
+    fates = [t for t in report.parts[3].tensors]
+    assert fates and all(t.status == "new" and t.reason == "the source has 3 stages"
+                         for t in fates)
+    assert report.fate("head.norm.weight").reason == "shape [128], source [96]"
+    assert report.fate("head.fc.bias").reason == "head.fc.weight of the same module did not fit"
+
+
 def test_width_and_norm_mismatches_say_why(tmp_path: Path, demo_run: Path) -> None:
     wide = spec_file(tmp_path, "wide", _variant(
         DEMO, "wide", **{"sepconv(kernel=3) x1 @96": "sepconv(kernel=3) x1 @128"}))

@@ -421,9 +421,10 @@ def inherit(model: nn.Module, mappings: Sequence[str], depth: str = "first") -> 
         block_map: Dict[int, Optional[int]] = {}
         block_why: Dict[int, Optional[str]] = {}
         ds_why: Optional[str] = None
+        no_stage = False
         if i is not None:
             if src_stages is not None and i >= src_stages:
-                ds_why = f"the source has {src_stages} stages"
+                ds_why, no_stage = f"the source has {src_stages} stages", True
             elif src.spec is not None:
                 mine, theirs = _downsample_sig(_downsample_of(spec, i)), _downsample_sig(
                     _downsample_of(src.spec, i))
@@ -445,7 +446,7 @@ def inherit(model: nn.Module, mappings: Sequence[str], depth: str = "first") -> 
                 block_map[j] = js
                 if js is None:
                     block_why[j] = (f"the source stage has {d_src} blocks" if d_src
-                                    else "the source has no such stage")
+                                    else ds_why if no_stage else "the source has no such stage")
                 elif src.spec is not None:
                     block_why[j] = _sig_difference(_block_sig(spec, i, j),
                                                    _block_sig(src.spec, i, js))
@@ -471,7 +472,7 @@ def inherit(model: nn.Module, mappings: Sequence[str], depth: str = "first") -> 
                 if why is None and head_why is not None and rel.startswith("fc"):
                     why = head_why
             else:
-                skey, why = key, ds_why
+                skey, why = (None if no_stage else key), ds_why
             if why is None and skey is not None and skey not in src.state:
                 why = f"the source has no {skey}"
             if why is None and skey is not None:
@@ -493,6 +494,15 @@ def inherit(model: nn.Module, mappings: Sequence[str], depth: str = "first") -> 
                 status = "new"
             rep.tensors.append(TensorFate(key, status, skey if status == "mismatch" else None,
                                           why, shape))
+    # A module is taken whole or not at all: a classifier whose weight does not fit keeps
+    # its fresh bias too (a bias trained for other inputs is not a head).
+    for rep in reports:
+        bad = {t.key.rsplit(".", 1)[0]: t.key for t in rep.tensors if t.status == "mismatch"}
+        for t in rep.tensors:
+            owner = t.key.rsplit(".", 1)[0]
+            if t.status == "copied" and owner in bad:
+                t.status, t.reason = "mismatch", f"{bad[owner]} of the same module did not fit"
+                updates.pop(t.key, None)
     with torch.no_grad():
         for k, v in updates.items():
             target[k].copy_(v.to(target[k].dtype))
