@@ -106,8 +106,9 @@ def open_source(arg: str, target: Mapping[str, torch.Tensor]) -> Source:
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return Source(arg, "release", path, state, spec, release.name)
     if os.path.isdir(arg):
-        folder = arg[:-len("checkpoints")] if os.path.basename(
-            os.path.normpath(arg)) == "checkpoints" else arg
+        folder = os.path.normpath(arg)
+        if os.path.basename(folder) == "checkpoints":
+            folder = os.path.dirname(folder)
         weights = os.path.join(folder, "checkpoints", "last.safetensors")
         spec_file = _run_spec_file(folder)
         if not os.path.isfile(weights):
