@@ -24,8 +24,11 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def train(spec: str, out: Path, *extra: str) -> None:
+def train(spec: str, out: Path, *extra: str, epochs: Optional[int] = None) -> None:
     if (out / "summary.json").is_file():
+        done = json.loads((out / "recipe.json").read_text())["recipe"]["epochs"]
+        if epochs is not None and done != epochs:
+            sys.exit(f"{out} holds a {done}-epoch run, not {epochs}: choose another --out")
         print(f"reusing {out}", file=sys.stderr)
         return
     cmd = [sys.executable, "-m", "mfdsl", "train", spec, "-o", str(out), "--no-progress",
@@ -63,9 +66,9 @@ def main() -> None:
     if not args.source:
         train("specs/demo_tiny.mf", source, "--epochs", str(args.source_epochs))
     hybrid = "specs/hybrid_tiny_attn.mf"
-    train(hybrid, out / "hybrid_scratch", "--epochs", str(args.epochs))
+    train(hybrid, out / "hybrid_scratch", "--epochs", str(args.epochs), epochs=args.epochs)
     train(hybrid, out / "hybrid_inherit", "--epochs", str(args.epochs),
-          "--inherit", f"stage0-1={source}")
+          "--inherit", f"stage0-1={source}", epochs=args.epochs)
     scratch, inherit = val_curve(out / "hybrid_scratch"), val_curve(out / "hybrid_inherit")
     target = scratch[-1]["top1"]
     reached = first_epoch_reaching(inherit, target)
