@@ -14,7 +14,6 @@ import io
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -329,16 +328,16 @@ def plot(entries: Sequence[Entry], context: Dict[str, Any]) -> bytes:
 
 
 def write_outputs(folder: str, files: Dict[str, bytes], overwrite: bool = False) -> List[str]:
-    """Write every file atomically inside ``folder``; refuse (before writing any) if one
-    exists and ``overwrite`` is not set. Existing files keep their permissions.
+    """Write every file atomically inside ``folder`` (mfdsl.fsio: permissions kept, a
+    read-only file refused); refuse (before writing any) if one exists and ``overwrite`` is
+    not set."""
+    from . import fsio
 
-    TODO(lead): switch to mfdsl.fsio's atomic writer once it lands on main.
-    """
     check_outputs(folder, files, overwrite)
     os.makedirs(folder, exist_ok=True)
     paths = {name: os.path.join(folder, name) for name in files}
     for name, data in files.items():
-        _atomic_write(paths[name], data)
+        fsio.write_atomic(paths[name], data)
     return list(paths.values())
 
 
@@ -354,34 +353,6 @@ def check_outputs(folder: str, names: Sequence[str] = OUTPUT_FILES,
     if existing and not overwrite:
         raise CompareError(f"would overwrite {', '.join(existing)}; pass --force or choose "
                            "another --output folder")
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    mode = None
-    if os.path.exists(path):
-        mode = os.stat(path).st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def compare(items: Sequence[str], *, paper: bool = False, throughput: bool = True,
