@@ -206,12 +206,15 @@ def _cli(*args: str, env: Dict[str, str], cwd: Path) -> subprocess.CompletedProc
 
 
 def _tiny_imagefolder(root: Path) -> Path:
+    """ImageNet's layout with its 1000 class folders (a release's head is ImageNet's), two
+    of them holding two small images each."""
     from PIL import Image
 
-    for c in ("a", "b"):
-        (root / "val" / c).mkdir(parents=True)
+    for k in range(1000):
+        (root / "val" / f"n{k:08d}").mkdir(parents=True)
+    for c in ("n00000000", "n00000001"):
         for i in range(2):
-            Image.new("RGB", (40, 32), (i * 90, 50, 200 if c == "a" else 10)).save(
+            Image.new("RGB", (40, 32), (i * 90, 50, 200 if c.endswith("0") else 10)).save(
                 root / "val" / c / f"{i}.png")
     return root
 
@@ -231,7 +234,7 @@ def test_cli_eval_pretrained_offline(hub: Path, tmp_path: Path, timm_poolformer)
              env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["images"] == 4 and res["checkpoint_format"] == "timm"
+    assert res["images"] == 4 and res["checkpoint_format"] == "timm", res
     assert "models--timm--poolformerv2_s12.sail_in1k" in res["checkpoint"]
     # a 384 tag on the 224 spec: refused, with the spec to use
     r = _cli("eval", spec, "--pretrained", "sail_in1k_384", "--data", str(data),
