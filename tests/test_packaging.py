@@ -33,6 +33,12 @@ def test_wheel_ships_grammar_and_schema(installed: Path):
     assert (installed / "mfdsl" / "grammar" / "metaformer.schema.json").is_file()
 
 
+def test_wheel_ships_the_zoo(installed: Path):
+    # inheritance from a release name builds the release's zoo spec
+    shipped = sorted(p.name for p in (installed / "mfdsl" / "zoo").glob("*.mf"))
+    assert shipped == sorted(p.name for p in (ROOT / "specs").glob("*.mf"))
+
+
 def test_installed_cli_works_from_another_folder(installed: Path, tmp_path: Path):
     spec = tmp_path / "m.mf"
     spec.write_text((ROOT / "specs" / "caformer_s18.mf").read_text())

@@ -58,7 +58,7 @@ def _run_guarded(fn, *args, **kw) -> Any:
             sys.exit(err.exit_code)
         _fail(_clean(err.message), err.exit_code)
     except CheckpointError as err:
-        _fail(f"checkpoint: {err}", 2)
+        _fail(f"{getattr(err, 'label', 'checkpoint')}: {err}", 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
 
@@ -188,8 +188,16 @@ def _recipe_options(f):
 @click.option("--no-flip", is_flag=True, help="No random horizontal flip.")
 @click.option("--crop-scale-min", type=float, help="Smallest RandomResizedCrop area fraction "
                                                    "(default 0.08; 0.35 on the embedded data).")
-@click.option("--init-from", type=click.Path(), help="Start from these weights (mfdsl, timm "
-                                                     "or official checkpoint).")
+@click.option("--init-from", help="Start from these weights: a checkpoint file (mfdsl, timm or "
+                                  "official) or a release name, e.g. "
+                                  "caformer_s18.sail_in22k_ft_in1k (fetched via the HF cache).")
+@click.option("--inherit", multiple=True, metavar="[PARTS=]SOURCE",
+              help="Copy trained parts from SOURCE (release name, run folder or checkpoint) "
+                   "where role, kind and shape match; PARTS like stage0-1,head. Repeatable; "
+                   "see docs/training.md.")
+@click.option("--inherit-depth", type=click.Choice(["first", "repeat"]), default="first",
+              show_default=True, help="Deeper target stages: extra blocks new, or the "
+                                      "source's blocks repeated cyclically.")
 @click.option("--workers", type=int, default=_DEFAULT_WORKERS, show_default=True,
               help="DataLoader worker processes per training process (default: CPU cores, "
                    "at most 8).")
@@ -269,6 +277,7 @@ def train_cmd(spec: str, **kw: Any) -> None:
         log_every=kw["log_every"], eval_every=kw["eval_every"],
         tensorboard=kw["tensorboard"], progress=kw["progress"], argv=tuple(sys.argv),
         recipe_overrides=overrides, init_from=kw["init_from"],
+        inherit=tuple(kw["inherit"]), inherit_depth=kw["inherit_depth"],
     )
     if opts.workers < 0:
         _fail("--workers must be >= 0", 2)
@@ -279,9 +288,13 @@ def train_cmd(spec: str, **kw: Any) -> None:
 
 @main.command("eval")
 @click.argument("spec", type=click.Path(dir_okay=False), required=False)
-@click.option("--checkpoint", "-c", required=True, type=click.Path(),
+@click.option("--checkpoint", "-c", type=click.Path(),
               help="Weights: a run folder (its last checkpoint), an mfdsl .safetensors, or a "
                    "timm/official checkpoint (then SPEC is needed).")
+@click.option("--pretrained", is_flag=False, flag_value="default", default=None,
+              metavar="[TAG|NAME]",
+              help="SPEC's released ImageNet weights (default tag for its size), or a tag "
+                   "(sail_in22k_ft_in1k) or release name; fetched via the Hugging Face cache.")
 @click.option("--data", type=click.Path(), default=None,
               help="ImageFolder root; its --split sub-folder is used if present. Default: "
                    "the built-in TinyShapes val split.")
@@ -296,24 +309,33 @@ def train_cmd(spec: str, **kw: Any) -> None:
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on CUDA).")
 @click.option("--channels-last/--no-channels-last", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_cmd(spec: Optional[str], checkpoint: str, data: Optional[str], split: str,
+def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optional[str],
+             data: Optional[str], split: str,
              img_size: Optional[str], crop_pct: Optional[float], batch_size: int,
              workers: int, device: str, amp: Optional[bool], channels_last: Optional[bool],
              as_json: bool) -> None:
-    """Evaluate CHECKPOINT: top-1, top-5, loss and images/s.
+    """Evaluate CHECKPOINT (or SPEC's released weights, --pretrained): top-1, top-5, loss
+    and images/s.
 
     A checkpoint from an mfdsl run knows its model, input size, eval transform and class
     list: SPEC may be left out, and if given must build the same model. The eval
-    transform is resize, centre crop (crop_pct), interpolation, mean/std.
+    transform is resize, centre crop (crop_pct), interpolation, mean/std (with
+    --pretrained, the release's).
     """
     from ..runner.evaluate import run_evaluation
 
+    if (checkpoint is None) == (pretrained is None):
+        _fail("give one of --checkpoint and --pretrained", 2)
+    if pretrained is not None and spec is None:
+        _fail("--pretrained needs SPEC (the zoo spec whose released weights to use)", 2)
     try:
         size = parse_img_size(img_size, minimum=8)
     except click.BadParameter as err:
         err.param_hint = "'--img-size'"
         raise
     parsed = _run_guarded(_load_spec, spec) if spec else None
+    if pretrained is not None:
+        parsed, checkpoint = _run_guarded(_pretrained_source, parsed, pretrained)
     quiet = as_json or os.environ.get("RANK") not in (None, "0")
     res = _run_guarded(run_evaluation, parsed, checkpoint, data, split, batch_size, workers,
                        device, amp, "bfloat16", channels_last, size, crop_pct,
@@ -332,3 +354,16 @@ def eval_cmd(spec: Optional[str], checkpoint: str, data: Optional[str], split: s
     if res["skipped_images"]:
         click.echo(f"  skipped {res['skipped_images']} unreadable image(s): "
                    + ", ".join(paths[:5]))
+
+
+def _pretrained_source(spec, which: str):
+    """(spec with the release's eval context, path of the verified weights file)."""
+    from ..api import check_spec
+    from ..weights import apply_release_context, fetch, resolve_release
+
+    check_spec(spec)
+    release = resolve_release(spec, True if which == "default" else which, purpose="eval")
+    spec, notes = apply_release_context(spec, release)
+    for n in notes:
+        click.echo(f"note: {n}", err=True)
+    return spec, fetch(release)

@@ -32,7 +32,9 @@ class TrainOptions:
     seed: int = 0
     resume: Optional[str] = None  # a checkpoint path, a run folder, or "auto"
     overwrite: bool = False  # a new run may replace an earlier run's files in ``output``
-    init_from: Optional[str] = None  # initial weights (any format load_checkpoint reads)
+    init_from: Optional[str] = None  # initial weights: a file or a release name
+    inherit: Tuple[str, ...] = ()  # [PARTS=]SOURCE values (mfdsl.weights.inherit)
+    inherit_depth: str = "first"  # first | repeat
     max_steps: Optional[int] = None
     device: str = "auto"
     compile: Optional[bool] = None  # None: on for CUDA

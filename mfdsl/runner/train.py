@@ -86,10 +86,20 @@ class Trainer:
         from ..api import build_model
 
         self.model = build_model(spec)  # SpecError goes to the CLI
+        if opts.init_from and opts.inherit:
+            raise RunError("--init-from and --inherit both set the starting weights; give one")
         if opts.init_from:
-            from ..checkpoint import load_checkpoint
+            from ..weights import load_weights
 
-            load_checkpoint(self.model, opts.init_from)  # CheckpointError goes to the CLI
+            # A file, or a release name fetched through the hub cache; CheckpointError goes
+            # to the CLI.
+            load_weights(self.model, opts.init_from, spec)
+        self.inheritance = None
+        if opts.inherit:
+            from ..weights import inherit
+
+            self.inheritance = inherit(self.model, opts.inherit, opts.inherit_depth)
+            self.log("inherited weights:\n" + self.inheritance.table())
         self._setup_datasets()
         self._setup_batches()
         self._setup_device_and_model()
@@ -376,6 +386,9 @@ class Trainer:
         env = environment(self.opts.argv or sys.argv, self.env.world_size, self.env.device)
         env["resumed_from"] = resume_stem
         write_json(os.path.join(self.output, "environment.json"), env)
+        if self.inheritance is not None and resume_stem is None:
+            write_json(os.path.join(self.output, "inheritance.json"),
+                       self.inheritance.as_json())
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:

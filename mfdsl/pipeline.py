@@ -1,0 +1,83 @@
+"""The pipeline without released weights: source file -> IR -> checks -> nn.Module.
+
+:mod:`mfdsl.api` adds released weights on top; modules below the API (weight inheritance)
+use this one, so nothing imports the API from below."""
+from __future__ import annotations
+
+import os
+from typing import Union
+
+import torch.nn as nn
+
+from .checks import check
+from .errors import SpecError
+from .ir import ModelSpec
+from .plugins import load_plugins
+from .size_limits import check_size_limits
+
+SpecLike = Union[str, "os.PathLike[str]", ModelSpec]
+
+# The largest spec file read: the zoo's biggest spec is a few KiB; a bound keeps a huge or
+# endless file (/dev/zero) from exhausting memory.
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+
+
+def load_spec(path: Union[str, "os.PathLike[str]"]) -> ModelSpec:
+    """Parse a ``.mf`` or ``.yaml``/``.yml`` file into the IR (syntax and schema only)."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".mf", ".yaml", ".yml"):
+        raise SpecError(f"unknown spec file type '{ext or path}'", path=path,
+                        hint="use a .mf or .yaml file")
+    from .fsio import UnsafePathError, read_regular
+
+    try:
+        raw = read_regular(path, MAX_SPEC_BYTES, "spec file")
+    except UnsafePathError as exc:
+        raise SpecError(str(exc), path=path) from None
+    except FileNotFoundError:
+        raise SpecError("no such spec file", path=path) from None
+    except IsADirectoryError:
+        raise SpecError("is a directory, not a spec file", path=path) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file: {exc.strerror}", path=path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        from .errors import Loc
+
+        raise SpecError("the file is not valid UTF-8 text", Loc(path, line, col)) from None
+    # Editors on Windows start UTF-8 files with a byte-order mark; it is not content.
+    text = text[1:] if text.startswith("\ufeff") else text
+    if ext == ".mf":
+        from .frontend.mf import parse_mf
+
+        spec = parse_mf(text, path)
+    else:
+        from .frontend.yaml_spec import parse_yaml
+
+        spec = parse_yaml(text, path)
+    spec.source = path
+    return spec
+
+
+def check_spec(spec: SpecLike, *, size_limits: bool = True) -> ModelSpec:
+    """Load (if a path), run every semantic check, then the size limits (unless
+    ``size_limits=False``); raises SpecError."""
+    load_plugins()
+    if not isinstance(spec, ModelSpec):
+        spec = load_spec(spec)
+    check(spec)
+    if size_limits:
+        check_size_limits(spec)
+    return spec
+
+
+def lower_checked(spec: SpecLike, target: str = "cpu", *,
+                  check_sizes: bool = True) -> nn.Module:
+    """Check a spec (or spec file) and lower it to a MetaFormer ``nn.Module``."""
+    from .lower import lower
+
+    return lower(check_spec(spec, size_limits=check_sizes), target=target)
