@@ -87,7 +87,8 @@ def test_train_beats_chance_eval_reproduces_and_skips_corrupt(tmp_path: Path) ->
     data = write_colour_folder(tmp_path / "data", n_train=32, n_val=12)
     # Corrupt files: random bytes, a truncated PNG, an empty JPEG.
     good = next((data / "train" / "c0_red").glob("*.png")).read_bytes()
-    (data / "train" / "c0_red" / "bad_random.png").write_bytes(os.urandom(500))
+    # A newline in a name must not split the report.
+    (data / "train" / "c0_red" / "bad\nrandom.png").write_bytes(os.urandom(500))
     (data / "train" / "c1_green" / "bad_trunc.png").write_bytes(good[: len(good) // 2])
     (data / "val" / "c2_blue" / "bad_empty.jpg").write_bytes(b"")
     # 98 train images: with per-device 14 and drop_last every image is visited each epoch.
@@ -103,10 +104,16 @@ def test_train_beats_chance_eval_reproduces_and_skips_corrupt(tmp_path: Path) ->
     final = summary["final_val"]
     assert final["images"] == 36
     assert final["top1"] > 60.0, summary  # chance is 33%
-    # Two unreadable training images per epoch over 6 epochs; one in val per evaluation.
-    assert summary["skipped_images"] == 2 * 6
+    # Two distinct unreadable training images, each failing once in each of 6 epochs;
+    # one in val.
+    assert summary["skipped_images"] == 2 and summary["skipped_image_fetches"] == 2 * 6
     assert final["skipped_images"] == 1
     assert "skipped 2 unreadable training image(s)" in p.stdout
+    report = [json.loads(line) for line in
+              (out / "skipped_images.txt").read_text().splitlines()]
+    assert sorted((r["split"], os.path.basename(r["path"]), r["attempts"]) for r in report) == [
+        ("train", "bad\nrandom.png", 6), ("train", "bad_trunc.png", 6),
+        ("val", "bad_empty.jpg", 6)]
     # The run folder.
     for name in ("spec.mf", "recipe.json", "environment.json", "metrics.jsonl", "epochs.csv",
                  "curves.png", "checkpoints/last.safetensors", "checkpoints/last.state.pt",

@@ -10,14 +10,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from mfdsl import ir
 from mfdsl.cli import main
 from mfdsl.runner import checkpointing as ckpt
 from mfdsl.runner.errors import DataError, RunError
 from mfdsl.runner.imagefolder import (ResumableDistributedSampler, ShardSampler,
-                                      SkippingImageFolder)
+                                      SkippingImageFolder, UnreadableImages, make_loader)
 from mfdsl.runner.optim import LRSchedule, create_optimizer, param_groups
 from mfdsl.runner.options import plan_batches, scaled_lr
 
@@ -126,24 +125,32 @@ def test_corrupt_images_replaced_and_counted_across_workers(tmp_path: Path) -> N
 
     ds = SkippingImageFolder(str(root), T.ToTensor())
     assert ds.classes == ["a", "b"] and len(ds) == 13
-    loader = DataLoader(ds, batch_size=4, sampler=ShardSampler(len(ds)), num_workers=2)
-    bad = [p for _, _, b in loader for x in b if x for p in x.split("\n")]
-    assert sorted(os.path.basename(p) for p in bad) == ["2.png", "junk.jpg"]
-    img, target, note = ds[2]
-    assert note.endswith("2.png") and img.shape == (3, 8, 8)
+    loader = make_loader(ds, ShardSampler(len(ds)), 4, 2, 0, drop_last=False, pin_memory=False)
+    log = UnreadableImages("train")
+    for _, _, failures in loader:
+        log.add_batch(ds, failures)
+    assert sorted(os.path.basename(p) for p in log.paths()) == ["2.png", "junk.jpg"]
+    img, target, failures = ds[2]
+    assert [ds.samples[j][0] for j, _ in failures] == [str(root / "a" / "2.png")]
+    assert img.shape == (3, 8, 8) and "UnidentifiedImageError" in failures[0][1]
     for f in (root / "a").iterdir():
         f.write_bytes(b"x")
     for f in (root / "b").iterdir():
         f.write_bytes(b"x")
     with pytest.raises(DataError, match="could be decoded"):
         ds[0]
+    # From a worker process, the same error arrives as its own message, not a traceback.
+    with pytest.raises(DataError) as info:
+        next(iter(make_loader(ds, ShardSampler(len(ds)), 4, 1, 0, drop_last=False,
+                              pin_memory=False)))
+    assert str(info.value).startswith("none of") and "Traceback" not in str(info.value)
 
 
 def test_data_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         SkippingImageFolder(str(tmp_path / "missing"))
     (tmp_path / "empty" / "cls").mkdir(parents=True)
-    with pytest.raises(DataError, match="no image files"):
+    with pytest.raises(DataError, match="holds no image files"):
         SkippingImageFolder(str(tmp_path / "empty"))
 
 
@@ -154,9 +161,9 @@ def test_sampler_resumes_mid_epoch_and_shards() -> None:
     s.set_position(0, 8)
     assert list(s) == full[8:] and len(s) == 12
     s.set_position(1, 0)
-    assert [i for i, _ in s] != [i for i, _ in full]  # a new epoch reshuffles
-    r0 = [i for i, _ in ResumableDistributedSampler(ds, 2, 0, seed=3)]
-    r1 = [i for i, _ in ResumableDistributedSampler(ds, 2, 1, seed=3)]
+    assert [k[0] for k in s] != [k[0] for k in full]  # a new epoch reshuffles
+    r0 = [k[0] for k in ResumableDistributedSampler(ds, 2, 0, seed=3)]
+    r1 = [k[0] for k in ResumableDistributedSampler(ds, 2, 1, seed=3)]
     assert sorted(r0 + r1) == list(range(20))
 
 
@@ -197,7 +204,7 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path: Path) -> None:
 
 def test_paper_randaugment_never_crashes_on_max_posterize() -> None:
     # rand-m9-mstd0.5 reaches level 10, where timm asks Pillow for 0-bit posterize.
-    from mfdsl.runner.imagefolder import _posterize, train_transform
+    from mfdsl.runner.augment import _posterize, train_transform
 
     assert _posterize(Image.new("RGB", (4, 4), (200, 10, 10)), 0).getpixel((0, 0)) == (0, 0, 0)
     tf = train_transform(ir.RecipeSpec(randaugment="rand-m10-mstd0.5-inc1"), (16, 16),

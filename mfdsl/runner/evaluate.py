@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import DistEnv, all_sum
+from .distributed import DistEnv, all_sum, gather_objects
 from .metrics import accuracy_counts
 
 
@@ -25,23 +25,27 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv, amp: bool = False,
              ) -> Dict[str, Any]:
     """Exact metrics over the whole split (each rank evaluates its unpadded shard).
 
-    Loss is plain cross-entropy on the true labels; unreadable images are left out. Returns top1/top5 in percent, mean loss,
-    images, img_s and the unreadable files met (``skipped_images``, ``skipped_paths``).
+    Loss is plain cross-entropy on the true labels; unreadable images are left out.
+    Returns top1/top5 in percent, mean loss, images, img_s and the distinct unreadable files
+    over all ranks: ``skipped_images`` (count), ``skipped_paths`` (sorted) and
+    ``skipped_files`` (path -> [failed fetches, first error]).
     """
+    from .imagefolder import UnreadableImages
+
     was_training = model.training
     model.eval()
     device = env.device
     loss_sum, n, c1, c5 = 0.0, 0, 0, 0
-    skipped: List[str] = []
+    unreadable = UnreadableImages("val")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    for images, target, bad in loader:
-        skipped += [p for b in bad if b for p in b.split("\n")]
-        # A non-empty ``bad`` marks a replacement sample: leave it out, so every readable
-        # image counts exactly once.
-        keep = [i for i, b in enumerate(bad) if not b]
-        if len(keep) < len(bad):
+    for images, target, failures in loader:
+        unreadable.add_batch(loader.dataset, failures)
+        # Failures mark a replacement sample: leave it out, so every readable image counts
+        # exactly once.
+        keep = [i for i, f in enumerate(failures) if not f]
+        if len(keep) < len(failures):
             if not keep:
                 continue
             images, target = images[keep], target[keep]
@@ -60,7 +64,10 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv, amp: bool = False,
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
-    loss_sum, n, c1, c5, n_bad = all_sum(env, [loss_sum, n, c1, c5, len(skipped)])
+    loss_sum, n, c1, c5 = all_sum(env, [loss_sum, n, c1, c5])
+    merged = UnreadableImages("val")
+    for files in gather_objects(env, unreadable.state()):
+        merged.merge(files)
     elapsed = max(all_sum(env, [elapsed])[0] / env.world_size, 1e-9)
     model.train(was_training)
     n = int(n)
@@ -71,8 +78,9 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv, amp: bool = False,
         "images": n,
         "img_s": n / elapsed,
         "seconds": elapsed,
-        "skipped_images": int(n_bad),
-        "skipped_paths": skipped,
+        "skipped_images": len(merged),
+        "skipped_paths": merged.paths(),
+        "skipped_files": merged.state(),
     }
 
 
@@ -221,6 +229,7 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
         barrier(env)  # ranks tear the process group down together
     finally:
         teardown()
+    res.pop("skipped_files")
     res.update(checkpoint=ckpt_path, checkpoint_format=getattr(report, "format", None),
                data=root, classes=len(dataset.classes), class_source=class_source,
                device=str(env.device), world_size=env.world_size, amp=bool(use_amp),

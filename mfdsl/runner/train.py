@@ -26,7 +26,8 @@ from .distributed import (DistEnv, agree_on_failure, all_sum, any_rank, barrier,
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import autocast_context, evaluate
 from .imagefolder import (ResumableDistributedSampler, ShardSampler, SkippingImageFolder,
-                          eval_transform, make_loader, split_dir, train_transform)
+                          UnreadableImages, eval_transform, make_loader, split_dir,
+                          train_transform)
 from .metrics import MetricsLog, format_duration, plot_curves
 from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
@@ -56,11 +57,12 @@ class TrainState:
     best_top1: float = -1.0
     nan_skipped: int = 0
     nan_consecutive: int = 0
-    skipped_images: int = 0
     last_saved_step: int = -1
     last_val: Optional[Dict[str, Any]] = None
     last_val_step: int = -1
-    skipped_paths: List[str] = field(default_factory=list)
+    # Distinct unreadable files of the run (merged over ranks, kept in checkpoints).
+    unreadable: UnreadableImages = field(default_factory=lambda: UnreadableImages("train"))
+    unreadable_val: UnreadableImages = field(default_factory=lambda: UnreadableImages("val"))
 
 
 class Trainer:
@@ -182,15 +184,26 @@ class Trainer:
         if prior is not None and self.train_set.classes != prior.classes:
             raise DataError(_class_mismatch(self.train_dir, self.train_set.classes,
                                             prior.classes))
-        # Labels are positions in the training classes: a val folder may lack a class,
-        # but one the model was not trained on is an error.
+        # Labels are positions in the training classes: a val folder may lack a class
+        # (noted; the other labels stay right), but one the model was not trained on is an
+        # error.
         self.val_set = (SkippingImageFolder(self.val_dir, eval_transform(self.model),
                                             classes=self.train_set.classes)
                         if self.val_dir else None)
+        for ds in (self.train_set, self.val_set):
+            for note in (ds.notes if ds is not None else [])[:5]:
+                self.log(f"note: {ds.root}: {note}")
+        if self.val_set is not None and self.val_set.missing_classes:
+            miss = self.val_set.missing_classes
+            self.log(f"note: {self.val_dir} has no folder for {len(miss)} of the "
+                     f"{len(self.train_set.classes)} training classes "
+                     f"({', '.join(map(repr, miss[:5]))}{' ...' if len(miss) > 5 else ''})")
         n_cls = len(self.train_set.classes)
         if n_cls > spec.num_classes:
             raise DataError(f"the training data has {n_cls} classes but the spec's head has "
                             f"num_classes {spec.num_classes}")
+        self._unreadable_pending = UnreadableImages("train")
+        self._epoch_unreadable = UnreadableImages("train")
         if n_cls < spec.num_classes:
             self.log(f"note: {n_cls} class folders for a {spec.num_classes}-class head")
 
@@ -322,7 +335,8 @@ class Trainer:
         st.best_top1 = float(state.get("best_top1", -1.0))
         st.nan_skipped = int(state.get("nan_skipped", 0))
         st.nan_consecutive = int(state.get("nan_consecutive", 0))
-        st.skipped_images = int(state.get("skipped_images", 0))
+        st.unreadable = UnreadableImages("train", state.get("unreadable_images"))
+        st.unreadable_val = UnreadableImages("val", state.get("unreadable_val_images"))
         st.last_saved_step = st.step
         same_layout = (state.get("world_size") == self.env.world_size
                        and state.get("per_device") == self.plan.per_device
@@ -424,6 +438,7 @@ class Trainer:
             res["ema_top1"], res["ema_top5"] = ema_res["top1"], ema_res["top5"]
         st = self.state
         st.last_val, st.last_val_step = res, st.step
+        st.unreadable_val.merge(res["skipped_files"])
         self.metrics.write("val", st.step, epoch=st.epoch, top1=res["top1"], top5=res["top5"],
                            loss=res["loss"], img_s=res["img_s"],
                            skipped_images=res["skipped_images"],
@@ -433,17 +448,33 @@ class Trainer:
                  f"loss {res['loss']:.4f}  ({res['images']} images, {res['img_s']:.0f} img/s)"
                  + extra)
         if res["skipped_images"]:
-            self.log(f"val: skipped {res['skipped_images']} unreadable image(s): "
-                     + ", ".join(res["skipped_paths"][:5]))
+            self.log("val: skipped " + UnreadableImages("val", res["skipped_files"]).describe())
         return res
 
     def _weights_finite(self) -> bool:
         bad = any(not torch.isfinite(p).all() for p in self.model.parameters())
         return not any_rank(self.env, bad)
 
+    def _merge_unreadable(self, into: List[UnreadableImages]) -> None:
+        """Merge every rank's training failures since the last call into ``into`` (all
+        ranks take part)."""
+        for files in gather_objects(self.env, self._unreadable_pending.state()):
+            for log in into:
+                log.merge(files)
+        self._unreadable_pending = UnreadableImages("train")
+
+    def _write_unreadable(self) -> None:
+        st = self.state
+        if self.env.is_main and (len(st.unreadable) or len(st.unreadable_val)):
+            # JSON lines: any file name (newlines included) stays on its own line.
+            fsio.write_atomic(os.path.join(self.output, "skipped_images.txt"),
+                              st.unreadable.jsonl() + st.unreadable_val.jsonl(),
+                              links=fsio.INTERNAL)
+
     def save(self) -> None:
         """Checkpoint the current position (all ranks take part; rank 0 writes)."""
         st = self.state
+        self._merge_unreadable([st.unreadable, self._epoch_unreadable])
         if not self._weights_finite():
             raise NonFiniteLossError(
                 f"the weights became non-finite by step {st.step}; stopped without saving. "
@@ -468,7 +499,9 @@ class Trainer:
             "val_top1": val["top1"] if val else None,
             "nan_skipped": st.nan_skipped,
             "nan_consecutive": st.nan_consecutive,
-            "skipped_images": st.skipped_images,
+            "skipped_images": len(st.unreadable),
+            "unreadable_images": st.unreadable.state(),
+            "unreadable_val_images": st.unreadable_val.state(),
             "world_size": self.env.world_size,
             "per_device": self.plan.per_device,
             "accum": self.plan.accum,
@@ -478,6 +511,7 @@ class Trainer:
         ema_w = self.ema.module.state_dict() if self.ema is not None else None
         self.writer.save(st.step, st.epoch, self.model.state_dict(), state, is_best, ema_w)
         st.last_saved_step = st.step
+        self._write_unreadable()
 
     def _last_good(self) -> str:
         stem = ckpt.find_latest(self.ckpt_dir)
@@ -489,11 +523,10 @@ class Trainer:
         env, plan, st = self.env, self.plan, self.state
         lr = self.schedule.apply(self.optimizer, st.step)
         loss_sum = torch.zeros((), device=env.device)
-        bad_files: List[str] = []
         inject_nan = _env_int(NAN_ENV) == st.step + 1
         for k in range(plan.accum):
-            images, target, bad = next(it)
-            bad_files += [p for b in bad if b for p in b.split("\n")]
+            images, target, failures = next(it)
+            self._unreadable_pending.add_batch(self.train_set, failures)
             images = images.to(env.device, non_blocking=True)
             target = target.to(env.device, non_blocking=True)
             if self.channels_last:
@@ -537,8 +570,7 @@ class Trainer:
         if stepped and self.ema is not None:
             self.ema.update(self.model, step=st.step)
         self.optimizer.zero_grad(set_to_none=True)
-        return dict(loss=float(mean_loss), lr=lr, finite=finite, grad_norm=float(grad_norm),
-                    bad_files=bad_files)
+        return dict(loss=float(mean_loss), lr=lr, finite=finite, grad_norm=float(grad_norm))
 
     def _handle_nonfinite(self, loss: float) -> None:
         st = self.state
@@ -575,7 +607,8 @@ class Trainer:
         while st.epoch < r.epochs and st.step < self.total_steps:
             epoch = st.epoch
             it = iter(self._loader(epoch, st.micro))
-            ep_bad: List[str] = []
+            self._epoch_unreadable = UnreadableImages("train")
+            known = set(st.unreadable.files)
             ep_loss, ep_n = 0.0, 0
             win_loss, win_n, win_t = 0.0, 0, time.perf_counter()
             bar = None
@@ -590,7 +623,6 @@ class Trainer:
             while st.micro + plan.accum <= epoch_micro and st.step < self.total_steps:
                 res = self._train_step(it)
                 st.micro += plan.accum
-                ep_bad += res["bad_files"]
                 if res["finite"]:
                     st.nan_consecutive = 0
                     ep_loss += res["loss"]
@@ -627,11 +659,10 @@ class Trainer:
                 bar.close()
                 self._bar = None
             del it
-            # Unreadable images: per-epoch report, summed over ranks.
-            n_bad = int(all_sum(env, [len(ep_bad)])[0])
-            st.skipped_images += n_bad
-            for paths in gather_objects(env, ep_bad):
-                st.skipped_paths += paths
+            # Unreadable images: distinct files, merged over ranks.
+            self._merge_unreadable([st.unreadable, self._epoch_unreadable])
+            ep_unreadable = self._epoch_unreadable
+            n_bad = len(ep_unreadable)
             epoch_done = st.micro + plan.accum > epoch_micro
             if epoch_done:
                 st.epoch += 1
@@ -644,8 +675,8 @@ class Trainer:
                                skipped_images=n_bad,
                                val_top1=st.last_val["top1"] if st.last_val_step == st.step else None)
             if n_bad:
-                self.log(f"epoch {epoch + 1}: skipped {n_bad} unreadable training image(s), "
-                         f"e.g. {', '.join(ep_bad[:3]) or '(on another rank)'}")
+                self.log(f"epoch {epoch + 1}: skipped {ep_unreadable.describe()}; "
+                         f"{len(set(ep_unreadable.files) - known)} new, {len(st.unreadable)} in the run")
             if epoch_done or st.step >= self.total_steps:
                 self.save()
             if kill_after is not None and st.step == kill_after:
@@ -662,25 +693,24 @@ class Trainer:
         summary = {
             "status": "completed" if st.epoch >= self.recipe.epochs else "stopped_at_max_steps",
             "steps": st.step, "epochs_completed": st.epoch,
-            "final_val": ({k: v for k, v in final.items() if k != "skipped_paths"}
+            "final_val": ({k: v for k, v in final.items() if k not in ("skipped_paths", "skipped_files")}
                           if final else None),
             "best_top1": st.best_top1 if st.best_top1 >= 0 else None,
-            "skipped_images": st.skipped_images,
+            "skipped_images": len(st.unreadable),
+            "skipped_image_fetches": st.unreadable.attempts(),
             "nan_skipped_steps": st.nan_skipped,
             "checkpoint": os.path.join(self.ckpt_dir, "last" + ckpt.WEIGHTS_EXT),
             "seconds": elapsed,
         }
         if self.env.is_main:
             write_json(os.path.join(self.output, "summary.json"), summary)
-            if st.skipped_paths:
-                fsio.append_text(os.path.join(self.output, "skipped_images.txt"),
-                                 "".join(p + "\n" for p in st.skipped_paths))
+            self._write_unreadable()
             self.metrics.close()
             png = plot_curves(self.metrics.jsonl, os.path.join(self.output, "curves.png"))
             fv = summary["final_val"]
             self.log(f"done: {st.step} steps in {format_duration(elapsed)}"
                      + (f"; final val top-1 {fv['top1']:.2f}% top-5 {fv['top5']:.2f}%" if fv else "")
-                     + f"; skipped {st.skipped_images} unreadable training image(s)"
+                     + f"; skipped {len(st.unreadable)} unreadable training image(s)"
                      + (f"; {st.nan_skipped} non-finite step(s) skipped" if st.nan_skipped else "")
                      + f"\nrun folder: {self.output}"
                      + (f" (curves: {os.path.basename(png)})" if png else ""))

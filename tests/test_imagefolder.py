@@ -1,0 +1,351 @@
+"""The data pipeline's edges: what a class folder scan reads (links, loops, hidden and odd
+files, order, errors), an explicit class list, unreadable-image accounting (distinct files,
+any file name, across workers), corrupt files of every kind, and per-sample augmentation
+randomness (deterministic, never touching torch's global RNG, equal to timm's RRC +
+RandAugment)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mfdsl import ir
+from mfdsl.runner.augment import (HorizontalFlip, RandomErasing, SeededPipeline,
+                                  _patch_posterize, train_transform)
+from mfdsl.runner.errors import DataError
+from mfdsl.runner.imagefolder import (ResumableDistributedSampler, ShardSampler,
+                                      SkippingImageFolder, UnreadableImages, make_loader,
+                                      scan_image_folder)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _img(path: Path, colour=(120, 30, 200), size=(12, 10)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def _classes(root: Path, n: int = 4, names=("a", "b")) -> Path:
+    for c in names:
+        for i in range(n):
+            _img(root / c / f"{i:02d}.png", (i * 30, 10, 10))
+    return root
+
+
+def _rel(ds, root: Path):
+    return [(os.path.relpath(p, root), t) for p, t in ds.samples]
+
+
+# ----------------------------------------------------------------------------- scanning
+def test_symlink_loops_do_not_multiply_or_mislabel(tmp_path: Path) -> None:
+    root = _classes(tmp_path / "d", n=40)
+    (root / "a" / "loop_up").symlink_to(root)          # up to the data folder
+    (root / "a" / "loop_self").symlink_to(root / "a")  # back to the class folder
+    (root / "b" / "sub").mkdir()
+    _img(root / "b" / "sub" / "x.png")
+    (root / "b" / "sub" / "back").symlink_to(root / "b")
+    scan = scan_image_folder(str(root))
+    assert len(scan.samples) == 81
+    assert [t for _, t in scan.samples] == [0] * 40 + [1] * 41
+    assert all(os.path.basename(os.path.dirname(p)) in ("a", "b", "sub") for p, _ in scan.samples)
+    assert any("loop" in n for n in scan.notes)
+
+
+def test_links_into_another_class_are_errors_not_mislabels(tmp_path: Path) -> None:
+    root = _classes(tmp_path / "d")
+    (root / "a" / "more").symlink_to(root / "b")
+    with pytest.raises(DataError, match=r"labelled both 'b' and 'a'"):
+        scan_image_folder(str(root))
+    (root / "a" / "more").unlink()
+    (root / "a" / "one.png").symlink_to(root / "b" / "00.png")
+    with pytest.raises(DataError, match="labelled both"):
+        scan_image_folder(str(root))
+    (root / "a" / "one.png").unlink()
+    ext = tmp_path / "pool"
+    _img(ext / "p.png")
+    (root / "a" / "pool").symlink_to(ext)
+    (root / "b" / "pool").symlink_to(ext)
+    with pytest.raises(DataError, match="labelled both"):
+        scan_image_folder(str(root))
+    (root / "b" / "pool").unlink()
+    (root / "c").symlink_to(root / "a")  # two class folders that are one folder
+    with pytest.raises(DataError, match="same folder"):
+        scan_image_folder(str(root))
+
+
+def test_links_outside_are_followed_once(tmp_path: Path) -> None:
+    root = _classes(tmp_path / "d", n=2)
+    _img(tmp_path / "pool" / "p.png")
+    _img(tmp_path / "pool" / "q.png")
+    _img(tmp_path / "other" / "r.png")
+    _img(tmp_path / "third" / "s.png")
+    (root / "a" / "pool1").symlink_to(tmp_path / "pool")
+    (root / "a" / "pool2").symlink_to(tmp_path / "pool")         # the same folder again
+    (root / "b" / "z.png").symlink_to(tmp_path / "other" / "r.png")  # a file link
+    (root / "b" / "zz.png").symlink_to(root / "b" / "00.png")    # a second name, same class
+    (root / "c").symlink_to(tmp_path / "third")                  # a linked class folder
+    scan = scan_image_folder(str(root))
+    assert scan.classes == ["a", "b", "c"]
+    assert _rel_scan(scan, root) == [
+        ("a/00.png", 0), ("a/01.png", 0), ("a/pool1/p.png", 0), ("a/pool1/q.png", 0),
+        ("b/00.png", 1), ("b/01.png", 1), ("b/z.png", 1), ("c/s.png", 2)]
+    assert any("reached twice" in n for n in scan.notes)
+    # A file link into a folder another class reads is ambiguous.
+    (root / "b" / "q.png").symlink_to(tmp_path / "pool" / "q.png")
+    with pytest.raises(DataError, match="labelled both 'a' and 'b'"):
+        scan_image_folder(str(root))
+
+
+def _rel_scan(scan, root: Path):
+    return [(os.path.relpath(p, root), t) for p, t in scan.samples]
+
+
+def test_hidden_odd_and_special_files_are_left_out_and_order_is_sorted(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    # Created out of order: the scan's order must not depend on the filesystem's.
+    for name in ("b/z.png", "b/a.png", "a/sub2/y.png", "a/sub1/x.png", "a/m.png"):
+        _img(root / name)
+    (root / "a" / "._m.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "a" / ".DS_Store").write_bytes(b"junk")
+    _img(root / "a" / ".hidden" / "h.png")
+    (root / ".git").mkdir()
+    (root / "a" / "labels.txt").write_text("x")
+    os.mkfifo(root / "a" / "pipe.jpg")  # would block a reader forever
+    (root / "a" / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "README.md").write_text("a file beside the class folders")
+    scan = scan_image_folder(str(root))
+    assert scan.classes == ["a", "b"]
+    assert _rel_scan(scan, root) == [("a/m.png", 0), ("a/sub1/x.png", 0), ("a/sub2/y.png", 0),
+                                     ("b/a.png", 1), ("b/z.png", 1)]
+    text = " ".join(scan.notes)
+    assert "hidden" in text and "image extension" in text and "not regular files" in text
+
+
+def test_empty_and_unreadable_folders_are_located_errors(tmp_path: Path, monkeypatch) -> None:
+    root = _classes(tmp_path / "d")
+    (root / "c").mkdir()
+    (root / "c" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"class folder .*/c holds no image files"):
+        SkippingImageFolder(str(root))
+    (root / "c" / "notes.txt").unlink()
+    (root / "c").rmdir()
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith(os.sep + "b"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot read the folder .*/b: Permission denied"):
+        SkippingImageFolder(str(root))
+
+
+def test_odd_names_in_errors_stay_on_one_line(tmp_path: Path) -> None:
+    root = _classes(tmp_path / "d")
+    (root / "new\nline").mkdir()
+    with pytest.raises(DataError) as info:
+        SkippingImageFolder(str(root))
+    assert "\n" not in str(info.value) and "new\\nline" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- class list
+def test_explicit_class_list(tmp_path: Path) -> None:
+    root = _classes(tmp_path / "d", n=2, names=("b", "c"))
+    ds = SkippingImageFolder(str(root), classes=["c", "a", "b"])
+    assert ds.classes == ["c", "a", "b"]
+    assert sorted({t for _, t in ds.samples}) == [0, 2]
+    assert all(t == (0 if "/c/" in p else 2) for p, t in ds.samples)
+    assert ds.missing_classes == ["a"]
+    assert ds[0][1] == 2  # b's first image, label 2 in the given list
+    with pytest.raises(DataError, match=r"class folder\(s\) 'c' are not in the class list"):
+        SkippingImageFolder(str(root), classes=["a", "b"])
+    with pytest.raises(DataError, match="more than once"):
+        SkippingImageFolder(str(root), classes=["b", "c", "b"])
+    with pytest.raises(DataError, match="non-empty names"):
+        SkippingImageFolder(str(root), classes=[])
+    assert SkippingImageFolder(str(root)).classes == ["b", "c"]
+
+
+# ----------------------------------------------------------------------------- unreadable
+def _png_bomb(path: Path) -> None:
+    """A valid-looking 60000 x 60000 PNG of a few bytes (PIL: DecompressionBombError)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_corrupt_files_of_every_kind_are_skipped_and_counted_in_workers(tmp_path: Path) -> None:
+    root = _classes(tmp_path / "d", n=6)
+    good = (root / "a" / "00.png")
+    jpg = root / "a" / "01.jpg"
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(jpg, quality=90)
+    data = jpg.read_bytes()
+    (root / "a" / "01_trunc.jpg").write_bytes(data[: len(data) // 2])
+    (root / "a" / "02_zero.png").write_bytes(b"")
+    _png_bomb(root / "b" / "00_bomb.png")
+    (root / "b" / "01_text.jpg").write_text("not an image")
+    (root / "b" / "01_trunc.png").write_bytes(good.read_bytes()[:40])
+    ds = SkippingImageFolder(str(root), train_transform(ir.RecipeSpec(), (16, 16), MEAN, STD))
+    sampler = ResumableDistributedSampler(ds, 1, 0, seed=0)
+    log = UnreadableImages("train")
+    n = 0
+    for images, targets, failures in make_loader(ds, sampler, 4, 2, 0, drop_last=False,
+                                                 pin_memory=False):
+        log.add_batch(ds, failures)
+        n += len(targets)
+    assert n == len(ds) == 18
+    errors = {os.path.basename(p): e for p, (_, e) in log.files.items()}
+    assert sorted(errors) == ["00_bomb.png", "01_text.jpg", "01_trunc.jpg", "01_trunc.png",
+                              "02_zero.png"]
+    assert errors["00_bomb.png"].startswith("DecompressionBombError")
+
+
+def test_unreadable_files_are_counted_once_per_file_with_their_fetches(tmp_path: Path) -> None:
+    root = _classes(tmp_path / "d", n=5, names=("a",))
+    for name in ("01.png", "02.png", "03.png"):  # three adjacent bad files
+        (root / "a" / name).write_bytes(b"bad")
+    (root / "a" / "03.png").rename(root / "a" / "03\nnew line.png")
+    import torchvision.transforms as T
+
+    ds = SkippingImageFolder(str(root), T.ToTensor())
+    log = UnreadableImages("train")
+    sampler = ResumableDistributedSampler(ds, 1, 0, seed=1)
+    for epoch in range(2):
+        sampler.set_position(epoch)
+        for _, _, failures in make_loader(ds, sampler, 2, 2, epoch, drop_last=False,
+                                          pin_memory=False):
+            log.add_batch(ds, failures)
+    assert len(log) == 3
+    # A walk from a bad file meets every bad file after it: 1 + 2 + 3 fetches per epoch.
+    assert sorted(a for a, _ in log.files.values()) == [2, 4, 6]
+    lines = log.jsonl().splitlines()
+    assert len(lines) == 3
+    recs = [json.loads(line) for line in lines]
+    assert {os.path.basename(r["path"]) for r in recs} == {"01.png", "02.png", "03\nnew line.png"}
+    assert all(r["split"] == "train" and r["error"] for r in recs)
+    assert "03\\nnew line.png" in log.describe(limit=3) and "\n" not in log.describe(limit=3)
+    # Merging the per-rank states (what DDP and resuming do) adds fetches, not files.
+    other = UnreadableImages("train", log.state())
+    other.merge(log.state())
+    assert len(other) == 3 and other.attempts() == 24
+
+
+# ----------------------------------------------------------------------------- randomness
+def _photo(seed: int = 0, size=(60, 45)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_pipeline_is_per_sample_deterministic_and_leaves_global_rngs_alone() -> None:
+    tf = train_transform(ir.RecipeSpec(), (32, 32), MEAN, STD)
+    img = _photo()
+    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    a = tf(img, 12345)
+    b = tf(img, 12345)
+    c = tf(img, 54321)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert random.getstate() == py_state
+    assert all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
+               for x, y in zip(np.random.get_state(), np_state))
+
+
+def test_every_recipe_variant_leaves_torch_global_rng_alone() -> None:
+    img = _photo(1)
+    for ra in (None, "rand-m9-mstd0.5-inc1", "rand-m15-n3-mstd1"):
+        for re in (0.0, 1.0):
+            for interp in ("random", "bicubic", "bilinear"):
+                tf = train_transform(ir.RecipeSpec(randaugment=ra, random_erasing=re,
+                                                   train_interpolation=interp), (24, 24),
+                                     MEAN, STD, hflip=0.5)
+                state = torch.get_rng_state()
+                for s in range(5):
+                    tf(img, s)
+                assert torch.equal(torch.get_rng_state(), state), (ra, re, interp)
+
+
+def test_a_transform_drawing_from_torch_global_rng_is_refused() -> None:
+    import torchvision.transforms as T
+
+    with pytest.raises(TypeError, match="RandomHorizontalFlip"):
+        SeededPipeline([T.RandomHorizontalFlip()])
+    with pytest.raises(TypeError, match="ColorJitter"):
+        SeededPipeline([T.ColorJitter(0.4, 0.4, 0.4)])
+
+
+def test_crop_and_randaugment_are_timms() -> None:
+    """Without flip and erasing (ours), the pipeline is timm's create_transform, draw for
+    draw, given the same python/numpy seeds."""
+    from timm.data import create_transform
+
+    recipe = ir.RecipeSpec(random_erasing=0.0)
+    ours = train_transform(recipe, (40, 40), MEAN, STD, hflip=0.0, crop_scale_min=0.25)
+    timms = create_transform(input_size=(3, 40, 40), is_training=True, hflip=0.0,
+                             scale=(0.25, 1.0), auto_augment=recipe.randaugment,
+                             interpolation="random", mean=MEAN, std=STD, re_prob=0.0)
+    for t in timms.transforms:
+        _patch_posterize(t)
+    img = _photo(2, (80, 50))
+    for seed in range(20):
+        random.seed(seed)
+        np.random.seed(seed)
+        want = timms(img)
+        assert torch.equal(ours(img, seed), want), seed
+
+
+def test_flip_and_erasing() -> None:
+    g = torch.Generator().manual_seed(0)
+    img = _photo(3, (8, 4))
+    assert np.array_equal(np.asarray(HorizontalFlip(1.0)(img, g)), np.asarray(img)[:, ::-1])
+    assert HorizontalFlip(0.0)(img, g) is img
+    flips = sum(HorizontalFlip(0.5)(img, g) is not img for _ in range(2000))
+    assert 900 < flips < 1100
+    fractions, noise = [], []
+    for _ in range(300):
+        x = torch.full((3, 32, 48), 7.0)
+        RandomErasing(1.0)(x, g)
+        erased = x != 7.0
+        fractions.append(erased[0].float().mean().item())
+        noise.append(x[erased])
+    assert 0.015 < min(fractions) and max(fractions) < 0.36  # 2-33%, sides rounded
+    z = torch.cat(noise)
+    assert abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
+    x = torch.zeros(3, 8, 8)
+    assert torch.equal(RandomErasing(0.0)(x, g), torch.zeros(3, 8, 8))
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    for c in ("a", "b"):
+        for i in range(6):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            _photo(i + (10 if c == "b" else 0), (40, 30)).save(root / c / f"{i}.jpg", quality=90)
+    ds = SkippingImageFolder(str(root), train_transform(ir.RecipeSpec(), (24, 24), MEAN, STD))
+
+    def batches(workers: int):
+        s = ResumableDistributedSampler(ds, 1, 0, seed=5)
+        s.set_position(1, 2)
+        return [(x, y) for x, y, _ in make_loader(ds, s, 4, workers, 6, drop_last=True,
+                                                  pin_memory=False)]
+
+    zero, two = batches(0), batches(2)
+    assert len(zero) == 2
+    for (x0, y0), (x2, y2) in zip(zero, two):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+    # Eval keys (plain indices) are deterministic too.
+    plain = make_loader(ds, ShardSampler(len(ds)), 4, 0, 0, drop_last=False, pin_memory=False)
+    assert sum(len(y) for _, y, _ in plain) == 12
