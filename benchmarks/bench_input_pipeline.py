@@ -1,11 +1,22 @@
-"""Training input pipeline throughput (decode + the recipe's augmentation + collate), in
-images/s, for several DataLoader worker counts. Prints a markdown table.
+"""Training input pipeline throughput: mfdsl's loader vs timm's own loader on the same files.
 
-    python benchmarks/bench_input_pipeline.py                      # embedded TinyShapes, 64 px
-    python benchmarks/bench_input_pipeline.py --data /datasets/imagenet --img-size 224
+Decode + the paper's training augmentation (RandomResizedCrop with random bilinear/bicubic
+interpolation, flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25 in pixel mode,
+normalisation) + collate, in images/s, for several DataLoader worker counts. The loaders are
+measured interleaved (round by round, worker count by worker count) so that a busy machine
+slows both alike; the table gives medians over the rounds and the ratio mfdsl/timm.
 
-Uses the paper's training recipe (RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25,
-random interpolation) unless --light is given (no RandAugment / erasing).
+    python benchmarks/bench_input_pipeline.py                    # ImageNet-like JPEGs in a temp dir
+    python benchmarks/bench_input_pipeline.py --data /datasets/imagenet/train --img-size 224
+
+Without --data it writes --images JPEGs of 500x375 at quality 90 (ImageNet's typical size
+and quality; smooth random fields with edges and fine grain, ~85 KB each) in 10 class folders
+under --work-dir (default: a temporary folder, removed afterwards).
+
+timm's loader is `timm.data.create_loader` over `timm.data.ImageDataset` with the same
+settings, in two forms: `use_prefetcher=False` (everything in the workers, as mfdsl does)
+and `use_prefetcher=True` on the CPU device (timm's training default: the workers send
+uint8 images, the main process normalises and erases).
 """
 from __future__ import annotations
 
@@ -13,72 +24,182 @@ import argparse
 import os
 import platform
 import shlex
+import shutil
+import statistics
 import sys
+import tempfile
 import time
+from typing import Callable, Dict, Iterable, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from mfdsl.ir import RecipeSpec  # noqa: E402
+from mfdsl.runner.augment import _patch_posterize, train_transform  # noqa: E402
 from mfdsl.runner.imagefolder import (ResumableDistributedSampler, SkippingImageFolder,  # noqa: E402
-                                      make_loader, train_transform)
+                                      make_loader)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def measure(ds: SkippingImageFolder, workers: int, batch: int, batches: int, warmup: int) -> float:
-    sampler = ResumableDistributedSampler(ds, 1, 0, seed=0)
-    loader = make_loader(ds, sampler, batch, workers, 0, drop_last=True, pin_memory=False)
-    it = iter(loader)
+def write_imagenet_like(root: str, n: int, classes: int = 10, seed: int = 0) -> float:
+    """``n`` photo-like 500x375 JPEGs (quality 90) in ``classes`` folders; mean KB per file."""
+    rng = np.random.default_rng(seed)
+    total = 0
+    for i in range(n):
+        folder = os.path.join(root, f"n{i % classes:08d}")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"img_{i:05d}.JPEG")
+        if not os.path.exists(path):
+            # Low-frequency colour field + a few hard-edged shapes + fine grain.
+            low = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(low).resize((500, 375), Image.Resampling.BICUBIC)
+            a = np.asarray(img).astype(np.int16)
+            yy, xx = np.mgrid[0:375, 0:500]
+            for _ in range(4):
+                cy, cx, r = rng.integers(0, 375), rng.integers(0, 500), rng.integers(20, 120)
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+                a[mask] = rng.integers(0, 256, 3)
+            a += rng.normal(0, 16, a.shape).astype(np.int16)
+            Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, quality=90)
+        total += os.path.getsize(path)
+    return total / n / 1024
+
+
+def mfdsl_loader(root: str, size: int, batch: int) -> Callable[[int], Iterable]:
+    tf = train_transform(RecipeSpec(), (size, size), MEAN, STD)  # the paper's recipe
+    ds = SkippingImageFolder(root, tf)
+
+    def make(workers: int) -> Iterable:
+        sampler = ResumableDistributedSampler(ds, 1, 0, seed=0)
+        return make_loader(ds, sampler, batch, workers, 0, drop_last=True, pin_memory=False)
+    return make
+
+
+def timm_loader(root: str, size: int, batch: int, prefetcher: bool) -> Callable[[int], Iterable]:
+    from timm.data import ImageDataset, create_loader
+
+    r = RecipeSpec()
+
+    def make(workers: int) -> Iterable:
+        ds = ImageDataset(root)
+        loader = create_loader(
+            ds, input_size=(3, size, size), batch_size=batch, is_training=True,
+            re_prob=r.random_erasing, re_mode="pixel", re_count=1, scale=(0.08, 1.0),
+            ratio=(3 / 4, 4 / 3), hflip=0.5, auto_augment=r.randaugment,
+            interpolation=r.train_interpolation, mean=MEAN, std=STD, num_workers=workers,
+            pin_memory=False, device=torch.device("cpu"), use_prefetcher=prefetcher,
+            persistent_workers=workers > 0)
+        # Pillow >= 11 refuses timm's 0-bit posterize at RandAugment's top level: the same
+        # fix as mfdsl's, or timm's loader stops at a random batch.
+        for t in getattr(ds.transform, "transforms", []):
+            _patch_posterize(t)
+        return loader
+    return make
+
+
+def measure(make: Callable[[int], Iterable], workers: int, batches: int, warmup: int
+            ) -> Tuple[float, float]:
+    """(images/s wall clock, CPU ms per image of this process: meaningful with 0 workers)."""
+    it = iter(make(workers))
     for _ in range(warmup):  # worker start-up and first-batch latency are not throughput
         next(it)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     for _ in range(batches):
-        images, _, _ = next(it)
+        images = next(it)[0]
         n += images.shape[0]
-    return n / (time.perf_counter() - t0)
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    del it
+    return n / dt, 1000 * dc / n
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", help="ImageFolder root with train/ (default: embedded TinyShapes)")
-    ap.add_argument("--img-size", type=int, default=None, help="default 64 embedded, 224 else")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--batches", type=int, default=10)
+    ap.add_argument("--data", help="an ImageFolder split (class folders of images); default: "
+                    "generate ImageNet-like JPEGs")
+    ap.add_argument("--work-dir", help="where to generate the JPEGs (kept); default: a "
+                    "temporary folder (removed)")
+    ap.add_argument("--images", type=int, default=400, help="JPEGs to generate")
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=6, help="timed batches per measurement")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", default="0,1,2")
-    ap.add_argument("--light", action="store_true", help="no RandAugment / random erasing")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the main "
+                    "process (DataLoader workers always use 1)")
     args = ap.parse_args()
-    if args.data is None:
-        from mfdsl.data.tinyshapes import ensure_tinyshapes
-
-        root = str(ensure_tinyshapes())
-        size = args.img_size or 64
+    torch.set_num_threads(args.threads)
+    tmp = None
+    if args.data:
+        root, kb = args.data, None
     else:
-        root = args.data
-        size = args.img_size or 224
-    recipe = RecipeSpec()
-    if args.light:
-        recipe = RecipeSpec(randaugment=None, random_erasing=0.0)
-    tf = train_transform(recipe, (size, size), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    ds = SkippingImageFolder(os.path.join(root, "train"), tf)
+        root = args.work_dir or tempfile.mkdtemp(prefix="mfdsl-bench-jpeg-")
+        tmp = None if args.work_dir else root
+        kb = write_imagenet_like(root, args.images)
+    try:
+        run(args, root, kb)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, root: str, kb) -> None:
+    loaders: Dict[str, Callable[[int], Iterable]] = {
+        "mfdsl": mfdsl_loader(root, args.img_size, args.batch_size),
+        "timm": timm_loader(root, args.img_size, args.batch_size, prefetcher=False),
+        "timm_prefetch": timm_loader(root, args.img_size, args.batch_size, prefetcher=True),
+    }
+    n_img = len(SkippingImageFolder(root))
     need = (args.batches + args.warmup) * args.batch_size
-    if len(ds) < need:
-        sys.exit(f"error: {len(ds)} images; need {need} (lower --batches/--batch-size)")
-    rows = []
-    for w in [int(x) for x in args.workers.split(",")]:
-        rows.append((w, measure(ds, w, args.batch_size, args.batches, args.warmup)))
+    if n_img < need:
+        sys.exit(f"error: {n_img} images; need {need} (raise --images or lower --batches)")
+    workers = [int(x) for x in args.workers.split(",")]
+    load0 = os.getloadavg()
+    res: Dict[str, Dict[int, List[float]]] = {k: {w: [] for w in workers} for k in loaders}
+    cpu: Dict[str, List[float]] = {k: [] for k in loaders}
+    for _ in range(args.rounds):
+        for w in workers:
+            for name, make in loaders.items():
+                ips, ms = measure(make, w, args.batches, args.warmup)
+                res[name][w].append(ips)
+                if w == 0:
+                    cpu[name].append(ms)
+    med = {k: {w: statistics.median(v) for w, v in d.items()} for k, d in res.items()}
     print(f"Command: `{' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}`  ")
     print(f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} logical CPUs (load average at start: "
+          f"{os.cpu_count()} logical CPUs (load average at start / end: "
+          f"{', '.join(f'{x:.1f}' for x in load0)} / "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}), Python "
-          f"{platform.python_version()}, torch {torch.__version__}  ")
-    print(f"Data: {root} ({len(ds)} train images), {size}x{size}, batch {args.batch_size}, "
-          f"{'light' if args.light else 'paper'} augmentation, {args.batches} timed batches\n")
-    print("| workers | img/s |")
-    print("|---:|---:|")
-    for w, ips in rows:
-        print(f"| {w} | {ips:.0f} |")
+          f"{platform.python_version()}, torch {torch.__version__}, "
+          f"timm {__import__('timm').__version__}, Pillow {Image.__version__}, "
+          f"main-process torch threads {args.threads}  ")
+    print(f"Data: {n_img} images" + (f" (generated 500x375 JPEG q90, {kb:.0f} KB mean)"
+                                     if kb else f" in {root}")
+          + f", {args.img_size}x{args.img_size}, batch {args.batch_size}, paper augmentation, "
+          f"{args.batches} timed batches x {args.rounds} interleaved rounds (medians)\n")
+    print("| workers | mfdsl img/s | timm img/s | mfdsl / timm | timm prefetcher img/s "
+          "| mfdsl / timm prefetcher | per-round mfdsl / timm |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
+    for w in workers:
+        m, t, tp = med["mfdsl"][w], med["timm"][w], med["timm_prefetch"][w]
+        rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(res["mfdsl"][w], res["timm"][w]))
+        print(f"| {w} | {m:.0f} | {t:.0f} | {m / t:.2f} | {tp:.0f} | {m / tp:.2f} | {rounds} |")
+    per = [w for w in workers if w > 0]
+    if per:
+        print("\nimg/s per worker: " + "; ".join(
+            f"{w} worker(s): mfdsl {med['mfdsl'][w] / w:.0f}, timm {med['timm'][w] / w:.0f}, "
+            f"timm prefetcher {med['timm_prefetch'][w] / w:.0f}" for w in per))
+    if cpu["mfdsl"]:
+        c = {k: statistics.median(v) for k, v in cpu.items()}
+        print("\nCPU time per image with 0 workers (process time, little affected by other "
+              "load): " + ", ".join(f"{k} {v:.2f} ms" for k, v in c.items())
+              + f"; mfdsl / timm {c['timm'] / c['mfdsl']:.2f}x faster, mfdsl / timm "
+              f"prefetcher {c['timm_prefetch'] / c['mfdsl']:.2f}x faster")
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def test_a_transform_drawing_from_torch_global_rng_is_refused() -> None:
 
 def test_crop_and_randaugment_are_timms() -> None:
     """Without flip and erasing (ours), the pipeline is timm's create_transform, draw for
-    draw, given the same python/numpy seeds."""
+    draw, given the same python/numpy seeds (equal to float rounding)."""
     from timm.data import create_transform
 
     recipe = ir.RecipeSpec(random_erasing=0.0)
@@ -304,7 +304,8 @@ def test_crop_and_randaugment_are_timms() -> None:
         random.seed(seed)
         np.random.seed(seed)
         want = timms(img)
-        assert torch.equal(ours(img, seed), want), seed
+        # Normalising in one pass rounds differently from ToTensor + Normalize.
+        torch.testing.assert_close(ours(img, seed), want, rtol=0, atol=2e-6)
 
 
 def test_flip_and_erasing() -> None:

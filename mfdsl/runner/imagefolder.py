@@ -259,7 +259,8 @@ def _decode(path: str) -> Image.Image:
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise OSError("not a regular file")
     with Image.open(path) as f:
-        return f.convert("RGB")
+        f.load()
+        return f if f.mode == "RGB" else f.convert("RGB")  # no copy for RGB JPEGs
 
 
 def _describe(exc: BaseException) -> str:
