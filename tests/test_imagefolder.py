@@ -22,8 +22,8 @@ from mfdsl.runner.augment import (HorizontalFlip, RandomErasing, SeededPipeline,
                                   _patch_posterize, train_transform)
 from mfdsl.runner.errors import DataError
 from mfdsl.runner.imagefolder import (ResumableDistributedSampler, ShardSampler,
-                                      SkippingImageFolder, UnreadableImages, make_loader,
-                                      scan_image_folder)
+                                      SkippingImageFolder, UnknownClassError,
+                                      UnreadableImages, make_loader, scan_image_folder)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -167,8 +167,9 @@ def test_explicit_class_list(tmp_path: Path) -> None:
     assert all(t == (0 if "/c/" in p else 2) for p, t in ds.samples)
     assert ds.missing_classes == ["a"]
     assert ds[0][1] == 2  # b's first image, label 2 in the given list
-    with pytest.raises(DataError, match=r"class folder\(s\) 'c' are not in the class list"):
+    with pytest.raises(UnknownClassError, match=r"class folder\(s\) 'c' are not in the class list") as info:
         SkippingImageFolder(str(root), classes=["a", "b"])
+    assert info.value.folders == ["c"]
     with pytest.raises(DataError, match="more than once"):
         SkippingImageFolder(str(root), classes=["b", "c", "b"])
     with pytest.raises(DataError, match="non-empty names"):

@@ -46,6 +46,14 @@ MAX_REPLACEMENTS = 64
 Failure = Tuple[int, str]
 
 
+class UnknownClassError(DataError):
+    """A class folder that is not in the given class list (``folders``: their names)."""
+
+    def __init__(self, message: str, folders: List[str]) -> None:
+        super().__init__(message)
+        self.folders = folders
+
+
 def show_path(path: str) -> str:
     """A path as one unambiguous line: quoted if it holds newlines or other odd characters."""
     return path if path.isprintable() else ascii(path)
@@ -234,16 +242,18 @@ def _label_list(root: str, names: List[str], classes: Optional[Sequence[str]]
     unknown = [n for n in names if n not in known]
     if unknown:
         shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
-        raise DataError(f"{show_path(root)}: class folder(s) {shown} are not in the class list "
-                        f"the model was trained on ({len(label_list)} classes: "
-                        f"{', '.join(map(repr, label_list[:5]))}{' ...' if len(label_list) > 5 else ''})")
+        raise UnknownClassError(
+            f"{show_path(root)}: class folder(s) {shown} are not in the class list the model "
+            f"was trained on ({len(label_list)} classes: "
+            f"{', '.join(map(repr, label_list[:5]))}{' ...' if len(label_list) > 5 else ''})",
+            unknown)
     present = set(names)
     return label_list, [c for c in label_list if c not in present]
 
 
 def _two_labels(path: str, real: str, owner: str, name: str) -> DataError:
-    return DataError(f"{show_path(path)} leads to {show_path(real)}, which is already read as "
-                     f"class {owner!r}: its images would be labelled both {owner!r} and {name!r}")
+    return DataError(f"{show_path(path)} leads to {show_path(real)}, which is part of class "
+                     f"{owner!r}: its images would be labelled both {owner!r} and {name!r}")
 
 
 # ----------------------------------------------------------------------------- dataset

@@ -26,8 +26,8 @@ from .distributed import (DistEnv, agree_on_failure, all_sum, any_rank, barrier,
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import autocast_context, evaluate
 from .imagefolder import (ResumableDistributedSampler, ShardSampler, SkippingImageFolder,
-                          UnreadableImages, eval_transform, make_loader, split_dir,
-                          train_transform)
+                          UnknownClassError, UnreadableImages, eval_transform, make_loader,
+                          split_dir, train_transform)
 from .metrics import MetricsLog, format_duration, plot_curves
 from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
@@ -187,9 +187,14 @@ class Trainer:
         # Labels are positions in the training classes: a val folder may lack a class
         # (noted; the other labels stay right), but one the model was not trained on is an
         # error.
-        self.val_set = (SkippingImageFolder(self.val_dir, eval_transform(self.model),
-                                            classes=self.train_set.classes)
-                        if self.val_dir else None)
+        self.val_set = None
+        if self.val_dir:
+            try:
+                self.val_set = SkippingImageFolder(self.val_dir, eval_transform(self.model),
+                                                   classes=self.train_set.classes)
+            except UnknownClassError as exc:
+                raise DataError(f"{exc.message}; the class list is that of the training "
+                                f"split {self.train_dir}") from None
         for ds in (self.train_set, self.val_set):
             for note in (ds.notes if ds is not None else [])[:5]:
                 self.log(f"note: {ds.root}: {note}")
