@@ -148,6 +148,8 @@ def resume_setup(tmp_path_factory):
     drop path) so that resuming must restore every RNG stream; 2 epochs x 4 steps."""
     tmp = tmp_path_factory.mktemp("resume")
     data = write_colour_folder(tmp / "data", n_train=11, n_val=4)  # 33 -> 4 batches of 8
+    # An unreadable file: its accounting must survive the SIGKILL + resume too.
+    (data / "train" / "c1_green" / "zz_bad.png").write_bytes(b"")
     spec = write_spec(tmp / "aug.mf", tiny_spec(
         name="aug", randaugment="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0,
         random_erasing=0.25, drop_path=0.1, label_smoothing=0.1))
@@ -182,6 +184,12 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(resume_setup) -> Non
     sb = torch.load(run / "checkpoints" / "last.state.pt", weights_only=True)
     for i, st in sa["optimizer"]["state"].items():
         assert torch.equal(st["exp_avg"], sb["optimizer"]["state"][i]["exp_avg"])
+    # The unreadable file is reported once, with the same fetch count as without the kill.
+    ja = json.loads((ref / "summary.json").read_text())
+    jb = json.loads((run / "summary.json").read_text())
+    assert ja["skipped_images"] == jb["skipped_images"] == 1
+    assert ja["skipped_image_fetches"] == jb["skipped_image_fetches"] >= 1
+    assert (ref / "skipped_images.txt").read_text() == (run / "skipped_images.txt").read_text()
     # The metrics log holds each step once (records after the checkpoint were dropped).
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()
              if json.loads(l)["kind"] == "train"]
@@ -233,6 +241,11 @@ def test_two_process_cpu_ddp(resume_setup, tmp_path: Path) -> None:
     assert resolved["world_size"] == 2 and resolved["accum"] == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["final_val"]["images"] == 12
+    # Unreadable files are merged over ranks: distinct files, fetches summed.
+    txt = out / "skipped_images.txt"
+    report = [json.loads(line) for line in txt.read_text().splitlines()] if txt.exists() else []
+    assert len(report) == summary["skipped_images"] <= 1
+    assert sum(r["attempts"] for r in report) == summary["skipped_image_fetches"]
     state = torch.load(out / "checkpoints" / "last.state.pt", weights_only=True)
     assert len(state["rng"]) == 2  # both ranks' RNG streams are kept
     assert all(torch.isfinite(t).all()
