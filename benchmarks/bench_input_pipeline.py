@@ -79,6 +79,32 @@ def mfdsl_loader(root: str, size: int, batch: int) -> Callable[[int], Iterable]:
     return make
 
 
+def per_sample_cpu(root: str, size: int, passes: int) -> Tuple[float, float, int]:
+    """CPU ms per sample of one worker's work (decode + augmentation to a normalised
+    tensor), mfdsl vs timm (``use_prefetcher=False``), alternating sample by sample over the
+    same files so that a busy machine slows both alike."""
+    from timm.data import ImageDataset
+
+    ours = SkippingImageFolder(root, train_transform(RecipeSpec(), (size, size), MEAN, STD))
+    loader = timm_loader(root, size, 1, prefetcher=False)(0)
+    theirs: ImageDataset = loader.dataset  # with the transform create_loader gave it
+    assert [p for p, _ in ours.samples] == [str(p) for p, _ in theirs.reader.samples], \
+        "the two datasets list different files"
+    t_ours = t_theirs = 0.0
+    n = 0
+    for epoch in range(passes):
+        for i in range(len(ours)):
+            c0 = time.thread_time()
+            ours[(i, 0, epoch)]
+            c1 = time.thread_time()
+            theirs[i]
+            c2 = time.thread_time()
+            t_ours += c1 - c0
+            t_theirs += c2 - c1
+            n += 1
+    return 1000 * t_ours / n, 1000 * t_theirs / n, n
+
+
 def timm_loader(root: str, size: int, batch: int, prefetcher: bool) -> Callable[[int], Iterable]:
     from timm.data import ImageDataset, create_loader
 
@@ -130,6 +156,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", default="0,1,2")
+    ap.add_argument("--passes", type=int, default=3, help="passes over the files for the "
+                    "per-sample CPU comparison")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the main "
                     "process (DataLoader workers always use 1)")
     args = ap.parse_args()
@@ -170,6 +198,7 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
                 if w == 0:
                     cpu[name].append(ms)
     med = {k: {w: statistics.median(v) for w, v in d.items()} for k, d in res.items()}
+    ms_ours, ms_theirs, n_samples = per_sample_cpu(root, args.img_size, args.passes)
     print(f"Command: `{' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}`  ")
     print(f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} logical CPUs (load average at start / end: "
@@ -194,6 +223,9 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
         print("\nimg/s per worker: " + "; ".join(
             f"{w} worker(s): mfdsl {med['mfdsl'][w] / w:.0f}, timm {med['timm'][w] / w:.0f}, "
             f"timm prefetcher {med['timm_prefetch'][w] / w:.0f}" for w in per))
+    print(f"\nPer-sample CPU time of a worker's work (decode + augmentation + normalise), "
+          f"alternating sample by sample over {n_samples} samples: mfdsl {ms_ours:.2f} ms, "
+          f"timm {ms_theirs:.2f} ms; mfdsl is {ms_theirs / ms_ours:.2f}x timm's speed")
     if cpu["mfdsl"]:
         c = {k: statistics.median(v) for k, v in cpu.items()}
         print("\nCPU time per image with 0 workers (process time, little affected by other "
