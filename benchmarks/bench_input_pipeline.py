@@ -225,13 +225,13 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
             f"timm prefetcher {med['timm_prefetch'][w] / w:.0f}" for w in per))
     print(f"\nPer-sample CPU time of a worker's work (decode + augmentation + normalise), "
           f"alternating sample by sample over {n_samples} samples: mfdsl {ms_ours:.2f} ms, "
-          f"timm {ms_theirs:.2f} ms; mfdsl is {ms_theirs / ms_ours:.2f}x timm's speed")
+          f"timm {ms_theirs:.2f} ms; mfdsl's speed relative to timm {ms_theirs / ms_ours:.2f}x")
     if cpu["mfdsl"]:
         c = {k: statistics.median(v) for k, v in cpu.items()}
         print("\nCPU time per image with 0 workers (process time, little affected by other "
-              "load): " + ", ".join(f"{k} {v:.2f} ms" for k, v in c.items())
-              + f"; mfdsl / timm {c['timm'] / c['mfdsl']:.2f}x faster, mfdsl / timm "
-              f"prefetcher {c['timm_prefetch'] / c['mfdsl']:.2f}x faster")
+              "load): " + ", ".join(f"{k.replace('_', ' ')} {v:.2f} ms" for k, v in c.items())
+              + f"; mfdsl's speed relative to timm {c['timm'] / c['mfdsl']:.2f}x, to timm "
+              f"prefetcher {c['timm_prefetch'] / c['mfdsl']:.2f}x")
 
 
 if __name__ == "__main__":
