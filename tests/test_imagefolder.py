@@ -344,7 +344,10 @@ def test_batches_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
         return [(x, y) for x, y, _ in make_loader(ds, s, 4, workers, 6, drop_last=True,
                                                   pin_memory=False)]
 
-    zero, two = batches(0), batches(2)
+    py_state, np_state = random.getstate(), np.random.get_state()[1].copy()
+    zero = batches(0)  # in this process: the caller's RNG states are kept
+    assert random.getstate() == py_state and np.array_equal(np.random.get_state()[1], np_state)
+    two = batches(2)
     assert len(zero) == 2
     for (x0, y0), (x2, y2) in zip(zero, two):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)

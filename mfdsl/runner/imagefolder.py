@@ -34,7 +34,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data import default_collate
 
-from .augment import SeededPipeline, eval_transform, train_transform  # noqa: F401 (re-export)
+from .augment import (SeededPipeline, caller_rngs_preserved, eval_transform,  # noqa: F401
+                      train_transform)
 from .errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
@@ -306,6 +307,11 @@ class SkippingImageFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def __getitems__(self, keys: Sequence[Any]) -> List[Tuple[Any, int, Tuple[Failure, ...]]]:
+        """A batch (what DataLoader asks for): the caller's RNG states are saved once."""
+        with caller_rngs_preserved():
+            return [self[k] for k in keys]
 
     def __getitem__(self, key: Union[int, Tuple[int, int, int]]) -> Tuple[Any, int, Tuple[Failure, ...]]:
         if isinstance(key, tuple):
