@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mfdsl.ir import RecipeSpec  # noqa: E402
-from mfdsl.runner.augment import _patch_posterize, train_transform  # noqa: E402
+from mfdsl.runner.augment import _patch_posterize, caller_rngs_preserved, train_transform  # noqa: E402,E501
 from mfdsl.runner.imagefolder import (ResumableDistributedSampler, SkippingImageFolder,  # noqa: E402
                                       make_loader)
 
@@ -92,16 +92,17 @@ def per_sample_cpu(root: str, size: int, passes: int) -> Tuple[float, float, int
         "the two datasets list different files"
     t_ours = t_theirs = 0.0
     n = 0
-    for epoch in range(passes):
-        for i in range(len(ours)):
-            c0 = time.thread_time()
-            ours[(i, 0, epoch)]
-            c1 = time.thread_time()
-            theirs[i]
-            c2 = time.thread_time()
-            t_ours += c1 - c0
-            t_theirs += c2 - c1
-            n += 1
+    with caller_rngs_preserved():  # as in a worker: no save/restore of this process's RNGs
+        for epoch in range(passes):
+            for i in range(len(ours)):
+                c0 = time.thread_time()
+                ours[(i, 0, epoch)]
+                c1 = time.thread_time()
+                theirs[i]
+                c2 = time.thread_time()
+                t_ours += c1 - c0
+                t_theirs += c2 - c1
+                n += 1
     return 1000 * t_ours / n, 1000 * t_theirs / n, n
 
 
