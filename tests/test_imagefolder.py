@@ -354,3 +354,16 @@ def test_batches_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
     # Eval keys (plain indices) are deterministic too.
     plain = make_loader(ds, ShardSampler(len(ds)), 4, 0, 0, drop_last=False, pin_memory=False)
     assert sum(len(y) for _, y, _ in plain) == 12
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+def test_timm_eval_transforms_are_accepted_and_draw_nothing(crop_mode: str) -> None:
+    from timm.data import create_transform
+
+    tf = create_transform(input_size=(3, 32, 32), is_training=False, crop_mode=crop_mode,
+                          crop_pct=0.9)
+    pipe = SeededPipeline(tf.transforms)
+    assert not pipe.random
+    state = random.getstate()
+    out = pipe(_photo(4))
+    assert out.shape == (3, 32, 32) and random.getstate() == state

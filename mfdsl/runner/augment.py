@@ -176,7 +176,8 @@ class SeededPipeline:
 # numpy's global RNG (timm 1.0's RandomResizedCropAndInterpolation and RandAugment).
 _DETERMINISTIC = {f"{__name__}.ToNormalizedTensor"} | {
     "torchvision.transforms.transforms." + n for n in ("ToTensor", "Normalize", "Resize", "CenterCrop")
-} | {"timm.data.transforms." + n for n in ("MaybeToTensor", "ResizeKeepRatio", "CenterCropOrPad")}
+} | {"timm.data.transforms." + n for n in ("MaybeToTensor", "MaybePILToTensor", "ResizeKeepRatio",
+                                       "CenterCropOrPad", "TrimBorder")}
 _GLOBAL_RNG_FREE = _DETERMINISTIC | {"timm.data.transforms.RandomResizedCropAndInterpolation",
                                      "timm.data.auto_augment.RandAugment"}
 
