@@ -367,3 +367,24 @@ def test_timm_eval_transforms_are_accepted_and_draw_nothing(crop_mode: str) -> N
     state = random.getstate()
     out = pipe(_photo(4))
     assert out.shape == (3, 32, 32) and random.getstate() == state
+
+
+def test_train_labels_val_with_the_training_classes(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mfdsl.cli import main
+
+    demo = str(Path(__file__).resolve().parents[1] / "specs" / "demo_tiny.mf")
+    for split, names in (("train", "abc"), ("val", "ac")):
+        for k, c in enumerate(names):
+            for i in range(4):
+                _img(tmp_path / "d" / split / c / f"{i}.png", (80 * k, 40 * i, 0), (20, 20))
+    fast = ["--max-steps", "1", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0",
+            "--no-tensorboard", "--batch-size", "4", "--data", str(tmp_path / "d")]
+    res = CliRunner().invoke(main, ["train", demo, *fast, "-o", str(tmp_path / "r1")])
+    assert res.exit_code == 0, res.output
+    assert "has no folder for 1 of the 3 training classes ('b')" in res.output
+    _img(tmp_path / "d" / "val" / "z" / "0.png")
+    res = CliRunner().invoke(main, ["train", demo, *fast, "-o", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "'z' are not in the class list" in res.output and "training split" in res.output
