@@ -167,7 +167,8 @@ def test_explicit_class_list(tmp_path: Path) -> None:
     assert all(t == (0 if "/c/" in p else 2) for p, t in ds.samples)
     assert ds.missing_classes == ["a"]
     assert ds[0][1] == 2  # b's first image, label 2 in the given list
-    with pytest.raises(UnknownClassError, match=r"class folder\(s\) 'c' are not in the class list") as info:
+    with pytest.raises(UnknownClassError,
+                       match=r"class folder\(s\) 'c' are not in the class list") as info:
         SkippingImageFolder(str(root), classes=["a", "b"])
     assert info.value.folders == ["c"]
     with pytest.raises(DataError, match="more than once"):
@@ -254,7 +255,8 @@ def _photo(seed: int = 0, size=(60, 45)) -> Image.Image:
 def test_pipeline_is_per_sample_deterministic_and_leaves_global_rngs_alone() -> None:
     tf = train_transform(ir.RecipeSpec(), (32, 32), MEAN, STD)
     img = _photo()
-    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch_state, py_state = torch.get_rng_state(), random.getstate()
+    np_state = np.random.get_state()
     a = tf(img, 12345)
     b = tf(img, 12345)
     c = tf(img, 54321)

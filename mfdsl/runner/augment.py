@@ -175,7 +175,8 @@ class SeededPipeline:
 # Transforms without randomness, and those drawing only from python's ``random`` and
 # numpy's global RNG (timm 1.0's RandomResizedCropAndInterpolation and RandAugment).
 _DETERMINISTIC = {f"{__name__}.ToNormalizedTensor"} | {
-    "torchvision.transforms.transforms." + n for n in ("ToTensor", "Normalize", "Resize", "CenterCrop")
+    "torchvision.transforms.transforms." + n
+    for n in ("ToTensor", "Normalize", "Resize", "CenterCrop")
 } | {"timm.data.transforms." + n for n in ("MaybeToTensor", "MaybePILToTensor", "ResizeKeepRatio",
                                        "CenterCropOrPad", "TrimBorder")}
 _GLOBAL_RNG_FREE = _DETERMINISTIC | {"timm.data.transforms.RandomResizedCropAndInterpolation",

@@ -313,7 +313,8 @@ class SkippingImageFolder(Dataset):
         with caller_rngs_preserved():
             return [self[k] for k in keys]
 
-    def __getitem__(self, key: Union[int, Tuple[int, int, int]]) -> Tuple[Any, int, Tuple[Failure, ...]]:
+    def __getitem__(self, key: Union[int, Tuple[int, int, int]]
+                    ) -> Tuple[Any, int, Tuple[Failure, ...]]:
         if isinstance(key, tuple):
             index, run_seed, epoch = key
             seed: Optional[int] = sample_seed(run_seed, epoch, index)
