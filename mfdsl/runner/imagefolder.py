@@ -244,8 +244,8 @@ def _label_list(root: str, names: List[str], classes: Optional[Sequence[str]]
     if unknown:
         shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
         raise UnknownClassError(
-            f"{show_path(root)}: class folder(s) {shown} are not in the class list the model "
-            f"was trained on ({len(label_list)} classes: "
+            f"{show_path(root)}: class folder(s) {shown} are not in the class list (the model "
+            f"was not trained on them; its {len(label_list)} classes: "
             f"{', '.join(map(repr, label_list[:5]))}{' ...' if len(label_list) > 5 else ''})",
             unknown)
     present = set(names)
