@@ -124,10 +124,17 @@ def test_hidden_odd_and_special_files_are_left_out_and_order_is_sorted(tmp_path:
     (root / "README.md").write_text("a file beside the class folders")
     scan = scan_image_folder(str(root))
     assert scan.classes == ["a", "b"]
-    assert _rel_scan(scan, root) == [("a/m.png", 0), ("a/sub1/x.png", 0), ("a/sub2/y.png", 0),
+    # The FIFO and the broken link are named like images: kept, to be reported unreadable.
+    assert _rel_scan(scan, root) == [("a/broken.png", 0), ("a/m.png", 0), ("a/pipe.jpg", 0),
+                                     ("a/sub1/x.png", 0), ("a/sub2/y.png", 0),
                                      ("b/a.png", 1), ("b/z.png", 1)]
     text = " ".join(scan.notes)
-    assert "hidden" in text and "image extension" in text and "not regular files" in text
+    assert "hidden" in text and "image extension" in text
+    ds = SkippingImageFolder(str(root))
+    _, _, failures = ds[0]
+    assert [j for j, _ in failures] == [0]
+    _, _, failures = ds[2]  # the FIFO: refused without opening it (no hang)
+    assert [j for j, _ in failures] == [2] and "not a regular file" in failures[0][1]
 
 
 def test_empty_and_unreadable_folders_are_located_errors(tmp_path: Path, monkeypatch) -> None:

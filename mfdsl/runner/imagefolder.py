@@ -11,8 +11,9 @@ What a split folder holds (the scanning rule):
   label of a class is its position in the sorted folder names, or in the class list given;
 - images are the files with an image extension found anywhere below a class folder, read in
   sorted order (files of a folder first, then its sub-folders); names starting with '.'
-  (hidden files such as macOS's ``._x.jpg``), other files and anything that is not a regular
-  file (FIFO, device, broken link) are left out and counted in ``notes``;
+  (hidden files such as macOS's ``._x.jpg``) and other files are left out and counted in
+  ``notes``; an entry named like an image that is not a regular file (FIFO, device, broken
+  link) is kept and reported as an unreadable image (it is never opened);
 - links are followed, but every folder and every file is read at most once, by its real
   path: a link back to a folder already read (a loop, or a second link to the same place)
   and a link up to the data folder itself are not followed (noted). A folder or image that
@@ -215,6 +216,10 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None) -> Fol
                         continue
                     seen_here.add(freal)
                     samples.append((e.path, ci))
+                elif e.name.lower().endswith(IMG_EXTENSIONS):
+                    # Named like an image but not a file (FIFO, device, broken link): kept,
+                    # so that it is reported as an unreadable image; never opened.
+                    samples.append((e.path, ci))
                 else:
                     tally.add("special", show_path(e.path))
             stack.extend(reversed(subdirs))  # depth-first, sub-folders in sorted order
@@ -265,8 +270,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def _decode(path: str) -> Image.Image:
-    # The scan keeps regular files only, but a file may be replaced later: a FIFO or device
-    # named like an image would block or never end the read.
+    # A FIFO or device named like an image would block or never end the read.
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise OSError("not a regular file")
     with Image.open(path) as f:
