@@ -276,7 +276,7 @@ def test_pipeline_is_per_sample_deterministic_and_leaves_global_rngs_alone() -> 
 
 def test_every_recipe_variant_leaves_torch_global_rng_alone() -> None:
     img = _photo(1)
-    for ra in (None, "rand-m9-mstd0.5-inc1", "rand-m15-n3-mstd1"):
+    for ra in (None, "rand-m9-mstd0.5-inc1", "rand-m15-n3-mstd1", "augmix-m5-w3", "v0"):
         for re in (0.0, 1.0):
             for interp in ("random", "bicubic", "bilinear"):
                 tf = train_transform(ir.RecipeSpec(randaugment=ra, random_erasing=re,

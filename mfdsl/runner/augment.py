@@ -173,14 +173,17 @@ class SeededPipeline:
 
 
 # Transforms without randomness, and those drawing only from python's ``random`` and
-# numpy's global RNG (timm 1.0's RandomResizedCropAndInterpolation and RandAugment).
+# numpy's global RNG (timm 1.0's RandomResizedCropAndInterpolation, RandAugment,
+# AutoAugment and AugMix).
 _DETERMINISTIC = {f"{__name__}.ToNormalizedTensor"} | {
     "torchvision.transforms.transforms." + n
     for n in ("ToTensor", "Normalize", "Resize", "CenterCrop")
 } | {"timm.data.transforms." + n for n in ("MaybeToTensor", "MaybePILToTensor", "ResizeKeepRatio",
                                        "CenterCropOrPad", "TrimBorder")}
 _GLOBAL_RNG_FREE = _DETERMINISTIC | {"timm.data.transforms.RandomResizedCropAndInterpolation",
-                                     "timm.data.auto_augment.RandAugment"}
+                                     "timm.data.auto_augment.RandAugment",
+                                     "timm.data.auto_augment.AutoAugment",
+                                     "timm.data.auto_augment.AugMixAugment"}
 
 
 def _kind(t: Any) -> str:
@@ -192,7 +195,8 @@ def train_transform(recipe: Any, img_size: Tuple[int, int], mean: Sequence[float
                     crop_scale_min: float = 0.08) -> SeededPipeline:
     """The recipe's training augmentation; RandomResizedCrop keeps between
     ``crop_scale_min`` and all of the image's area (aspect 3/4..4/3)."""
-    from timm.data.auto_augment import rand_augment_transform
+    from timm.data.auto_augment import (augment_and_mix_transform, auto_augment_transform,
+                                        rand_augment_transform)
     from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
 
     interp = recipe.train_interpolation
@@ -207,7 +211,14 @@ def train_transform(recipe: Any, img_size: Tuple[int, int], mean: Sequence[float
                   img_mean=tuple(min(255, round(255 * x)) for x in mean))
         if interp and interp != "random":
             hp["interpolation"] = str_to_pil_interp(interp)
-        ra = rand_augment_transform(recipe.randaugment, hp)
+        aa = recipe.randaugment
+        if aa.startswith("rand"):
+            ra = rand_augment_transform(aa, hp)
+        elif aa.startswith("augmix"):
+            hp["translate_pct"] = 0.3
+            ra = augment_and_mix_transform(aa, hp)
+        else:
+            ra = auto_augment_transform(aa, hp)
         _patch_posterize(ra)
         steps.append(ra)
     steps.append(ToNormalizedTensor(mean, std))
@@ -232,9 +243,15 @@ def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
 
 
 def _patch_posterize(ra: Any) -> None:
-    for op in getattr(ra, "ops", []):
-        if "posterize" in str(getattr(op, "name", "")).lower():
-            op.aug_fn = _posterize
+    # RandAugment / AugMix hold their ops in .ops; AutoAugment ('v0', 'original', ...) in
+    # .policy, a list of sub-policies. A Compose: patch each step.
+    for t in getattr(ra, "transforms", [ra]):
+        ops = list(getattr(t, "ops", []))
+        for sub in getattr(t, "policy", []):
+            ops.extend(sub)
+        for op in ops:
+            if "posterize" in str(getattr(op, "name", "")).lower():
+                op.aug_fn = _posterize
 
 
 def eval_transform(model: torch.nn.Module) -> SeededPipeline:
