@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mfdsl.ir import RecipeSpec  # noqa: E402
-from mfdsl.runner.augment import (_patch_posterize, caller_rngs_preserved,  # noqa: E402
+from mfdsl.runner.transforms import (_patch_posterize, caller_rngs_preserved,  # noqa: E402
                                   train_transform)
 from mfdsl.runner.imagefolder import (ResumableDistributedSampler, SkippingImageFolder,  # noqa: E402
                                       make_loader)

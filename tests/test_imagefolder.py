@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from mfdsl import ir
-from mfdsl.runner.augment import (HorizontalFlip, RandomErasing, SeededPipeline,
+from mfdsl.runner.transforms import (HorizontalFlip, RandomErasing, SeededPipeline,
                                   _patch_posterize, train_transform)
 from mfdsl.runner.errors import DataError
 from mfdsl.runner.imagefolder import (ResumableDistributedSampler, ShardSampler,

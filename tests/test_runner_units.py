@@ -204,7 +204,7 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path: Path) -> None:
 
 def test_paper_randaugment_never_crashes_on_max_posterize() -> None:
     # rand-m9-mstd0.5 reaches level 10, where timm asks Pillow for 0-bit posterize.
-    from mfdsl.runner.augment import _posterize, train_transform
+    from mfdsl.runner.transforms import _posterize, train_transform
 
     assert _posterize(Image.new("RGB", (4, 4), (200, 10, 10)), 0).getpixel((0, 0)) == (0, 0, 0)
     tf = train_transform(ir.RecipeSpec(randaugment="rand-m10-mstd0.5-inc1"), (16, 16),

@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data import default_collate
 
-from .augment import (SeededPipeline, caller_rngs_preserved, eval_transform,  # noqa: F401
+from .transforms import (SeededPipeline, caller_rngs_preserved, eval_transform,  # noqa: F401
                       train_transform)
 from .errors import DataError
 
