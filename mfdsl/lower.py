@@ -9,6 +9,7 @@ import torch.nn as nn
 from .errors import SpecError
 from .ir import Call, DownsampleSpec, ModelSpec, StageSpec, call, settings_of
 from .layers.block import Block, Downsample, Mlp, Stage
+from .layers.variants import select_variants, variants_for
 from .model import ClassifierHead, MetaFormer
 from .registry import POOLED, BuildContext, Maker, registry, resolve_args
 
@@ -74,7 +75,10 @@ def drop_path_rates(spec: ModelSpec) -> List[List[float]]:
 
 
 def lower(spec: ModelSpec, target: str = "cpu") -> MetaFormer:
-    """Build the module graph. The spec must already have passed ``checks.check``."""
+    """Build the module graph. The spec must already have passed ``checks.check``.
+
+    ``target`` ("cpu", "cuda" or "reference") picks the eager speed variants of the layers
+    (:data:`mfdsl.layers.variants.VARIANTS_FOR`); "reference" builds the paper's forms."""
     res = spec.stage_resolutions()
     dprs = drop_path_rates(spec)
     stem = _downsample(spec.stem, spec.in_chans, spec.stages[0].width, 0,
@@ -108,6 +112,9 @@ def lower(spec: ModelSpec, target: str = "cpu") -> MetaFormer:
     )
     model = MetaFormer(spec, stem, stages, head)
     init_weights(model)
+    # The layers are built in their reference form; the target's eager speed variants
+    # (same parameters, same maths) replace them here.
+    select_variants(model, variants_for(target))
     return model
 
 

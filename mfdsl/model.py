@@ -1,7 +1,7 @@
 """The lowered model: stem -> stages -> head, with timm's module names."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,9 @@ class ClassifierHead(nn.Module):
         # x: (B, C, H, W), usually a channels-last strided view.
         x = self.norm(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
+
+    def norm_sites(self) -> List[Tuple[str, nn.Module]]:  # folding protocol
+        return [("norm", self.fc)]
 
 
 class MetaFormer(nn.Module):

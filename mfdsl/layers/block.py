@@ -1,16 +1,16 @@
 """The MetaFormer skeleton: scales, drop path, MLP, block, downsampling, stage."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-
 import torch.nn.functional as F
 
 from .activations import StarReLU
 from .mixers import _nchw, _nhwc
-from .pointwise import Pointwise, pointwise
+from .pointwise import Pointwise
+from .variants import speed_variant
 
 
 class Scale(nn.Module):
@@ -43,7 +43,7 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear(dim, ratio*dim) -> act -> Linear(ratio*dim, dim)."""
+    """fc1 -> act -> fc2, both per position (``Linear(dim, hidden)``, ``Linear(hidden, dim)``)."""
 
     def __init__(self, dim: int, hidden: int, act: nn.Module, bias: bool = False) -> None:
         super().__init__()
@@ -52,15 +52,34 @@ class Mlp(nn.Module):
         self.fc2 = Pointwise(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(self.act) is StarReLU:
-            return self._forward_starrelu(x)
-        return self.fc2(self.act(self.fc1(x)))
+        x = self.fc1(x)
+        x = self.act(x)
+        x = self.fc2(x)
+        return x
 
-    def _forward_starrelu(self, x: torch.Tensor) -> torch.Tensor:
-        # Performance (same parameters, same maths): fc2(s * relu(h)^2 + b) equals
-        # F.linear(relu(h)^2, s * W2, b * W2.sum(1) + b2). The weight-sized products are
-        # tiny next to the (B*H*W, hidden) activations, and the activation chain drops from
-        # four elementwise passes (relu, square, mul, add) to two -- in backward as well.
+    # folding protocol (mfdsl.passes.fold)
+    def first_linear(self) -> nn.Module:
+        return self.fc1
+
+    def last_linear(self) -> nn.Module:
+        return self.fc2
+
+    def activation_sites(self) -> List[Tuple[str, nn.Module]]:
+        return [("act", self.fc2)]
+
+
+@speed_variant("mlp_starrelu_into_fc2", Mlp,
+               applies=lambda m: isinstance(m.act, StarReLU),
+               doc="StarReLU's s and b applied to fc2's weight at run time")
+class MlpStarReLUIntoFc2(Mlp):
+    """fc2(s * relu(h)^2 + b) = F.linear(relu(h)^2, s * W2, b * W2.sum(1) + b2).
+
+    Why: the weight-sized products are tiny next to the (B*H*W, hidden) activations, and
+    the activation chain drops from four elementwise passes (relu, square, mul, add) to
+    two, in backward as well; under no_grad relu and square run in place.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         act, fc2 = self.act, self.fc2
         h = self.fc1(x)
         if torch.is_grad_enabled():
@@ -70,7 +89,7 @@ class Mlp(nn.Module):
         bias = act.bias * fc2.weight.sum(1)
         if fc2.bias is not None:
             bias = bias + fc2.bias
-        return pointwise(r, fc2.weight * act.scale, bias)
+        return fc2.linear(r, fc2.weight * act.scale, bias)
 
 
 class Block(nn.Module):
@@ -91,6 +110,22 @@ class Block(nn.Module):
         self.layer_scale2 = Scale(dim, layer_scale) if layer_scale is not None else nn.Identity()
         self.res_scale2 = Scale(dim, res_scale) if res_scale is not None else nn.Identity()
 
+    def norm_sites(self) -> List[Tuple[str, nn.Module]]:  # folding protocol
+        return [("norm1", self.token_mixer), ("norm2", self.mlp)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
+        x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+        return x
+
+
+@speed_variant("block_addcmul", Block,
+               applies=lambda b: any(isinstance(getattr(b, n), Scale) for n in
+                                     ("res_scale1", "layer_scale1", "res_scale2", "layer_scale2")),
+               doc="res_scale * x + layer_scale * y as one torch.addcmul")
+class BlockAddcmul(Block):
+    """Why: ``torch.addcmul`` makes one pass over memory where ``x * s + y`` makes two."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _residual(x, self.drop_path1(self.token_mixer(self.norm1(x))),
                       self.res_scale1, self.layer_scale1)
@@ -100,10 +135,6 @@ class Block(nn.Module):
 
 
 def _residual(x: torch.Tensor, y: torch.Tensor, res: nn.Module, ls: nn.Module) -> torch.Tensor:
-    """res(x) + ls(y) with per-channel scales, as one fused multiply-add where possible.
-
-    Performance: ``torch.addcmul`` makes one pass over memory where ``x * s + y`` makes
-    two; the values are the same up to float rounding."""
     res_s = res.scale if isinstance(res, Scale) else None
     ls_s = ls.scale if isinstance(ls, Scale) else None
     if ls_s is None:
@@ -140,6 +171,9 @@ class Downsample(nn.Module):
         if hasattr(self, "post_norm"):
             x = self.post_norm(x)
         return x
+
+    def norm_sites(self) -> List[Tuple[str, nn.Module]]:  # folding protocol
+        return [("pre_norm", self.conv)] if hasattr(self, "pre_norm") else []
 
 
 class Stage(nn.Module):

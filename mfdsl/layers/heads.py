@@ -1,6 +1,8 @@
 """Classifier heads on pooled features (B, C)."""
 from __future__ import annotations
 
+from typing import List, Tuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,6 +21,9 @@ class LinearHead(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.dropout(x, self.dropout, self.training))
 
+    def first_linear(self) -> nn.Module:  # folding protocol
+        return self
+
 
 class MlpHead(nn.Module):
     """fc1 -> act -> norm -> dropout -> fc2 (ConvFormer / CAFormer)."""
@@ -35,6 +40,13 @@ class MlpHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.head_drop(self.norm(self.act(self.fc1(x)))))
+
+    # folding protocol (head_drop is the identity in eval)
+    def first_linear(self) -> nn.Module:
+        return self.fc1
+
+    def norm_sites(self) -> List[Tuple[str, nn.Module]]:
+        return [("norm", self.fc2)]
 
 
 @register_head("linear", Param("bias", bool, True), doc="a Linear classifier")

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from ..registry import BuildContext, Maker, Param, register_mixer
 from .activations import StarReLU
-from .pointwise import Pointwise, pointwise
+from .pointwise import Pointwise
+from .variants import speed_variant
 
 Problems = List[Tuple[str, str, Optional[str]]]
 
@@ -43,6 +44,8 @@ def _identity(ctx: BuildContext) -> nn.Module:
 class RandomMixing(nn.Module):
     """y[b, m, c] = sum_n W[m, n] x[b, n, c] with a frozen W = softmax(rand(N, N))."""
 
+    commutes_with_channel_scale = True  # W (s x) = s (W x) per channel
+
     def __init__(self, num_tokens: int) -> None:
         super().__init__()
         self.random_matrix = nn.Parameter(
@@ -65,6 +68,8 @@ def _random(ctx: BuildContext) -> nn.Module:
 
 class Pooling(nn.Module):
     """AvgPool(k, stride 1, count_include_pad=False)(x) - x (PoolFormer)."""
+
+    commutes_with_channel_scale = True  # pool(s x) - s x = s (pool(x) - x)
 
     def __init__(self, pool_size: int = 3) -> None:
         super().__init__()
@@ -109,31 +114,46 @@ class SepConv(nn.Module):
         self.pwconv2 = Pointwise(mid, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(self.act1) is StarReLU:
-            x = self._starrelu_dwconv(x)
-        else:
-            x = _nhwc(self.dwconv(_nchw(self.act1(self.pwconv1(x)))))
-        return self.pwconv2(self.act2(x))
+        x = self.pwconv1(x)
+        x = self.act1(x)
+        x = _nhwc(self.dwconv(_nchw(x)))
+        x = self.act2(x)
+        x = self.pwconv2(x)
+        return x
 
-    def _starrelu_dwconv(self, x: torch.Tensor) -> torch.Tensor:
-        # Performance (same parameters, same maths): with h = W1 x and g = sign(s),
-        # s * relu(h)^2 + b = g * (relu(h')^2 + g * b) where h' = sqrt(|s|) W1 x, and the
-        # sign g moves into the (linear) depthwise conv's weight. That is two elementwise
-        # passes (relu, addcmul) instead of three, with no host sync on s. The sqrt's
-        # argument is clamped away from 0 so a zero scale still has a finite gradient.
-        act = self.act1
+    # folding protocol (mfdsl.passes.fold)
+    def first_linear(self) -> nn.Module:
+        return self.pwconv1
+
+    def last_linear(self) -> nn.Module:
+        return self.pwconv2
+
+    def activation_sites(self) -> List[Tuple[str, nn.Module]]:
+        return [("act1", self.dwconv), ("act2", self.pwconv2)]
+
+
+@speed_variant("sepconv_starrelu_into_convs", SepConv,
+               applies=lambda m: isinstance(m.act1, StarReLU),
+               doc="StarReLU's s split between pwconv1 and the depthwise conv at run time")
+class SepConvStarReLUIntoConvs(SepConv):
+    """With h = W1 x and g = sign(s): s * relu(h)^2 + b = g * (relu(h')^2 + g * b) where
+    h' = sqrt(|s|) W1 x, and g moves into the (linear) depthwise conv's weight.
+
+    Why: two elementwise passes (relu, addcmul) instead of three, with no host sync on s.
+    The sqrt's argument is clamped away from 0 so a zero scale keeps a finite gradient.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act, pw1, dw = self.act1, self.pwconv1, self.dwconv
         s = act.scale
         sign = torch.where(s < 0, -1.0, 1.0).to(s.dtype)
-        w1 = self.pwconv1.weight * s.abs().clamp_min(1e-30).sqrt()
-        b1 = self.pwconv1.bias
-        if b1 is not None:
-            b1 = b1 * s.abs().clamp_min(1e-30).sqrt()
-        r = F.relu(pointwise(x, w1, b1))
+        root = s.abs().clamp_min(1e-30).sqrt()
+        b1 = pw1.bias * root if pw1.bias is not None else None
+        r = F.relu(pw1.linear(x, pw1.weight * root, b1))
         a = torch.addcmul(act.bias * sign, r, r)
-        dw = self.dwconv
         y = F.conv2d(_nchw(a), dw.weight * sign, dw.bias, dw.stride, dw.padding,
                      dw.dilation, dw.groups)
-        return _nhwc(y)
+        return self.pwconv2(self.act2(_nhwc(y)))
 
 
 def _check_odd_kernel(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
@@ -191,6 +211,13 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(b, h, w, self.num_heads * self.head_dim)
         return self.proj_drop(self.proj(y))
 
+    # folding protocol (proj_drop is the identity in eval)
+    def first_linear(self) -> nn.Module:
+        return self.qkv
+
+    def last_linear(self) -> nn.Module:
+        return self.proj
+
 
 def _check_attention(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
     dim = ctx.dim
@@ -237,6 +264,9 @@ class DepthwiseConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _nhwc(self.conv(_nchw(x)))
 
+    def last_linear(self) -> nn.Module:  # folding protocol
+        return self.conv
+
 
 @register_mixer(
     "dwconv",
@@ -254,6 +284,9 @@ def _dwconv(ctx: BuildContext, kernel: int, bias: bool) -> nn.Module:
 class GlobalFilter(nn.Module):
     """GFNet's global filter: y = irfft2(rfft2(x) * W) with a learned complex W per
     frequency and channel; its size follows the stage's resolution."""
+
+    # linear and per channel: irfft2(rfft2(s x) W) = s irfft2(rfft2(x) W)
+    commutes_with_channel_scale = True
 
     def __init__(self, dim: int, h: int, w: int) -> None:
         super().__init__()

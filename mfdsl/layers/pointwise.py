@@ -1,4 +1,4 @@
-"""Pointwise (per-position) linear layers over channels-last tensors."""
+"""Pointwise (per-position) linear layers over channels-last tensors (B, H, W, C)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,26 +7,39 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def pointwise(x: torch.Tensor, weight: torch.Tensor,
-              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear`` over the last dim of ``x``; for (B, H, W, C) CPU tensors it runs as a
-    1x1 convolution on the channels-last NCHW view instead.
-
-    Why: on CPU oneDNN's channels-last 1x1 convolution measured 2-3x faster than the MKL
-    GEMM behind ``F.linear`` for these tall-skinny shapes (e.g. 25088x64 @ 64x256: 1.9 ms
-    against 5.8 ms on 2 cores), forward and backward. Same maths, same weight tensor (a
-    [out, in] view as [out, in, 1, 1]); the output is channels-last, so the permutes are
-    free. CUDA keeps cuBLAS via F.linear.
-    """
-    if x.dim() == 4 and x.device.type == "cpu" and x.is_contiguous():
-        y = F.conv2d(x.permute(0, 3, 1, 2), weight[:, :, None, None], bias)
-        return y.permute(0, 2, 3, 1)
-    return F.linear(x, weight, bias)
+from .variants import speed_variant
 
 
 class Pointwise(nn.Linear):
-    """An ``nn.Linear`` (same parameters and state dict) applied through :func:`pointwise`."""
+    """An ``nn.Linear`` applied at every position of a (B, H, W, C) map (timm's 1x1 conv).
+
+    ``linear(x, weight, bias)`` applies the layer's kernel with other weights; the fused
+    variants of Mlp / SepConv use it so that they follow whichever variant this layer is.
+    """
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.linear(x, weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pointwise(x, self.weight, self.bias)
+        return self.linear(x, self.weight, self.bias)
+
+
+@speed_variant("pointwise_conv1x1", Pointwise,
+               doc="a 1x1 convolution over the channels-last NCHW view (oneDNN on CPU)")
+class Conv1x1Pointwise(Pointwise):
+    """Same maths as :class:`Pointwise` through ``F.conv2d`` with the [out, in] weight
+    viewed as [out, in, 1, 1].
+
+    Why: on CPU eager, oneDNN's channels-last 1x1 convolution measured 2-3x faster than the
+    MKL GEMM behind ``F.linear`` for these tall-skinny shapes (25088x64 @ 64x256: 1.9 ms
+    against 5.8 ms on 2 cores), forward and backward. The output is channels-last, so the
+    permutes are free.
+    """
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if x.dim() != 4:
+            return F.linear(x, weight, bias)
+        y = F.conv2d(x.permute(0, 3, 1, 2), weight[:, :, None, None], bias)
+        return y.permute(0, 2, 3, 1)

@@ -1,6 +1,24 @@
 """Inference folding passes: fold learned per-channel / scalar affine factors into the
 weights of adjacent linear layers, so inference runs fewer elementwise passes.
 
+The passes know no layer class: layers say what they need through a small protocol
+(any subset; a layer without it is simply not folded through, and the report says so):
+
+* ``first_linear()``: the Linear that consumes the layer's input position by position
+  first (a norm's affine folds into it); ``last_linear()``: the Linear / Conv2d whose
+  output channels are the layer's output (a layer scale folds into it);
+* ``commutes_with_channel_scale = True``: ``m(s * x) = s * m(x)`` for a per-channel ``s``
+  (a layer scale moves in front of it, into the norm's affine);
+* ``activation_sites()``: ``[(attribute, next layer)]``, activations that feed a layer
+  (a StarReLU folds into a Linear fully, into a zero-padded conv partly);
+* ``norm_sites()``: ``[(norm attribute, consumer)]`` (the consumer's ``first_linear()``
+  or the consumer itself if it is a Linear / Conv2d);
+* norms: ``without_affine()`` gives the norm to keep once its affine moved on.
+
+Every StarReLU, layer scale, res scale and norm affine that stays is listed in the
+report (``model.folded["kept"]``) with the reason, so a new mixer is folded or visibly
+not folded, never silently skipped.
+
 Every pass takes a lowered :class:`~mfdsl.model.MetaFormer` (or any module tree made of
 mfdsl's layers), rewrites it in place, and returns it together with nothing else; each
 is usable alone. :func:`fold_for_inference` runs them all in a sound order.
@@ -44,11 +62,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.activations import SquaredReLU, StarReLU
-from ..layers.block import Block, Downsample, Mlp, Scale
-from ..layers.heads import LinearHead, MlpHead
-from ..layers.mixers import Attention, DepthwiseConv, Pooling, RandomMixing, SepConv
-from ..layers.norms import LayerNorm, ModifiedLayerNorm
-from ..model import ClassifierHead
+from ..layers.block import Block, Scale
+from ..layers.norms import NormalizeOnly  # noqa: F401  (re-exported: a folded norm)
+from ..layers.variants import select_variants
+
+Report = Optional[List[str]]
 
 
 class ShiftedSquaredReLU(nn.Module):
@@ -63,29 +81,23 @@ class ShiftedSquaredReLU(nn.Module):
         return torch.addcmul(self.bias, r, r)
 
 
-class NormalizeOnly(nn.Module):
-    """A LayerNorm / modified LayerNorm whose affine was folded into the next layer."""
-
-    def __init__(self, dim: int, eps: float, joint: bool) -> None:
-        super().__init__()
-        self.dim = dim
-        self.eps = eps
-        self.joint = joint  # True: statistics over (H, W, C) (modified LayerNorm)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape[-3:]) if self.joint else (self.dim,)
-        return F.layer_norm(x, shape, None, None, self.eps)
-
-    def extra_repr(self) -> str:
-        return f"{self.dim}, eps={self.eps}, joint={self.joint}"
-
-
 # --- helpers --------------------------------------------------------------------------
 
 def _prepare(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    # Fused speed variants read the parameters a fold rewrites: fold the reference forms.
+    select_variants(model, ())
     return model.eval()
+
+
+def _keep(report: Report, what: str) -> None:
+    if report is not None:
+        report.append(what)
+
+
+def _names(model: nn.Module):
+    return {id(m): (n or "(model)") for n, m in model.named_modules()}
 
 
 def _set_linear_bias(lin: nn.Module, bias: torch.Tensor) -> None:
@@ -95,6 +107,29 @@ def _set_linear_bias(lin: nn.Module, bias: torch.Tensor) -> None:
     else:
         lin.bias.data.copy_(bias)
 
+
+def _first_linear(consumer: Optional[nn.Module]) -> Optional[nn.Module]:
+    if isinstance(consumer, (nn.Linear, nn.Conv2d)):
+        return consumer
+    get = getattr(consumer, "first_linear", None)
+    return get() if callable(get) else None
+
+
+def _last_linear(branch: nn.Module) -> Optional[nn.Module]:
+    get = getattr(branch, "last_linear", None)
+    return get() if callable(get) else None
+
+
+def _commutes(m: nn.Module) -> bool:
+    return isinstance(m, nn.Identity) or bool(getattr(m, "commutes_with_channel_scale", False))
+
+
+def _affine_norm(norm: nn.Module) -> bool:
+    return callable(getattr(norm, "without_affine", None)) and \
+        getattr(norm, "weight", None) is not None
+
+
+# --- pass 1: StarReLU -----------------------------------------------------------------
 
 def _fold_starrelu_into_linear(act: StarReLU, lin: nn.Linear) -> nn.Module:
     """lin(s * r + b) = (s W) r + (b W.sum(1) + b_lin): returns the activation to keep."""
@@ -107,34 +142,7 @@ def _fold_starrelu_into_linear(act: StarReLU, lin: nn.Linear) -> nn.Module:
     return SquaredReLU()
 
 
-def _iter_blocks(model: nn.Module) -> List[Block]:
-    return [m for m in model.modules() if isinstance(m, Block)]
-
-
-# --- pass 1: StarReLU -----------------------------------------------------------------
-
-def fold_starrelu(model: nn.Module) -> nn.Module:
-    """Fold StarReLU's scale (and bias, where exact) into the following layer.
-
-    MLP ``act -> fc2`` and sepconv ``act2 -> pwconv2``: scale and bias both fold.
-    Sepconv ``act1 -> dwconv``: the scale folds into the conv weight; the bias folds
-    into a conv bias only when the conv has no padding, otherwise it stays (see the
-    module docstring). Removes 2 scalars per full fold, 1 per scale-only fold; a Linear
-    that had no bias gains one when the StarReLU bias is non-zero.
-    """
-    model = _prepare(model)
-    for m in list(model.modules()):
-        if isinstance(m, Mlp) and type(m.act) is StarReLU:
-            m.act = _fold_starrelu_into_linear(m.act, m.fc2)
-        elif isinstance(m, SepConv):
-            if type(m.act2) is StarReLU:
-                m.act2 = _fold_starrelu_into_linear(m.act2, m.pwconv2)
-            if type(m.act1) is StarReLU:
-                m.act1 = _fold_starrelu_into_dwconv(m.act1, m.dwconv)
-    return model
-
-
-def _fold_starrelu_into_dwconv(act: StarReLU, conv: nn.Conv2d) -> nn.Module:
+def _fold_starrelu_into_conv(act: StarReLU, conv: nn.Conv2d) -> nn.Module:
     """conv(s * r + b) = (s W) * r + conv(b): the scale always folds; ``b`` folds into a
     conv bias only when the conv has no padding (conv(b) = b * sum(W) at every position).
     With zero padding it stays before the conv as ``b / s`` (so that the scaled conv
@@ -156,23 +164,41 @@ def _fold_starrelu_into_dwconv(act: StarReLU, conv: nn.Conv2d) -> nn.Module:
         return ShiftedSquaredReLU(b / s)
 
 
+def fold_starrelu(model: nn.Module, report: Report = None) -> nn.Module:
+    """Fold StarReLU's scale (and bias, where exact) into the layer it feeds.
+
+    Into a Linear (MLP ``act -> fc2``, sepconv ``act2 -> pwconv2``): scale and bias both
+    fold. Into a zero-padded conv (sepconv ``act1 -> dwconv``): the scale folds; the
+    bias folds into a conv bias only without padding, otherwise it stays (see the module
+    docstring). A StarReLU no layer lists in ``activation_sites()`` is kept and reported.
+    """
+    model = _prepare(model)
+    names = _names(model)
+    folded = set()
+    for m in list(model.modules()):
+        sites = getattr(m, "activation_sites", None)
+        if not callable(sites):
+            continue
+        for attr, nxt in sites():
+            act = getattr(m, attr)
+            if not isinstance(act, StarReLU):
+                continue
+            if isinstance(nxt, nn.Linear):
+                new = _fold_starrelu_into_linear(act, nxt)
+            elif isinstance(nxt, nn.Conv2d):
+                new = _fold_starrelu_into_conv(act, nxt)
+            else:
+                continue
+            if new is not act:
+                setattr(m, attr, new)
+                folded.add(id(act))
+    for m in model.modules():
+        if isinstance(m, StarReLU) and id(m) not in folded:
+            _keep(report, f"{names[id(m)]} (StarReLU): kept, no foldable layer after it")
+    return model
+
+
 # --- pass 2: layer scale --------------------------------------------------------------
-
-_COMMUTING_MIXERS = (nn.Identity, Pooling, RandomMixing)
-
-
-def _last_linear(branch: nn.Module) -> Optional[nn.Module]:
-    """The layer whose output *is* the branch output (per output channel), if any."""
-    if isinstance(branch, Mlp):
-        return branch.fc2
-    if isinstance(branch, SepConv):
-        return branch.pwconv2
-    if isinstance(branch, Attention):
-        return branch.proj
-    if isinstance(branch, DepthwiseConv):
-        return branch.conv
-    return None
-
 
 def _scale_output_channels(layer: nn.Module, s: torch.Tensor) -> None:
     shape = (-1,) + (1,) * (layer.weight.ndim - 1)
@@ -181,46 +207,48 @@ def _scale_output_channels(layer: nn.Module, s: torch.Tensor) -> None:
         layer.bias.mul_(s)
 
 
-def _fold_scale_into_norm(norm: nn.Module, s: torch.Tensor) -> bool:
+def _scale_norm_affine(norm: nn.Module, s: torch.Tensor) -> bool:
     """ls * norm(x) with a per-channel affine norm: scale its weight and bias."""
-    if isinstance(norm, (LayerNorm, ModifiedLayerNorm)) and norm.weight is not None:
-        norm.weight.mul_(s)
-        if norm.bias is not None:
-            norm.bias.mul_(s)
-        return True
-    return False
+    if not _affine_norm(norm):
+        return False
+    norm.weight.mul_(s)
+    if getattr(norm, "bias", None) is not None:
+        norm.bias.mul_(s)
+    return True
 
 
-def fold_layer_scale(model: nn.Module) -> nn.Module:
-    """Fold each block's layer_scale1/2 into the last linear layer of its branch.
+def fold_layer_scale(model: nn.Module, report: Report = None) -> nn.Module:
+    """Fold each block's layer_scale1/2 into the ``last_linear()`` of its branch.
 
-    For mixers that commute with a per-channel scale (identity, pooling, random) the
-    scale folds into norm1's affine instead. Removes ``dim`` parameters per fold; scales
-    that cannot be folded exactly (e.g. after an unknown plugin mixer) are kept.
+    For a mixer that commutes with a per-channel scale (identity, pooling, random,
+    global filter) the scale folds into norm1's affine instead. Removes ``dim``
+    parameters per fold; a scale that cannot be folded exactly is kept and reported.
     """
     model = _prepare(model)
+    names = _names(model)
     with torch.no_grad():
-        for blk in _iter_blocks(model):
-            if isinstance(blk.layer_scale1, Scale):
-                s = blk.layer_scale1.scale.detach()
-                target = _last_linear(blk.token_mixer)
+        for blk in [m for m in model.modules() if isinstance(m, Block)]:
+            for ls_name, branch, norm in (("layer_scale1", blk.token_mixer, blk.norm1),
+                                          ("layer_scale2", blk.mlp, blk.norm2)):
+                ls = getattr(blk, ls_name)
+                if not isinstance(ls, Scale):
+                    continue
+                s = ls.scale.detach()
+                target = _last_linear(branch)
                 if target is not None:
                     _scale_output_channels(target, s)
-                    blk.layer_scale1 = nn.Identity()
-                elif isinstance(blk.token_mixer, _COMMUTING_MIXERS) and \
-                        _fold_scale_into_norm(blk.norm1, s):
-                    blk.layer_scale1 = nn.Identity()
-            if isinstance(blk.layer_scale2, Scale):
-                target = _last_linear(blk.mlp)
-                if target is not None:
-                    _scale_output_channels(target, blk.layer_scale2.scale.detach())
-                    blk.layer_scale2 = nn.Identity()
+                elif not (_commutes(branch) and _scale_norm_affine(norm, s)):
+                    _keep(report, f"{names[id(blk)]}.{ls_name}: kept, "
+                                  f"{type(branch).__name__} has no last_linear() and "
+                                  "does not commute with a channel scale into an affine norm")
+                    continue
+                setattr(blk, ls_name, nn.Identity())
     return model
 
 
 # --- pass 3: residual scale -----------------------------------------------------------
 
-def fold_res_scale(model: nn.Module) -> nn.Module:
+def fold_res_scale(model: nn.Module, report: Report = None) -> nn.Module:
     """Remove res_scale1/2 that are exactly 1 in every channel (exact).
 
     A general per-channel res_scale cannot be folded: the residual stream it scales
@@ -228,84 +256,76 @@ def fold_res_scale(model: nn.Module) -> nn.Module:
     does not pass through it) and the next residual sum. Those scales are kept.
     """
     model = _prepare(model)
-    for blk in _iter_blocks(model):
+    names = _names(model)
+    for blk in [m for m in model.modules() if isinstance(m, Block)]:
         for name in ("res_scale1", "res_scale2"):
             sc = getattr(blk, name)
-            if isinstance(sc, Scale) and bool((sc.scale.detach() == 1).all()):
+            if not isinstance(sc, Scale):
+                continue
+            if bool((sc.scale.detach() == 1).all()):
                 setattr(blk, name, nn.Identity())
+            else:
+                _keep(report, f"{names[id(blk)]}.{name}: kept, a per-channel residual scale "
+                              "does not pass through the next norm")
     return model
 
 
 # --- pass 4: norm affine --------------------------------------------------------------
 
-def _first_linear(branch: nn.Module) -> Optional[nn.Module]:
-    """The layer that consumes the norm's output position-wise, if the branch starts
-    with one."""
-    if isinstance(branch, Mlp):
-        return branch.fc1
-    if isinstance(branch, SepConv):
-        return branch.pwconv1
-    if isinstance(branch, Attention):
-        return branch.qkv
-    if isinstance(branch, (LinearHead, nn.Linear)):
-        return branch
-    if isinstance(branch, MlpHead):
-        return branch.fc1
+def _fold_affine_into(norm: nn.Module, lin: nn.Module) -> Optional[nn.Module]:
+    """lin(n * w + b) = (W diag(w)) n + (W b + b_lin): returns the norm to keep, or None
+    if this layer cannot take it exactly."""
+    w = norm.weight.detach()
+    b = norm.bias.detach() if getattr(norm, "bias", None) is not None else None
+    with torch.no_grad():
+        if isinstance(lin, nn.Linear):
+            if b is not None:
+                term = lin.weight @ b
+                if lin.bias is not None or bool((term != 0).any()):
+                    _set_linear_bias(lin, term + (lin.bias if lin.bias is not None else 0))
+            lin.weight.mul_(w.reshape(1, -1))
+            return norm.without_affine()
+        if isinstance(lin, nn.Conv2d) and lin.groups == 1 and b is None:
+            # conv(x * w) with zero padding = conv_{W * w[in]}(x): padding stays zero.
+            lin.weight.mul_(w.reshape(1, -1, 1, 1))
+            return norm.without_affine()
     return None
 
 
-def _fold_affine_into_linear(norm: nn.Module, lin: nn.Linear) -> nn.Module:
-    """lin(n * w + b) = (W diag(w)) n + (W b + b_lin). Returns the plain norm to keep."""
-    w = norm.weight.detach()
-    b = norm.bias.detach() if norm.bias is not None else None
-    with torch.no_grad():
-        if b is not None:
-            term = lin.weight @ b
-            if lin.bias is not None or bool((term != 0).any()):
-                _set_linear_bias(lin, term + (lin.bias if lin.bias is not None else 0))
-        lin.weight.mul_(w.reshape(1, -1))
-    return NormalizeOnly(norm.dim, norm.eps, joint=isinstance(norm, ModifiedLayerNorm))
-
-
-def _affine_norm(norm: nn.Module) -> bool:
-    return isinstance(norm, (LayerNorm, ModifiedLayerNorm)) and norm.weight is not None
-
-
-def fold_norm_affine(model: nn.Module) -> nn.Module:
-    """Fold LayerNorm / modified-LayerNorm weight and bias into the following layer.
-
-    norm1 -> sepconv.pwconv1 / attention.qkv, norm2 -> mlp.fc1, head norm -> the
-    classifier's first Linear, MlpHead norm -> fc2, downsampling pre-norm (no bias) ->
-    the strided conv. Removes the norm's ``dim`` (+ ``dim`` bias) parameters per fold; a
-    Linear without bias gains one if the norm had a non-zero bias.
+def fold_norm_affine(model: nn.Module, report: Report = None) -> nn.Module:
+    """Fold LayerNorm / modified-LayerNorm weight and bias into the layer that consumes
+    the normalised tensor (every ``norm_sites()`` pair: norm1 -> mixer, norm2 -> MLP,
+    head norm -> classifier, MlpHead norm -> fc2, downsampling pre-norm without bias ->
+    the strided conv). A Linear without bias gains one if the norm had a non-zero bias.
+    Affine norms that stay are reported (e.g. the stem's post-norm, which feeds the
+    residual stream).
     """
     model = _prepare(model)
-    for blk in _iter_blocks(model):
-        lin = _first_linear(blk.token_mixer)
-        if lin is not None and _affine_norm(blk.norm1):
-            blk.norm1 = _fold_affine_into_linear(blk.norm1, lin)
-        lin = _first_linear(blk.mlp)
-        if lin is not None and _affine_norm(blk.norm2):
-            blk.norm2 = _fold_affine_into_linear(blk.norm2, lin)
+    names = _names(model)
+    folded = set()
     for m in list(model.modules()):
-        if isinstance(m, ClassifierHead) and _affine_norm(m.norm):
-            lin = _first_linear(m.fc)
-            if lin is not None:
-                m.norm = _fold_affine_into_linear(m.norm, lin)
-        if isinstance(m, MlpHead) and _affine_norm(m.norm):
-            m.norm = _fold_affine_into_linear(m.norm, m.fc2)
-        if isinstance(m, Downsample) and hasattr(m, "pre_norm") and \
-                isinstance(m.pre_norm, LayerNorm) and m.pre_norm.bias is None:
-            with torch.no_grad():
-                # conv(x * w) with zero padding = conv_{W * w[in]}(x): padding stays zero.
-                m.conv.weight.mul_(m.pre_norm.weight.detach().reshape(1, -1, 1, 1))
-            m.pre_norm = NormalizeOnly(m.pre_norm.dim, m.pre_norm.eps, joint=False)
+        sites = getattr(m, "norm_sites", None)
+        if not callable(sites):
+            continue
+        for attr, consumer in sites():
+            norm = getattr(m, attr)
+            lin = _first_linear(consumer)
+            if lin is None or not _affine_norm(norm):
+                continue
+            kept = _fold_affine_into(norm, lin)
+            if kept is not None:
+                setattr(m, attr, kept)
+                folded.add(id(norm))
+    for m in model.modules():
+        if _affine_norm(m) and id(m) not in folded:
+            _keep(report, f"{names[id(m)]} ({type(m).__name__}): affine kept, "
+                          "no linear layer consumes it directly")
     return model
 
 
 # --- all passes -----------------------------------------------------------------------
 
-PASSES: Tuple[Tuple[str, Callable[[nn.Module], nn.Module]], ...] = (
+PASSES: Tuple[Tuple[str, Callable[..., nn.Module]], ...] = (
     ("starrelu", fold_starrelu),
     ("layer_scale", fold_layer_scale),
     ("res_scale", fold_res_scale),
@@ -326,17 +346,20 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
     """Run every folding pass (in place) and return the model, in eval mode.
 
     The model is inference-only afterwards: a forward pass in training mode raises.
-    ``model.folded`` lists the passes applied and the parameter counts before / after.
+    ``model.folded`` lists the passes applied, the parameter counts before / after, and
+    ``kept``: what could not be folded, and why.
     """
     model = _prepare(model)
     before = sum(p.numel() for p in model.parameters())
+    kept: List[str] = []
     for _, fn in PASSES:
-        fn(model)
+        fn(model, kept)
     after = sum(p.numel() for p in model.parameters())
     if not getattr(model, "_mfdsl_fold_guard", False):
         model.register_forward_pre_hook(_refuse_training)
         model._mfdsl_fold_guard = True
     model.folded = {
         "passes": [n for n, _ in PASSES], "params_before": before, "params_after": after,
+        "kept": kept,
     }
     return model

@@ -1,0 +1,111 @@
+"""Speed variants: a layer with the same parameters and the same maths as a reference
+layer, written for one target's kernels.
+
+A variant is a subclass of its reference that only overrides ``forward`` (no parameter,
+buffer or submodule of its own), so switching between them is a class swap: the state
+dict, the optimizer state and every hook stay exactly as they were. Which variants a
+target runs is decided in one place, :data:`mfdsl.passes.targets.VARIANTS_FOR`, from
+measurements (``benchmarks/bench_variants.py``); every variant is tested against its
+reference in ``tests/test_variants.py`` (forward and gradients, float64).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Tuple, Type
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    reference: Type[nn.Module]
+    fast: Type[nn.Module]
+    applies: Callable[[nn.Module], bool]
+    doc: str
+
+
+VARIANTS: Dict[str, Variant] = {}
+
+
+def speed_variant(name: str, reference: Type[nn.Module], doc: str,
+                  applies: Callable[[nn.Module], bool] = lambda m: True):
+    """Class decorator: register ``fast`` as a speed variant of ``reference``."""
+
+    def register(fast: Type[nn.Module]) -> Type[nn.Module]:
+        if not issubclass(fast, reference):
+            raise TypeError(f"variant {fast.__name__} must subclass {reference.__name__}")
+        if name in VARIANTS:
+            raise ValueError(f"speed variant {name!r} registered twice")
+        VARIANTS[name] = Variant(name, reference, fast, applies, doc)
+        return fast
+
+    return register
+
+
+def _reference_of(cls: type) -> type:
+    for v in VARIANTS.values():
+        if cls is v.fast:
+            return v.reference
+    return cls
+
+
+def select_variants(model: nn.Module, names: Iterable[str]) -> List[str]:
+    """Run ``model`` with exactly the variants ``names`` (others back to their reference).
+
+    In place; returns ``"<module path>: <variant>"`` for every module switched to a variant.
+    Parameters, buffers and the state dict are untouched.
+    """
+    wanted = []
+    for n in names:
+        if n not in VARIANTS:
+            raise KeyError(f"unknown speed variant {n!r}; known: {', '.join(sorted(VARIANTS))}")
+        wanted.append(VARIANTS[n])
+    used = []
+    for path, m in model.named_modules():
+        ref = _reference_of(type(m))
+        if ref is not type(m):
+            m.__class__ = ref
+        for v in wanted:
+            if type(m) is v.reference and v.applies(m):
+                m.__class__ = v.fast
+                used.append(f"{path or '(model)'}: {v.name}")
+                break
+    return used
+
+
+def variants_in_use(model: nn.Module) -> Dict[str, int]:
+    """How many modules run each variant."""
+    out: Dict[str, int] = {}
+    for m in model.modules():
+        for v in VARIANTS.values():
+            if type(m) is v.fast:
+                out[v.name] = out.get(v.name, 0) + 1
+    return out
+
+
+# Which variants each (device, compiled?) runs: the one place this is decided. Measured
+# with ``benchmarks/bench_variants.py`` (docs/benchmarks.md, "Speed variants"); a variant
+# stays out of a target where it did not measure faster there. "reference" runs none:
+# the paper's forms, the same graph on every device (what ``mfdsl export`` writes).
+ALL_FUSED = ("mlp_starrelu_into_fc2", "sepconv_starrelu_into_convs", "block_addcmul",
+             "modified_layernorm_groupnorm", "starrelu_addcmul")
+VARIANTS_FOR: Dict[Tuple[str, bool], Tuple[str, ...]] = {
+    ("reference", False): (),
+    ("reference", True): (),
+    ("cpu", False): ALL_FUSED + ("pointwise_conv1x1",),
+    ("cpu", True): ALL_FUSED + ("pointwise_conv1x1",),
+    # CUDA eager keeps the fused forms it ran before; cuBLAS serves F.linear well.
+    ("cuda", False): ALL_FUSED,
+    # Not measured (no GPU here): inductor fuses the reference's elementwise chains.
+    ("cuda", True): (),
+}
+
+
+def variants_for(target: str, compiled: bool = False) -> Tuple[str, ...]:
+    """The speed variants ``target`` ("cpu", "cuda", "reference") runs."""
+    key = (target, bool(compiled))
+    if key not in VARIANTS_FOR:
+        raise KeyError(f"no speed-variant choice for target {target!r}; expected one of "
+                       + ", ".join(sorted({t for t, _ in VARIANTS_FOR})))
+    return VARIANTS_FOR[key]
