@@ -53,7 +53,11 @@ def export_model(model: nn.Module, path: str, fmt: str, *, input_shape: Tuple[in
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if batch < 1:
         raise ExportError(f"batch must be >= 1, got {batch}")
-    model = model.eval()
+    # The reference layers: the paper's forms, one graph whatever device reads the file.
+    from .passes.targets import compile_for_target
+
+    model = compile_for_target(model.eval(), "cpu", mode="eager", variants="reference",
+                               channels_last=False).model
     # torch.export specialises a dimension whose example size is 1, so a dynamic batch is
     # traced with at least 2 samples.
     trace_batch = max(batch, 2) if dynamic_batch else batch

@@ -1,7 +1,6 @@
 """Top-1 / top-5 / loss / throughput of a model over an ImageFolder split."""
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any, Dict
 
@@ -13,17 +12,12 @@ from .distributed import DistEnv, all_sum, gather_objects
 from .metrics import accuracy_counts
 
 
-def autocast_context(device: torch.device, enabled: bool, dtype: torch.dtype):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, env: DistEnv, amp: bool = False,
-             amp_dtype: torch.dtype = torch.bfloat16, channels_last: bool = False
-             ) -> Dict[str, Any]:
+def evaluate(model: nn.Module, loader: Any, env: DistEnv) -> Dict[str, Any]:
     """Exact metrics over the whole split (each rank evaluates its unpadded shard).
+
+    ``model`` is prepared for the device (``mfdsl.passes.compile_for_target``: it places
+    the images, sets their layout and enters autocast itself).
 
     Loss is plain cross-entropy on the true labels; unreadable images are left out.
     Returns top1/top5 in percent, mean loss, images, img_s and the distinct unreadable files
@@ -49,13 +43,8 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv, amp: bool = False,
             if not keep:
                 continue
             images, target = images[keep], target[keep]
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         target = target.to(device, non_blocking=True)
-        with autocast_context(device, amp, amp_dtype):
-            logits = model(images)
-        logits = logits.float()
+        logits = model(images).float()
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
         k1, k5 = accuracy_counts(logits, target)
         c1 += k1
@@ -218,12 +207,16 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
         cuda = env.device.type == "cuda"
         use_amp = (spec.recipe.amp if spec.recipe else True) and cuda if amp is None else amp
         cl = cuda if channels_last is None else channels_last
-        model = model.to(env.device)
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
+        from ..passes.targets import compile_for_target
+
+        dtype = {"bfloat16": "bf16", "float16": "fp16"}.get(amp_dtype)
+        if use_amp and dtype is None:
+            raise RunError(f"--amp-dtype must be bfloat16 or float16, got {amp_dtype}")
+        prepared = compile_for_target(model.eval(), env.device, dtype if use_amp else "fp32",
+                                      mode="eager", channels_last=cl)
         loader = make_loader(dataset, ShardSampler(len(dataset), env.rank, env.world_size),
                              batch_size, workers, 0, drop_last=False, pin_memory=cuda)
-        res = evaluate(model, loader, env, use_amp, getattr(torch, amp_dtype), cl)
+        res = evaluate(prepared, loader, env)
         from .distributed import barrier
 
         barrier(env)  # ranks tear the process group down together

@@ -24,7 +24,7 @@ from . import checkpointing as ckpt
 from .distributed import (DistEnv, agree_on_failure, all_sum, any_rank, barrier,
                           checked_alike_on_every_rank, gather_objects, setup, teardown)
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
-from .evaluate import autocast_context, evaluate
+from .evaluate import evaluate
 from .imagefolder import (ResumableDistributedSampler, ShardSampler, SkippingImageFolder,
                           UnknownClassError, UnreadableImages, eval_transform, make_loader,
                           split_dir, train_transform)
@@ -35,6 +35,8 @@ from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, Tr
 from .. import fsio
 from .run_folder import (OutputPlan, RunContext, clear_run, environment, plan_output,
                          spec_text, write_json)
+
+_DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
 
 # Test hooks (documented in docs/training.md): SIGKILL the process right after optimizer
 # step N (after that step's checkpoint, if any); make the loss of step N non-finite.
@@ -248,6 +250,8 @@ class Trainer:
                                    r.min_lr)
 
     def _setup_device_and_model(self) -> None:
+        from ..passes.targets import compile_for_target
+
         env, opts = self.env, self.opts
         cuda = env.device.type == "cuda"
         self.amp = (self.recipe.amp and cuda) if opts.amp is None else opts.amp
@@ -255,26 +259,26 @@ class Trainer:
             raise RunError(f"--amp-dtype must be bfloat16 or float16, got {opts.amp_dtype}")
         self.amp_dtype = getattr(torch, opts.amp_dtype)
         self.channels_last = cuda if opts.channels_last is None else opts.channels_last
-        use_compile = cuda if opts.compile is None else opts.compile
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        model = self.model.to(env.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        fwd: nn.Module = model
+        self.use_compile = cuda if opts.compile is None else opts.compile
+        wrap = None
         if env.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            fwd = DDP(model, device_ids=[env.device.index] if cuda else None)
-        self.ddp = fwd if env.distributed else None
-        if use_compile:
-            fwd = torch.compile(fwd)
-        self.forward_model = fwd
+            def wrap(m: nn.Module) -> nn.Module:
+                return DDP(m, device_ids=[env.device.index] if cuda else None)
+
+        self.target = dict(target=env.device, channels_last=self.channels_last,
+                           dtype=_DTYPE_NAMES[opts.amp_dtype] if self.amp else "fp32")
+        # The one device preparation (mfdsl.passes.targets): the same code on CPU and CUDA.
+        self.forward_model = compile_for_target(
+            self.model, mode="default" if self.use_compile else "eager", wrap=wrap,
+            **self.target)
+        self.model = self.forward_model.model
+        self.ddp = self.forward_model.wrapped
 
     def _setup_optim(self) -> None:
+        from ..passes.targets import compile_for_target
+
         r = self.recipe
         self.optimizer = create_optimizer(self.model, r, self.lr)
         fp16 = self.amp and self.amp_dtype == torch.float16
@@ -300,6 +304,8 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=r.ema)
+            # EMA weights are evaluated eager (one compiled model is enough to pay for).
+            self.ema_eval = compile_for_target(self.ema.module, mode="eager", **self.target)
 
     # ------------------------------------------------------------------ resume
     def _find_resume(self) -> Optional[str]:
@@ -392,7 +398,7 @@ class Trainer:
                 "warmup_steps": self.schedule.warmup_steps, "img_size": list(self.spec.img_size),
                 "amp": self.amp, "amp_dtype": self.opts.amp_dtype if self.amp else None,
                 "channels_last": self.channels_last,
-                "compile": self.forward_model is not (self.ddp or self.model),
+                "compile": self.use_compile,
                 "mixup_active": self.mixup_active, "loss": type(self.criterion).__name__,
                 "data": self.data_root, "embedded_data": self.embedded,
                 "train_images": len(self.train_set),
@@ -435,11 +441,9 @@ class Trainer:
     def validate(self) -> Optional[Dict[str, Any]]:
         if self.val_set is None:
             return None
-        res = evaluate(self.model, self._val_loader(), self.env, self.amp, self.amp_dtype,
-                       self.channels_last)
+        res = evaluate(self.forward_model, self._val_loader(), self.env)
         if self.ema is not None:
-            ema_res = evaluate(self.ema.module, self._val_loader(), self.env, self.amp,
-                               self.amp_dtype, self.channels_last)
+            ema_res = evaluate(self.ema_eval, self._val_loader(), self.env)
             res["ema_top1"], res["ema_top5"] = ema_res["top1"], ema_res["top5"]
         st = self.state
         st.last_val, st.last_val_step = res, st.step
@@ -534,15 +538,12 @@ class Trainer:
             self._unreadable_pending.add_batch(self.train_set, failures)
             images = images.to(env.device, non_blocking=True)
             target = target.to(env.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             if self.mixup is not None:
                 images, target = self.mixup(images, target)
             sync = self.ddp is None or k == plan.accum - 1
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
             with ctx:
-                with autocast_context(env.device, self.amp, self.amp_dtype):
-                    out = self.forward_model(images)
+                out = self.forward_model(images)  # placement, layout, autocast inside
                 loss = self.criterion(out.float(), target)
                 if inject_nan:
                     loss = loss * float("nan")
@@ -608,7 +609,7 @@ class Trainer:
         progress = progress and env.is_main
         images_per_step = plan.global_batch
         t_start = time.perf_counter()
-        self.model.train()
+        self.forward_model.train()
         while st.epoch < r.epochs and st.step < self.total_steps:
             epoch = st.epoch
             it = iter(self._loader(epoch, st.micro))

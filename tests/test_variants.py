@@ -1,0 +1,121 @@
+"""Speed variants against their reference layers: same parameters and state dict, same
+forward and gradients (float64, to rounding), and the per-target choice is well formed."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mfdsl.api import build_model
+from mfdsl.ir import ModelSpec, StageSpec, call, default_downsample
+from mfdsl.layers.activations import StarReLU
+from mfdsl.layers.block import Block, Mlp
+from mfdsl.layers.mixers import Pooling, SepConv
+from mfdsl.layers.norms import LayerNorm, ModifiedLayerNorm
+from mfdsl.layers.pointwise import Pointwise
+from mfdsl.layers.variants import VARIANTS, VARIANTS_FOR, select_variants, variants_in_use
+
+D = torch.float64
+
+
+def _star(scale: float = -0.7, bias: float = 0.3):
+    return lambda d: StarReLU(scale, bias)
+
+
+# One layer per variant, with every parameter the variant rewrites off its init (a
+# negative StarReLU scale, non-zero biases, non-unit scales).
+LAYERS = {
+    "pointwise_conv1x1": lambda: Pointwise(6, 10, bias=True),
+    "mlp_starrelu_into_fc2": lambda: Mlp(6, 12, StarReLU(-0.7, 0.3), bias=True),
+    "sepconv_starrelu_into_convs": lambda: SepConv(6, 2, 3, _star(), _star(1.3, -0.2),
+                                                   bias=True),
+    "modified_layernorm_groupnorm": lambda: ModifiedLayerNorm(6, bias=True),
+    "starrelu_addcmul": lambda: StarReLU(-0.7, 0.3),
+    "block_addcmul": lambda: Block(6, LayerNorm(6), Pooling(), LayerNorm(6),
+                                   Mlp(6, 12, nn.GELU()), layer_scale=0.5, res_scale=1.5),
+}
+
+
+def test_every_variant_is_tested_and_every_choice_exists() -> None:
+    assert set(LAYERS) == set(VARIANTS)
+    for key, names in VARIANTS_FOR.items():
+        assert set(names) <= set(VARIANTS), key
+    assert VARIANTS_FOR[("reference", False)] == VARIANTS_FOR[("reference", True)] == ()
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_variant_matches_reference_float64(name: str) -> None:
+    torch.manual_seed(0)
+    ref = LAYERS[name]().to(D)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    fast = copy.deepcopy(ref)
+    used = select_variants(fast, [name])
+    assert used, f"{name} did not apply to its test layer"
+    assert any(type(m) is VARIANTS[name].fast for m in fast.modules())
+    # same state dict: keys, shapes, values
+    sr, sf = ref.state_dict(), fast.state_dict()
+    assert list(sr) == list(sf)
+    for k in sr:
+        assert torch.equal(sr[k], sf[k]), k
+    x = torch.randn(2, 5, 4, 6, dtype=D) if name != "starrelu_addcmul" else \
+        torch.randn(2, 5, 4, 12, dtype=D)
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yf = ref(xr), fast(xf)
+    torch.testing.assert_close(yf, yr, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(yr)
+    yr.backward(g)
+    yf.backward(g)
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-10, atol=1e-12)
+    for (n, pr), (_, pf) in zip(ref.named_parameters(), fast.named_parameters()):
+        if pr.requires_grad:
+            torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-9, atol=1e-12, msg=n)
+    # under no_grad too (the MLP variant works in place there)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-10, atol=1e-12)
+    # and back to the reference class
+    select_variants(fast, ())
+    assert all(type(a) is type(b) for a, b in zip(ref.modules(), fast.modules()))
+
+
+def tiny_convformer() -> ModelSpec:
+    stages = [
+        StageSpec(depth=1, width=16, mixers=[call("sepconv", kernel=3)], mlp_ratio=2.0),
+        StageSpec(depth=1, width=32, mixers=[call("sepconv", kernel=3)], mlp_ratio=2.0,
+                  res_scale=1.0, downsample=default_downsample()),
+    ]
+    return ModelSpec(name="tiny_convformer", img_size=(32, 32), num_classes=5,
+                     stages=stages, head=call("mlp"))
+
+
+def test_build_targets_pick_their_variants() -> None:
+    ref = build_model(tiny_convformer(), target="reference")
+    assert variants_in_use(ref) == {}
+    cpu = build_model(tiny_convformer(), target="cpu")
+    assert set(variants_in_use(cpu)) == {
+        n for n in VARIANTS_FOR[("cpu", False)]
+        if any(isinstance(m, VARIANTS[n].reference) and VARIANTS[n].applies(m)
+               for m in ref.modules())}
+    assert list(ref.state_dict()) == list(cpu.state_dict())
+
+
+def _aten_ops(model: nn.Module, device: str) -> list:
+    ex = torch.randn(2, 3, 32, 32, device=device)
+    ep = torch.export.export(model.to(device).eval(), (ex,))
+    return [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+
+
+def test_reference_export_graph_is_device_independent() -> None:
+    """The reference layers have no device branch: exported on two devices (the meta
+    device stands in for CUDA here), the graphs are the same op for op. The CPU eager
+    variants do differ (1x1 convs), which is why export uses the reference."""
+    torch.manual_seed(0)
+    model = build_model(tiny_convformer(), target="reference")
+    ops_cpu = _aten_ops(copy.deepcopy(model), "cpu")
+    ops_meta = _aten_ops(copy.deepcopy(model), "meta")
+    assert ops_cpu == ops_meta
+    cpu_fast = build_model(tiny_convformer(), target="cpu")
+    assert _aten_ops(cpu_fast, "cpu") != ops_cpu
