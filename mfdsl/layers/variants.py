@@ -94,7 +94,9 @@ VARIANTS_FOR: Dict[Tuple[str, bool], Tuple[str, ...]] = {
     ("reference", False): (),
     ("reference", True): (),
     ("cpu", False): ALL_FUSED + ("pointwise_conv1x1",),
-    ("cpu", True): ALL_FUSED + ("pointwise_conv1x1",),
+    # Under inductor the plain forms fuse as well or better (the hand-fused MLP, residual
+    # and GroupNorm forms measured 1.1-2x slower compiled); oneDNN's 1x1 conv still wins.
+    ("cpu", True): ("pointwise_conv1x1",),
     # CUDA eager keeps the fused forms it ran before; cuBLAS serves F.linear well.
     ("cuda", False): ALL_FUSED,
     # Not measured (no GPU here): inductor fuses the reference's elementwise chains.
