@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from mfdsl.layers.activations import StarReLU  # noqa: E402
-from mfdsl.layers.block import Block, Mlp, Scale  # noqa: E402,F401
+from mfdsl.layers.block import Block, Mlp  # noqa: E402
 from mfdsl.layers.mixers import Pooling, SepConv  # noqa: E402
 from mfdsl.layers.norms import LayerNorm, ModifiedLayerNorm  # noqa: E402
 from mfdsl.layers.variants import VARIANTS, select_variants  # noqa: E402

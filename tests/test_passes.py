@@ -206,3 +206,56 @@ def test_fold_full_caformer_like_float32() -> None:
         ref = model(x)
         out = fold_for_inference(copy.deepcopy(model))(x)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+class _PluginMixer(nn.Module):
+    """A mixer that knows nothing of the folding protocol."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(dim, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) * self.w
+
+
+class _PluginMixerWithProtocol(_PluginMixer):
+    """The same, declaring the one linear map its output goes through."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.out = nn.Linear(dim, dim, bias=False).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(super().forward(x))
+
+    def last_linear(self) -> nn.Module:
+        return self.out
+
+
+def test_unknown_mixer_is_reported_not_silently_skipped() -> None:
+    model = randomised(SPECS["attention_linear"]())
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    blocks[0].token_mixer = _PluginMixer(16)
+    blocks[1].token_mixer = _PluginMixerWithProtocol(32)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+        folded = fold_for_inference(copy.deepcopy(model))
+        torch.testing.assert_close(folded(x), ref, rtol=1e-10, atol=1e-12)
+    kept = folded.folded["kept"]
+    assert any("layer_scale1" in k and "_PluginMixer " in k for k in kept), kept
+    fb = [m for m in folded.modules() if isinstance(m, Block)]
+    assert isinstance(fb[0].layer_scale1, Scale)  # kept, and said so
+    assert not isinstance(fb[1].layer_scale1, Scale)  # folded through last_linear()
+    # the stem's post-norm feeds the residual stream: reported as kept too
+    assert any(k.startswith("stem.post_norm") for k in kept), kept
+
+
+def test_compile_for_target_summary_lists_what_fold_kept() -> None:
+    from mfdsl.passes import compile_for_target
+
+    model = randomised(SPECS["attention_linear"]())
+    [m for m in model.modules() if isinstance(m, Block)][0].token_mixer = _PluginMixer(16)
+    out = compile_for_target(model, "cpu", mode="eager", fold=True)
+    assert "kept:" in out.summary["applied"][0] and "_PluginMixer" in out.summary["applied"][0]

@@ -125,3 +125,40 @@ def test_timm_name_mapping() -> None:
     pytest.importorskip("timm")
     assert timm_name_for("caformer_s18") == "caformer_s18"
     assert timm_name_for("identityformer_s12") is None  # timm lacks it
+
+
+def test_channels_last_converts_conv_weights_only() -> None:
+    """global_filter's 4-d complex weight keeps its layout (view_as_complex needs a unit
+    last stride); every conv weight goes channels-last; the model still runs."""
+    from mfdsl.layers.mixers import GlobalFilter
+
+    spec = ModelSpec(name="gf", img_size=(32, 32), num_classes=3, stages=[
+        StageSpec(depth=1, width=16, mixers=[call("global_filter")]),
+        StageSpec(depth=1, width=32, mixers=[call("dwconv", kernel=3)],
+                  downsample=default_downsample())])
+    opt = compile_for_target(build_model(spec), "cpu", dtype="bf16", mode="eager")
+    gf = [m for m in opt.modules() if isinstance(m, GlobalFilter)]
+    assert gf and all(m.complex_weight.is_contiguous() for m in gf)
+    convs = [m for m in opt.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last)
+                         for c in convs)
+    out = opt.train()(torch.randn(2, 3, 32, 32))
+    out.float().sum().backward()
+
+
+def test_unknown_device_is_a_target_error() -> None:
+    with pytest.raises(TargetError, match="unknown target"):
+        compile_for_target(_model(), "tpu")
+    with pytest.raises(TargetError, match="variants"):
+        compile_for_target(_model(), "cpu", variants="fastest")
+
+
+def test_variants_follow_the_mode() -> None:
+    from mfdsl.layers.variants import VARIANTS_FOR, variants_in_use
+
+    eager = compile_for_target(_model(), "cpu", mode="eager")
+    assert set(variants_in_use(eager.model)) <= set(VARIANTS_FOR[("cpu", False)])
+    assert "mlp_starrelu_into_fc2" in variants_in_use(eager.model)
+    ref = compile_for_target(_model(), "cpu", mode="eager", variants="reference")
+    assert variants_in_use(ref.model) == {}
+    assert ref.summary["variants"] == []

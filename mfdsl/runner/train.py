@@ -260,18 +260,18 @@ class Trainer:
         self.amp_dtype = getattr(torch, opts.amp_dtype)
         self.channels_last = cuda if opts.channels_last is None else opts.channels_last
         self.use_compile = cuda if opts.compile is None else opts.compile
-        wrap = None
-        if env.distributed:
+
+        def ddp(m: nn.Module) -> nn.Module:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            def wrap(m: nn.Module) -> nn.Module:
-                return DDP(m, device_ids=[env.device.index] if cuda else None)
+            return DDP(m, device_ids=[env.device.index] if cuda else None)
 
         self.target = dict(target=env.device, channels_last=self.channels_last,
                            dtype=_DTYPE_NAMES[opts.amp_dtype] if self.amp else "fp32")
         # The one device preparation (mfdsl.passes.targets): the same code on CPU and CUDA.
         self.forward_model = compile_for_target(
-            self.model, mode="default" if self.use_compile else "eager", wrap=wrap,
+            self.model, mode="default" if self.use_compile else "eager",
+            wrap=ddp if env.distributed else None,
             **self.target)
         self.model = self.forward_model.model
         self.ddp = self.forward_model.wrapped
