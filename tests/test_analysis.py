@@ -141,7 +141,7 @@ def test_memory_on_meta_matches_a_real_cpu_step():
     spec = tiny_spec((call("sepconv", kernel=3), "pooling", "random"), width=8, img=32,
                      depth=3, stages=2)
     meta = measure_saved(meta_model(spec), torch.empty(2, 3, 32, 32, device="meta"), 10)
-    real_model = lower(spec)
+    real_model = lower(spec, target="reference")  # the layers meta_model builds
     from mfdsl.analysis import memory as mem
 
     saved = []
