@@ -1,6 +1,8 @@
 """Activations: starrelu, squared_relu, gelu, relu, silu, identity."""
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,6 +28,18 @@ class StarReLU(nn.Module):
 class StarReLUAddcmul(StarReLU):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.bias, self.scale, F.relu(x).square())
+
+
+def starrelu_into_linear(scale: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor,
+                         lin_bias: Optional[torch.Tensor]
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The identity W (s * r + b) + c = (s W) r + (b W.sum(1) + c): the weight and bias a
+    Linear needs to take relu(x)^2 instead of StarReLU(x). Used at run time by the fused
+    MLP variant and offline by the fold pass."""
+    new_bias = bias * weight.sum(1)
+    if lin_bias is not None:
+        new_bias = new_bias + lin_bias
+    return weight * scale, new_bias
 
 
 class SquaredReLU(nn.Module):

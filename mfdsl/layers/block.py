@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .activations import StarReLU
+from .activations import StarReLU, starrelu_into_linear
 from .mixers import _nchw, _nhwc
 from .pointwise import Pointwise
 from .variants import speed_variant
@@ -86,10 +86,8 @@ class MlpStarReLUIntoFc2(Mlp):
             r = F.relu(h).square()
         else:  # nothing keeps h for backward: reuse its buffer
             r = h.relu_().square_()
-        bias = act.bias * fc2.weight.sum(1)
-        if fc2.bias is not None:
-            bias = bias + fc2.bias
-        return fc2.linear(r, fc2.weight * act.scale, bias)
+        weight, bias = starrelu_into_linear(act.scale, act.bias, fc2.weight, fc2.bias)
+        return fc2.linear(r, weight, bias)
 
 
 class Block(nn.Module):

@@ -61,7 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.activations import SquaredReLU, StarReLU
+from ..layers.activations import SquaredReLU, StarReLU, starrelu_into_linear
 from ..layers.block import Block, Scale
 from ..layers.norms import NormalizeOnly  # noqa: F401  (re-exported: a folded norm)
 from ..layers.variants import select_variants
@@ -134,11 +134,10 @@ def _affine_norm(norm: nn.Module) -> bool:
 def _fold_starrelu_into_linear(act: StarReLU, lin: nn.Linear) -> nn.Module:
     """lin(s * r + b) = (s W) r + (b W.sum(1) + b_lin): returns the activation to keep."""
     with torch.no_grad():
-        s, b = act.scale.detach(), act.bias.detach()
-        bias_term = b * lin.weight.sum(1)
-        lin.weight.mul_(s)
-        if lin.bias is not None or bool((bias_term != 0).any()):
-            _set_linear_bias(lin, bias_term + (lin.bias if lin.bias is not None else 0))
+        weight, bias = starrelu_into_linear(act.scale, act.bias, lin.weight, lin.bias)
+        lin.weight.copy_(weight)
+        if lin.bias is not None or bool((bias != 0).any()):
+            _set_linear_bias(lin, bias)
     return SquaredReLU()
 
 
