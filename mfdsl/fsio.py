@@ -193,7 +193,10 @@ def ensure_folder(path: str) -> None:
 # --------------------------------------------------------------------------- reads
 def check_regular(path: str, what: str = "file") -> os.stat_result:
     """Stat ``path`` (following links) and refuse anything but a regular file."""
-    st = os.stat(path)
+    return _require_regular(os.stat(path), path, what)
+
+
+def _require_regular(st: os.stat_result, path: str, what: str) -> os.stat_result:
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(21, "Is a directory", path)
     if not stat.S_ISREG(st.st_mode):
@@ -211,12 +214,7 @@ def read_regular(path: str, limit: int, what: str = "file") -> bytes:
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
     fd = os.open(path, flags)
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(21, "Is a directory", path)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePathError(f"not a regular file (a FIFO, device or socket); a {what} "
-                                  "must be a regular file")
+        st = _require_regular(os.fstat(fd), path, what)
         if st.st_size > limit:
             raise UnsafePathError(f"{st.st_size} bytes: larger than the {limit // 1024} KiB a "
                                   f"{what} may have")
