@@ -529,6 +529,32 @@ def test_torchrun_refusal_is_one_message(trained, data, other_data, specs):
         assert _tree(trained) == before
 
 
+def test_nproc_per_node_launches_and_a_refusal_is_one_line_without_traceback(
+        trained, data, specs, tmp_path):
+    # torchrun's own launcher prints a ChildFailedError traceback for any failed worker;
+    # `mfdsl train --nproc-per-node` keeps the worker's one line and its exit code.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    before = _tree(trained)
+    base = [sys.executable, "-m", "mfdsl", "train", str(specs / "pool.mf"), "--data", str(data),
+            "--workers", "0", "--device", "cpu", "--nproc-per-node", "2"]
+    p = subprocess.run(base + ["-o", str(trained)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=240)
+    text = p.stdout + p.stderr
+    assert p.returncode == 2, text
+    errors = [ln for ln in text.splitlines() if ln.startswith(("error:", "[rank"))]
+    assert len(errors) == 1 and "earlier run" in errors[0], text
+    assert "Traceback" not in text and "gloo" not in text.lower(), text
+    assert _tree(trained) == before
+    out = tmp_path / "ddp"
+    p = subprocess.run(base + ["--nproc-per-node=2", "-o", str(out), "--max-steps", "2"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "stopped_at_max_steps"
+    assert json.loads((out / "environment.json").read_text())["world_size"] == 2
+
+
 def test_fifo_named_like_an_image_is_skipped_not_waited_on(specs, tmp_path):
     d = tmp_path / "d"
     for split in ("train", "val"):

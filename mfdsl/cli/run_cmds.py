@@ -63,6 +63,15 @@ def _run_guarded(fn, *args, **kw) -> Any:
         _fail("interrupted", 130)
 
 
+def _launch_if_asked(nproc: Optional[int]) -> None:
+    """With --nproc-per-node (and not already a worker): run this command line in that many
+    processes and exit with the first failure's code."""
+    from ..runner.launch import launch, under_launcher
+
+    if nproc is not None and not under_launcher():
+        sys.exit(launch(sys.argv[1:], nproc))
+
+
 def _parse_betas(text: Optional[str]) -> Optional[Tuple[float, float]]:
     if text is None:
         return None
@@ -229,6 +238,9 @@ def _recipe_options(f):
               help="Optimizer steps between log lines / metric records.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between "
                                                                             "validations.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
+              help="Start this many processes (one per device) on this machine, like "
+                   "torchrun --standalone; a failing process's message is the only one.")
 @click.option("--tensorboard/--no-tensorboard", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=None,
               help="tqdm progress bar (default: when stderr is a terminal).")
@@ -245,6 +257,7 @@ def train_cmd(spec: str, **kw: Any) -> None:
     """
     from ..runner.options import TrainOptions
 
+    _launch_if_asked(kw.pop("nproc_per_node"))
     kw["betas"] = _parse_betas(kw.get("betas"))
     try:
         img_size = parse_img_size(kw.get("img_size"), minimum=8)
@@ -308,12 +321,15 @@ def train_cmd(spec: str, **kw: Any) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on CUDA).")
 @click.option("--channels-last/--no-channels-last", default=None)
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
+              help="Start this many processes (one per device) on this machine, like "
+                   "torchrun --standalone; a failing process's message is the only one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optional[str],
              data: Optional[str], split: str,
              img_size: Optional[str], crop_pct: Optional[float], batch_size: int,
              workers: int, device: str, amp: Optional[bool], channels_last: Optional[bool],
-             as_json: bool) -> None:
+             nproc_per_node: Optional[int], as_json: bool) -> None:
     """Evaluate CHECKPOINT (or SPEC's released weights, --pretrained): top-1, top-5, loss
     and images/s.
 
@@ -324,6 +340,7 @@ def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optiona
     """
     from ..runner.evaluate import run_evaluation
 
+    _launch_if_asked(nproc_per_node)
     if (checkpoint is None) == (pretrained is None):
         _fail("give one of --checkpoint and --pretrained", 2)
     if pretrained is not None and spec is None:

@@ -1,0 +1,49 @@
+"""``mfdsl train|eval --nproc-per-node N``: one process per device on this machine.
+
+torchrun's launcher raises (and prints the traceback of) ``ChildFailedError`` whenever a
+worker exits non-zero, even when that worker already said why in one line. Starting the
+same launcher in-process lets mfdsl keep the worker's message as the only one and return
+its exit code. Multi-node runs still use torchrun itself (docs/training.md).
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence
+
+OPTION = "--nproc-per-node"
+
+
+def under_launcher() -> bool:
+    """True inside a process that torchrun (or this launcher) started."""
+    return "WORLD_SIZE" in os.environ
+
+
+def without_option(argv: Sequence[str], option: str = OPTION) -> List[str]:
+    """``argv`` less ``option N`` / ``option=N`` (the workers must not launch again)."""
+    out: List[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def launch(argv: Sequence[str], nproc: int) -> int:
+    """Run ``python -m mfdsl.runner ARGV`` in ``nproc`` processes; the first failed
+    worker's exit code, or 0."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc),
+                                "-m", "mfdsl.runner", *without_option(argv)])
+    try:
+        torchrun.run(args)
+    except ChildFailedError as exc:
+        _, failure = exc.get_first_failure()
+        # A worker killed by a signal reports a negative code; keep the exit status non-zero.
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
