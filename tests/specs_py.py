@@ -5,7 +5,10 @@ broken front end cannot hide a broken lowering (and vice versa).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import re
+from typing import Dict, List, Optional, Sequence
+
+import torch
 
 from mfdsl.ir import Call, ModelSpec, StageSpec, call, default_downsample
 
@@ -107,3 +110,16 @@ def paper_spec(model_name: str, **kw) -> ModelSpec:
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
     return FAMILIES[family](size, **kw)
+
+
+def to_official_layout(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """mfdsl/timm key names -> the official release's (facts sheet section 4)."""
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^stem\.", "downsample_layers.0.", k)
+        k = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", k)
+        k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", k)
+        k = re.sub(r"^head\.norm\.", "norm.", k)
+        k = re.sub(r"^head\.fc\.", "head.", k)
+        out[k] = v.clone()
+    return out

@@ -16,6 +16,7 @@ from mfdsl.checkpoint import (CheckpointError, LoadReport, detect_format, load_c
 from mfdsl.ir import call
 
 import specs_py
+from specs_py import to_official_layout
 
 TINY_DIMS = [32, 32, 64, 64]
 TINY_DEPTHS = [1, 1, 2, 1]
@@ -315,18 +316,6 @@ def test_timm_layout_recognised_by_1x1_convs_alone() -> None:
     sd = {"stages.0.blocks.0.mlp.fc1.weight": torch.zeros(8, 4, 1, 1)}
     assert detect_format(sd) == "timm"
     assert detect_format({"stages.0.blocks.0.mlp.fc1.weight": torch.zeros(8, 4)}) == "mfdsl"
-
-
-def to_official_layout(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        k = re.sub(r"^stem\.", "downsample_layers.0.", k)
-        k = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", k)
-        k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", k)
-        k = re.sub(r"^head\.norm\.", "norm.", k)
-        k = re.sub(r"^head\.fc\.", "head.", k)
-        out[k] = v.clone()
-    return out
 
 
 @pytest.mark.parametrize("family", ["randformer", "caformer"])

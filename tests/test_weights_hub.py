@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 from mfdsl.api import build_model, load_spec
 from mfdsl.weights import (RELEASES, WeightsError, fetch, load_weights, releases_for,
                            resolve_release)
+from specs_py import to_official_layout
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -67,19 +67,6 @@ def timm_poolformer():
 
     torch.manual_seed(0)
     return timm.create_model("poolformerv2_s12", pretrained=False).eval()
-
-
-def _official(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """mfdsl names -> the official release's (facts sheet §4)."""
-    out = {}
-    for k, v in sd.items():
-        k = re.sub(r"^stem\.", "downsample_layers.0.", k)
-        k = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", k)
-        k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", k)
-        k = re.sub(r"^head\.norm\.", "norm.", k)
-        k = re.sub(r"^head\.fc\.", "head.", k)
-        out[k] = v.clone()
-    return out
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -185,7 +172,7 @@ def test_official_release_loads_and_init_from_by_name(hub: Path, tmp_path: Path)
     torch.manual_seed(3)
     src = build_model(SPECS / "identityformer_s12.mf")
     path = tmp_path / "identityformer_s12.pth"
-    torch.save(_official(src.state_dict()), path)
+    torch.save(to_official_layout(src.state_dict()), path)
     put_in_cache(hub, "sail/dl", "identityformer/identityformer_s12.pth", path.read_bytes())
     spec = load_spec(SPECS / "identityformer_s12.mf")
     dst = build_model(spec)
