@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from mfdsl import fsio
-from mfdsl.cli import main
+from cli_helpers import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,15 +46,6 @@ model tiny {{
 }}
 """
 FAST = ["--max-steps", "2", "--workers", "0", "--no-tensorboard", "--log-every", "1"]
-
-
-def run(*args) -> "tuple[int, str]":
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    out = res.output
-    assert "Traceback" not in out, out
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise AssertionError(f"escaped exception: {res.exception!r}\n{out}")
-    return res.exit_code, out
 
 
 def _images(folder: Path, n: int, colour: int) -> None:

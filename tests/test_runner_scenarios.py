@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from mfdsl.cli import main
+from cli_helpers import run
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "specs" / "demo_tiny.mf")
@@ -25,17 +24,6 @@ CUDA = torch.cuda.is_available()
 # Seconds-long runs: 3 steps of batch 4 on a 16-image folder, no loader processes.
 FAST = ["--max-steps", "3", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0",
         "--no-tensorboard", "--batch-size", "4"]
-
-
-def run(*args) -> "tuple[int, str]":
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    out = res.output
-    assert "Traceback" not in out, out
-    # An exception that escaped the CLI's guards would be an internal error.
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise AssertionError(f"escaped exception: {res.exception!r}\n{out}")
-    assert "internal error" not in out, out
-    return res.exit_code, out
 
 
 def _images(folder: Path, n: int, colour: int) -> None:
