@@ -55,7 +55,7 @@ only by float rounding):
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -163,6 +163,17 @@ def _fold_starrelu_into_conv(act: StarReLU, conv: nn.Conv2d) -> nn.Module:
         return ShiftedSquaredReLU(b / s)
 
 
+def _sites(model: nn.Module, protocol: str) -> Iterator[Tuple[nn.Module, str, nn.Module]]:
+    """(layer, attribute, what consumes it) for every site a layer lists through
+    ``protocol`` (``activation_sites`` / ``norm_sites``); a snapshot, so passes may replace
+    attributes while iterating."""
+    for m in list(model.modules()):
+        sites = getattr(m, protocol, None)
+        if callable(sites):
+            for attr, consumer in sites():
+                yield m, attr, consumer
+
+
 def fold_starrelu(model: nn.Module, report: Report = None) -> nn.Module:
     """Fold StarReLU's scale (and bias, where exact) into the layer it feeds.
 
@@ -174,23 +185,19 @@ def fold_starrelu(model: nn.Module, report: Report = None) -> nn.Module:
     model = _prepare(model)
     names = _names(model)
     folded = set()
-    for m in list(model.modules()):
-        sites = getattr(m, "activation_sites", None)
-        if not callable(sites):
+    for m, attr, nxt in _sites(model, "activation_sites"):
+        act = getattr(m, attr)
+        if not isinstance(act, StarReLU):
             continue
-        for attr, nxt in sites():
-            act = getattr(m, attr)
-            if not isinstance(act, StarReLU):
-                continue
-            if isinstance(nxt, nn.Linear):
-                new = _fold_starrelu_into_linear(act, nxt)
-            elif isinstance(nxt, nn.Conv2d):
-                new = _fold_starrelu_into_conv(act, nxt)
-            else:
-                continue
-            if new is not act:
-                setattr(m, attr, new)
-                folded.add(id(act))
+        if isinstance(nxt, nn.Linear):
+            new = _fold_starrelu_into_linear(act, nxt)
+        elif isinstance(nxt, nn.Conv2d):
+            new = _fold_starrelu_into_conv(act, nxt)
+        else:
+            continue
+        if new is not act:
+            setattr(m, attr, new)
+            folded.add(id(act))
     for m in model.modules():
         if isinstance(m, StarReLU) and id(m) not in folded:
             _keep(report, f"{names[id(m)]} (StarReLU): kept, no foldable layer after it")
@@ -302,19 +309,15 @@ def fold_norm_affine(model: nn.Module, report: Report = None) -> nn.Module:
     model = _prepare(model)
     names = _names(model)
     folded = set()
-    for m in list(model.modules()):
-        sites = getattr(m, "norm_sites", None)
-        if not callable(sites):
+    for m, attr, consumer in _sites(model, "norm_sites"):
+        norm = getattr(m, attr)
+        lin = _first_linear(consumer)
+        if lin is None or not _affine_norm(norm):
             continue
-        for attr, consumer in sites():
-            norm = getattr(m, attr)
-            lin = _first_linear(consumer)
-            if lin is None or not _affine_norm(norm):
-                continue
-            kept = _fold_affine_into(norm, lin)
-            if kept is not None:
-                setattr(m, attr, kept)
-                folded.add(id(norm))
+        kept = _fold_affine_into(norm, lin)
+        if kept is not None:
+            setattr(m, attr, kept)
+            folded.add(id(norm))
     for m in model.modules():
         if _affine_norm(m) and id(m) not in folded:
             _keep(report, f"{names[id(m)]} ({type(m).__name__}): affine kept, "
