@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from ..ir import (
     STAGE_SETTINGS, Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec, RecipeSpec,
-    StageSpec, arg_data, call_data, default_downsample, default_stem, setting_data,
+    StageSpec, call_data, default_downsample, default_stem, setting_data,
     setting_of, settings_of,
 )
 

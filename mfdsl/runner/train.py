@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..ir import ModelSpec, with_overrides
 from . import checkpointing as ckpt
-from .distributed import (DistEnv, agree_on_failure, all_sum, any_rank, barrier,
+from .distributed import (DistEnv, agree_on_failure, any_rank, barrier,
                           checked_alike_on_every_rank, gather_objects, setup, teardown)
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import evaluate
