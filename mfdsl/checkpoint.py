@@ -159,8 +159,10 @@ def _read_safetensors(path: str, map_location: Union[str, torch.device]) -> Stat
         return load_file(path, device=device)
     except Exception as exc:  # SafetensorError, or a header that is not JSON
         raise CheckpointError(
-            f"{path}: not a valid safetensors file ({_first_line(exc)}); it may be truncated "
-            "or corrupt"
+            # "not a valid checkpoint" as for any other unreadable file: random bytes can
+            # look like a safetensors header (byte 8 is '{') and take this path.
+            f"{path}: not a valid checkpoint: not a valid safetensors file "
+            f"({_first_line(exc)}); it may be truncated or corrupt"
         ) from None
 
 

@@ -341,3 +341,13 @@ def test_read_state_dict_unwraps_without_a_model(tmp_path: Path) -> None:
     torch.save({"model": {"module.a.weight": torch.ones(2)}}, path)
     sd, where, container = read_state_dict(path)
     assert list(sd) == ["a.weight"] and where == str(path) and container == "model"
+
+
+def test_garbage_that_looks_like_a_safetensors_header_is_not_a_valid_checkpoint(tmp_path):
+    # Random bytes whose byte 8 is '{' are sniffed as safetensors (1 in 256 garbage files):
+    # the message must still say what every other unreadable file gets.
+    p = tmp_path / "g.pt"
+    p.write_bytes(b"\x10" + bytes(7) + b"{garbage" + bytes(range(100)))
+    with pytest.raises(CheckpointError, match="not a valid checkpoint"):
+        spec = Path(__file__).resolve().parent.parent / "specs" / "demo_tiny.mf"
+        load_checkpoint(build_model(str(spec)), str(p))
