@@ -13,10 +13,13 @@ Without --data it writes --images JPEGs of 500x375 at quality 90 (ImageNet's typ
 and quality; smooth random fields with edges and fine grain, ~85 KB each) in 10 class folders
 under --work-dir (default: a temporary folder, removed afterwards).
 
-timm's loader is `timm.data.create_loader` over `timm.data.ImageDataset` with the same
-settings, in two forms: `use_prefetcher=False` (everything in the workers, as mfdsl does)
-and `use_prefetcher=True` on the CPU device (timm's training default: the workers send
-uint8 images, the main process normalises and erases).
+mfdsl's loader is measured as training uses it: the workers decode and augment to uint8
+images (plus each sample's erasing rectangle and noise seed), and the main process runs
+`BatchPreprocess` on each batch (normalise to float and fill the erased rectangles; on the
+CPU device here), inside the timed loop. timm's loader is `timm.data.create_loader` over
+`timm.data.ImageDataset` with the same settings, in two forms: `use_prefetcher=False`
+(everything in the workers) and `use_prefetcher=True` on the CPU device (timm's training
+default: the workers send uint8 images, the main process normalises and erases, also timed).
 """
 from __future__ import annotations
 
@@ -38,8 +41,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mfdsl.ir import RecipeSpec  # noqa: E402
-from mfdsl.runner.transforms import (_patch_posterize, caller_rngs_preserved,  # noqa: E402
-                                  train_transform)
+from mfdsl.runner.transforms import (BatchPreprocess, _patch_posterize,  # noqa: E402
+                                     caller_rngs_preserved, train_transform)
 from mfdsl.runner.imagefolder import (ResumableDistributedSampler, SkippingImageFolder,  # noqa: E402
                                       make_loader)
 
@@ -71,24 +74,29 @@ def write_imagenet_like(root: str, n: int, classes: int = 10, seed: int = 0) -> 
 
 
 def mfdsl_loader(root: str, size: int, batch: int) -> Callable[[int], Iterable]:
+    """mfdsl's training input: the loader, then the device-side batch step (here on the
+    CPU, in this process), as ``Trainer._train_step`` runs them."""
     tf = train_transform(RecipeSpec(), (size, size), MEAN, STD)  # the paper's recipe
     ds = SkippingImageFolder(root, tf)
+    prep = BatchPreprocess.for_transform(tf, "cpu", channels_last=False)
 
     def make(workers: int) -> Iterable:
         sampler = ResumableDistributedSampler(ds, 1, 0, seed=0)
-        return make_loader(ds, sampler, batch, workers, 0, drop_last=True, pin_memory=False)
+        loader = make_loader(ds, sampler, batch, workers, 0, drop_last=True, pin_memory=False)
+        return ((prep(images), target) for images, target, _ in loader)
     return make
 
 
 def per_sample_cpu(root: str, size: int, passes: int) -> Tuple[float, float, int]:
-    """CPU ms per sample of one worker's work (decode + augmentation to a normalised
-    tensor), mfdsl vs timm (``use_prefetcher=False``), alternating sample by sample over the
-    same files so that a busy machine slows both alike."""
+    """CPU ms per sample of one worker's work (decode + augmentation to a uint8 tensor;
+    normalising and erasing are the main process's), mfdsl vs timm's prefetcher form,
+    alternating sample by sample over the same files so that a busy machine slows both
+    alike."""
     from timm.data import ImageDataset
 
     ours = SkippingImageFolder(root, train_transform(RecipeSpec(), (size, size), MEAN, STD))
-    loader = timm_loader(root, size, 1, prefetcher=False)(0)
-    theirs: ImageDataset = loader.dataset  # with the transform create_loader gave it
+    loader = timm_loader(root, size, 1, prefetcher=True)(0)
+    theirs: ImageDataset = loader.loader.dataset  # with the transform create_loader gave it
     assert [p for p, _ in ours.samples] == [str(p) for p, _ in theirs.reader.samples], \
         "the two datasets list different files"
     t_ours = t_theirs = 0.0
@@ -225,9 +233,10 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
         print("\nimg/s per worker: " + "; ".join(
             f"{w} worker(s): mfdsl {med['mfdsl'][w] / w:.0f}, timm {med['timm'][w] / w:.0f}, "
             f"timm prefetcher {med['timm_prefetch'][w] / w:.0f}" for w in per))
-    print(f"\nPer-sample CPU time of a worker's work (decode + augmentation + normalise), "
+    print(f"\nPer-sample CPU time of a worker's work (decode + augmentation to uint8), "
           f"alternating sample by sample over {n_samples} samples: mfdsl {ms_ours:.2f} ms, "
-          f"timm {ms_theirs:.2f} ms; mfdsl's speed relative to timm {ms_theirs / ms_ours:.2f}x")
+          f"timm prefetcher form {ms_theirs:.2f} ms; mfdsl's speed relative to timm "
+          f"{ms_theirs / ms_ours:.2f}x")
     if cpu["mfdsl"]:
         c = {k: statistics.median(v) for k, v in cpu.items()}
         print("\nCPU time per image with 0 workers (process time, little affected by other "

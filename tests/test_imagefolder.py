@@ -2,7 +2,8 @@
 files, order, errors), an explicit class list, unreadable-image accounting (distinct files,
 any file name, across workers), corrupt files of every kind, and per-sample augmentation
 randomness (deterministic, never touching torch's global RNG, equal to timm's RRC +
-RandAugment)."""
+RandAugment), and the device-side batch step (normalisation equal to the per-sample float
+path, erasing that depends on the sample alone)."""
 from __future__ import annotations
 
 import json
@@ -18,12 +19,15 @@ import torch
 from PIL import Image
 
 from mfdsl import ir
-from mfdsl.runner.transforms import (HorizontalFlip, RandomErasing, SeededPipeline,
-                                  _patch_posterize, train_transform)
+from mfdsl.runner.transforms import (BatchPreprocess, HorizontalFlip, PendingErasing,
+                                     RandomErasing, SeededPipeline, ToNormalizedTensor,
+                                     ToUint8Tensor, _patch_posterize, eval_transform,
+                                     train_transform)
 from mfdsl.runner.errors import DataError
 from mfdsl.runner.imagefolder import (ResumableDistributedSampler, ShardSampler,
                                       SkippingImageFolder, UnknownClassError,
-                                      UnreadableImages, make_loader, scan_image_folder)
+                                      UnreadableImages, collate, make_loader,
+                                      scan_image_folder)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -259,15 +263,24 @@ def _photo(seed: int = 0, size=(60, 45)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
+def _finished(out, mean=MEAN, std=STD, channels_last: bool = False) -> torch.Tensor:
+    """One sample of a pipeline's worker output through the device-side batch step."""
+    return BatchPreprocess(mean, std, "cpu", channels_last)(collate([(out, 0, ())])[0])[0]
+
+
 def test_pipeline_is_per_sample_deterministic_and_leaves_global_rngs_alone() -> None:
-    tf = train_transform(ir.RecipeSpec(), (32, 32), MEAN, STD)
+    tf = train_transform(ir.RecipeSpec(random_erasing=1.0), (32, 32), MEAN, STD)
     img = _photo()
     torch_state, py_state = torch.get_rng_state(), random.getstate()
     np_state = np.random.get_state()
     a = tf(img, 12345)
+    assert isinstance(a, PendingErasing) and a.images.dtype == torch.uint8
+    assert a.images.shape == (3, 32, 32) and a.regions[2] > 0
     b = tf(img, 12345)
     c = tf(img, 54321)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a.images, b.images) and torch.equal(a.regions, b.regions)
+    assert torch.equal(_finished(a), _finished(b))
+    assert not torch.equal(_finished(a), _finished(c))
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert random.getstate() == py_state
     assert all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
@@ -315,7 +328,7 @@ def test_crop_and_randaugment_are_timms() -> None:
         np.random.seed(seed)
         want = timms(img)
         # Normalising in one pass rounds differently from ToTensor + Normalize.
-        torch.testing.assert_close(ours(img, seed), want, rtol=0, atol=2e-6)
+        torch.testing.assert_close(_finished(ours(img, seed)), want, rtol=0, atol=2e-6)
 
 
 def test_flip_and_erasing() -> None:
@@ -325,18 +338,23 @@ def test_flip_and_erasing() -> None:
     assert HorizontalFlip(0.0)(img, g) is img
     flips = sum(HorizontalFlip(0.5)(img, g) is not img for _ in range(2000))
     assert 900 < flips < 1100
-    fractions, noise = [], []
-    for _ in range(300):
-        x = torch.full((3, 32, 48), 7.0)
-        RandomErasing(1.0)(x, g)
-        erased = x != 7.0
-        fractions.append(erased[0].float().mean().item())
-        noise.append(x[erased])
-    assert 0.015 < min(fractions) and max(fractions) < 0.36  # 2-33%, sides rounded
-    z = torch.cat(noise)
+    # The worker draws the rectangles; the batch step fills them with N(0, 1) noise in the
+    # normalised image.
+    grey = torch.full((3, 32, 48), 128, dtype=torch.uint8)
+    samples = [RandomErasing(1.0)(grey, g) for _ in range(300)]
+    x = BatchPreprocess((0.5,) * 3, (0.5,) * 3)(collate([(s, 0, ()) for s in samples])[0])
+    plain = _finished(grey, (0.5,) * 3, (0.5,) * 3)  # nothing erased
+    torch.testing.assert_close(plain, torch.full((3, 32, 48), 128 / 127.5 - 1))
+    erased = x != plain
+    fractions = erased[:, 0].float().mean((1, 2))
+    assert 0.015 < fractions.min() and fractions.max() < 0.36  # 2-33%, sides rounded
+    for (top, left, h, w, _), e in zip((s.regions.tolist() for s in samples), erased[:, 0]):
+        assert e[top:top + h, left:left + w].all() and e.sum() == h * w
+    z = x[erased]
     assert abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
-    x = torch.zeros(3, 8, 8)
-    assert torch.equal(RandomErasing(0.0)(x, g), torch.zeros(3, 8, 8))
+    kept = RandomErasing(0.0)(grey, g)
+    assert torch.equal(kept.regions, torch.zeros(5, dtype=torch.int64))
+    assert torch.equal(_finished(kept, (0.5,) * 3, (0.5,) * 3), plain)
 
 
 def test_batches_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
@@ -358,8 +376,11 @@ def test_batches_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
     assert random.getstate() == py_state and np.array_equal(np.random.get_state()[1], np_state)
     two = batches(2)
     assert len(zero) == 2
+    prep = BatchPreprocess.for_transform(ds.transform, "cpu")
     for (x0, y0), (x2, y2) in zip(zero, two):
-        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+        assert x0.images.dtype == torch.uint8 and x0.images.shape == (4, 3, 24, 24)
+        assert torch.equal(x0.images, x2.images) and torch.equal(x0.regions, x2.regions)
+        assert torch.equal(y0, y2) and torch.equal(prep(x0), prep(x2))
     # Eval keys (plain indices) are deterministic too.
     plain = make_loader(ds, ShardSampler(len(ds)), 4, 0, 0, drop_last=False, pin_memory=False)
     assert sum(len(y) for _, y, _ in plain) == 12
@@ -397,3 +418,89 @@ def test_train_labels_val_with_the_training_classes(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["train", demo, *fast, "-o", str(tmp_path / "r2")])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "'z' are not in the class list" in res.output and "training split" in res.output
+
+
+# ----------------------------------------------------------------------------- device-side step
+def test_device_normalisation_equals_the_per_sample_float_path() -> None:
+    """uint8 batch -> BatchPreprocess gives ToNormalizedTensor's floats (both memory
+    formats), and keeps a float batch as it is."""
+    imgs = [_photo(s, (20, 14)) for s in range(5)]
+    want = torch.stack([ToNormalizedTensor(MEAN, STD)(im) for im in imgs])
+    for sent_cl in (False, True):  # the workers' layout
+        batch = collate([(ToUint8Tensor(sent_cl)(im), 0, ()) for im in imgs])[0]
+        assert batch.dtype == torch.uint8 and batch.shape == (5, 3, 14, 20)
+        sent = torch.channels_last if sent_cl else torch.contiguous_format
+        assert batch.is_contiguous(memory_format=sent)
+        for channels_last in (False, True):  # the model's
+            got = BatchPreprocess(MEAN, STD, "cpu", channels_last)(batch)
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            assert got.is_contiguous(memory_format=fmt)
+    assert torch.equal(BatchPreprocess(None, None)(want.clone()), want)
+    with pytest.raises(TypeError, match="no mean/std"):
+        BatchPreprocess(None, None)(batch)
+    gray = ToUint8Tensor()(_photo(9, (6, 4)).convert("L"))
+    assert gray.shape == (1, 4, 6) and gray.dtype == torch.uint8
+
+
+def test_erasing_depends_on_the_sample_alone(tmp_path: Path) -> None:
+    """The erased noise of a sample is a function of (run seed, epoch, index): the same in
+    any batch size, order and worker count, with or without channels-last."""
+    root = tmp_path / "d"
+    for c in ("a", "b"):
+        for i in range(6):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            _photo(i + (10 if c == "b" else 0), (40, 30)).save(root / c / f"{i}.jpg", quality=90)
+    recipe = ir.RecipeSpec(random_erasing=1.0, randaugment=None)
+
+    def per_sample(batch: int, workers: int, epoch: int, channels_last: bool = False):
+        ds = SkippingImageFolder(str(root), train_transform(recipe, (24, 24), MEAN, STD,
+                                                            channels_last=channels_last))
+        s = ResumableDistributedSampler(ds, 1, 0, seed=3)
+        s.set_position(epoch)
+        order = [i for i, _, _ in s]
+        prep = BatchPreprocess.for_transform(ds.transform, "cpu", channels_last)
+        out = [x for b, _, _ in make_loader(ds, s, batch, workers, 0, drop_last=False,
+                                            pin_memory=False) for x in prep(b)]
+        return dict(zip(order, out))
+
+    ref = per_sample(4, 0, 0)
+    assert len(ref) == 12
+    for other in (per_sample(3, 2, 0), per_sample(1, 0, 0), per_sample(4, 0, 0, True)):
+        assert all(torch.equal(ref[i], other[i]) for i in ref)
+    next_epoch = per_sample(4, 0, 1)
+    assert not any(torch.equal(ref[i], next_epoch[i]) for i in ref)
+
+
+def test_eval_pipeline_equals_timms_float_transform(tmp_path: Path) -> None:
+    """eval_transform's uint8 + device normalisation equals timm's eval transform (to
+    tensor + Normalize in the worker) to float rounding, and evaluate() gives the same
+    metrics with either."""
+    from timm.data import create_transform, resolve_data_config
+
+    from mfdsl.runner.distributed import DistEnv
+    from mfdsl.runner.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    model.pretrained_cfg = dict(input_size=(3, 24, 24), crop_pct=0.9, interpolation="bicubic",
+                                mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    ours = eval_transform(model)
+    assert ours.normalize == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)) and not ours.random
+    old = SeededPipeline(create_transform(**resolve_data_config({}, model=model),
+                                          is_training=False).transforms)
+    for s in range(4):
+        img = _photo(s, (37, 29))
+        torch.testing.assert_close(_finished(ours(img), *ours.normalize), old(img),
+                                   rtol=0, atol=2e-6)
+    root = _classes(tmp_path / "d", n=5)
+    (root / "a" / "02.png").write_bytes(b"not an image")  # a replaced, left-out sample
+    env = DistEnv()
+    res = [evaluate(model, make_loader(SkippingImageFolder(str(root), tf), ShardSampler(10), 4,
+                                       0, 0, drop_last=False, pin_memory=False), env)
+           for tf in (ours, old)]
+    assert res[0]["images"] == res[1]["images"] == 9 and res[0]["skipped_images"] == 1
+    assert res[0]["top1"] == res[1]["top1"]
+    assert res[0]["loss"] == pytest.approx(res[1]["loss"], rel=1e-5)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -13,11 +13,14 @@ from .metrics import accuracy_counts
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, env: DistEnv) -> Dict[str, Any]:
+def evaluate(model: nn.Module, loader: Any, env: DistEnv,
+             preprocess: Optional[Any] = None) -> Dict[str, Any]:
     """Exact metrics over the whole split (each rank evaluates its unpadded shard).
 
     ``model`` is prepared for the device (``mfdsl.passes.compile_for_target``: it places
-    the images, sets their layout and enters autocast itself).
+    the images, sets their layout and enters autocast itself). ``preprocess``: the batch
+    step on the device (a :class:`mfdsl.runner.transforms.BatchPreprocess`); by default
+    the one completing ``loader.dataset.transform``, in the model's memory format.
 
     Loss is plain cross-entropy on the true labels; unreadable images are left out.
     Returns top1/top5 in percent, mean loss, images, img_s and the distinct unreadable files
@@ -25,7 +28,12 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv) -> Dict[str, Any]:
     ``skipped_files`` (path -> [failed fetches, first error]).
     """
     from .imagefolder import UnreadableImages
+    from .transforms import BatchPreprocess
 
+    if preprocess is None:
+        preprocess = BatchPreprocess.for_transform(
+            getattr(loader.dataset, "transform", None), env.device,
+            bool(getattr(model, "channels_last", False)))
     was_training = model.training
     model.eval()
     device = env.device
@@ -39,9 +47,10 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv) -> Dict[str, Any]:
         # Failures mark a replacement sample: leave it out, so every readable image counts
         # exactly once.
         keep = [i for i, f in enumerate(failures) if not f]
+        if not keep:
+            continue
+        images = preprocess(images)
         if len(keep) < len(failures):
-            if not keep:
-                continue
             images, target = images[keep], target[keep]
         target = target.to(device, non_blocking=True)
         logits = model(images).float()
@@ -207,6 +216,8 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
         cuda = env.device.type == "cuda"
         use_amp = (spec.recipe.amp if spec.recipe else True) and cuda if amp is None else amp
         cl = cuda if channels_last is None else channels_last
+        # The workers' uint8 images laid out as the model runs (known once the device is).
+        dataset.transform = eval_transform(model, cl)
         from ..passes.targets import compile_for_target
 
         dtype = {"bfloat16": "bf16", "float16": "fp16"}.get(amp_dtype)

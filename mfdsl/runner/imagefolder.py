@@ -35,8 +35,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data import default_collate
 
-from .transforms import (SeededPipeline, caller_rngs_preserved, eval_transform,  # noqa: F401
-                      train_transform)
+from .transforms import (BatchPreprocess, PendingErasing, SeededPipeline,  # noqa: F401
+                         caller_rngs_preserved, eval_transform, train_transform)
 from .errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
@@ -347,9 +347,26 @@ class SkippingImageFolder(Dataset):
 
 def collate(batch: Sequence[Tuple[Any, int, Tuple[Failure, ...]]]
             ) -> Tuple[Any, torch.Tensor, List[Tuple[Failure, ...]]]:
-    """Stack images and targets; keep each item's failures as they are."""
+    """Stack images and targets; keep each item's failures as they are.
+
+    uint8 (C, H, W) images with channels-last strides (:class:`ToUint8Tensor`'s) stack
+    into a channels-last (B, C, H, W) batch with one plain copy; the regions of
+    :class:`PendingErasing` items stack alongside their images."""
     images, targets, failures = zip(*batch)
-    return default_collate(list(images)), torch.as_tensor(targets), list(failures)
+    return _stack(list(images)), torch.as_tensor(targets), list(failures)
+
+
+def _stack(images: List[Any]) -> Any:
+    first = images[0]
+    if isinstance(first, PendingErasing):
+        return PendingErasing(_stack([x.images for x in images]),
+                              torch.stack([x.regions for x in images]))
+    if (isinstance(first, torch.Tensor) and first.dtype == torch.uint8 and first.ndim == 3
+            and all(isinstance(x, torch.Tensor) and x.ndim == 3
+                    and x.permute(1, 2, 0).is_contiguous() for x in images)):
+        # default_collate puts the batch in shared memory when run in a worker.
+        return default_collate([x.permute(1, 2, 0) for x in images]).permute(0, 3, 1, 2)
+    return default_collate(images)
 
 
 class UnreadableImages:

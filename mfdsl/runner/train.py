@@ -25,9 +25,9 @@ from .distributed import (DistEnv, agree_on_failure, any_rank, barrier,
                           checked_alike_on_every_rank, gather_objects, setup, teardown)
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import evaluate
-from .imagefolder import (ResumableDistributedSampler, ShardSampler, SkippingImageFolder,
-                          UnknownClassError, UnreadableImages, eval_transform, make_loader,
-                          split_dir, train_transform)
+from .imagefolder import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
+                          SkippingImageFolder, UnknownClassError, UnreadableImages,
+                          eval_transform, make_loader, split_dir, train_transform)
 from .metrics import MetricsLog, format_duration, plot_curves
 from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
@@ -179,9 +179,12 @@ class Trainer:
                                else EMBEDDED_CROP_SCALE_MIN if self.embedded else 0.08)
         if not 0 < self.crop_scale_min <= 1:
             raise RunError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
+        # The workers lay the uint8 images out as the model runs (no transposing later).
+        self.channels_last = (self.env.device.type == "cuda" if self.opts.channels_last is None
+                              else self.opts.channels_last)
         self.train_set = SkippingImageFolder(
             self.train_dir, train_transform(r, spec.img_size, ev.mean, ev.std, self.opts.hflip,
-                                            self.crop_scale_min))
+                                            self.crop_scale_min, self.channels_last))
         prior = self.out_plan.prior
         if prior is not None and self.train_set.classes != prior.classes:
             raise DataError(_class_mismatch(self.train_dir, self.train_set.classes,
@@ -192,7 +195,8 @@ class Trainer:
         self.val_set = None
         if self.val_dir:
             try:
-                self.val_set = SkippingImageFolder(self.val_dir, eval_transform(self.model),
+                self.val_set = SkippingImageFolder(self.val_dir,
+                                                   eval_transform(self.model, self.channels_last),
                                                    classes=self.train_set.classes)
             except UnknownClassError as exc:
                 raise DataError(f"{exc.message}; the class list is that of the training "
@@ -258,7 +262,6 @@ class Trainer:
         if opts.amp_dtype not in ("bfloat16", "float16"):
             raise RunError(f"--amp-dtype must be bfloat16 or float16, got {opts.amp_dtype}")
         self.amp_dtype = getattr(torch, opts.amp_dtype)
-        self.channels_last = cuda if opts.channels_last is None else opts.channels_last
         self.use_compile = cuda if opts.compile is None else opts.compile
 
         def ddp(m: nn.Module) -> nn.Module:
@@ -275,6 +278,10 @@ class Trainer:
             **self.target)
         self.model = self.forward_model.model
         self.ddp = self.forward_model.wrapped
+        # The device-side half of the input pipeline: workers send uint8 images; this
+        # normalises and erases them on the device, in the model's memory format.
+        self.train_prep = BatchPreprocess.for_transform(self.train_set.transform, env.device,
+                                                        self.channels_last)
 
     def _setup_optim(self) -> None:
         from ..passes.targets import compile_for_target
@@ -536,7 +543,7 @@ class Trainer:
         for k in range(plan.accum):
             images, target, failures = next(it)
             self._unreadable_pending.add_batch(self.train_set, failures)
-            images = images.to(env.device, non_blocking=True)
+            images = self.train_prep(images)
             target = target.to(env.device, non_blocking=True)
             if self.mixup is not None:
                 images, target = self.mixup(images, target)

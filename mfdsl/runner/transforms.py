@@ -14,7 +14,8 @@ import contextlib
 import math
 import random
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 import torch
@@ -85,23 +86,44 @@ class HorizontalFlip:
         return f"HorizontalFlip(p={self.p})"
 
 
+class PendingErasing(NamedTuple):
+    """uint8 image(s) and the random-erasing region(s) still to be filled in.
+
+    ``regions`` rows are ``(top, left, height, width, noise seed)`` (int64); height 0 means
+    no erasing. One sample: images (C, H, W), regions (5,); a collated batch: (B, C, H, W)
+    and (B, 5). :class:`BatchPreprocess` fills the regions after normalising."""
+
+    images: torch.Tensor
+    regions: torch.Tensor
+
+
 class RandomErasing:
-    """With probability ``p``, replace one random rectangle of a normalised (C, H, W)
-    image by standard normal noise per pixel (Zhong et al. 2020; timm's 'pixel' mode).
+    """With probability ``p``, pick one random rectangle of a (C, H, W) image to be replaced
+    by standard normal noise per pixel in the normalised image (Zhong et al. 2020; timm's
+    'pixel' mode).
 
     The rectangle covers a uniform 2-33% of the area with a log-uniform aspect ratio in
-    [0.3, 1/0.3], placed uniformly; up to 10 draws are made for one that fits."""
+    [0.3, 1/0.3], placed uniformly; up to 10 draws are made for one that fits. This step
+    only draws (from the sample's generator): the rectangle and a seed for its noise. It
+    returns :class:`PendingErasing`; :class:`BatchPreprocess` writes the noise after
+    normalising, on the training device, so the worker never converts the image to float.
+    """
 
     uses_generator = True
 
     def __init__(self, p: float) -> None:
         self.p = p
 
-    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> PendingErasing:
+        return PendingErasing(img, torch.tensor(self.region(img.shape[-2], img.shape[-1], gen),
+                                                dtype=torch.int64))
+
+    def region(self, img_h: int, img_w: int, gen: torch.Generator) -> List[int]:
+        """``[top, left, height, width, noise seed]`` drawn from ``gen``; all 0 if this
+        image is not erased."""
         u = torch.rand(1 + 2 * ERASE_ATTEMPTS, generator=gen, dtype=torch.float64).tolist()
         if u[0] >= self.p:
-            return img
-        chans, img_h, img_w = img.shape
+            return [0] * 5
         lo, hi = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
         for k in range(ERASE_ATTEMPTS):
             area = (ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0]) * u[1 + 2 * k]) * img_h * img_w
@@ -109,15 +131,40 @@ class RandomErasing:
             h = int(round(math.sqrt(area * aspect)))
             w = int(round(math.sqrt(area / aspect)))
             if h < img_h and w < img_w:
+                if h == 0 or w == 0:  # fits, but empty (a tiny image): nothing to erase
+                    return [0] * 5
                 top = int(torch.randint(0, img_h - h + 1, (), generator=gen))
                 left = int(torch.randint(0, img_w - w + 1, (), generator=gen))
-                img[:, top:top + h, left:left + w] = torch.randn(
-                    (chans, h, w), generator=gen, dtype=img.dtype)
-                break
-        return img
+                seed = int(torch.randint(0, 2**63 - 1, (), generator=gen))
+                return [top, left, h, w, seed]
+        return [0] * 5
 
     def __repr__(self) -> str:
-        return f"RandomErasing(p={self.p}, mode=pixel)"
+        return f"RandomErasing(p={self.p}, mode=pixel, filled by BatchPreprocess)"
+
+
+class ToUint8Tensor:
+    """PIL image -> uint8 (C, H, W) tensor of its pixels, unscaled; normalisation is left
+    to :class:`BatchPreprocess`, batched on the device.
+
+    ``channels_last``: the tensor is a channels-last view of the (H, W, C) pixel array, and
+    :func:`mfdsl.runner.imagefolder.collate` stacks such images into a channels-last batch:
+    no transposing copy anywhere when the model runs channels-last. Otherwise the worker
+    transposes to contiguous (C, H, W), so that a contiguous run's main process need not."""
+
+    def __init__(self, channels_last: bool = False) -> None:
+        self.channels_last = channels_last
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        a = np.asarray(img, dtype=np.uint8)  # read-only: torch needs a writable copy
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if self.channels_last:
+            return torch.from_numpy(a.copy()).permute(2, 0, 1)
+        return torch.from_numpy(np.array(a.transpose(2, 0, 1), order="C"))  # always a copy
+
+    def __repr__(self) -> str:
+        return f"ToUint8Tensor(channels_last={self.channels_last})"
 
 
 class ToNormalizedTensor:
@@ -148,15 +195,20 @@ class SeededPipeline:
     timm/torchvision transforms known to draw only from python's and numpy's RNGs (or
     from none). Building a pipeline with any other step is refused: a transform drawing
     from torch's global RNG would break per-sample determinism without a word.
+
+    ``normalize``: ``(mean, std)`` when the pipeline's output is uint8 pixels still to be
+    normalised (by :class:`BatchPreprocess`, on the device); None when it is final.
     """
 
-    def __init__(self, steps: Sequence[Callable]) -> None:
+    def __init__(self, steps: Sequence[Callable],
+                 normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> None:
         for t in steps:
             if not getattr(t, "uses_generator", False) and _kind(t) not in _GLOBAL_RNG_FREE:
                 raise TypeError(f"{type(t).__name__} is not known to leave torch's global "
                                 "RNG alone; wrap it to take the sample's generator")
         self.steps = list(steps)
         self.random = any(_kind(t) not in _DETERMINISTIC for t in steps)
+        self.normalize = (tuple(normalize[0]), tuple(normalize[1])) if normalize else None
 
     def __call__(self, img: Any, seed: Optional[int] = None) -> Any:
         if not self.random:
@@ -169,13 +221,109 @@ class SeededPipeline:
         return img
 
     def __repr__(self) -> str:
-        return "SeededPipeline(\n" + "".join(f"    {t!r},\n" for t in self.steps) + ")"
+        tail = (f"    then on the device: normalise(mean={self.normalize[0]}, "
+                f"std={self.normalize[1]}),\n" if self.normalize else "")
+        return ("SeededPipeline(\n" + "".join(f"    {t!r},\n" for t in self.steps) + tail
+                + ")")
+
+
+# What a collated batch of the pipelines above is: uint8 or float images, or PendingErasing.
+Batch = Union[torch.Tensor, PendingErasing]
+
+
+class BatchPreprocess:
+    """The device-side half of the input pipeline: a collated batch -> normalised float32
+    images on ``device``, in one place of the training and evaluation loops.
+
+    uint8 images (what :func:`train_transform` and :func:`eval_transform` send from the
+    workers) are copied to the device (``non_blocking``: from pinned memory the copy
+    overlaps), converted to float32 in the run's memory format (channels-last or
+    contiguous, as the model is prepared; from either layout) and normalised in place,
+    ``x * 1/(255 std) - mean/std``: the arithmetic of :class:`ToNormalizedTensor`, batched
+    (equal floats in either memory format). Then the regions
+    of a :class:`PendingErasing` batch are filled with standard normal noise, each region
+    from a generator on the device seeded with its own seed (drawn in the worker from the
+    sample's generator), so the noise depends on the sample alone, not on the batch it
+    lands in. CPU and CUDA generators give different (equally distributed) noise for one
+    seed. A float batch is taken as normalised already and only moved.
+    """
+
+    def __init__(self, mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
+                 device: Union[str, torch.device] = "cpu", channels_last: bool = False) -> None:
+        self.device = torch.device(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.scale: Optional[torch.Tensor] = None
+        self.shift: Optional[torch.Tensor] = None
+        if mean is not None and std is not None:
+            m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+            # float32 factors computed as ToNormalizedTensor's, so both round alike.
+            scale = (1 / (255 * s)).astype(np.float32).reshape(1, -1, 1, 1)
+            shift = (m / s).astype(np.float32).reshape(1, -1, 1, 1)
+            self.scale = torch.from_numpy(scale).to(self.device)
+            self.shift = torch.from_numpy(shift).to(self.device)
+        # Channels-last: (scale, shift) repeated along one image row, by width.
+        self._rows: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._gen: Optional[torch.Generator] = None
+
+    @classmethod
+    def for_transform(cls, transform: Any, device: Union[str, torch.device],
+                      channels_last: bool = False) -> "BatchPreprocess":
+        """The batch step that completes ``transform`` (a dataset's): normalising with its
+        ``normalize`` mean/std if it has one, else moving only."""
+        norm = getattr(transform, "normalize", None)
+        mean, std = norm if norm else (None, None)
+        return cls(mean, std, device=device, channels_last=channels_last)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        regions = None
+        if isinstance(batch, PendingErasing):
+            batch, regions = batch
+        x = batch.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            if self.scale is None or self.shift is None:
+                raise TypeError("a uint8 batch, but no mean/std to normalise it with (build "
+                                "BatchPreprocess from the dataset's transform)")
+            x = x.to(torch.float32, memory_format=self.memory_format)
+            self._normalize(x, self.scale, self.shift)
+        elif x.ndim == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        if regions is not None:
+            self._erase(x, regions)
+        return x
+
+    def _normalize(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        if self.memory_format == torch.channels_last:
+            # A (1, C, 1, 1) factor broadcast over a channels-last tensor varies fastest:
+            # ~3x slower on CPU than the same factors repeated along each (W*C) pixel row.
+            b, c, h, w = x.shape
+            if w not in self._rows:
+                self._rows[w] = (scale.flatten().repeat(w), shift.flatten().repeat(w))
+            scale, shift = self._rows[w]
+            x = x.permute(0, 2, 3, 1).view(b, h, w * c)  # the same memory, rows of pixels
+        x.mul_(scale).sub_(shift)
+
+    def _erase(self, x: torch.Tensor, regions: torch.Tensor) -> None:
+        chans = x.shape[1]
+        for i, (top, left, h, w, seed) in enumerate(regions.tolist()):
+            if h == 0:
+                continue
+            if self._gen is None:
+                self._gen = torch.Generator(device=self.device)
+            self._gen.manual_seed(seed)
+            # Drawn contiguous, then copied in: the same values in either memory format.
+            x[i, :, top:top + h, left:left + w] = torch.randn(
+                (chans, h, w), generator=self._gen, device=self.device, dtype=x.dtype)
+
+    def __repr__(self) -> str:
+        fmt = "channels_last" if self.memory_format == torch.channels_last else "contiguous"
+        what = "normalise" if self.scale is not None else "move only"
+        return f"BatchPreprocess(device={self.device}, {what}, {fmt})"
 
 
 # Transforms without randomness, and those drawing only from python's ``random`` and
 # numpy's global RNG (timm 1.0's RandomResizedCropAndInterpolation, RandAugment,
 # AutoAugment and AugMix).
-_DETERMINISTIC = {f"{__name__}.ToNormalizedTensor"} | {
+_DETERMINISTIC = {f"{__name__}.ToNormalizedTensor", f"{__name__}.ToUint8Tensor"} | {
     "torchvision.transforms.transforms." + n
     for n in ("ToTensor", "Normalize", "Resize", "CenterCrop")
 } | {"timm.data.transforms." + n for n in ("MaybeToTensor", "MaybePILToTensor", "ResizeKeepRatio",
@@ -192,9 +340,12 @@ def _kind(t: Any) -> str:
 
 def train_transform(recipe: Any, img_size: Tuple[int, int], mean: Sequence[float],
                     std: Sequence[float], hflip: float = 0.5,
-                    crop_scale_min: float = 0.08) -> SeededPipeline:
+                    crop_scale_min: float = 0.08, channels_last: bool = False
+                    ) -> SeededPipeline:
     """The recipe's training augmentation; RandomResizedCrop keeps between
-    ``crop_scale_min`` and all of the image's area (aspect 3/4..4/3)."""
+    ``crop_scale_min`` and all of the image's area (aspect 3/4..4/3). The workers' part:
+    it ends in uint8 images (laid out for a ``channels_last`` run or not) and erasing
+    rectangles; :class:`BatchPreprocess` normalises and erases."""
     from timm.data.auto_augment import (augment_and_mix_transform, auto_augment_transform,
                                         rand_augment_transform)
     from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
@@ -221,10 +372,11 @@ def train_transform(recipe: Any, img_size: Tuple[int, int], mean: Sequence[float
             ra = auto_augment_transform(aa, hp)
         _patch_posterize(ra)
         steps.append(ra)
-    steps.append(ToNormalizedTensor(mean, std))
+    # Workers send uint8 pixels; BatchPreprocess normalises (and erases) on the device.
+    steps.append(ToUint8Tensor(channels_last))
     if recipe.random_erasing > 0:
         steps.append(RandomErasing(recipe.random_erasing))
-    return SeededPipeline(steps)
+    return SeededPipeline(steps, normalize=(mean, std))
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
@@ -254,9 +406,18 @@ def _patch_posterize(ra: Any) -> None:
                 op.aug_fn = _posterize
 
 
-def eval_transform(model: torch.nn.Module) -> SeededPipeline:
-    """Resize + centre crop (crop_pct) + normalise, from the model's pretrained_cfg."""
+def eval_transform(model: torch.nn.Module, channels_last: bool = False) -> SeededPipeline:
+    """Resize + centre crop (crop_pct) + normalise, from the model's pretrained_cfg.
+
+    timm's final to-tensor + Normalize steps become :class:`ToUint8Tensor`, with the
+    normalisation left to :class:`BatchPreprocess` (the training pipeline's split)."""
     from timm.data import create_transform, resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
-    return SeededPipeline(create_transform(**cfg, is_training=False).transforms)
+    steps = list(create_transform(**cfg, is_training=False).transforms)
+    kinds = [_kind(t).rsplit(".", 1)[1] for t in steps[-2:]]
+    if kinds in (["MaybeToTensor", "Normalize"], ["ToTensor", "Normalize"]):
+        # The config's mean/std, as given (Normalize holds them rounded to float32).
+        return SeededPipeline(steps[:-2] + [ToUint8Tensor(channels_last)],
+                              normalize=(cfg["mean"], cfg["std"]))
+    return SeededPipeline(steps)
