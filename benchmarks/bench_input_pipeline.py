@@ -20,6 +20,8 @@ CPU device here), inside the timed loop. timm's loader is `timm.data.create_load
 `timm.data.ImageDataset` with the same settings, in two forms: `use_prefetcher=False`
 (everything in the workers) and `use_prefetcher=True` on the CPU device (timm's training
 default: the workers send uint8 images, the main process normalises and erases, also timed).
+Each mfdsl measurement starts a new epoch (new samples and augmentation draws), as timm's
+loader draws anew from its global RNG for each.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from mfdsl.ir import RecipeSpec  # noqa: E402
 from mfdsl.runner.transforms import (BatchPreprocess, _patch_posterize,  # noqa: E402
                                      caller_rngs_preserved, train_transform)
 from mfdsl.runner.imagefolder import (ResumableDistributedSampler, SkippingImageFolder,  # noqa: E402
-                                      make_loader)
+                                      collate, make_loader)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -79,39 +81,47 @@ def mfdsl_loader(root: str, size: int, batch: int) -> Callable[[int], Iterable]:
     tf = train_transform(RecipeSpec(), (size, size), MEAN, STD)  # the paper's recipe
     ds = SkippingImageFolder(root, tf)
     prep = BatchPreprocess.for_transform(tf, "cpu", channels_last=False)
+    made = [0]
 
     def make(workers: int) -> Iterable:
+        # A new epoch for each measurement: new samples and augmentation draws, as timm's
+        # loader gets from its global RNG (the same draws every time would be a bias).
         sampler = ResumableDistributedSampler(ds, 1, 0, seed=0)
+        sampler.set_position(made[0])
+        made[0] += 1
         loader = make_loader(ds, sampler, batch, workers, 0, drop_last=True, pin_memory=False)
         return ((prep(images), target) for images, target, _ in loader)
     return make
 
 
-def per_sample_cpu(root: str, size: int, passes: int) -> Tuple[float, float, int]:
-    """CPU ms per sample of one worker's work (decode + augmentation to a uint8 tensor;
-    normalising and erasing are the main process's), mfdsl vs timm's prefetcher form,
-    alternating sample by sample over the same files so that a busy machine slows both
-    alike."""
+def per_sample_cpu(root: str, size: int, passes: int, batch: int
+                   ) -> Tuple[float, float, int]:
+    """CPU ms per sample of a worker's work (decode + augmentation to uint8 + collate;
+    normalising and erasing are the main process's), mfdsl vs timm's prefetcher form
+    (its ``fast_collate``), alternating batch by batch over the same files so that a busy
+    machine slows both alike."""
     from timm.data import ImageDataset
 
     ours = SkippingImageFolder(root, train_transform(RecipeSpec(), (size, size), MEAN, STD))
     loader = timm_loader(root, size, 1, prefetcher=True)(0)
     theirs: ImageDataset = loader.loader.dataset  # with the transform create_loader gave it
+    their_collate = loader.loader.collate_fn
     assert [p for p, _ in ours.samples] == [str(p) for p, _ in theirs.reader.samples], \
         "the two datasets list different files"
     t_ours = t_theirs = 0.0
     n = 0
     with caller_rngs_preserved():  # as in a worker: no save/restore of this process's RNGs
         for epoch in range(passes):
-            for i in range(len(ours)):
+            for start in range(0, len(ours) - batch + 1, batch):
+                keys = range(start, start + batch)
                 c0 = time.thread_time()
-                ours[(i, 0, epoch)]
+                collate([ours[(i, 0, epoch)] for i in keys])
                 c1 = time.thread_time()
-                theirs[i]
+                their_collate([theirs[i] for i in keys])
                 c2 = time.thread_time()
                 t_ours += c1 - c0
                 t_theirs += c2 - c1
-                n += 1
+                n += batch
     return 1000 * t_ours / n, 1000 * t_theirs / n, n
 
 
@@ -208,7 +218,8 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
                 if w == 0:
                     cpu[name].append(ms)
     med = {k: {w: statistics.median(v) for w, v in d.items()} for k, d in res.items()}
-    ms_ours, ms_theirs, n_samples = per_sample_cpu(root, args.img_size, args.passes)
+    ms_ours, ms_theirs, n_samples = per_sample_cpu(root, args.img_size, args.passes,
+                                                   args.batch_size)
     print(f"Command: `{' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}`  ")
     print(f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} logical CPUs (load average at start / end: "
@@ -222,19 +233,23 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
           + f", {args.img_size}x{args.img_size}, batch {args.batch_size}, paper augmentation, "
           f"{args.batches} timed batches x {args.rounds} interleaved rounds (medians)\n")
     print("| workers | mfdsl img/s | timm img/s | mfdsl / timm | timm prefetcher img/s "
-          "| mfdsl / timm prefetcher | per-round mfdsl / timm |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
+          "| mfdsl / timm prefetcher | per-round mfdsl / timm | per-round mfdsl / timm "
+          "prefetcher |")
+    print("|---:|---:|---:|---:|---:|---:|---|---|")
     for w in workers:
         m, t, tp = med["mfdsl"][w], med["timm"][w], med["timm_prefetch"][w]
-        rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(res["mfdsl"][w], res["timm"][w]))
-        print(f"| {w} | {m:.0f} | {t:.0f} | {m / t:.2f} | {tp:.0f} | {m / tp:.2f} | {rounds} |")
+        rounds = [", ".join(f"{a / b:.2f}" for a, b in zip(res["mfdsl"][w], res[k][w]))
+                  for k in ("timm", "timm_prefetch")]
+        print(f"| {w} | {m:.0f} | {t:.0f} | {m / t:.2f} | {tp:.0f} | {m / tp:.2f} | "
+              f"{rounds[0]} | {rounds[1]} |")
     per = [w for w in workers if w > 0]
     if per:
         print("\nimg/s per worker: " + "; ".join(
             f"{w} worker(s): mfdsl {med['mfdsl'][w] / w:.0f}, timm {med['timm'][w] / w:.0f}, "
             f"timm prefetcher {med['timm_prefetch'][w] / w:.0f}" for w in per))
-    print(f"\nPer-sample CPU time of a worker's work (decode + augmentation to uint8), "
-          f"alternating sample by sample over {n_samples} samples: mfdsl {ms_ours:.2f} ms, "
+    print(f"\nPer-sample CPU time of a worker's work (decode + augmentation to uint8 + "
+          f"collate), alternating batch by batch over {n_samples} samples: mfdsl "
+          f"{ms_ours:.2f} ms, "
           f"timm prefetcher form {ms_theirs:.2f} ms; mfdsl's speed relative to timm "
           f"{ms_theirs / ms_ours:.2f}x")
     if cpu["mfdsl"]:
