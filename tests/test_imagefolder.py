@@ -440,6 +440,8 @@ def test_device_normalisation_equals_the_per_sample_float_path() -> None:
     assert torch.equal(BatchPreprocess(None, None)(want.clone()), want)
     with pytest.raises(TypeError, match="no mean/std"):
         BatchPreprocess(None, None)(batch)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        BatchPreprocess(MEAN, STD)(batch[:, :1])
     gray = ToUint8Tensor()(_photo(9, (6, 4)).convert("L"))
     assert gray.shape == (1, 4, 6) and gray.dtype == torch.uint8
 

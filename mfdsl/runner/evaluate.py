@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 from .distributed import DistEnv, all_sum, gather_objects
 from .metrics import accuracy_counts
+from .transforms import BatchPreprocess
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, env: DistEnv,
-             preprocess: Optional[Any] = None) -> Dict[str, Any]:
+             preprocess: Optional[BatchPreprocess] = None) -> Dict[str, Any]:
     """Exact metrics over the whole split (each rank evaluates its unpadded shard).
 
     ``model`` is prepared for the device (``mfdsl.passes.compile_for_target``: it places
@@ -28,7 +29,6 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
     ``skipped_files`` (path -> [failed fetches, first error]).
     """
     from .imagefolder import UnreadableImages
-    from .transforms import BatchPreprocess
 
     if preprocess is None:
         preprocess = BatchPreprocess.for_transform(

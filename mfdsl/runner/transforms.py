@@ -240,12 +240,12 @@ class BatchPreprocess:
     overlaps), converted to float32 in the run's memory format (channels-last or
     contiguous, as the model is prepared; from either layout) and normalised in place,
     ``x * 1/(255 std) - mean/std``: the arithmetic of :class:`ToNormalizedTensor`, batched
-    (equal floats in either memory format). Then the regions
-    of a :class:`PendingErasing` batch are filled with standard normal noise, each region
-    from a generator on the device seeded with its own seed (drawn in the worker from the
-    sample's generator), so the noise depends on the sample alone, not on the batch it
-    lands in. CPU and CUDA generators give different (equally distributed) noise for one
-    seed. A float batch is taken as normalised already and only moved.
+    (equal floats in either memory format). Then the regions of a :class:`PendingErasing`
+    batch are filled with standard normal noise, each region from a generator on the device
+    seeded with its own seed (drawn in the worker from the sample's generator), so the noise
+    depends on the sample alone, not on the batch it lands in. CPU and CUDA generators give
+    different (equally distributed) noise for one seed. A float batch is taken as normalised
+    already and only moved.
     """
 
     def __init__(self, mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
@@ -283,6 +283,9 @@ class BatchPreprocess:
             if self.scale is None or self.shift is None:
                 raise TypeError("a uint8 batch, but no mean/std to normalise it with (build "
                                 "BatchPreprocess from the dataset's transform)")
+            if x.ndim != 4 or x.shape[1] != self.scale.shape[1]:
+                raise ValueError(f"expected a (B, {self.scale.shape[1]}, H, W) image batch, got "
+                                 f"shape {tuple(x.shape)}")
             x = x.to(torch.float32, memory_format=self.memory_format)
             self._normalize(x, self.scale, self.shift)
         elif x.ndim == 4:
