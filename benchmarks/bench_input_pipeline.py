@@ -3,8 +3,9 @@
 Decode + the paper's training augmentation (RandomResizedCrop with random bilinear/bicubic
 interpolation, flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25 in pixel mode,
 normalisation) + collate, in images/s, for several DataLoader worker counts. The loaders are
-measured interleaved (round by round, worker count by worker count) so that a busy machine
-slows both alike; the table gives medians over the rounds and the ratio mfdsl/timm.
+measured interleaved (round by round, worker count by worker count, in an order rotated each
+round) so that a busy machine slows both alike; the table gives medians over the rounds and
+the ratio mfdsl/timm.
 
     python benchmarks/bench_input_pipeline.py                    # ImageNet-like JPEGs in a temp dir
     python benchmarks/bench_input_pipeline.py --data /datasets/imagenet/train --img-size 224
@@ -210,10 +211,13 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
     load0 = os.getloadavg()
     res: Dict[str, Dict[int, List[float]]] = {k: {w: [] for w in workers} for k in loaders}
     cpu: Dict[str, List[float]] = {k: [] for k in loaders}
-    for _ in range(args.rounds):
+    names = list(loaders)
+    for r in range(args.rounds):
         for w in workers:
-            for name, make in loaders.items():
-                ips, ms = measure(make, w, args.batches, args.warmup)
+            # The order rotates each round: none always runs first (after the previous
+            # measurement's workers shut down) or last.
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                ips, ms = measure(loaders[name], w, args.batches, args.warmup)
                 res[name][w].append(ips)
                 if w == 0:
                     cpu[name].append(ms)
