@@ -48,6 +48,11 @@ def cases():
         ("block_addcmul", lambda: Block(320, LayerNorm(320), Pooling(), LayerNorm(320),
                                         Mlp(320, 1280, nn.GELU()), res_scale=1.0),
          (8, 14, 14, 320), "block with res_scale at 14x14 (stage 2)"),
+        # In a whole block: what the pool fuses into (the next norm) is what is measured.
+        ("pooling_as_depthwise_conv", lambda: Block(64, ModifiedLayerNorm(64), Pooling(),
+                                                    ModifiedLayerNorm(64),
+                                                    Mlp(64, 256, StarReLU()), res_scale=1.0),
+         (8, 56, 56, 64), "PoolFormerV2 block at 56x56 (stage 0)"),
     ]
 
 

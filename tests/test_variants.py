@@ -33,6 +33,7 @@ LAYERS = {
                                                    bias=True),
     "modified_layernorm_groupnorm": lambda: ModifiedLayerNorm(6, bias=True),
     "starrelu_addcmul": lambda: StarReLU(-0.7, 0.3),
+    "pooling_as_depthwise_conv": lambda: Pooling(3),
     "block_addcmul": lambda: Block(6, LayerNorm(6), Pooling(), LayerNorm(6),
                                    Mlp(6, 12, nn.GELU()), layer_scale=0.5, res_scale=1.5),
 }

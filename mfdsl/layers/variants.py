@@ -94,9 +94,15 @@ VARIANTS_FOR: Dict[Tuple[str, bool], Tuple[str, ...]] = {
     ("reference", False): (),
     ("reference", True): (),
     ("cpu", False): ALL_FUSED + ("pointwise_conv1x1",),
-    # Under inductor the plain forms fuse as well or better (the hand-fused MLP, residual
-    # and GroupNorm forms measured 1.1-2x slower compiled); oneDNN's 1x1 conv still wins.
-    ("cpu", True): ("pointwise_conv1x1",),
+    # Inductor on CPU leaves convolutions, GEMMs and attention to oneDNN / ATen, as eager
+    # does, so the eager forms help there too (whole caformer_s18, idle box: compiled with
+    # these 1.01x eager, with the 1x1 pointwise alone 0.88x). The GroupNorm form is the
+    # exception: compiled, its backward measured 4.3x slower than the plain LayerNorm's.
+    # The pooling-as-conv form keeps inductor from inlining avg_pool2d into the next
+    # norm's reduction (poolformerv2_s12 compiled inference 0.76x -> 0.97x eager); eager
+    # it is level with avg_pool2d, so eager keeps the plain call.
+    ("cpu", True): tuple(v for v in ALL_FUSED if v != "modified_layernorm_groupnorm")
+    + ("pointwise_conv1x1", "pooling_as_depthwise_conv"),
     # CUDA eager keeps the fused forms it ran before; cuBLAS serves F.linear well.
     ("cuda", False): ALL_FUSED,
     # Not measured (no GPU here): inductor fuses the reference's elementwise chains.
