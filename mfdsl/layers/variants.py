@@ -85,8 +85,9 @@ def variants_in_use(model: nn.Module) -> Dict[str, int]:
 
 
 # Which variants each (device, compiled?) runs: the one place this is decided. Measured
-# with ``benchmarks/bench_variants.py`` (docs/benchmarks.md, "Speed variants"); a variant
-# stays out of a target where it did not measure faster there. "reference" runs none:
+# with ``benchmarks/bench_variants.py`` per layer and ``benchmarks/bench_variant_sets.py``
+# on whole models (docs/benchmarks.md, "Speed variants"); a variant stays out of a target
+# where it measured slower there. "reference" runs none:
 # the paper's forms, the same graph on every device (what ``mfdsl export`` writes).
 ALL_FUSED = ("mlp_starrelu_into_fc2", "sepconv_starrelu_into_convs", "block_addcmul",
              "modified_layernorm_groupnorm", "starrelu_addcmul")
@@ -99,7 +100,7 @@ VARIANTS_FOR: Dict[Tuple[str, bool], Tuple[str, ...]] = {
     # these 1.01x eager, with the 1x1 pointwise alone 0.88x). The GroupNorm form is the
     # exception: compiled, its backward measured 4.3x slower than the plain LayerNorm's.
     # The pooling-as-conv form keeps inductor from inlining avg_pool2d into the next
-    # norm's reduction (poolformerv2_s12 compiled inference 0.76x -> 0.97x eager); eager
+    # norm's reduction (poolformerv2_s12 compiled inference 0.76x -> 0.89-0.97x eager); eager
     # it is level with avg_pool2d, so eager keeps the plain call.
     ("cpu", True): tuple(v for v in ALL_FUSED if v != "modified_layernorm_groupnorm")
     + ("pointwise_conv1x1", "pooling_as_depthwise_conv"),
