@@ -167,14 +167,21 @@ class ToUint8Tensor:
         return f"ToUint8Tensor(channels_last={self.channels_last})"
 
 
+def normalization_factors(mean: Sequence[float], std: Sequence[float]
+                          ) -> Tuple[np.ndarray, np.ndarray]:
+    """float32 ``(1 / (255 std), mean / std)`` per channel: ``(x / 255 - mean) / std`` is
+    ``x * scale - shift``, one multiply and one subtract."""
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return (1 / (255 * s)).astype(np.float32), (m / s).astype(np.float32)
+
+
 class ToNormalizedTensor:
     """PIL RGB image -> float32 (C, H, W) tensor ``(x / 255 - mean) / std``, in one pass
     (torchvision's ToTensor + Normalize take three; equal within 1e-6)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        self.scale = (1 / (255 * s)).astype(np.float32)[:, None, None]
-        self.shift = (m / s).astype(np.float32)[:, None, None]
+        scale, shift = normalization_factors(mean, std)
+        self.scale, self.shift = scale[:, None, None], shift[:, None, None]
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
@@ -255,12 +262,10 @@ class BatchPreprocess:
         self.scale: Optional[torch.Tensor] = None
         self.shift: Optional[torch.Tensor] = None
         if mean is not None and std is not None:
-            m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-            # float32 factors computed as ToNormalizedTensor's, so both round alike.
-            scale = (1 / (255 * s)).astype(np.float32).reshape(1, -1, 1, 1)
-            shift = (m / s).astype(np.float32).reshape(1, -1, 1, 1)
-            self.scale = torch.from_numpy(scale).to(self.device)
-            self.shift = torch.from_numpy(shift).to(self.device)
+            # ToNormalizedTensor's float32 factors, so both round alike.
+            scale, shift = normalization_factors(mean, std)
+            self.scale = torch.from_numpy(scale.reshape(1, -1, 1, 1)).to(self.device)
+            self.shift = torch.from_numpy(shift.reshape(1, -1, 1, 1)).to(self.device)
         # Channels-last: (scale, shift) repeated along one image row, by width.
         self._rows: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._gen: Optional[torch.Generator] = None
