@@ -49,13 +49,13 @@ def variant_names(spec: str, device: str) -> Tuple[str, ...]:
     return names
 
 
-def build_case(spec_path: str, case: str, device: str) -> TargetModel:
+def build_case(spec_path: str, case: str, device: str, dtype: str) -> TargetModel:
     if case == "eager":
         return compile_for_target(build_model(spec_path, target="reference"), device,
-                                  mode="eager")
+                                  dtype=dtype, mode="eager")
     if not case.startswith("compiled:"):
         raise SystemExit(f"a case is 'eager' or 'compiled:<set>', got {case!r}")
-    tm = compile_for_target(build_model(spec_path, target="reference"), device)
+    tm = compile_for_target(build_model(spec_path, target="reference"), device, dtype=dtype)
     # torch.compile traces lazily: swapping variants before the first call is what runs.
     select_variants(tm.model, variant_names(case.split(":", 1)[1], device))
     return tm
@@ -68,6 +68,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--sets", default="eager,compiled:table,compiled:none")
     ap.add_argument("--leave-one-out", action="store_true")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
+                    help="autocast dtype (default: bf16 on CUDA, fp32 on CPU, as the runner)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=2)
@@ -83,7 +85,9 @@ def main(argv: List[str] = None) -> int:
         names += ["compiled:" + ("+".join(v for v in table if v != left) or "none")
                   for left in table]
     torch.manual_seed(0)
-    cases = {n: build_case(path, n, args.device) for n in dict.fromkeys(names)}
+    dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    cases = {n: build_case(path, n, args.device, dtype) for n in dict.fromkeys(names)}
     model0 = next(iter(cases.values()))
     spec = model0.spec
     x = torch.randn(args.batch, spec.in_chans, *spec.img_size, device=args.device)
@@ -111,12 +115,15 @@ def main(argv: List[str] = None) -> int:
     ms = {n: [] for n in cases}
     for _ in range(args.rounds):
         for n in cases:
+            sync()
             t0 = time.perf_counter()
             for _ in range(args.iters):
                 step(n)
+            sync()
             ms[n].append((time.perf_counter() - t0) / args.iters * 1e3)
     info = machine_info(args.device)
-    print(f"{spec.name}, {args.task}, batch {args.batch}, {args.rounds} rounds x {args.iters}; "
+    print(f"{spec.name}, {args.task}, {dtype}, batch {args.batch}, {args.rounds} rounds x "
+          f"{args.iters}; "
           f"{info['cpu']}, torch {info['torch']}, {info['torch_threads']} threads; "
           f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
     base = statistics.median(ms["eager"]) if "eager" in ms else None

@@ -4,7 +4,7 @@
     python benchmarks/bench_variants.py --device cuda --dtype bf16
 
 For each variant in ``mfdsl.layers.variants.VARIANTS`` one layer is built at a shape of
-caformer_s18 / convformer_s18 / poolformerv2_s12 at 224 px, batch 8, and timed in
+caformer_s18 / convformer_s18 / poolformerv2_s12 at 224 px, batch 8 (``--batch``), and timed in
 interleaved rounds (reference, variant, reference, ...) for a training step of the layer
 (forward + backward) and for inference; the median per case is printed with the ratio
 variant / reference. ``VARIANTS_FOR`` in mfdsl/layers/variants.py is chosen from this.
@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=8, help="batch of every layer's input "
+                    "(GPU: 64-128, the per-device batch of the recipes)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true")
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
            else torch.autocast(dev.type, enabled=False))
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, "
-          f"{args.dtype}; median of {args.rounds} interleaved rounds x {args.iters}")
+          f"{args.dtype}, batch {args.batch}; median of {args.rounds} interleaved rounds x "
+          f"{args.iters}")
     print("| variant | layer | mode | task | reference ms | variant ms | variant/reference |")
     print("|---|---|---|---|---|---|---|")
     for name, make, shape, what in cases():
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
         select_variants(fast, [name])
         assert type(fast) is VARIANTS[name].fast or any(
             type(m) is VARIANTS[name].fast for m in fast.modules()), name
-        x = torch.randn(*shape, device=dev)
+        x = torch.randn(args.batch, *shape[1:], device=dev)
         modes = ["eager"] + ([] if args.no_compile else ["compiled"])
         for mode in modes:
             fns = {}
@@ -123,8 +126,9 @@ def main(argv=None) -> int:
                 print(f"| {name} | {what} | {mode} | {task} | {r:.2f} | {v:.2f} | "
                       f"{v / r:.2f} |", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        from mfdsl.fsio import write_atomic
+
+        write_atomic(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 

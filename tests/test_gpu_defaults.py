@@ -15,12 +15,15 @@ import copy
 import pytest
 import torch
 import torch._dynamo
+from torch._inductor.exc import InductorError
 import torch.nn.functional as F
 
 from mfdsl.api import build_model
 from mfdsl.ir import ModelSpec, StageSpec, call, default_downsample
 from mfdsl.passes import compile_for_target
 from mfdsl.passes.targets import TargetModel
+
+from devices import DEVICES
 
 pytestmark = pytest.mark.slow  # two models through inductor: ~1-2 min each on 2 cores
 
@@ -80,23 +83,34 @@ def _step(model, opt, lr, x, y) -> float:
     return float(loss)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_compiled_channels_last_bf16_matches_eager_without_recompiles(name: str) -> None:
+def test_compiled_channels_last_bf16_matches_eager_without_recompiles(name: str,
+                                                                      device: str) -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)
-    eager = build_model(SPECS[name])
-    fast = compile_for_target(copy.deepcopy(eager), "cpu", dtype="bf16", mode="default",
+    eager = build_model(SPECS[name], target=device).to(device)
+    fast = compile_for_target(copy.deepcopy(eager), device, dtype="bf16", mode="default",
                               channels_last=True, fullgraph=True)
     assert isinstance(fast, TargetModel)
     lrs = [1e-3, 5e-4, 2e-4, 1e-4]  # a changing lr must not recompile (it is not in a graph)
-    x = torch.randn(len(lrs), 4, 3, 64, 64)
-    y = torch.randint(0, 5, (len(lrs), 4))
+    x = torch.randn(len(lrs), 4, 3, 64, 64, device=device)
+    y = torch.randint(0, 5, (len(lrs), 4), device=device)
     opt_e = torch.optim.AdamW(eager.parameters())
     want = [_step(eager, opt_e, lr, x[i], y[i]) for i, lr in enumerate(lrs)]
 
     opt = torch.optim.AdamW(fast.parameters())
     # warm-up: one training step and one eval batch compile the two graphs
-    got = [_step(fast, opt, lrs[0], x[0], y[0])]
+    try:
+        got = [_step(fast, opt, lrs[0], x[0], y[0])]
+    except InductorError as exc:
+        if device == "cuda" and "PassManager::run failed" in str(exc):
+            # Upstream: the bf16 persistent-reduction kernel of the modified LayerNorm
+            # backward (16x16x16 map) fails in Triton's compiler (torch 2.11 + Triton 3.6,
+            # H100); fp32, triton.persistent_reductions=False and the GroupNorm form all
+            # compile. The CLI reports it as a compiler failure (test_runner_scenarios).
+            pytest.xfail(f"Triton could not compile a kernel here: {str(exc).splitlines()[0]}")
+        raise
     fast.eval()
     with torch.no_grad():
         fast(x[0])

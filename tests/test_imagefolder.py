@@ -29,6 +29,8 @@ from mfdsl.runner.imagefolder import (ResumableDistributedSampler, ShardSampler,
                                       UnreadableImages, collate, make_loader,
                                       scan_image_folder)
 
+from devices import DEVICES
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -421,9 +423,10 @@ def test_train_labels_val_with_the_training_classes(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- device-side step
-def test_device_normalisation_equals_the_per_sample_float_path() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_normalisation_equals_the_per_sample_float_path(device: str) -> None:
     """uint8 batch -> BatchPreprocess gives ToNormalizedTensor's floats (both memory
-    formats), and keeps a float batch as it is."""
+    formats, on every device), and keeps a float batch as it is."""
     imgs = [_photo(s, (20, 14)) for s in range(5)]
     want = torch.stack([ToNormalizedTensor(MEAN, STD)(im) for im in imgs])
     for sent_cl in (False, True):  # the workers' layout
@@ -432,9 +435,9 @@ def test_device_normalisation_equals_the_per_sample_float_path() -> None:
         sent = torch.channels_last if sent_cl else torch.contiguous_format
         assert batch.is_contiguous(memory_format=sent)
         for channels_last in (False, True):  # the model's
-            got = BatchPreprocess(MEAN, STD, "cpu", channels_last)(batch)
-            assert got.dtype == torch.float32
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+            got = BatchPreprocess(MEAN, STD, device, channels_last)(batch)
+            assert got.dtype == torch.float32 and got.device.type == device
+            torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-6)
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             assert got.is_contiguous(memory_format=fmt)
     assert torch.equal(BatchPreprocess(None, None)(want.clone()), want)
@@ -446,9 +449,11 @@ def test_device_normalisation_equals_the_per_sample_float_path() -> None:
     assert gray.shape == (1, 4, 6) and gray.dtype == torch.uint8
 
 
-def test_erasing_depends_on_the_sample_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_erasing_depends_on_the_sample_alone(tmp_path: Path, device: str) -> None:
     """The erased noise of a sample is a function of (run seed, epoch, index): the same in
-    any batch size, order and worker count, with or without channels-last."""
+    any batch size, order and worker count, with or without channels-last (on each device;
+    CPU and CUDA generators draw different noise into the same regions)."""
     root = tmp_path / "d"
     for c in ("a", "b"):
         for i in range(6):
@@ -462,9 +467,9 @@ def test_erasing_depends_on_the_sample_alone(tmp_path: Path) -> None:
         s = ResumableDistributedSampler(ds, 1, 0, seed=3)
         s.set_position(epoch)
         order = [i for i, _, _ in s]
-        prep = BatchPreprocess.for_transform(ds.transform, "cpu", channels_last)
-        out = [x for b, _, _ in make_loader(ds, s, batch, workers, 0, drop_last=False,
-                                            pin_memory=False) for x in prep(b)]
+        prep = BatchPreprocess.for_transform(ds.transform, device, channels_last)
+        out = [x.cpu() for b, _, _ in make_loader(ds, s, batch, workers, 0, drop_last=False,
+                                                  pin_memory=device != "cpu") for x in prep(b)]
         return dict(zip(order, out))
 
     ref = per_sample(4, 0, 0)
@@ -473,6 +478,8 @@ def test_erasing_depends_on_the_sample_alone(tmp_path: Path) -> None:
         assert all(torch.equal(ref[i], other[i]) for i in ref)
     next_epoch = per_sample(4, 0, 1)
     assert not any(torch.equal(ref[i], next_epoch[i]) for i in ref)
+    for x in ref.values():  # standard normal noise in the erased regions, images elsewhere
+        assert x.isfinite().all() and -6 < float(x.min()) and float(x.max()) < 6
 
 
 def test_eval_pipeline_equals_timms_float_transform(tmp_path: Path) -> None:
