@@ -325,6 +325,22 @@ def test_bench_cuda_without_gpu():
     assert code == 2 and "no CUDA device" in out
 
 
+def test_a_compiler_failure_is_a_clear_error_not_an_internal_one(monkeypatch):
+    """torch.compile failing inside inductor/Triton (seen on an H100 with torch 2.11:
+    'PassManager::run failed') is reported as a compiler failure with the way out."""
+    from torch._inductor.exc import InductorError
+
+    def broken_compile(model, **kw):
+        def call(*a, **k):
+            raise InductorError(RuntimeError("PassManager::run failed"), None)
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    code, out = run("bench", DEMO, *BENCH_FAST, "--compile", "--no-eager", "--no-timm")
+    assert code == 1 and "torch.compile failed" in out and "--no-compile" in out
+    assert "PassManager::run failed" in out
+
+
 def test_bench_json_into_a_missing_folder_fails_before_measuring(tmp_path):
     code, out = run("bench", DEMO, *BENCH_FAST, "--json", tmp_path / "no" / "x.json")
     assert code == 2 and "--json" in out

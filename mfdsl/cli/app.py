@@ -37,9 +37,24 @@ class _Group(click.Group):
             if isinstance(exc, (OSError, ValueError)):
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(2)
+            if _is_compile_failure(exc):
+                first = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+                click.echo(f"error: torch.compile failed in {type(exc).__name__}: {first}\n"
+                           "(a compiler failure, not an error in the spec: run again with "
+                           "--no-compile, or set MFDSL_DEBUG=1 for the traceback)", err=True)
+                sys.exit(1)
             click.echo(f"mfdsl: internal error: {type(exc).__name__}: {exc}\n"
                        "(set MFDSL_DEBUG=1 for the traceback)", err=True)
             sys.exit(1)
+
+
+def _is_compile_failure(exc: BaseException) -> bool:
+    """An exception from torch.compile's own machinery (dynamo, inductor, Triton)."""
+    return any(type(e).__module__.startswith(("torch._dynamo", "torch._inductor", "triton"))
+               and type(e).__name__ in ("BackendCompilerFailed", "InductorError",
+                                        "CppCompileError", "CUDACompileError",
+                                        "TritonUnavailableError")
+               for e in (exc, exc.__cause__) if e is not None)
 
 
 @click.group(cls=_Group,
