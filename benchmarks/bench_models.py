@@ -62,7 +62,8 @@ def main(argv=None) -> int:
             else (args.tasks,), compile=args.compile, eager=not args.no_eager, dtype=dtype,
             rounds=args.rounds, iters=args.iters, warmup=args.warmup,
             memory=not args.no_memory, macs=count_macs_meta(spec),
-            peak_tflops=args.peak_tflops, log=lambda s: print(s, file=sys.stderr, flush=True),
+            peak_tflops=args.peak_tflops, drop_path_rate=spec.drop_path_rate,
+            head_dropout=spec.head_dropout, log=lambda s: print(s, file=sys.stderr, flush=True),
         )
         reports.append(report)
         print(report_header(report) + "\n\n" + markdown_table(report) + "\n", flush=True)

@@ -313,6 +313,27 @@ def test_bench_edited_spec_keeping_a_timm_name_is_not_compared(tmp_path):
     assert "differs from this spec" in out and "timm `(none)`" in out
 
 
+def test_bench_gives_timms_twin_the_specs_drop_path(monkeypatch):
+    """A training step compared with timm's does the same work: the spec's drop path and
+    head dropout go to timm's model too (it defaults to none)."""
+    import timm
+
+    seen = {}
+    real = timm.create_model
+
+    def create_model(name, **kw):
+        seen.update(kw)
+        return real(name, **kw)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    code, out = run("bench", ROOT / "specs" / "poolformerv2_s12.mf", "--batch", "1",
+                    "--rounds", "1", "--iters", "1", "--warmup", "1", "--no-memory",
+                    "--tasks", "train")
+    assert code == 0, out
+    assert seen["drop_path_rate"] == pytest.approx(0.1) and seen["drop_rate"] == 0.0
+    assert "drop path 0.1 in both" in out
+
+
 @pytest.mark.parametrize("batch", ["0", "-3", "abc"])
 def test_bench_bad_batch(batch):
     code, out = run("bench", DEMO, "--batch", batch)

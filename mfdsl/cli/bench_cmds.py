@@ -91,6 +91,7 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
         tasks=("infer", "train") if tasks == "both" else (tasks,), compile=compiled,
         eager=eager, dtype=dtype, with_timm=not no_timm, rounds=rounds, iters=iters,
         warmup=warmup, memory=not no_memory, macs=macs, peak_tflops=peak_tflops,
+        drop_path_rate=ir.drop_path_rate, head_dropout=ir.head_dropout,
         log=lambda s: click.echo(s, err=True),
     )
     click.echo(report_header(report))

@@ -211,9 +211,14 @@ def run_benchmark(
     memory: bool = True,
     macs: Optional[int] = None,
     peak_tflops: Optional[float] = None,
+    drop_path_rate: float = 0.0,
+    head_dropout: float = 0.0,
     log: Callable[[str], None] = lambda s: None,
 ) -> Dict[str, Any]:
-    """Measure every (implementation, mode, task); returns a JSON-able report."""
+    """Measure every (implementation, mode, task); returns a JSON-able report.
+
+    ``drop_path_rate`` / ``head_dropout``: the spec's (what ``build_mfdsl`` builds), given
+    to timm's twin too, so that both training steps do the same work."""
     from .targets import compile_for_target
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -228,7 +233,8 @@ def run_benchmark(
         import timm
 
         def build_timm() -> nn.Module:
-            return timm.create_model(timm_name, num_classes=num_classes, in_chans=in_chans)
+            return timm.create_model(timm_name, num_classes=num_classes, in_chans=in_chans,
+                                     drop_path_rate=drop_path_rate, drop_rate=head_dropout)
 
         # A spec keeps its name when edited: only a model with the same parameter shapes
         # is a twin; comparing against another architecture would give a false ratio.
@@ -284,6 +290,7 @@ def run_benchmark(
         "spec": spec_name, "timm_model": timm_name, "timm_note": timm_note,
         "device": device, "dtype": dtype,
         "batch": batch, "rounds": rounds, "iters_per_round": iters, "warmup_steps": warmup,
+        "drop_path_rate": drop_path_rate, "head_dropout": head_dropout,
         "macs_per_image": macs, "gpu_peak_tflops": gpu_peak,
         "machine": machine_info(device), "results": [asdict(r) for r in results.values()],
     }
@@ -336,4 +343,5 @@ def report_header(report: Dict[str, Any]) -> str:
             f"{report['device']} ({where}; {mi['cores_available']} cores, "
             f"{mi['torch_threads']} torch threads), batch {report['batch']}, "
             f"{report['dtype']}, median of {report['rounds']} interleaved rounds x "
-            f"{report['iters_per_round']} steps; torch {mi['torch']}, timm {mi['timm']}")
+            f"{report['iters_per_round']} steps; drop path {report.get('drop_path_rate', 0)} "
+            f"in both; torch {mi['torch']}, timm {mi['timm']}")
