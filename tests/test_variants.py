@@ -15,10 +15,7 @@ from mfdsl.layers.block import Block, Mlp
 from mfdsl.layers.mixers import Pooling, SepConv
 from mfdsl.layers.norms import LayerNorm, ModifiedLayerNorm
 from mfdsl.layers.pointwise import Pointwise
-from mfdsl.layers.variants import (CORRECTIONS, VARIANTS, VARIANTS_FOR,
-                                   avg_pool_backward_is_wrong, corrections_for,
-                                   select_variants, variants_for, variants_in_use)
-from mfdsl.passes import compile_for_target
+from mfdsl.layers.variants import VARIANTS, VARIANTS_FOR, select_variants, variants_in_use
 
 from devices import DEVICES
 
@@ -50,46 +47,42 @@ def test_every_variant_is_tested_and_every_choice_exists() -> None:
     for key, names in VARIANTS_FOR.items():
         assert set(names) <= set(VARIANTS), key
     assert VARIANTS_FOR[("reference", False)] == VARIANTS_FOR[("reference", True)] == ()
-    assert {name for name, _, _ in CORRECTIONS} <= set(VARIANTS)
-    assert corrections_for("cpu") == corrections_for("reference") == ()
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_corrections_replace_what_this_torch_gets_wrong(device: str) -> None:
-    """A device's corrections are exactly the references this torch computes wrongly there
-    (probed; CUDA's channels-last avg_pool2d backward, pytorch#188344), and every target
-    and mode for that device runs them, the reference choice included."""
-    pool = Pooling(3).to(device=device, dtype=D)
+def test_reference_pooling_gradients_are_right_on_every_device(device: str) -> None:
+    """The reference Pooling on ``device`` against the CPU in float64, through a whole
+    training-mode model, the path users of build_model take with their own loop. (CUDA's
+    channels-last avg_pool2d backward is wrong, pytorch#188344; Pooling avoids it.)"""
+    torch.manual_seed(0)
     x = torch.randn(2, 5, 4, 6, dtype=D)
     grads = []
-    for dev, layer in (("cpu", Pooling(3).to(dtype=D)), (device, pool)):
+    for dev in ("cpu", device):
         xx = x.to(dev, copy=True).requires_grad_()
-        layer(xx).backward(torch.arange(x.numel(), dtype=D, device=dev).reshape(x.shape))
+        Pooling(3).to(dev)(xx).backward(torch.arange(x.numel(), dtype=D, device=dev)
+                                        .reshape(x.shape))
         grads.append(xx.grad.cpu())
-    wrong = not torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
-    assert ("pooling_as_depthwise_conv" in corrections_for(device)) == wrong
-    assert avg_pool_backward_is_wrong(device) == wrong
-    assert not avg_pool_backward_is_wrong("cpu")  # the probe's own baseline
-    for compiled in (False, True):
-        assert set(corrections_for(device)) <= set(variants_for(device, compiled))
-    tm = compile_for_target(build_model(tiny_poolformer(), target="reference"), device,
-                            mode="eager", variants="reference")
-    assert set(variants_in_use(tm.model)) == set(corrections_for(device))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+    ref = build_model(tiny_poolformer(), target="reference").to(dtype=D)
+    on_dev = copy.deepcopy(ref).to(device)
+    img = torch.randn(2, 3, 32, 32, dtype=D)
+    ref(img).sum().backward()
+    on_dev(img.to(device)).sum().backward()
+    for (n, pr), (_, pd) in zip(ref.named_parameters(), on_dev.named_parameters()):
+        torch.testing.assert_close(pd.grad.cpu(), pr.grad, rtol=1e-8, atol=1e-10, msg=n)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_variant_matches_reference_float64(name: str, device: str) -> None:
-    """The variant on ``device`` against the reference on the CPU (the ground truth: some
-    torch builds compute a reference form wrongly on CUDA, see corrections_for)."""
+    """The variant on ``device`` against the reference on the CPU (the ground truth)."""
     torch.manual_seed(0)
     ref = LAYERS[name]().to(dtype=D)
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(0.3 * torch.randn_like(p))
     fast = copy.deepcopy(ref).to(device)
-    # with the device's corrections (block_addcmul's test block holds a Pooling)
-    used = select_variants(fast, [name, *corrections_for(device)])
+    used = select_variants(fast, [name])
     assert used, f"{name} did not apply to its test layer"
     assert any(type(m) is VARIANTS[name].fast for m in fast.modules())
     # same state dict: keys, shapes, values
@@ -161,26 +154,6 @@ def test_reference_export_graph_is_device_independent() -> None:
     assert ops_cpu == ops_meta
     cpu_fast = build_model(tiny_convformer(), target="cpu")
     assert _aten_ops(cpu_fast, "cpu") != ops_cpu
-
-
-def test_a_correction_applies_in_every_mode_and_is_reported(monkeypatch) -> None:
-    """The correction mechanism, exercised on the CPU (CI has no GPU): a device whose
-    probe says "wrong" runs the replacement in every mode, the reference included, and
-    the preparation says so."""
-    import mfdsl.layers.variants as v
-
-    monkeypatch.setattr(v, "CORRECTIONS", (("pooling_as_depthwise_conv", "cpu", lambda: True),))
-    assert corrections_for("cpu") == ("pooling_as_depthwise_conv",)
-    for compiled in (False, True):
-        assert "pooling_as_depthwise_conv" in variants_for("cpu", compiled)
-    for variants in ("auto", "reference"):
-        tm = compile_for_target(build_model(tiny_poolformer(), target="reference"), "cpu",
-                                mode="eager", variants=variants)
-        assert "pooling_as_depthwise_conv" in variants_in_use(tm.model)
-        assert any(a.startswith("correction on cpu: pooling_as_depthwise_conv")
-                   for a in tm.summary["applied"])
-    assert build_model(tiny_poolformer(), target="reference") is not None
-    assert variants_in_use(build_model(tiny_poolformer(), target="reference")) == {}
 
 
 @pytest.mark.parametrize("bias", [False, True])

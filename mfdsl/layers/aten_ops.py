@@ -29,7 +29,8 @@ def group_norm_1(x: Tensor, weight: Tensor, bias: Optional[Tensor],
                  eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     """GroupNorm with one group of a (B, C, H, W) tensor: (output, mean, rstd)."""
     n, c, h, w = x.shape
-    y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, h * w, 1, eps)
+    y, mean, rstd = torch.ops.aten.native_group_norm(_for_kernel(x), weight, bias, n, c,
+                                                     h * w, 1, eps)
     return _like(x, y), mean, rstd
 
 
@@ -44,8 +45,9 @@ def group_norm_1_backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
                           weight: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of :func:`group_norm_1` for x, weight and bias."""
     n, c, h, w = x.shape
+    xk = _for_kernel(x)
     gx, gw, gb = torch.ops.aten.native_group_norm_backward(
-        grad.contiguous(memory_format=_format_of(x)), x, mean, rstd, weight, n, c, h * w, 1,
+        grad.contiguous(memory_format=_format_of(xk)), xk, mean, rstd, weight, n, c, h * w, 1,
         [True, True, True])
     return _like(x, gx), gw.contiguous(), gb.contiguous()
 
@@ -54,6 +56,12 @@ def group_norm_1_backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
 def _(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
       weight: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _for_kernel(x: Tensor) -> Tensor:
+    """The input as the device's kernel takes it: CPU's has a channels-last path, CUDA's
+    (torch 2.11, H100) asks for a contiguous tensor."""
+    return x if x.device.type == "cpu" else x.contiguous()
 
 
 def _format_of(x: Tensor) -> torch.memory_format:

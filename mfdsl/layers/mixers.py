@@ -76,8 +76,13 @@ class Pooling(nn.Module):
         self.pool_size = pool_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.avg_pool2d(_nchw(x), self.pool_size, 1, self.pool_size // 2,
-                         count_include_pad=False)
+        xc = _nchw(x)
+        if xc.is_cuda:
+            # CUDA's avg_pool2d backward gives wrong input gradients for a channels-last
+            # input with padding (pytorch/pytorch#188344; errors of order 1 with torch 2.11
+            # on an H100, eager and compiled); its NCHW kernel is right.
+            xc = xc.contiguous()
+        y = F.avg_pool2d(xc, self.pool_size, 1, self.pool_size // 2, count_include_pad=False)
         return _nhwc(y) - x
 
 

@@ -6,19 +6,15 @@ buffer or submodule of its own), so switching between them is a class swap: the 
 dict, the optimizer state and every hook stay exactly as they were. Which variants a
 target runs is decided in one place, :data:`VARIANTS_FOR` below, from measurements
 (``benchmarks/bench_variants.py``); every variant is tested against its reference in
-``tests/test_variants.py`` (forward and gradients, float64, on every device present).
-:func:`corrections_for` adds the forms a device needs for correct results, whatever the
-choice (the reference included).
+``tests/test_variants.py`` (forward and gradients, float64, on every device present,
+against the reference on the CPU).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Tuple, Type
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,8 @@ VARIANTS_FOR: Dict[Tuple[str, bool], Tuple[str, ...]] = {
     + ("pointwise_conv1x1", "pooling_as_depthwise_conv", "modified_layernorm_groupnorm_op"),
     # H100, bf16, batch 64 (docs/benchmarks.md "GPU"): eager, the fused MLP (0.72x train,
     # 0.31x infer), the GroupNorm form (0.59x / 0.74x), StarReLU addcmul (0.99x / 0.73x)
-    # and pooling as a depthwise conv (0.93x / 0.93x) are faster, the others level;
+    # and pooling as a depthwise conv (0.93x / 0.93x; the reference's time there is of
+    # CUDA's channels-last avg_pool2d, since avoided) are faster, the others level;
     # cuBLAS serves F.linear as well as a 1x1 conv (1.00x).
     ("cuda", False): ALL_FUSED + ("pooling_as_depthwise_conv",),
     # Compiled, every variant measured level or slower (fused MLP 1.11x train, GroupNorm
@@ -122,46 +119,10 @@ VARIANTS_FOR: Dict[Tuple[str, bool], Tuple[str, ...]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def avg_pool_backward_is_wrong(device_type: str) -> bool:
-    """pytorch/pytorch#188344: CUDA's avg_pool2d backward for a channels-last input with
-    padding returns wrong input gradients (seen with torch 2.11 on an H100: errors of
-    order 1 in float64, eager and, for windows inductor leaves to ATen, compiled).
-    :class:`~mfdsl.layers.mixers.Pooling` hands avg_pool2d a channels-last view. Probed
-    once per process: a 4x4 example on ``device_type`` against the CPU's contiguous
-    kernel; with no such device to probe (a model built for CUDA elsewhere) the bug is
-    assumed."""
-    if device_type == "cuda" and not torch.cuda.is_available():
-        return True
-    x = torch.arange(2 * 4 * 4, dtype=torch.float64).reshape(1, 2, 4, 4)
-    grads = []
-    for dev, fmt in (("cpu", torch.contiguous_format), (device_type, torch.channels_last)):
-        xx = x.to(dev, copy=True).contiguous(memory_format=fmt).requires_grad_()
-        y = F.avg_pool2d(xx, 3, 1, 1, count_include_pad=False)
-        y.backward(torch.arange(y.numel(), dtype=y.dtype, device=dev).reshape(y.shape))
-        grads.append(xx.grad.cpu())
-    return not torch.allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
-
-
-# Forms a device needs for correct results: (variant, device type, "does this torch here
-# compute the reference form wrongly?"). Exact replacements (tested against the
-# reference), applied whatever the speed choice, "reference" included.
-CORRECTIONS: Tuple[Tuple[str, str, Callable[[], bool]], ...] = (
-    ("pooling_as_depthwise_conv", "cuda", lambda: avg_pool_backward_is_wrong("cuda")),
-)
-
-
-def corrections_for(device_type: str) -> Tuple[str, ...]:
-    """The variants ``device_type`` must run for correct results (see :data:`CORRECTIONS`)."""
-    return tuple(name for name, dev, wrong in CORRECTIONS if dev == device_type and wrong())
-
-
 def variants_for(target: str, compiled: bool = False) -> Tuple[str, ...]:
-    """The variants ``target`` ("cpu", "cuda", "reference") runs: its measured speed
-    choice plus its :func:`corrections_for`."""
+    """The speed variants ``target`` ("cpu", "cuda", "reference") runs."""
     key = (target, bool(compiled))
     if key not in VARIANTS_FOR:
         raise KeyError(f"no speed-variant choice for target {target!r}; expected one of "
                        + ", ".join(sorted({t for t, _ in VARIANTS_FOR})))
-    table = VARIANTS_FOR[key]
-    return table + tuple(c for c in corrections_for(target) if c not in table)
+    return VARIANTS_FOR[key]

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..ir import ModelSpec
-from ..layers.variants import corrections_for, select_variants, variants_for
+from ..layers.variants import select_variants, variants_for
 
 TARGETS = ("cpu", "cuda")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -170,8 +170,7 @@ def compile_for_target(
       the device, in place);
     * ``fold``: :func:`mfdsl.passes.fold.fold_for_inference` first (inference only);
     * ``variants`` "auto": the speed variants measured best for this device and mode
-      (:data:`mfdsl.layers.variants.VARIANTS_FOR`); "reference": the paper's forms; both
-      with the device's corrections (:func:`mfdsl.layers.variants.corrections_for`);
+      (:data:`mfdsl.layers.variants.VARIANTS_FOR`); "reference": the paper's forms;
     * ``channels_last``: the image and conv weights channels-last (:func:`to_channels_last`;
       mfdsl's blocks run channels-last anyway; turn it off to time a foreign model as
       its authors ship it);
@@ -209,14 +208,8 @@ def compile_for_target(
                        f"{f['params_before']:,} -> {f['params_after']:,} parameters"
                        + (f"; kept: {'; '.join(f['kept'])}" if f["kept"] else "") + ")")
     compiled = mode != "eager"
-    # "reference" keeps the device's corrections: forms this torch computes wrongly there.
-    chosen = (corrections_for(device.type) if variants == "reference"
-              else variants_for(device.type, compiled))
+    chosen = variants_for("reference" if variants == "reference" else device.type, compiled)
     used = select_variants(model, chosen)
-    fixed = [n for n in corrections_for(device.type) if any(u.endswith(": " + n) for u in used)]
-    if fixed:
-        applied.append(f"correction on {device.type}: {', '.join(fixed)} (this torch computes "
-                       "the reference form wrongly there; mfdsl.layers.variants.CORRECTIONS)")
     applied.append(f"speed variants for {device.type} {'compiled' if compiled else 'eager'}: "
                    + (", ".join(n for n in chosen if any(u.endswith(': ' + n) for u in used))
                       or "none (reference layers)"))

@@ -611,9 +611,6 @@ class Trainer:
                  f"lr {self.lr:.3g} ({r.optimizer}, {r.sched}); {self.steps_per_epoch} steps/epoch,"
                  f" {self.total_steps} steps; data {self.data_root} "
                  f"({len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val)")
-        for note in self.forward_model.summary["applied"]:
-            if note.startswith("correction on"):  # a torch kernel known wrong, replaced
-                self.log("note: " + note)
         kill_after = _env_int(KILL_ENV)
         progress = opts.progress if opts.progress is not None else sys.stderr.isatty()
         progress = progress and env.is_main
