@@ -18,16 +18,9 @@ from test_runner_train import ROOT, _env, mfdsl, weights, write_colour_folder, w
 pytestmark = pytest.mark.slow
 
 
-def test_two_process_ddp_compiled_trains_and_resumes(tmp_path: Path) -> None:
-    data = write_colour_folder(tmp_path / "data", n_train=11, n_val=4)  # 33 train, 12 val
-    spec = write_spec(tmp_path / "aug.mf", tiny_spec(
-        name="aug", mixup=0.8, cutmix=1.0, drop_path=0.1, label_smoothing=0.1))
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "mfdsl.runner", "train", spec, "--data", str(data), "-o", str(out),
-           "--workers", "0", "--per-device-batch", "4", "--log-every", "1", "--device", "cpu",
-           "--compile", "--channels-last", "--amp", "--ckpt-every", "2"]
-    # killed after step 3 (the checkpoint of step 2 stays), then resumed to the end
+def _killed_then_resumed(cmd: list, out: Path, world_size: int) -> None:
+    """Run ``cmd`` killed after step 3 (its step-2 checkpoint stays), resume it to the end,
+    and check that the run resolved the GPU defaults."""
     p = subprocess.run(cmd, cwd=ROOT, env=_env(MFDSL_TEST_KILL_AFTER_STEP="3"),
                        capture_output=True, text=True, timeout=600)
     assert p.returncode != 0
@@ -38,8 +31,20 @@ def test_two_process_ddp_compiled_trains_and_resumes(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-4000:]
     assert "resumed from" in r.stdout and "Traceback" not in r.stderr
     resolved = json.loads((out / "recipe.json").read_text())["resolved"]
-    assert resolved["world_size"] == 2 and resolved["compile"] is True
+    assert resolved["world_size"] == world_size and resolved["compile"] is True
     assert resolved["channels_last"] is True and resolved["amp"] is True
+
+
+def test_two_process_ddp_compiled_trains_and_resumes(tmp_path: Path) -> None:
+    data = write_colour_folder(tmp_path / "data", n_train=11, n_val=4)  # 33 train, 12 val
+    spec = write_spec(tmp_path / "aug.mf", tiny_spec(
+        name="aug", mixup=0.8, cutmix=1.0, drop_path=0.1, label_smoothing=0.1))
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "mfdsl.runner", "train", spec, "--data", str(data), "-o", str(out),
+           "--workers", "0", "--per-device-batch", "4", "--log-every", "1", "--device", "cpu",
+           "--compile", "--channels-last", "--amp", "--ckpt-every", "2"]
+    _killed_then_resumed(cmd, out, world_size=2)
     summary = json.loads((out / "summary.json").read_text())
     # 12 val images over 2 ranks at batch 4: each rank's last batch is partial (4 + 2)
     assert summary["steps"] == 8 and summary["final_val"]["images"] == 12
@@ -80,16 +85,7 @@ def test_cuda_defaults_ddp_train_resume_and_eval(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "1", "-m", "mfdsl.runner", "train", spec, "--data", str(data), "-o", str(out),
            "--workers", "2", "--per-device-batch", "4", "--log-every", "1", "--ckpt-every", "2"]
-    p = subprocess.run(cmd, cwd=ROOT, env=_env(MFDSL_TEST_KILL_AFTER_STEP="3"),
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode != 0
-    r = subprocess.run(cmd + ["--resume", "auto"], cwd=ROOT, env=_env(), capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert "resumed from" in r.stdout and "Traceback" not in r.stderr
-    resolved = json.loads((out / "recipe.json").read_text())["resolved"]
-    assert resolved["world_size"] == 1 and resolved["compile"] is True
-    assert resolved["channels_last"] is True and resolved["amp"] is True
+    _killed_then_resumed(cmd, out, world_size=1)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["final_val"]["images"] == 15  # accum 2
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text()
