@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 from mfdsl.api import build_model  # noqa: E402
 from mfdsl.layers.variants import VARIANTS, select_variants, variants_for, variants_in_use  # noqa: E402
 from mfdsl.passes.targets import TargetModel, compile_for_target  # noqa: E402
-from mfdsl.passes.throughput import machine_info  # noqa: E402
+from mfdsl.passes.throughput import interleaved_ms, machine_info  # noqa: E402
 
 
 def variant_names(spec: str, device: str) -> Tuple[str, ...]:
@@ -86,7 +86,6 @@ def main(argv: List[str] = None) -> int:
                   for left in table]
     torch.manual_seed(0)
     dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     cases = {n: build_case(path, n, args.device, dtype) for n in dict.fromkeys(names)}
     model0 = next(iter(cases.values()))
     spec = model0.spec
@@ -112,15 +111,8 @@ def main(argv: List[str] = None) -> int:
         step(n)
         step(n)
         print(f"{n}: warm-up {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    ms = {n: [] for n in cases}
-    for _ in range(args.rounds):
-        for n in cases:
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.iters):
-                step(n)
-            sync()
-            ms[n].append((time.perf_counter() - t0) / args.iters * 1e3)
+    ms = interleaved_ms({n: (lambda n=n: step(n)) for n in cases}, args.rounds, args.iters,
+                        args.device)
     info = machine_info(args.device)
     print(f"{spec.name}, {args.task}, {dtype}, batch {args.batch}, {args.rounds} rounds x "
           f"{args.iters}; "

@@ -30,6 +30,7 @@ from mfdsl.layers.block import Block, Mlp  # noqa: E402
 from mfdsl.layers.mixers import Pooling, SepConv  # noqa: E402
 from mfdsl.layers.norms import LayerNorm, ModifiedLayerNorm  # noqa: E402
 from mfdsl.layers.variants import VARIANTS, select_variants  # noqa: E402
+from mfdsl.passes.throughput import interleaved_ms  # noqa: E402
 
 
 def cases():
@@ -72,7 +73,6 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     amp = (torch.autocast(dev.type, dtype=torch.bfloat16) if args.dtype == "bf16"
            else torch.autocast(dev.type, enabled=False))
     rows = []
@@ -106,20 +106,13 @@ def main(argv=None) -> int:
                     else:
                         with torch.inference_mode(), amp:
                             fn(x)
-                t = {k: [] for k in fns}
                 t0 = time.perf_counter()
                 for fn in fns.values():
                     for _ in range(2):
                         step(fn)
                 warm = time.perf_counter() - t0
-                for _ in range(args.rounds):
-                    for k, fn in fns.items():
-                        sync()
-                        t0 = time.perf_counter()
-                        for _ in range(args.iters):
-                            step(fn)
-                        sync()
-                        t[k].append((time.perf_counter() - t0) / args.iters * 1e3)
+                t = interleaved_ms({k: (lambda fn=fn: step(fn)) for k, fn in fns.items()},
+                                   args.rounds, args.iters, args.device)
                 r, v = statistics.median(t["reference"]), statistics.median(t["variant"])
                 rows.append(dict(variant=name, layer=what, mode=mode, task=task,
                                  reference_ms=r, variant_ms=v, warmup_s=warm))

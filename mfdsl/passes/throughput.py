@@ -110,8 +110,29 @@ def _shapes(model: nn.Module) -> List[tuple]:
 
 
 def _sync(device: str) -> None:
-    if device == "cuda":
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def seconds_per_call(fn: Callable[[], Any], iters: int, device: str) -> float:
+    """Wall seconds per call of ``fn`` over ``iters`` calls, the device synchronised around."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def interleaved_ms(fns: Dict[str, Callable[[], Any]], rounds: int, iters: int,
+                   device: str) -> Dict[str, List[float]]:
+    """Milliseconds per call of each function, measured in interleaved rounds (A, B, A, B,
+    ...) so that a noisy machine slows every case alike; one value per round."""
+    ms: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            ms[k].append(seconds_per_call(fn, iters, device) * 1e3)
+    return ms
 
 
 class _Case:
@@ -140,12 +161,7 @@ class _Case:
             self.opt.zero_grad(set_to_none=True)
 
     def time(self, task: str, iters: int) -> float:
-        _sync(self.device)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            self.step(task)
-        _sync(self.device)
-        return (time.perf_counter() - t0) / iters
+        return seconds_per_call(lambda: self.step(task), iters, self.device)
 
 
 @contextlib.contextmanager
