@@ -85,7 +85,9 @@ class ModifiedLayerNormGroupNormOp(ModifiedLayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             return super().forward(x)
-        # under autocast the reference's layer_norm runs in float32; so does this
+        # in the parameters' dtype: a bf16 input (autocast) is normalised in float32, at
+        # least as precisely as the reference's layer_norm, and the output is float32 as
+        # the reference's (after its float32 affine)
         y = group_norm_1(x.permute(0, 3, 1, 2).to(self.weight.dtype), self.weight, self.bias,
                          self.eps)[0]
         return y.permute(0, 2, 3, 1)
