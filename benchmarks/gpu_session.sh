@@ -18,8 +18,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 MODELS=${MODELS:-caformer_s18 convformer_s18 poolformerv2_s12}
+# pytest-xdist where installed (the lent machines' image has it; the test extras do not)
+python3 -c "import xdist" 2>/dev/null && XDIST=(-n 4) || XDIST=()
 BATCH=${BATCH:-128}
 
 part() {  # part NAME SECONDS COMMAND...
@@ -37,10 +39,10 @@ for p in "$@"; do
     env) part env 60 bash -c 'nvidia-smi; python3 -c "import torch, timm, sys; \
 print(sys.version); print(\"torch\", torch.__version__, \"timm\", timm.__version__, \
 torch.cuda.get_device_name(0)); import mfdsl; print(\"mfdsl from\", mfdsl.__file__)"' ;;
-    tests) part tests "${LIMIT:-420}" python3 -m pytest -q -p no:cacheprovider -n 4 -k cuda \
+    tests) part tests "${LIMIT:-420}" python3 -m pytest -q -p no:cacheprovider "${XDIST[@]}" -k cuda \
              tests/test_variants.py tests/test_imagefolder.py tests/test_gpu_defaults.py \
              tests/test_runner_compiled.py ;;
-    suite) part suite "${LIMIT:-540}" python3 -m pytest -q -p no:cacheprovider -n 8 -x ;;
+    suite) part suite "${LIMIT:-540}" python3 -m pytest -q -p no:cacheprovider "${XDIST[@]}" -x ;;
     variants) part variants "${LIMIT:-240}" python3 benchmarks/bench_variants.py \
                 --device cuda --dtype bf16 --batch "${VBATCH:-64}" --rounds 7 --iters 5 \
                 --json "$OUT/variants_cuda.json" ;;
