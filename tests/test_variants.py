@@ -156,11 +156,13 @@ def test_reference_export_graph_is_device_independent() -> None:
     assert _aten_ops(cpu_fast, "cpu") != ops_cpu
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_opaque_groupnorm_op_compiles_whole_and_matches(bias: bool) -> None:
+@pytest.mark.parametrize("bias,shape", [(False, (3, 6, 5, 8)), (True, (3, 6, 5, 8)),
+                                        (True, (1, 1, 1, 8))])
+def test_opaque_groupnorm_op_compiles_whole_and_matches(bias: bool, shape: tuple) -> None:
     """The custom-op GroupNorm inside a compiled graph (fullgraph: inductor calls it as
     it is): same values and gradients as the reference eager, on a channels-last view,
-    without and with a bias."""
+    without and with a bias, and on a 1x1 map of one sample (strides that fit either
+    memory format)."""
     torch.manual_seed(0)
     ref = ModifiedLayerNorm(8, bias=bias)
     with torch.no_grad():
@@ -169,7 +171,7 @@ def test_opaque_groupnorm_op_compiles_whole_and_matches(bias: bool) -> None:
     fast = copy.deepcopy(ref)
     select_variants(fast, ["modified_layernorm_groupnorm_op"])
     fn = torch.compile(lambda t: fast(t * 2.0) + 1.0, fullgraph=True)
-    x = torch.randn(3, 6, 5, 8)
+    x = torch.randn(*shape)
     xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
     yr, yf = ref(xr * 2.0) + 1.0, fn(xf)
     torch.testing.assert_close(yf, yr, rtol=1e-5, atol=1e-5)
