@@ -41,7 +41,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="peak for MFU (default: a GPU's bf16 data sheet, else matrix "
+                    "products measured here in the compute dtype)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--json", default=None, help="write all reports here")
     args = ap.parse_args(argv)

@@ -27,7 +27,7 @@ import torch.nn as nn  # noqa: E402
 
 from mfdsl.layers.activations import StarReLU  # noqa: E402
 from mfdsl.layers.block import Block, Mlp  # noqa: E402
-from mfdsl.layers.mixers import Pooling, SepConv  # noqa: E402
+from mfdsl.layers.mixers import DepthwiseConv, Pooling, SepConv  # noqa: E402
 from mfdsl.layers.norms import LayerNorm, ModifiedLayerNorm  # noqa: E402
 from mfdsl.layers.variants import VARIANTS, select_variants  # noqa: E402
 from mfdsl.passes.throughput import interleaved_ms  # noqa: E402
@@ -45,7 +45,11 @@ def cases():
          "ConvFormer sepconv at 56x56 (stage 0)"),
         ("modified_layernorm_groupnorm", lambda: ModifiedLayerNorm(64), (8, 56, 56, 64),
          "PoolFormerV2 norm at 56x56"),
+        ("modified_layernorm_groupnorm_op", lambda: ModifiedLayerNorm(64), (8, 56, 56, 64),
+         "PoolFormerV2 norm at 56x56"),
         ("starrelu_addcmul", lambda: StarReLU(), (8, 56, 56, 256), "StarReLU, 256 ch"),
+        ("depthwise_backward_by_shifts", lambda: DepthwiseConv(128, 7, bias=False),
+         (8, 56, 56, 128), "ConvFormer 7x7 depthwise conv at 56x56 (stage 0)"),
         ("block_addcmul", lambda: Block(320, LayerNorm(320), Pooling(), LayerNorm(320),
                                         Mlp(320, 1280, nn.GELU()), res_scale=1.0),
          (8, 14, 14, 320), "block with res_scale at 14x14 (stage 2)"),

@@ -10,7 +10,8 @@ import torch
 from mfdsl.api import build_model
 from mfdsl.ir import ModelSpec, StageSpec, call, default_downsample
 from mfdsl.passes import TargetError, compile_for_target
-from mfdsl.passes.throughput import markdown_table, run_benchmark, timm_name_for
+from mfdsl.passes.throughput import (markdown_table, mfu_peak, report_header, run_benchmark,
+                                     timm_name_for)
 
 
 def tiny_spec() -> ModelSpec:
@@ -119,6 +120,26 @@ def test_benchmark_report_tiny() -> None:
     table = markdown_table(report)
     assert table.count("\n") == 3 and "| infer | eager |" in table
     assert report["machine"]["torch"] == torch.__version__
+
+
+def test_benchmark_mfu_on_cpu_is_against_a_measured_gemm() -> None:
+    """MFU on every device: on a CPU against the matrix products measured here, in the
+    benchmark's dtype; a given peak wins; model FLOPs are 2x / 6x MACs per image."""
+    macs = 1_000_000
+    report = run_benchmark(lambda: build_model(tiny_spec()), "tiny", img_size=(32, 32),
+                           num_classes=7, batch=2, rounds=1, iters=1, warmup=1, macs=macs,
+                           memory=False)
+    assert report["peak_source"] == "measured fp32 GEMM / 1x1 conv"
+    assert report["peak_tflops"] > 0
+    for r in report["results"]:
+        factor = 6 if r["task"] == "train" else 2
+        flops = macs * factor * r["img_s"]
+        assert r["mfu"] == pytest.approx(flops / (report["peak_tflops"] * 1e12))
+    table = markdown_table(report)
+    assert "MFU mfdsl" in table.splitlines()[0]
+    assert "measured fp32 GEMM / 1x1 conv" in report_header(report)
+    assert mfu_peak("cpu", "bf16", 2.5) == (2.5, "given")
+    assert mfu_peak("cpu", "bf16")[1] == "measured bf16 GEMM / 1x1 conv"
 
 
 def test_timm_name_mapping() -> None:

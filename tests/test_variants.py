@@ -12,7 +12,8 @@ from mfdsl.api import build_model
 from mfdsl.ir import ModelSpec, StageSpec, call, default_downsample
 from mfdsl.layers.activations import StarReLU
 from mfdsl.layers.block import Block, Mlp
-from mfdsl.layers.mixers import Pooling, SepConv
+from mfdsl.layers.depthwise import DepthwiseConv2d, depthwise_grad_weight
+from mfdsl.layers.mixers import DepthwiseConv, Pooling, SepConv
 from mfdsl.layers.norms import LayerNorm, ModifiedLayerNorm
 from mfdsl.layers.pointwise import Pointwise
 from mfdsl.layers.variants import VARIANTS, VARIANTS_FOR, select_variants, variants_in_use
@@ -37,6 +38,7 @@ LAYERS = {
     "modified_layernorm_groupnorm_op": lambda: ModifiedLayerNorm(6, bias=True),
     "starrelu_addcmul": lambda: StarReLU(-0.7, 0.3),
     "pooling_as_depthwise_conv": lambda: Pooling(3),
+    "depthwise_backward_by_shifts": lambda: DepthwiseConv(6, 7, bias=True),
     "block_addcmul": lambda: Block(6, LayerNorm(6), Pooling(), LayerNorm(6),
                                    Mlp(6, 12, nn.GELU()), layer_scale=0.5, res_scale=1.5),
 }
@@ -108,6 +110,67 @@ def test_variant_matches_reference_float64(name: str, device: str) -> None:
     # and back to the reference class
     select_variants(fast, ())
     assert all(type(a) is type(b) for a, b in zip(ref.modules(), fast.modules()))
+
+
+@pytest.mark.parametrize("kernel", [5, 7, 9])
+def test_depthwise_shift_backward_inside_the_fused_sepconv(kernel: int) -> None:
+    """The fused SepConv calls the depthwise layer's ``conv``: with both variants, eager and
+    compiled whole (fullgraph), forward and every gradient equal the reference's (float64)."""
+    torch.manual_seed(0)
+    ref = SepConv(6, 2, kernel, _star(), _star(1.3, -0.2), bias=True).to(dtype=D)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 9, 7, 6, dtype=D)
+    g = torch.randn(2, 9, 7, 6, dtype=D)
+
+    def grads(model: nn.Module) -> list:
+        xx = x.clone().requires_grad_()
+        y = model(xx)
+        y.backward(g)
+        return [y.detach(), xx.grad] + [p.grad for p in model.parameters()]
+
+    want = grads(ref)
+    fast = copy.deepcopy(ref)
+    fast.zero_grad()
+    used = select_variants(fast, ["sepconv_starrelu_into_convs", "depthwise_backward_by_shifts"])
+    assert {u.split(": ")[1] for u in used} == {"sepconv_starrelu_into_convs",
+                                                 "depthwise_backward_by_shifts"}
+    for got, exp in zip(grads(fast), want):
+        torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-11)
+    fast.zero_grad()
+    for got, exp in zip(grads(torch.compile(fast, fullgraph=True)), want):
+        torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-11)
+
+
+def test_depthwise_grad_weight_by_shifts_is_the_convolution_weight_gradient() -> None:
+    """Against ATen's convolution_backward on a non-square map with a channels-last input,
+    and in float32 at least for a bf16 input."""
+    x = torch.randn(3, 4, 6, 11, dtype=D).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(3, 4, 6, 11, dtype=D)
+    w = torch.randn(4, 1, 5, 5, dtype=D)
+    want = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [2, 2], [1, 1], False,
+                                               [0, 0], 4, [False, True, False])[1]
+    torch.testing.assert_close(depthwise_grad_weight(x, g, 5), want, rtol=1e-10, atol=1e-12)
+    assert depthwise_grad_weight(x.bfloat16(), g.bfloat16(), 5).dtype == torch.float32
+
+
+@pytest.mark.parametrize("make,applies", [
+    (lambda: DepthwiseConv2d(8, 7), True),
+    (lambda: DepthwiseConv2d(8, 5, bias=False), True),
+    (lambda: DepthwiseConv2d(8, 3), False),  # oneDNN's 3x3 weight gradient is faster
+    (lambda: DepthwiseConv2d(8, 11), False),  # k * k sums too slow to compile
+    (lambda: _strided_depthwise(), False),
+])
+def test_depthwise_shift_backward_applies_only_where_its_formula_holds(make, applies) -> None:
+    m = make()
+    assert bool(select_variants(m, ["depthwise_backward_by_shifts"])) is applies
+
+
+def _strided_depthwise() -> nn.Module:
+    m = DepthwiseConv2d(8, 7)
+    m.stride = (2, 2)
+    return m
 
 
 def tiny_convformer() -> ModelSpec:

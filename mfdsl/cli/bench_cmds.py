@@ -36,7 +36,8 @@ from .app import main
 @click.option("--no-timm", is_flag=True, help="Measure mfdsl's model only.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory step.")
 @click.option("--peak-tflops", type=click.FloatRange(0, min_open=True), default=None,
-              help="GPU dense bf16 peak for MFU (default: from the GPU's name).")
+              help="Peak TFLOP/s for MFU (default: a GPU's bf16 data sheet by "
+              "its name, else matrix products measured here in the compute dtype).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the full report (all rounds, machine) as JSON here.")
 def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled: bool,
@@ -44,8 +45,8 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
           no_timm: bool, no_memory: bool, peak_tflops: Optional[float],
           json_path: Optional[str]) -> None:
     """Images/s (median of interleaved rounds) and peak memory of SPEC's model against
-    timm's model of the same name, eager and/or compiled, with ratio columns; on CUDA
-    also MFU and compile warm-up time. Prints a markdown table.
+    timm's model of the same name, eager and/or compiled, with ratio columns, MFU and the
+    warm-up (compile) time. Prints a markdown table.
     """
     import torch
 

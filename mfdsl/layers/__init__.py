@@ -4,4 +4,4 @@ All block-level modules work on channels-last tensors ``(B, H, W, C)``: pointwis
 hold ``nn.Linear`` parameters (``Pointwise``: a 1x1 conv on CPU, a GEMM elsewhere) and
 spatial ops see a channels-last strided NCHW view, so no layout copies happen between them.
 """
-from . import activations, heads, mixers, norms  # noqa: F401
+from . import activations, depthwise, heads, mixers, norms  # noqa: F401

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..registry import BuildContext, Maker, Param, register_mixer
 from .activations import StarReLU
 from .pointwise import Pointwise
+from .depthwise import DepthwiseConv2d
 from .variants import speed_variant
 
 Problems = List[Tuple[str, str, Optional[str]]]
@@ -135,7 +136,7 @@ class SepConv(nn.Module):
         mid = int(expansion * dim)
         self.pwconv1 = Pointwise(dim, mid, bias=bias)
         self.act1 = act(mid) if act is not None else nn.Identity()
-        self.dwconv = nn.Conv2d(mid, mid, kernel, padding=kernel // 2, groups=mid, bias=bias)
+        self.dwconv = DepthwiseConv2d(mid, kernel, bias=bias)
         self.act2 = act2(mid) if act2 is not None else nn.Identity()
         self.pwconv2 = Pointwise(mid, dim, bias=bias)
 
@@ -177,8 +178,7 @@ class SepConvStarReLUIntoConvs(SepConv):
         b1 = pw1.bias * root if pw1.bias is not None else None
         r = F.relu(pw1.linear(x, pw1.weight * root, b1))
         a = torch.addcmul(act.bias * sign, r, r)
-        y = F.conv2d(_nchw(a), dw.weight * sign, dw.bias, dw.stride, dw.padding,
-                     dw.dilation, dw.groups)
+        y = dw.conv(_nchw(a), dw.weight * sign)
         return self.pwconv2(self.act2(_nhwc(y)))
 
 
@@ -285,7 +285,7 @@ class DepthwiseConv(nn.Module):
 
     def __init__(self, dim: int, kernel: int = 7, bias: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim, bias=bias)
+        self.conv = DepthwiseConv2d(dim, kernel, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _nhwc(self.conv(_nchw(x)))

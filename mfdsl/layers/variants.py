@@ -106,7 +106,8 @@ VARIANTS_FOR: Dict[Tuple[str, bool], Tuple[str, ...]] = {
     # opaque op keeps ATen's channels-last kernels, which inductor's own reductions do not
     # match (poolformerv2_s12 compiled training 1.17x -> 1.24x eager, inference level).
     ("cpu", True): tuple(v for v in ALL_FUSED if v != "modified_layernorm_groupnorm")
-    + ("pointwise_conv1x1", "pooling_as_depthwise_conv", "modified_layernorm_groupnorm_op"),
+    + ("pointwise_conv1x1", "pooling_as_depthwise_conv", "modified_layernorm_groupnorm_op",
+       "depthwise_backward_by_shifts"),
     # H100, bf16, batch 64 (docs/benchmarks.md "GPU"): eager, the fused MLP (0.72x train,
     # 0.31x infer), the GroupNorm form (0.59x / 0.74x), StarReLU addcmul (0.99x / 0.73x)
     # and pooling as a depthwise conv (0.93x / 0.93x; the reference's time there is of

@@ -11,8 +11,12 @@ step per case after the timing rounds:
   OS at once so freed activations do not hide in the heap). Weights already resident are
   not counted.
 
-MFU (CUDA) = model FLOPs per second / the GPU's dense bf16 peak, with model FLOPs =
-2 * MACs per image for inference and 6 * MACs for a training step (forward + backward).
+MFU = model FLOPs per second / a peak, with model FLOPs = 2 * MACs per image for
+inference and 6 * MACs for a training step (forward + backward). The peak is, in this
+order: the caller's ``peak_tflops``; on a GPU of known name computing in bf16 / fp16,
+the data sheet's dense tensor-core peak; otherwise the matrix-product throughput measured
+on this machine in the compute dtype (:func:`measured_matmul_tflops`), so that on a CPU an MFU
+near 100% says the step runs as fast as this machine multiplies large matrices.
 """
 from __future__ import annotations
 
@@ -85,6 +89,39 @@ def gpu_peak_tflops(name: str) -> Optional[float]:
         if key in name:
             return peak
     return None
+
+
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def measured_matmul_tflops(device: str, dtype: str, n: int = 2048, rounds: int = 5) -> float:
+    """Dense matrix-product throughput of this machine, TFLOP/s: the best of ``rounds``
+    timings of an n x n x n product in ``dtype`` on ``device`` (torch's current CPU
+    threads), taken as a GEMM and as a channels-last 1x1 convolution (on CPU oneDNN's
+    convolution outruns the BLAS GEMM by up to 1.15x, and models use both)."""
+    dt = _TORCH_DTYPES[dtype]
+    a = torch.randn(n, n, device=device).to(dt)
+    b = torch.randn(n, n, device=device).to(dt)
+    img = a.t().reshape(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)
+    kernel = b[:, :, None, None].contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.inference_mode():
+        for fn in (lambda: torch.mm(a, b), lambda: F.conv2d(img, kernel)):
+            fn()  # the first call picks kernels and allocates
+            for _ in range(rounds):
+                best = min(best, seconds_per_call(fn, 2, device))
+    return 2 * n ** 3 / best / 1e12
+
+
+def mfu_peak(device: str, dtype: str, override: Optional[float] = None) -> tuple:
+    """(peak TFLOP/s, where it comes from) for MFU; see the module's docstring."""
+    if override:
+        return override, "given"
+    if device == "cuda" and dtype in ("bf16", "fp16"):
+        sheet = gpu_peak_tflops(torch.cuda.get_device_name())
+        if sheet:
+            return sheet, "data sheet, dense bf16"
+    return measured_matmul_tflops(device, dtype), f"measured {dtype} GEMM / 1x1 conv"
 
 
 def timm_name_for(spec_name: str) -> Optional[str]:
@@ -295,19 +332,17 @@ def run_benchmark(
         for case in cases:
             for task in tasks:
                 results[(case.impl, case.mode, task)].peak_mib = _measure_memory(case, task)
-    gpu_peak = None
-    if device == "cuda":
-        gpu_peak = peak_tflops or gpu_peak_tflops(torch.cuda.get_device_name())
-        if macs and gpu_peak:
-            for res in results.values():
-                flops = macs * (6 if res.task == "train" else 2) * res.img_s
-                res.mfu = flops / (gpu_peak * 1e12)
+    peak, peak_source = (mfu_peak(device, dtype, peak_tflops) if macs else (None, None))
+    if peak:
+        for res in results.values():
+            flops = macs * (6 if res.task == "train" else 2) * res.img_s
+            res.mfu = flops / (peak * 1e12)
     return {
         "spec": spec_name, "timm_model": timm_name, "timm_note": timm_note,
         "device": device, "dtype": dtype,
         "batch": batch, "rounds": rounds, "iters_per_round": iters, "warmup_steps": warmup,
         "drop_path_rate": drop_path_rate, "head_dropout": head_dropout,
-        "macs_per_image": macs, "gpu_peak_tflops": gpu_peak,
+        "macs_per_image": macs, "peak_tflops": peak, "peak_source": peak_source,
         "machine": machine_info(device), "results": [asdict(r) for r in results.values()],
     }
 
@@ -329,10 +364,10 @@ def markdown_table(report: Dict[str, Any]) -> str:
     rows = {}
     for r in report["results"]:
         rows.setdefault((r["task"], r["mode"]), {})[r["impl"]] = r
-    cuda = report["device"] == "cuda"
+    with_mfu = report.get("peak_tflops") is not None
     head = ["task", "mode", "mfdsl img/s", "timm img/s", "mfdsl/timm",
             "mfdsl peak MiB", "timm peak MiB", "warm-up s (mfdsl/timm)"]
-    if cuda:
+    if with_mfu:
         head += ["MFU mfdsl", "MFU timm"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -346,7 +381,7 @@ def markdown_table(report: Dict[str, Any]) -> str:
                  num(ratio, "{:.2f}x"), num(m and m["peak_mib"], "{:.0f}"),
                  num(t and t["peak_mib"], "{:.0f}"),
                  f"{num(m and m['warmup_s'])} / {num(t and t['warmup_s'])}"]
-        if cuda:
+        if with_mfu:
             cells += [num(m and m["mfu"], "{:.1%}"), num(t and t["mfu"], "{:.1%}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -360,4 +395,6 @@ def report_header(report: Dict[str, Any]) -> str:
             f"{mi['torch_threads']} torch threads), batch {report['batch']}, "
             f"{report['dtype']}, median of {report['rounds']} interleaved rounds x "
             f"{report['iters_per_round']} steps; drop path {report.get('drop_path_rate', 0)} "
-            f"in both; torch {mi['torch']}, timm {mi['timm']}")
+            f"in both; torch {mi['torch']}, timm {mi['timm']}"
+            + (f"; MFU against {report['peak_tflops']:.3g} TFLOP/s ({report['peak_source']})"
+               if report.get("peak_tflops") else ""))
