@@ -142,6 +142,23 @@ def test_benchmark_mfu_on_cpu_is_against_a_measured_gemm() -> None:
     assert mfu_peak("cpu", "bf16")[1] == "measured bf16 GEMM / 1x1 conv"
 
 
+def test_compile_leaves_mfdsls_layout_alone_and_a_foreign_models_to_inductor(monkeypatch):
+    """mfdsl lays out memory itself (channels_last): inductor's layout optimisation, which
+    would treat a (B, H, W, C) tensor's H as channels, is off; a model timed as its authors
+    ship it keeps inductor's defaults; the mode's own options are kept either way."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: seen.append(kw) or m)
+    compile_for_target(_model(), "cpu", mode="default")
+    compile_for_target(_model(), "cpu", mode="max-autotune", channels_last=False)
+    compile_for_target(_model(), "cpu", mode="max-autotune")
+    assert seen[0]["options"] == {"layout_optimization": False}
+    assert seen[1]["options"]["max_autotune"] is True
+    assert "layout_optimization" not in seen[1]["options"]
+    assert seen[2]["options"]["max_autotune"] is True
+    assert seen[2]["options"]["layout_optimization"] is False
+    assert "mode" not in seen[0]  # torch.compile takes mode or options, not both
+
+
 def test_timm_name_mapping() -> None:
     pytest.importorskip("timm")
     assert timm_name_for("caformer_s18") == "caformer_s18"

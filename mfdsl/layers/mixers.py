@@ -105,7 +105,9 @@ class PoolingAsDepthwiseConv(Pooling):
         window_sum = F.conv2d(xc, ones, None, 1, pad, 1, chans)
         count = F.conv2d(torch.ones(1, 1, h, w, dtype=xc.dtype, device=xc.device),
                          ones[:1], None, 1, pad)
-        return _nhwc(window_sum / count) - x
+        # the division on the (B, H, W, C) views, as every elementwise op of the blocks:
+        # compiled, its gradient then comes out channels-last for the conv's backward
+        return _nhwc(window_sum) / _nhwc(count) - x
 
 
 def _check_pool(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
