@@ -8,19 +8,23 @@ a whole zoo model through ``compile_for_target``, once eager with the eager tabl
 compiled per variant set, all cases interleaved round by round in one process (medians).
 A set is ``eager`` (eager, ``VARIANTS_FOR[(device, False)]``), or ``compiled:<set>`` with
 <set> = ``table`` (``VARIANTS_FOR[(device, True)]``), ``none`` (reference layers), ``all``
-(every registered variant), or variant names joined by ``+``. ``--leave-one-out`` adds,
-for every variant of the compiled table, the table without it. The ratio column is
+(every registered variant), or variant names joined by ``+``; a ``@inductor-layout``
+suffix compiles that case with inductor's layout optimisation on (mfdsl turns it off for
+its own layout). ``--leave-one-out`` adds, for every variant of the compiled table, the
+table without it. The ratio column is
 eager / case (above 1: the case is faster than eager). A training step is forward +
 cross-entropy + backward + AdamW, as in ``bench_models.py``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
 from typing import List, Tuple
+from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,8 +34,14 @@ import torch.nn.functional as F  # noqa: E402
 
 from mfdsl.api import build_model  # noqa: E402
 from mfdsl.layers.variants import VARIANTS, select_variants, variants_for, variants_in_use  # noqa: E402
+from mfdsl.passes import targets  # noqa: E402
 from mfdsl.passes.targets import TargetModel, compile_for_target  # noqa: E402
 from mfdsl.passes.throughput import interleaved_ms, machine_info  # noqa: E402
+
+
+# case suffix: compiled with inductor's layout optimisation on, as mfdsl did until it
+# measured that off is faster for its (B, H, W, C) blocks (mfdsl.passes.targets.compile_options)
+INDUCTOR_LAYOUT = "@inductor-layout"
 
 
 def variant_names(spec: str, device: str) -> Tuple[str, ...]:
@@ -54,10 +64,20 @@ def build_case(spec_path: str, case: str, device: str, dtype: str) -> TargetMode
         return compile_for_target(build_model(spec_path, target="reference"), device,
                                   dtype=dtype, mode="eager")
     if not case.startswith("compiled:"):
-        raise SystemExit(f"a case is 'eager' or 'compiled:<set>', got {case!r}")
-    tm = compile_for_target(build_model(spec_path, target="reference"), device, dtype=dtype)
+        raise SystemExit(f"a case is 'eager' or 'compiled:<set>[{INDUCTOR_LAYOUT}]', "
+                         f"got {case!r}")
+    variant_set, layout = case.split(":", 1)[1], None
+    if variant_set.endswith(INDUCTOR_LAYOUT):
+        variant_set = variant_set[:-len(INDUCTOR_LAYOUT)]
+        # the options a foreign NCHW model gets: inductor's layout optimisation on
+        own = targets.compile_options
+        layout = mock.patch.object(targets, "compile_options",
+                                   lambda mode, channels_last: own(mode, False))
+    with layout or contextlib.nullcontext():
+        tm = compile_for_target(build_model(spec_path, target="reference"), device,
+                                dtype=dtype)
     # torch.compile traces lazily: swapping variants before the first call is what runs.
-    select_variants(tm.model, variant_names(case.split(":", 1)[1], device))
+    select_variants(tm.model, variant_names(variant_set, device))
     return tm
 
 
