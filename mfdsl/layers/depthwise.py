@@ -100,9 +100,9 @@ def _shift_backward_applies(m: nn.Module) -> bool:
                    "k*k shifted sums (for inductor)")
 class DepthwiseConv2dShiftBackward(DepthwiseConv2d):
     """Why: on CPU, oneDNN's weight gradient for 5x5-9x9 depthwise kernels runs near
-    10 GFLOP/s (24.6 ms for 7x7 at 8x128x56x56, 8x the forward); compiled, the shifted sums
-    take 11.5 ms, and the input gradient as a forward conv 3.0 ms against 7.6 ms. Eager, the
-    k * k sums would each be a pass over memory: compiled targets only."""
+    10 GFLOP/s (24.6-29.3 ms for 7x7 at 8x128x56x56, 6x the forward); compiled, the shifted
+    sums take 11.5 ms, and the input gradient as a forward conv 3.0 ms against 7.6 ms.
+    Eager, the k * k sums are k * k passes over memory (1.9x slower): compiled only."""
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return _DepthwiseConvShiftBackward.apply(x, weight, self.bias, self.kernel_size[0])

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from ..registry import BuildContext, Maker, Param, register_mixer
 from .activations import StarReLU
-from .pointwise import Pointwise
 from .depthwise import DepthwiseConv2d
+from .pointwise import Pointwise
 from .variants import speed_variant
 
 Problems = List[Tuple[str, str, Optional[str]]]

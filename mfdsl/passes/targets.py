@@ -160,9 +160,9 @@ def compile_options(mode: str, channels_last: bool) -> Dict[str, Any]:
     mfdsl's blocks compute on (B, H, W, C) tensors, already channels-last for the convs;
     to inductor their H looks like channels, and it stored poolformerv2_s12's residual
     stream with H fastest, so the kernels touching it lost vectorisation. Off, compiled
-    training measured 3% (caformer_s18) and 6% (convformer_s18) faster on CPU, inference
-    level to 2% (not yet measured on CUDA). A foreign NCHW model (``channels_last=False``)
-    keeps it: that is how it gets channels-last convolutions at all.
+    steps measured 7-17% faster on CPU (docs/benchmarks.md, fourth session; not yet
+    measured on CUDA). A foreign NCHW model (``channels_last=False``) keeps it: that is how
+    it gets channels-last convolutions at all.
     """
     from torch._inductor import list_mode_options
 

@@ -15,8 +15,8 @@ MFU = model FLOPs per second / a peak, with model FLOPs = 2 * MACs per image for
 inference and 6 * MACs for a training step (forward + backward). The peak is, in this
 order: the caller's ``peak_tflops``; on a GPU of known name computing in bf16 / fp16,
 the data sheet's dense tensor-core peak; otherwise the matrix-product throughput measured
-on this machine in the compute dtype (:func:`measured_matmul_tflops`), so that on a CPU an MFU
-near 100% says the step runs as fast as this machine multiplies large matrices.
+on this machine in the compute dtype (:func:`measured_matmul_tflops`), so that on a CPU
+an MFU near 100% says the step runs as fast as this machine multiplies large matrices.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -91,15 +91,14 @@ def gpu_peak_tflops(name: str) -> Optional[float]:
     return None
 
 
-_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def measured_matmul_tflops(device: str, dtype: str, n: int = 2048, rounds: int = 5) -> float:
     """Dense matrix-product throughput of this machine, TFLOP/s: the best of ``rounds``
     timings of an n x n x n product in ``dtype`` on ``device`` (torch's current CPU
-    threads), taken as a GEMM and as a channels-last 1x1 convolution (on CPU oneDNN's
-    convolution outruns the BLAS GEMM by up to 1.15x, and models use both)."""
-    dt = _TORCH_DTYPES[dtype]
+    threads), taken as a GEMM and as a channels-last 1x1 convolution (models run both, and
+    on a CPU either may be the faster kernel)."""
+    from .targets import DTYPES
+
+    dt = DTYPES[dtype]
     a = torch.randn(n, n, device=device).to(dt)
     b = torch.randn(n, n, device=device).to(dt)
     img = a.t().reshape(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)
@@ -113,14 +112,15 @@ def measured_matmul_tflops(device: str, dtype: str, n: int = 2048, rounds: int =
     return 2 * n ** 3 / best / 1e12
 
 
-def mfu_peak(device: str, dtype: str, override: Optional[float] = None) -> tuple:
+def mfu_peak(device: str, dtype: str,
+             override: Optional[float] = None) -> Tuple[float, str]:
     """(peak TFLOP/s, where it comes from) for MFU; see the module's docstring."""
     if override:
         return override, "given"
     if device == "cuda" and dtype in ("bf16", "fp16"):
         sheet = gpu_peak_tflops(torch.cuda.get_device_name())
         if sheet:
-            return sheet, "data sheet, dense bf16"
+            return sheet, "data sheet, dense bf16/fp16"
     return measured_matmul_tflops(device, dtype), f"measured {dtype} GEMM / 1x1 conv"
 
 
