@@ -173,7 +173,11 @@ def _read_torch(path: str, map_location: Union[str, torch.device]) -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        # weights_only's unpickler says "Unsupported operand" for bytes that are no pickle
+        # opcode at all: random data after a pickle-like first byte, not code
+        corrupt = "Unsupported operand" in text
+        if not corrupt and ("Weights only load failed" in text
+                            or "Unsupported global" in text):
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
             what = f" (it references {found.group(1)})" if found else ""
             raise CheckpointError(
@@ -181,13 +185,16 @@ def _read_torch(path: str, map_location: Union[str, torch.device]) -> Any:
                 "mfdsl only loads plain tensors (torch.load weights_only=True); re-save the "
                 "weights as a plain state dict or as .safetensors"
             ) from None
-        raise CheckpointError(
-            f"{path}: not a valid PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(_not_valid(path, exc)) from None
     except Exception as exc:  # truncated zip, garbage bytes, unsupported legacy data
-        raise CheckpointError(
-            f"{path}: not a valid PyTorch checkpoint ({_first_line(exc)}); it may be "
-            "truncated or corrupt"
-        ) from None
+        raise CheckpointError(_not_valid(path, exc)) from None
+
+
+def _not_valid(path: str, exc: BaseException) -> str:
+    reason = ("an unknown pickle opcode" if "Unsupported operand" in str(exc)
+              else _first_line(exc))
+    return (f"{path}: not a valid checkpoint: not a readable PyTorch file ({reason}); it "
+            "may be truncated or corrupt")
 
 
 def _first_line(exc: BaseException) -> str:

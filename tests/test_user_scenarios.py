@@ -4,6 +4,7 @@ exit code, never a traceback; plausible-looking but wrong specs must be refused.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -400,7 +401,11 @@ def _checkpoint(tmp_path: Path, kind: str, sd) -> Path:
         torch.save(sd, p)
         p.write_bytes(p.read_bytes()[:2000])
     elif kind == "garbage":
-        p.write_bytes(os.urandom(512))
+        p.write_bytes(random.Random(0).randbytes(512))
+    elif kind == "garbage_pickle_byte":  # random data whose first byte is pickle's magic
+        p.write_bytes(b"\x80" + random.Random(1).randbytes(511))
+    elif kind == "garbage_zip_magic":
+        p.write_bytes(b"PK\x03\x04" + random.Random(2).randbytes(508))
     elif kind == "empty":
         p.write_bytes(b"")
     elif kind == "pickled_code":
@@ -423,6 +428,8 @@ def _checkpoint(tmp_path: Path, kind: str, sd) -> Path:
 @pytest.mark.parametrize("kind, words", [
     ("truncated", ("may be truncated or corrupt",)),
     ("garbage", ("not a valid checkpoint",)),
+    ("garbage_pickle_byte", ("not a valid checkpoint", "truncated or corrupt")),
+    ("garbage_zip_magic", ("not a valid checkpoint", "truncated or corrupt")),
     ("empty", ("checkpoint file is empty",)),
     ("pickled_code", ("refused", "pickled Python code")),
     ("wrong_arch", ("does not fit the model", "missing from the checkpoint")),
