@@ -88,7 +88,7 @@ def test_train_beats_chance_eval_reproduces_and_skips_corrupt(tmp_path: Path) ->
     # Corrupt files: random bytes, a truncated PNG, an empty JPEG.
     good = next((data / "train" / "c0_red").glob("*.png")).read_bytes()
     # A newline in a name must not split the report.
-    (data / "train" / "c0_red" / "bad\nrandom.png").write_bytes(os.urandom(500))
+    (data / "train" / "c0_red" / "bad\nrandom.png").write_bytes(random.Random(0).randbytes(500))
     (data / "train" / "c1_green" / "bad_trunc.png").write_bytes(good[: len(good) // 2])
     (data / "val" / "c2_blue" / "bad_empty.jpg").write_bytes(b"")
     # 98 train images: with per-device 14 and drop_last every image is visited each epoch.

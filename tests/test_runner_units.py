@@ -4,6 +4,7 @@ dataset, and the CLI's error paths."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,7 @@ def _folder(root: Path, n: int = 6) -> Path:
 def test_corrupt_images_replaced_and_counted_across_workers(tmp_path: Path) -> None:
     root = _folder(tmp_path / "d")
     (root / "a" / "2.png").write_bytes(b"not an image")
-    (root / "b" / "junk.jpg").write_bytes(os.urandom(64))
+    (root / "b" / "junk.jpg").write_bytes(random.Random(0).randbytes(64))
     import torchvision.transforms as T
 
     ds = SkippingImageFolder(str(root), T.ToTensor())
