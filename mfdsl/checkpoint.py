@@ -42,6 +42,9 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 _SAFETENSORS_EXT = (".safetensors",)
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 _PICKLE_MAGIC = b"\x80"  # torch's legacy format: a pickle stream (protocol >= 2)
+# What torch's weights-only unpickler says for a byte that is no pickle opcode at all:
+# random data behind a pickle-like first byte, a corrupt file rather than code to refuse.
+_UNKNOWN_OPCODE = "Unsupported operand"
 
 
 class CheckpointError(Exception):
@@ -173,10 +176,7 @@ def _read_torch(path: str, map_location: Union[str, torch.device]) -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        # weights_only's unpickler says "Unsupported operand" for bytes that are no pickle
-        # opcode at all: random data after a pickle-like first byte, not code
-        corrupt = "Unsupported operand" in text
-        if not corrupt and ("Weights only load failed" in text
+        if _UNKNOWN_OPCODE not in text and ("Weights only load failed" in text
                             or "Unsupported global" in text):
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
             what = f" (it references {found.group(1)})" if found else ""
@@ -191,7 +191,7 @@ def _read_torch(path: str, map_location: Union[str, torch.device]) -> Any:
 
 
 def _not_valid(path: str, exc: BaseException) -> str:
-    reason = ("an unknown pickle opcode" if "Unsupported operand" in str(exc)
+    reason = ("an unknown pickle opcode" if _UNKNOWN_OPCODE in str(exc)
               else _first_line(exc))
     return (f"{path}: not a valid checkpoint: not a readable PyTorch file ({reason}); it "
             "may be truncated or corrupt")
