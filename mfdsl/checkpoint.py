@@ -176,8 +176,8 @@ def _read_torch(path: str, map_location: Union[str, torch.device]) -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if _UNKNOWN_OPCODE not in text and ("Weights only load failed" in text
-                            or "Unsupported global" in text):
+        needs_code = "Weights only load failed" in text or "Unsupported global" in text
+        if needs_code and _UNKNOWN_OPCODE not in text:
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
             what = f" (it references {found.group(1)})" if found else ""
             raise CheckpointError(
