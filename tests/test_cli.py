@@ -2,19 +2,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from mfdsl.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
-SPECS = ROOT / "specs"
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+from conftest import SPECS, cli as run
 
 
 def test_validate_all_zoo_specs_ok():

@@ -8,17 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from mfdsl.cli import main
 from mfdsl.compare import PAPER_TABLE, Entry, gather, mark_pareto
 
-ROOT = Path(__file__).resolve().parent.parent
-SPECS = ROOT / "specs"
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+from conftest import SPECS, cli as run
 
 
 def fake_run(folder: Path, spec: str, top1: float, embedded: bool = True) -> Path:

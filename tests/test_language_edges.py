@@ -14,39 +14,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from click.testing import CliRunner
 
 from mfdsl.api import build_model, check_spec, load_spec
 from mfdsl.augment import AugmentError, parse_augment
-from mfdsl.cli import main
 from mfdsl.errors import SpecError
 from mfdsl.registry import MAP, POOLED, register_norm, registry
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, cli, error_of as spec_error_of, write
+from conftest import mf_file as mf
 
 
 def spec_file(tmp_path: Path, body: str, name: str = "t.mf") -> Path:
-    p = tmp_path / name
-    p.write_text(body, encoding="utf-8")
-    return p
-
-
-def mf(tmp_path: Path, *lines: str, header: str = "input 3x32x32\n  classes 10") -> Path:
-    text = "model t {\n  " + header + "\n" + "".join(f"  {ln}\n" for ln in lines) + "}\n"
-    return spec_file(tmp_path, text)
+    return write(tmp_path, name, body)
 
 
 def error_of(path: Path) -> SpecError:
-    with pytest.raises(SpecError) as e:
-        check_spec(path)
-    return e.value
-
-
-def cli(*args: str):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output and "internal error" not in result.output
-    return result
+    return spec_error_of(check_spec, path)
 
 
 # --- norms on the pooled (B, C) features ------------------------------------------------

@@ -14,6 +14,7 @@ from mfdsl.errors import SpecError
 from mfdsl.frontend.mf import parse_mf
 from mfdsl.ir import (Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec, RecipeSpec,
                       StageSpec, call, default_downsample, default_stem)
+from conftest import error_of as spec_error_of
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.mf"))
 
@@ -37,9 +38,7 @@ def parse(text: str) -> ModelSpec:
 
 
 def error_of(text: str) -> SpecError:
-    with pytest.raises(SpecError) as info:
-        parse(text)
-    return info.value
+    return spec_error_of(parse, text)
 
 
 # --- parsing --------------------------------------------------------------------------

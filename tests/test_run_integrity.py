@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from mfdsl import fsio
-from cli_helpers import run
+from conftest import run, solid_images as _images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,12 +45,6 @@ model tiny {{
 }}
 """
 FAST = ["--max-steps", "2", "--workers", "0", "--no-tensorboard", "--log-every", "1"]
-
-
-def _images(folder: Path, n: int, colour: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.new("RGB", (20, 20), (colour, 40 * i % 256, 0)).save(folder / f"{i}.png")
 
 
 def _tree(root: Path) -> dict:

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from devices import needs_cuda
-from test_runner_train import ROOT, _env, mfdsl, weights, write_colour_folder, write_spec, tiny_spec
+from conftest import (ROOT, runner as mfdsl, runner_env as _env, train_spec as tiny_spec,
+                      write_colour_folder, write_spec)
+from test_runner_train import weights
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from cli_helpers import run
+from conftest import run, solid_images as _images
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "specs" / "demo_tiny.mf")
@@ -24,12 +23,6 @@ CUDA = torch.cuda.is_available()
 # Seconds-long runs: 3 steps of batch 4 on a 16-image folder, no loader processes.
 FAST = ["--max-steps", "3", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0",
         "--no-tensorboard", "--batch-size", "4"]
-
-
-def _images(folder: Path, n: int, colour: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.new("RGB", (20, 20), (colour, 40 * i % 256, 0)).save(folder / f"{i}.png")
 
 
 @pytest.fixture(scope="module")

@@ -15,65 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from mfdsl import ir
-from mfdsl.emit.mf import to_mf
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    # One intra-op thread: stable timings on a busy 2-core machine and reproducible sums.
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("MFDSL_TEST_KILL_AFTER_STEP", None)
-    env.pop("MFDSL_TEST_NAN_AT_STEP", None)
-    env.update(extra)
-    return env
-
-
-def mfdsl(*args: str, env: dict = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mfdsl.runner", *args], cwd=ROOT,
-                          env=env or _env(), capture_output=True, text=True, timeout=timeout)
-
-
-def write_colour_folder(root: Path, n_train: int, n_val: int, size: int = 32,
-                        seed: int = 0) -> Path:
-    """Three classes told apart by dominant colour channel, with random shapes on top;
-    PNG for train, JPEG for val."""
-    rng = random.Random(seed)
-    for split, n, ext in (("train", n_train, "png"), ("val", n_val, "jpg")):
-        for c, name in enumerate(("c0_red", "c1_green", "c2_blue")):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                base = [rng.randint(0, 90) for _ in range(3)]
-                base[c] = rng.randint(150, 255)
-                img = Image.new("RGB", (size, size), tuple(base))
-                px = img.load()
-                for _ in range(size * 4):
-                    x, y = rng.randrange(size), rng.randrange(size)
-                    px[x, y] = tuple(rng.randrange(256) for _ in range(3))
-                img.save(d / f"{i:03d}.{ext}", quality=95)
-    return root
-
-
-def tiny_spec(name: str = "tiny", **recipe) -> ir.ModelSpec:
-    r = dict(epochs=2, batch_size=8, lr=5e-3, lr_batch=8, warmup_epochs=0, amp=False)
-    r.update(recipe)
-    return ir.ModelSpec(
-        name=name, img_size=(32, 32), num_classes=3,
-        stages=[ir.StageSpec(depth=1, width=16, mixers=[ir.call("pooling")]),
-                ir.StageSpec(depth=1, width=32, downsample=ir.default_downsample(),
-                             mixers=[ir.call("pooling")], res_scale=1.0)],
-        recipe=ir.RecipeSpec(**r))
-
-
-def write_spec(path: Path, spec: ir.ModelSpec) -> str:
-    path.write_text(to_mf(spec))
-    return str(path)
+from conftest import (ROOT, runner as mfdsl, runner_env as _env, train_spec as tiny_spec,
+                      write_colour_folder, write_spec)
 
 
 def weights(path: Path) -> dict:

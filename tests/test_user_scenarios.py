@@ -11,11 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-
-from mfdsl.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, cli as run, mf_file, write
 TINY = """model tiny {
   input 3x32x32
   classes 10
@@ -31,26 +27,9 @@ stages:
 """
 
 
-def run(*args: str):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    # A traceback or the last-resort handler means an input was not handled.
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"uncaught {result.exception!r}"
-    assert "Traceback" not in result.output
-    assert "internal error" not in result.output
-    return result
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    p = tmp_path / name
-    p.write_text(text, encoding="utf-8")
-    return p
-
-
 def mf(tmp_path: Path, lines: str, name: str = "t.mf") -> Path:
     """A valid tiny model header plus ``lines`` (each already indented or not)."""
-    body = "".join("  " + ln.strip() + "\n" for ln in lines.strip().splitlines())
-    return write(tmp_path, name, "model t {\n  input 3x32x32\n  classes 10\n" + body + "}\n")
+    return mf_file(tmp_path, *lines.strip().splitlines(), name=name)
 
 
 def assert_error_at(result, line: int, col: int, *words: str) -> None:

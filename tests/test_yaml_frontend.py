@@ -5,7 +5,6 @@ import glob
 import json
 import os
 import random
-import sys
 
 import pytest
 import yaml
@@ -20,8 +19,8 @@ from mfdsl.ir import (
 )
 from mfdsl.registry import registry, resolve_args
 
-sys.path.insert(0, os.path.dirname(__file__))
-from specs_py import paper_spec  # noqa: E402
+from conftest import error_of as spec_error_of
+from specs_py import paper_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YAML_SPECS = sorted(glob.glob(os.path.join(ROOT, "specs", "*.yaml")))
@@ -31,11 +30,11 @@ MINIMAL = "model: tiny\nstages:\n  - {mixer: pooling, depth: 1, width: 16}\n"
 
 
 def error_of(text: str, *, check: bool = False) -> SpecError:
-    with pytest.raises(SpecError) as info:
+    def read(text: str) -> None:
         spec = parse_yaml(text, "t.yaml")
         if check:
             check_spec(spec)
-    return info.value
+    return spec_error_of(read, text)
 
 
 def at(e: SpecError) -> tuple:
