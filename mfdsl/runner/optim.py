@@ -32,7 +32,9 @@ def create_optimizer(model: nn.Module, recipe: RecipeSpec, lr: float) -> torch.o
     betas = tuple(float(b) for b in recipe.betas)
     name = recipe.optimizer.lower()
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=recipe.opt_eps)
+        # Fused: one kernel per step, and torch's found_inf path skips a non-finite step
+        # on the device (mfdsl.runner.step) with no host read.
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=recipe.opt_eps, fused=True)
     if name == "lamb":
         from timm.optim import Lamb
 

@@ -5,7 +5,6 @@ continues exactly: same weights, optimizer, schedule, RNG streams and data posit
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -35,6 +34,7 @@ from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, Tr
 from .. import fsio
 from .run_folder import (OutputPlan, RunContext, clear_run, environment, plan_output,
                          spec_text, write_json)
+from .step import StepLog, StepParts, train_step, uncount_skipped_steps
 
 _DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
 
@@ -313,6 +313,11 @@ class Trainer:
             self.ema = ModelEmaV3(self.model, decay=r.ema)
             # EMA weights are evaluated eager (one compiled model is enough to pay for).
             self.ema_eval = compile_for_target(self.ema.module, mode="eager", **self.target)
+        self.step_parts = StepParts(self.forward_model, self.model, self.optimizer,
+                                    self.criterion, self.plan.accum, r.clip_grad, self.scaler,
+                                    self.ema, self.ddp)
+        # Per-step records stay on the device until a log step or checkpoint reads them.
+        self.step_log = StepLog(self.env.device, min(max(1, self.opts.log_every), 1024))
 
     # ------------------------------------------------------------------ resume
     def _find_resume(self) -> Optional[str]:
@@ -535,62 +540,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _train_step(self, it) -> Dict[str, Any]:
-        """One optimizer step over ``accum`` micro-batches. Returns loss and status."""
-        env, plan, st = self.env, self.plan, self.state
+        """One optimizer step over ``accum`` micro-batches (mfdsl.runner.step): no host
+        reads; its record waits in ``self.step_log``. Returns the lr used."""
+        env, st = self.env, self.state
         lr = self.schedule.apply(self.optimizer, st.step)
-        loss_sum = torch.zeros((), device=env.device)
-        inject_nan = _env_int(NAN_ENV) == st.step + 1
-        for k in range(plan.accum):
+
+        def next_batch():
             images, target, failures = next(it)
             self._unreadable_pending.add_batch(self.train_set, failures)
             images = self.train_prep(images)
             target = target.to(env.device, non_blocking=True)
             if self.mixup is not None:
                 images, target = self.mixup(images, target)
-            sync = self.ddp is None or k == plan.accum - 1
-            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
-            with ctx:
-                out = self.forward_model(images)  # placement, layout, autocast inside
-                loss = self.criterion(out.float(), target)
-                if inject_nan:
-                    loss = loss * float("nan")
-                scaled = loss / plan.accum
-                if self.scaler is not None:
-                    scaled = self.scaler.scale(scaled)
-                scaled.backward()
-            loss_sum += loss.detach()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        clip = self.recipe.clip_grad
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
-        mean_loss = loss_sum / plan.accum
-        loss_finite = not any_rank(env, not bool(torch.isfinite(mean_loss)))
-        finite = loss_finite and not any_rank(env, not bool(torch.isfinite(grad_norm)))
-        if self.scaler is not None:
-            # fp16: scaled gradients that overflow are the loss scaler's business, not a
-            # non-finite loss: it skips the step itself and lowers the scale. update() must
-            # follow every unscale_(), or the next step's unscale_() raises.
-            if finite:
-                self.scaler.step(self.optimizer)
-            self.scaler.update()
-            finite = loss_finite
-            stepped = not any_rank(env, not bool(torch.isfinite(grad_norm)))
-        else:
-            if finite:
-                self.optimizer.step()
-            stepped = finite
-        if stepped and self.ema is not None:
-            self.ema.update(self.model, step=st.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        return dict(loss=float(mean_loss), lr=lr, finite=finite, grad_norm=float(grad_norm))
+            return images, target
 
-    def _handle_nonfinite(self, loss: float) -> None:
+        out = train_step(self.step_parts, next_batch, ema_step=st.step,
+                         nan_loss=_env_int(NAN_ENV) == st.step + 1)
+        self.step_log.record(st.step + 1, out)
+        return dict(lr=lr)
+
+    def _read_steps(self) -> Dict[str, Any]:
+        """Read the kept step records (one host read; one collective under DDP) and apply
+        the non-finite policy to them in order. Returns the finite losses' sum and count
+        and the last gradient norm."""
+        records = self.step_log.read(self.env)
+        uncount_skipped_steps(self.optimizer, sum(r[2] for r in records), self.env.device)
+        loss_sum, n, grad_norm = 0.0, 0, float("nan")
+        for step, counted, _skipped, loss, grad_norm in records:
+            if counted:
+                self._handle_nonfinite(loss, step)
+            else:
+                self.state.nan_consecutive = 0
+                loss_sum += loss
+                n += 1
+        return dict(loss_sum=loss_sum, n=n, grad_norm=grad_norm)
+
+    def _handle_nonfinite(self, loss: float, step: int) -> None:
         st = self.state
         st.nan_skipped += 1
         st.nan_consecutive += 1
-        where = f"step {st.step + 1} (epoch {st.epoch + 1})"
-        self.metrics.write("nonfinite", st.step + 1, epoch=st.epoch, loss=loss,
+        where = f"step {step} (epoch {st.epoch + 1})"
+        self.metrics.write("nonfinite", step, epoch=st.epoch, loss=loss,
                            policy=self.opts.nan_policy)
         if self.opts.nan_policy == "stop":
             raise NonFiniteLossError(
@@ -636,18 +626,24 @@ class Trainer:
             while st.micro + plan.accum <= epoch_micro and st.step < self.total_steps:
                 res = self._train_step(it)
                 st.micro += plan.accum
-                if res["finite"]:
-                    st.nan_consecutive = 0
-                    ep_loss += res["loss"]
-                    ep_n += 1
-                    win_loss += res["loss"]
-                    win_n += 1
-                else:
-                    self._handle_nonfinite(res["loss"])
                 st.step += 1
                 if bar is not None:
                     bar.update(1)
-                if st.step % max(1, opts.log_every) == 0 or st.step == self.total_steps:
+                log_now = st.step % max(1, opts.log_every) == 0 or st.step == self.total_steps
+                save_now = (opts.ckpt_every and st.step % opts.ckpt_every == 0
+                            and st.micro < epoch_micro and st.step < self.total_steps)
+                # The host reads the device only here: at log steps, checkpoints, the end
+                # of an epoch (below) and the test kill hook. The non-finite policy (stop
+                # after N in a row) is applied to the steps read.
+                if (log_now or save_now or self.step_log.full
+                        or (kill_after is not None and st.step == kill_after)):
+                    got = self._read_steps()
+                    ep_loss += got["loss_sum"]
+                    ep_n += got["n"]
+                    win_loss += got["loss_sum"]
+                    win_n += got["n"]
+                    res["grad_norm"] = got["grad_norm"]
+                if log_now:
                     now = time.perf_counter()
                     steps_in_win = max(1, win_n)
                     img_s = images_per_step * steps_in_win / max(now - win_t, 1e-9)
@@ -663,8 +659,7 @@ class Trainer:
                                  f" loss {loss:.4f} lr {res['lr']:.3e} {img_s:.0f} img/s"
                                  f" eta {format_duration(left)}")
                     win_loss, win_n, win_t = 0.0, 0, now
-                if (opts.ckpt_every and st.step % opts.ckpt_every == 0
-                        and st.micro < epoch_micro and st.step < self.total_steps):
+                if save_now:
                     self.save()
                 if kill_after is not None and st.step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -672,6 +667,9 @@ class Trainer:
                 bar.close()
                 self._bar = None
             del it
+            got = self._read_steps()
+            ep_loss += got["loss_sum"]
+            ep_n += got["n"]
             # Unreadable images: distinct files, merged over ranks.
             self._merge_unreadable([st.unreadable, self._epoch_unreadable])
             ep_unreadable = self._epoch_unreadable
