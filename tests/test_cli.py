@@ -8,6 +8,7 @@ import pytest
 from conftest import SPECS, cli as run
 
 
+@pytest.mark.slow
 def test_validate_all_zoo_specs_ok():
     paths = sorted(str(p) for p in SPECS.glob("*.mf")) + sorted(str(p) for p in SPECS.glob("*.yaml"))
     r = run("validate", *paths)

@@ -428,6 +428,7 @@ _FUZZ_EXTRA = """model fuzz {
 """
 
 
+@pytest.mark.slow
 def test_fuzzed_specs_raise_only_located_spec_errors(tmp_path: Path) -> None:
     bases = [p.read_text() for p in _FUZZ_BASES] + [_FUZZ_EXTRA]
     rng = random.Random(20240607)

@@ -87,7 +87,8 @@ def assert_matches(ref: TimmRef, model: torch.nn.Module) -> None:
 
 
 TIMM_MODELS = [
-    ("convformer_s18", 2, 224), ("caformer_s18", 2, 224), ("poolformerv2_s12", 2, 224),
+    pytest.param("convformer_s18", 2, 224, marks=pytest.mark.slow),
+    pytest.param("caformer_s18", 2, 224, marks=pytest.mark.slow), ("poolformerv2_s12", 2, 224),
     # Widths 96..576 (not multiples of 64), 18 heads in the last stage; a smaller input
     # keeps it fast (neither model depends on the input size).
     ("caformer_m36", 1, 128),

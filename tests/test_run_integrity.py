@@ -352,6 +352,7 @@ def test_failed_export_keeps_the_previous_file(tmp_path, monkeypatch):
     assert stat.S_IMODE(good.stat().st_mode) == 0o600
 
 
+@pytest.mark.slow
 def test_export_and_draw_refuse_to_overwrite_the_spec(specs, tmp_path):
     spec = tmp_path / "s.mf"
     spec.write_text(SPEC.format(mixer="pooling"))
@@ -490,6 +491,7 @@ def test_fifo_checkpoints_are_refused(tmp_path, specs, data):
 
 
 # =========================================================================== torchrun
+@pytest.mark.slow
 def test_torchrun_refusal_is_one_message(trained, data, other_data, specs):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -512,6 +514,7 @@ def test_torchrun_refusal_is_one_message(trained, data, other_data, specs):
         assert _tree(trained) == before
 
 
+@pytest.mark.slow
 def test_nproc_per_node_launches_and_a_refusal_is_one_line_without_traceback(
         trained, data, specs, tmp_path):
     # torchrun's own launcher prints a ChildFailedError traceback for any failed worker;
@@ -571,6 +574,7 @@ def test_export_and_compile_check_which_model_the_weights_are(trained, specs, tm
     assert code == 0 and "run's input size 64x64" in out, out
 
 
+@pytest.mark.slow
 def test_resume_into_another_runs_folder_is_refused(data, specs, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):

@@ -200,6 +200,7 @@ def test_fp16_loss_scaling_survives_an_overflowing_first_step(data, tmp_path):
 
 # --- train: Ctrl-C ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigint_stops_cleanly_and_keeps_the_last_checkpoint(data, tmp_path):
     from mfdsl.runner import checkpointing as ckpt
 
@@ -298,6 +299,7 @@ def test_bench_spec_without_timm_twin():
     assert code == 0 and "timm `(none)`" in out
 
 
+@pytest.mark.slow
 def test_bench_edited_spec_keeping_a_timm_name_is_not_compared(tmp_path):
     p = tmp_path / "caformer_s18.mf"
     p.write_text((ROOT / "specs" / "caformer_s18.mf").read_text().replace("@64", "@80"))
@@ -306,6 +308,7 @@ def test_bench_edited_spec_keeping_a_timm_name_is_not_compared(tmp_path):
     assert "differs from this spec" in out and "timm `(none)`" in out
 
 
+@pytest.mark.slow
 def test_bench_gives_timms_twin_the_specs_drop_path(monkeypatch):
     """A training step compared with timm's does the same work: the spec's drop path and
     head dropout go to timm's model too (it defaults to none)."""

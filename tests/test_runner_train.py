@@ -27,6 +27,7 @@ def weights(path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- accuracy
+@pytest.mark.slow
 def test_train_beats_chance_eval_reproduces_and_skips_corrupt(tmp_path: Path) -> None:
     data = write_colour_folder(tmp_path / "data", n_train=32, n_val=12)
     # Corrupt files: random bytes, a truncated PNG, an empty JPEG.
@@ -105,6 +106,7 @@ def resume_setup(tmp_path_factory):
     return tmp, spec, common, ref
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(resume_setup) -> None:
     tmp, spec, common, ref = resume_setup
     run = tmp / "killed"
@@ -140,6 +142,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(resume_setup) -> Non
     assert steps == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_nan_stop_leaves_last_good_checkpoint_intact(resume_setup) -> None:
     tmp, spec, common, ref = resume_setup
     run = tmp / "nan_stop"
@@ -158,6 +161,7 @@ def test_nan_stop_leaves_last_good_checkpoint_intact(resume_setup) -> None:
     assert got.keys() == good.keys() and all(torch.equal(got[k], good[k]) for k in good)
 
 
+@pytest.mark.slow
 def test_nan_skip_policy_skips_and_counts(resume_setup) -> None:
     tmp, spec, common, ref = resume_setup
     run = tmp / "nan_skip"
@@ -172,6 +176,7 @@ def test_nan_skip_policy_skips_and_counts(resume_setup) -> None:
 
 
 # ----------------------------------------------------------------------------- DDP
+@pytest.mark.slow
 def test_two_process_cpu_ddp(resume_setup, tmp_path: Path) -> None:
     tmp, spec, _, _ = resume_setup
     out = tmp_path / "ddp"

@@ -35,6 +35,7 @@ def _model() -> torch.nn.Module:
     return m
 
 
+@pytest.mark.slow
 def test_cpu_eager_matches_and_keeps_state_dict() -> None:
     model = _model()
     ref_sd = {k: v.clone() for k, v in model.state_dict().items()}
@@ -69,6 +70,7 @@ def test_spec_input_and_fold() -> None:
     assert out.shape == (1, 7)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_on_cpu_close() -> None:
     model = _model()
     x = torch.randn(2, 3, 32, 32)
@@ -122,6 +124,7 @@ def test_benchmark_report_tiny() -> None:
     assert report["machine"]["torch"] == torch.__version__
 
 
+@pytest.mark.slow
 def test_benchmark_mfu_on_cpu_is_against_a_measured_gemm() -> None:
     """MFU on every device: on a CPU against the matrix products measured here, in the
     benchmark's dtype; a given peak wins; model FLOPs are 2x / 6x MACs per image."""

@@ -103,6 +103,7 @@ def test_non_positive_limit_is_its_own_error(tmp_path, value):
     assert_error_at(run("validate", p), 5, 19, f"limit params must be a count >= 1, got {value}")
 
 
+@pytest.mark.slow
 def test_limit_message_shows_small_counts_readably(tmp_path):
     p = mf(tmp_path, "stage pooling x1 @8\nlimits { params 10 }")
     r = run("validate", p)
@@ -458,6 +459,7 @@ def test_load_checkpoint_non_strict_skips_unusable_tensors(tiny_state):
 
 # --- a real process: exit codes as the shell sees them ------------------------------------
 
+@pytest.mark.slow
 def test_subprocess_exit_codes(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     good, bad = write(tmp_path, "g.mf", TINY), write(tmp_path, "b.mf", "model b {\n  stage\n}\n")
