@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
 
@@ -74,11 +74,13 @@ def drop_path_rates(spec: ModelSpec) -> List[List[float]]:
     return out
 
 
-def lower(spec: ModelSpec, target: str = "cpu") -> MetaFormer:
+def lower(spec: ModelSpec, target: str = "cpu",
+          variants: Optional[Sequence[str]] = None) -> MetaFormer:
     """Build the module graph. The spec must already have passed ``checks.check``.
 
     ``target`` ("cpu", "cuda" or "reference") picks the eager speed variants of the layers
-    (:data:`mfdsl.layers.variants.VARIANTS_FOR`); "reference" builds the paper's forms."""
+    (:data:`mfdsl.layers.variants.VARIANTS_FOR`); "reference" builds the paper's forms.
+    ``variants`` names them instead (a run's device plan: e.g. CUDA's compiled set)."""
     res = spec.stage_resolutions()
     dprs = drop_path_rates(spec)
     stem = _downsample(spec.stem, spec.in_chans, spec.stages[0].width, 0,
@@ -114,7 +116,7 @@ def lower(spec: ModelSpec, target: str = "cpu") -> MetaFormer:
     init_weights(model)
     # The layers are built in their reference form; the target's eager speed variants
     # (same parameters, same maths) replace them here.
-    select_variants(model, variants_for(target))
+    select_variants(model, variants_for(target) if variants is None else variants)
     return model
 
 

@@ -5,7 +5,7 @@ use this one, so nothing imports the API from below."""
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import torch.nn as nn
 
@@ -75,9 +75,10 @@ def check_spec(spec: SpecLike, *, size_limits: bool = True) -> ModelSpec:
     return spec
 
 
-def lower_checked(spec: SpecLike, target: str = "cpu", *,
-                  check_sizes: bool = True) -> nn.Module:
-    """Check a spec (or spec file) and lower it to a MetaFormer ``nn.Module``."""
+def lower_checked(spec: SpecLike, target: str = "cpu", *, check_sizes: bool = True,
+                  variants: Optional[Sequence[str]] = None) -> nn.Module:
+    """Check a spec (or spec file) and lower it to a MetaFormer ``nn.Module``
+    (``variants``: see :func:`mfdsl.lower.lower`)."""
     from .lower import lower
 
-    return lower(check_spec(spec, size_limits=check_sizes), target=target)
+    return lower(check_spec(spec, size_limits=check_sizes), target=target, variants=variants)

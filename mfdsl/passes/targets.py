@@ -22,12 +22,12 @@ import torch
 import torch.nn as nn
 
 from ..ir import ModelSpec
-from ..layers.variants import select_variants, variants_for
+from ..layers.variants import select_variants, variants_for, variants_in_use
 
 TARGETS = ("cpu", "cuda")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("default", "max-autotune", "eager")
-VARIANT_CHOICES = ("auto", "reference")
+VARIANT_CHOICES = ("auto", "reference", "keep")
 
 
 class TargetError(ValueError):
@@ -191,6 +191,7 @@ def compile_for_target(
     * ``fold``: :func:`mfdsl.passes.fold.fold_for_inference` first (inference only);
     * ``variants`` "auto": the speed variants measured best for this device and mode
       (:data:`mfdsl.layers.variants.VARIANTS_FOR`); "reference": the paper's forms;
+      "keep": those the model was lowered with (a run's device plan chose them);
     * ``channels_last``: the image and conv weights channels-last (:func:`to_channels_last`;
       mfdsl's blocks run channels-last anyway; turn it off to time a foreign model as
       its authors ship it);
@@ -228,11 +229,17 @@ def compile_for_target(
                        f"{f['params_before']:,} -> {f['params_after']:,} parameters"
                        + (f"; kept: {'; '.join(f['kept'])}" if f["kept"] else "") + ")")
     compiled = mode != "eager"
-    chosen = variants_for("reference" if variants == "reference" else device.type, compiled)
-    used = select_variants(model, chosen)
-    applied.append(f"speed variants for {device.type} {'compiled' if compiled else 'eager'}: "
-                   + (", ".join(n for n in chosen if any(u.endswith(': ' + n) for u in used))
-                      or "none (reference layers)"))
+    if variants == "keep":
+        chosen = tuple(sorted(variants_in_use(model)))
+        applied.append("speed variants as lowered: "
+                       + (", ".join(sorted(variants_in_use(model))) or "none (reference layers)"))
+    else:
+        chosen = variants_for("reference" if variants == "reference" else device.type, compiled)
+        used = select_variants(model, chosen)
+        applied.append(f"speed variants for {device.type} "
+                       f"{'compiled' if compiled else 'eager'}: "
+                       + (", ".join(n for n in chosen if any(u.endswith(': ' + n) for u in used))
+                          or "none (reference layers)"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

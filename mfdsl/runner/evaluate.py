@@ -214,17 +214,17 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     env = setup(device)
     try:
         cuda = env.device.type == "cuda"
-        use_amp = (spec.recipe.amp if spec.recipe else True) and cuda if amp is None else amp
-        cl = cuda if channels_last is None else channels_last
+        from .device_plan import resolve_device_plan
+
+        # The device decisions train makes too (one resolver), for evaluation: eager.
+        plan = resolve_device_plan(env.device, spec.recipe, amp=amp, amp_dtype=amp_dtype,
+                                   channels_last=channels_last, compile=False, training=False)
+        use_amp = plan.amp
         # The workers' uint8 images laid out as the model runs (known once the device is).
-        dataset.transform = eval_transform(model, cl)
+        dataset.transform = eval_transform(model, plan.channels_last)
         from ..passes.targets import compile_for_target
 
-        dtype = {"bfloat16": "bf16", "float16": "fp16"}.get(amp_dtype)
-        if use_amp and dtype is None:
-            raise RunError(f"--amp-dtype must be bfloat16 or float16, got {amp_dtype}")
-        prepared = compile_for_target(model.eval(), env.device, dtype if use_amp else "fp32",
-                                      mode="eager", channels_last=cl)
+        prepared = compile_for_target(model.eval(), mode=plan.mode, **plan.target())
         loader = make_loader(dataset, ShardSampler(len(dataset), env.rank, env.world_size),
                              batch_size, workers, 0, drop_last=False, pin_memory=cuda)
         res = evaluate(prepared, loader, env)

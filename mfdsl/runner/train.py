@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..ir import ModelSpec, with_overrides
 from . import checkpointing as ckpt
+from .device_plan import resolve_device_plan
 from .distributed import (DistEnv, agree_on_failure, any_rank, barrier,
                           checked_alike_on_every_rank, gather_objects, setup, teardown)
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
@@ -35,8 +36,6 @@ from .. import fsio
 from .run_folder import (OutputPlan, RunContext, clear_run, environment, plan_output,
                          spec_text, write_json)
 from .step import StepLog, StepParts, train_step, uncount_skipped_steps
-
-_DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
 
 # Test hooks (documented in docs/training.md): SIGKILL the process right after optimizer
 # step N (after that step's checkpoint, if any); make the loss of step N non-finite.
@@ -89,7 +88,12 @@ class Trainer:
         self._seed_everything(opts.seed + env.rank)
         from ..api import build_model
 
-        self.model = build_model(spec)  # SpecError goes to the CLI
+        # Device, layout, dtype, compilation and speed variants, decided once; the model
+        # is lowered once, with the variants this device runs.
+        self.device_plan = resolve_device_plan(
+            env.device, spec.recipe, amp=opts.amp, amp_dtype=opts.amp_dtype,
+            channels_last=opts.channels_last, compile=opts.compile)
+        self.model = build_model(spec, variants=self.device_plan.variants)  # SpecError -> CLI
         if opts.init_from and opts.inherit:
             raise RunError("--init-from and --inherit both set the starting weights; give one")
         if opts.init_from:
@@ -180,8 +184,7 @@ class Trainer:
         if not 0 < self.crop_scale_min <= 1:
             raise RunError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
         # The workers lay the uint8 images out as the model runs (no transposing later).
-        self.channels_last = (self.env.device.type == "cuda" if self.opts.channels_last is None
-                              else self.opts.channels_last)
+        self.channels_last = self.device_plan.channels_last
         self.train_set = SkippingImageFolder(
             self.train_dir, train_transform(r, spec.img_size, ev.mean, ev.std, self.opts.hflip,
                                             self.crop_scale_min, self.channels_last))
@@ -256,26 +259,23 @@ class Trainer:
     def _setup_device_and_model(self) -> None:
         from ..passes.targets import compile_for_target
 
-        env, opts = self.env, self.opts
+        env, dp = self.env, self.device_plan
         cuda = env.device.type == "cuda"
-        self.amp = (self.recipe.amp and cuda) if opts.amp is None else opts.amp
-        if opts.amp_dtype not in ("bfloat16", "float16"):
-            raise RunError(f"--amp-dtype must be bfloat16 or float16, got {opts.amp_dtype}")
-        self.amp_dtype = getattr(torch, opts.amp_dtype)
-        self.use_compile = cuda if opts.compile is None else opts.compile
+        self.amp = dp.amp
+        self.amp_dtype = dp.torch_amp_dtype
+        self.use_compile = dp.compile
 
         def ddp(m: nn.Module) -> nn.Module:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             return DDP(m, device_ids=[env.device.index] if cuda else None)
 
-        self.target = dict(target=env.device, channels_last=self.channels_last,
-                           dtype=_DTYPE_NAMES[opts.amp_dtype] if self.amp else "fp32")
+        self.target = dp.target()
         # The one device preparation (mfdsl.passes.targets): the same code on CPU and CUDA.
+        # The variants were lowered in for this plan: kept, not chosen again.
         self.forward_model = compile_for_target(
-            self.model, mode="default" if self.use_compile else "eager",
-            wrap=ddp if env.distributed else None,
-            **self.target)
+            self.model, mode=dp.mode, wrap=ddp if env.distributed else None,
+            variants="keep", **self.target)
         self.model = self.forward_model.model
         self.ddp = self.forward_model.wrapped
         # The device-side half of the input pipeline: workers send uint8 images; this

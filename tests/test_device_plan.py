@@ -1,0 +1,82 @@
+"""mfdsl.runner.device_plan: one resolver for the device decisions of train and eval, and
+a training run that lowers its model once, for the device that runs it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import mfdsl.lower
+from mfdsl.ir import RecipeSpec
+from mfdsl.layers.variants import variants_for, variants_in_use
+from mfdsl.runner.device_plan import resolve_device_plan
+from mfdsl.runner.errors import RunError
+
+from conftest import SPECS, run, solid_images
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_defaults_per_device_and_purpose():
+    r = RecipeSpec(amp=True)
+    gpu = resolve_device_plan(CUDA, r)
+    assert (gpu.channels_last, gpu.amp, gpu.compile, gpu.mode) == (True, True, True, "default")
+    assert gpu.dtype == "bf16" and gpu.torch_amp_dtype == torch.bfloat16
+    assert gpu.variants == variants_for("cuda", True)
+    assert gpu.target() == dict(target=CUDA, channels_last=True, dtype="bf16")
+    ev = resolve_device_plan(CUDA, r, training=False)
+    assert (ev.compile, ev.mode, ev.variants) == (False, "eager", variants_for("cuda", False))
+    cpu = resolve_device_plan(CPU, r)
+    assert (cpu.channels_last, cpu.amp, cpu.compile, cpu.dtype) == (False, False, False, "fp32")
+    assert cpu.variants == variants_for("cpu", False)
+    # The recipe's amp off, and no recipe at all (eval of a foreign checkpoint).
+    assert not resolve_device_plan(CUDA, RecipeSpec(amp=False)).amp
+    assert resolve_device_plan(CUDA, None, training=False).amp
+
+
+def test_explicit_options_win():
+    p = resolve_device_plan(CPU, RecipeSpec(amp=False), amp=True, amp_dtype="float16",
+                            channels_last=True, compile=True)
+    assert (p.amp, p.dtype, p.channels_last, p.compile) == (True, "fp16", True, True)
+    assert p.variants == variants_for("cpu", True)
+    p = resolve_device_plan(CUDA, RecipeSpec(amp=True), amp=False, channels_last=False,
+                            compile=False)
+    assert (p.amp, p.dtype, p.channels_last, p.mode) == (False, "fp32", False, "eager")
+
+
+def test_bad_amp_dtype_is_a_run_error():
+    with pytest.raises(RunError, match="--amp-dtype must be bfloat16 or float16"):
+        resolve_device_plan(CPU, None, amp_dtype="int8")
+
+
+@pytest.mark.slow  # a whole (one-step) training run in-process: ~5 s on 2 cores
+def test_train_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, monkeypatch):
+    lowered = []
+    real_lower = mfdsl.lower.lower
+
+    def counting(spec, target="cpu", variants=None):
+        model = real_lower(spec, target, variants)
+        # The size check measures a shape-only sample on the meta device; that is no model.
+        if next(model.parameters()).device.type != "meta":
+            lowered.append(model)
+        return model
+
+    monkeypatch.setattr(mfdsl.lower, "lower", counting)
+    # A plan naming another device's variants (CUDA eager: no pointwise_conv1x1) shows
+    # that the model runs the plan's choice, not one made again for the CPU.
+    import mfdsl.runner.device_plan as dp
+
+    monkeypatch.setattr(dp, "variants_for", lambda device, compiled: variants_for("cuda", False))
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        solid_images(data / split / "a", 4, 30)
+        solid_images(data / split / "b", 4, 220)
+    code, out = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", tmp_path / "r",
+                    "--max-steps", "1", "--epochs", "1", "--warmup-epochs", "0",
+                    "--workers", "0", "--no-tensorboard", "--batch-size", "4")
+    assert code == 0, out
+    assert len(lowered) == 1
+    used = variants_in_use(lowered[0])
+    assert used and set(used) <= set(variants_for("cuda", False))
+    assert "pointwise_conv1x1" not in used
