@@ -4,7 +4,7 @@
     python benchmarks/bench_models.py --compile             # + torch.compile (slow on CPU)
     python benchmarks/bench_models.py --device cuda --batch 256 --compile --no-eager
 
-Runs ``mfdsl.passes.throughput.run_benchmark`` (the engine behind ``mfdsl bench``) for
+Runs ``mfdsl.bench.throughput.run_benchmark`` (the engine behind ``mfdsl bench``) for
 each model and prints one markdown section per model; ``--json`` keeps everything.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from mfdsl.analysis.counting import count_macs_meta  # noqa: E402
 from mfdsl.api import check_spec  # noqa: E402
 from mfdsl.lower import lower  # noqa: E402
-from mfdsl.passes.throughput import markdown_table, report_header, run_benchmark  # noqa: E402
+from mfdsl.bench.throughput import markdown_table, report_header, run_benchmark  # noqa: E402
 
 DEFAULT_MODELS = ("caformer_s18", "convformer_s18", "poolformerv2_s12")
 

@@ -36,7 +36,7 @@ from mfdsl.api import build_model  # noqa: E402
 from mfdsl.layers.variants import VARIANTS, select_variants, variants_for, variants_in_use  # noqa: E402
 from mfdsl.passes import targets  # noqa: E402
 from mfdsl.passes.targets import TargetModel, compile_for_target  # noqa: E402
-from mfdsl.passes.throughput import interleaved_ms, machine_info  # noqa: E402
+from mfdsl.bench.throughput import interleaved_ms, machine_info  # noqa: E402
 
 
 # case suffix: compiled with inductor's layout optimisation on, as mfdsl did until it

@@ -30,7 +30,7 @@ from mfdsl.layers.block import Block, Mlp  # noqa: E402
 from mfdsl.layers.mixers import DepthwiseConv, Pooling, SepConv  # noqa: E402
 from mfdsl.layers.norms import LayerNorm, ModifiedLayerNorm  # noqa: E402
 from mfdsl.layers.variants import VARIANTS, select_variants  # noqa: E402
-from mfdsl.passes.throughput import interleaved_ms  # noqa: E402
+from mfdsl.bench.throughput import interleaved_ms  # noqa: E402
 
 
 def cases():

@@ -106,6 +106,27 @@ def test_registry_imports_nothing_of_mfdsl():
     assert import_graph()["mfdsl.registry"] == set()
 
 
+# Modules (or packages: every module below) and what they must not import: imports run
+# downwards, from the CLI through the runner and the benchmarks to the compiler.
+NOT_BELOW = {
+    "mfdsl.passes": ("mfdsl.bench", "mfdsl.runner", "mfdsl.cli"),
+    "mfdsl.bench": ("mfdsl.runner", "mfdsl.cli"),
+    "mfdsl.runner.step": ("mfdsl.cli", "mfdsl.passes", "mfdsl.data", "mfdsl.bench"),
+    "mfdsl.runner.device_plan": ("mfdsl.cli", "mfdsl.passes", "mfdsl.bench"),
+}
+
+
+@pytest.mark.parametrize("low", sorted(NOT_BELOW))
+def test_imports_run_downwards(low):
+    graph = import_graph()
+    assert any(m == low or m.startswith(low + ".") for m in graph), low
+    bad = sorted(f"{m} imports {d}" for m, deps in graph.items()
+                 if m == low or m.startswith(low + ".")
+                 for d in deps for high in NOT_BELOW[low]
+                 if d == high or d.startswith(high + "."))
+    assert not bad, bad
+
+
 # --- the registry -----------------------------------------------------------------------
 
 def _run(code: str) -> subprocess.CompletedProcess:

@@ -53,7 +53,7 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
     from ..analysis.counting import count_macs_meta
     from ..api import check_spec
     from ..lower import lower
-    from ..passes.throughput import markdown_table, report_header, run_benchmark
+    from ..bench.throughput import markdown_table, report_header, run_benchmark
 
     if threads is not None:
         torch.set_num_threads(threads)
