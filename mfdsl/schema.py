@@ -258,7 +258,7 @@ def build_schema() -> Dict[str, Any]:
         "properties": _stage_props(False),
     }
     defs["recipe"] = _block_def("train", "The training recipe; omitted fields keep the "
-                                "paper's shared settings (facts sheet section 3).",
+                                "paper's shared ImageNet-1K settings.",
                                 RecipeSpec, RecipeSpec(), nullable=True)
     props = {
         "model": _prop("model", model["name"].doc, {"type": "string"}, None,

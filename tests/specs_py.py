@@ -1,4 +1,4 @@
-"""The paper's model families as ModelSpecs built in Python (facts sheet §1-§2).
+"""The paper's model families (its model definitions) as ModelSpecs built in Python.
 
 Used by the checkpoint and equivalence tests, independently of the ``.mf`` zoo, so that a
 broken front end cannot hide a broken lowering (and vice versa).
@@ -113,7 +113,7 @@ def paper_spec(model_name: str, **kw) -> ModelSpec:
 
 
 def to_official_layout(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """mfdsl/timm key names -> the official release's (facts sheet section 4)."""
+    """mfdsl/timm key names -> the official release's."""
     out = {}
     for k, v in sd.items():
         k = re.sub(r"^stem\.", "downsample_layers.0.", k)

@@ -18,7 +18,7 @@ from mfdsl.ir import Call, ModelSpec, StageSpec, call, default_downsample
 from mfdsl.lower import lower
 from specs_py import paper_spec
 
-# The paper table's MACs (facts sheet §2): FlopCounterMode's FLOPs / 2 agrees exactly.
+# The paper table's MACs: FlopCounterMode's FLOPs / 2 agrees exactly.
 PAPER_GMACS = {"caformer_s18": 4.107, "convformer_s18": 3.941, "poolformerv2_s12": 1.812}
 
 

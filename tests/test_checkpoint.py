@@ -285,7 +285,7 @@ def test_poolformer_v1_is_named() -> None:
 # --- other layouts ------------------------------------------------------------------------
 
 def to_timm_layout(sd: Dict[str, torch.Tensor], attention_stages=()) -> Dict[str, torch.Tensor]:
-    """timm's names (facts sheet §4); pointwise layers as 1x1 convs outside attention stages."""
+    """timm's names; pointwise layers as 1x1 convs outside attention stages."""
     out = {}
     for k, v in sd.items():
         k = k.replace("stem.post_norm.", "stem.norm.")

@@ -5,7 +5,7 @@
   feature maps, from the Python-built specs and, where present, from the ``.mf`` zoo.
 * IdentityFormer, RandFormer (not in timm): an official-format state dict with random
   values, loaded into mfdsl, gives the logits of a plain-torch forward written here from
-  the facts sheet's formulas.
+  the paper's formulas.
 """
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_zoo_spec_matches_timm(name: str) -> None:
 
 
 def timm_to_official(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The official release's key layout (facts sheet §4), written independently of the
+    """The official release's key layout, written independently of the
     loader: Linear pointwise layers, downsample_layers, stages.{i}.{j}, norm, head."""
     import re
 
@@ -167,7 +167,7 @@ def test_official_layout_of_timm_weights_matches(name: str) -> None:
     assert_matches(ref, model)
 
 
-# --- IdentityFormer / RandFormer against a forward written from the facts sheet --------
+# --- IdentityFormer / RandFormer against a forward written from the paper -----------
 
 DIMS = [64, 128, 320, 512]
 DEPTHS = [1, 1, 2, 1]  # reduced depth: every kind of block still appears
@@ -175,7 +175,7 @@ DEPTHS = [1, 1, 2, 1]  # reduced depth: every kind of block still appears
 
 def official_state_dict(mixers: Sequence[str], num_classes: int, img: int,
                         seed: int) -> Dict[str, torch.Tensor]:
-    """Random values under the official release's keys (facts sheet §4)."""
+    """Random values under the official release's keys."""
     g = torch.Generator().manual_seed(seed)
 
     def w(*shape: int, std: float = 0.02, mean: float = 0.0) -> torch.Tensor:
@@ -237,7 +237,7 @@ def star_relu(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 
 def reference_forward(sd: Dict[str, torch.Tensor], mixers: Sequence[str],
                       x: torch.Tensor) -> torch.Tensor:
-    """The facts sheet's MetaFormer, in plain torch ops on NCHW tensors."""
+    """The paper's MetaFormer, in plain torch ops on NCHW tensors."""
     x = F.conv2d(x, sd["downsample_layers.0.conv.weight"], sd["downsample_layers.0.conv.bias"],
                  stride=4, padding=2)
     x = channel_layernorm(x, sd["downsample_layers.0.post_norm.weight"])

@@ -72,7 +72,7 @@ def _resolved(c: Call, kind: str) -> dict:
 
 @pytest.mark.parametrize("path", YAML_SPECS, ids=os.path.basename)
 def test_zoo_specs_match_the_paper_models(path: str) -> None:
-    """Each YAML twin describes the facts-sheet model built independently in Python."""
+    """Each YAML twin describes the paper's model built independently in Python."""
     spec = load_spec(path)
     name = "randformer_s12" if spec.name == "randformer_s12" else spec.name
     ref = paper_spec(name)
@@ -94,7 +94,7 @@ def test_randformer_recipe_is_the_papers() -> None:
     r = spec.recipe
     assert (r.optimizer, r.lr, r.lr_batch, r.batch_size) == ("adamw", 4e-3, 4096, 4096)
     assert (r.warmup_epochs, r.drop_path, r.epochs) == (5, 0.1, 300)
-    assert r == RecipeSpec(drop_path=0.1)  # everything else is facts sheet §3
+    assert r == RecipeSpec(drop_path=0.1)  # everything else is the paper's recipe
     assert spec.stages[0].norm == call("modified_layernorm", bias=False, eps=1e-6)
     assert [s.res_scale for s in spec.stages] == [None, None, 1.0, 1.0]
 

@@ -3,7 +3,7 @@
 Parameter and MAC counts come from the lowered model on the meta device and are compared
 at the table's own rounding (11.9M -> one decimal in millions, 27M -> whole millions,
 1.8G -> one decimal in billions). The recipes are checked against the official scripts'
-values (facts sheet §3).
+values.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Multiply-accumulate counts read off an aten graph, one formula per op.
 
-Convention (the paper's, facts sheet §2): MACs of convolutions, linear layers and the
+Convention (the paper's, as its MACs table counts): MACs of convolutions, linear layers and the
 matrix products of attention and random mixing. Elementwise ops, norms, pooling, softmax
 and FFTs count zero. Formulas use only the shapes recorded on the graph's nodes
 (``node.meta["val"]``), so the count is exactly what the traced program executes.
