@@ -1,7 +1,7 @@
 """Loading weights into a built model from the checkpoint formats users hold.
 
-Three key layouts are understood (the official release's, timm's and mfdsl's own) and converted to mfdsl's own names,
-which follow timm's module tree:
+Three key layouts are understood and converted to mfdsl's own names, which follow timm's
+module tree:
 
 * ``mfdsl``    — what ``model.state_dict()`` gives (also what the runner saves);
 * ``timm``     — ``stem.norm``, ``stages.{i}.downsample.norm``, MLP / SepConv pointwise

@@ -1,4 +1,5 @@
-"""The lowered model: stem -> stages -> head, with timm's module names."""
+"""The lowered model: stem -> stages -> head, in timm's module tree (the key differences
+from timm's and the official release's checkpoints are converted by :mod:`mfdsl.checkpoint`)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple

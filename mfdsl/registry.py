@@ -75,7 +75,9 @@ class BuildContext:
     resolution: Tuple[int, int] = (1, 1)  # (H, W) of the feature map it sees
     stage: int = 0
     block: int = 0
-    target: str = "cpu"  # lowering target; factories may pick equivalent kernels
+    # The lowering target, for a factory's information: speed variants are chosen after
+    # building, by mfdsl.layers.variants, not by factories.
+    target: str = "cpu"
     position: str = MAP  # MAP or POOLED: the tensor the module will see
 
 

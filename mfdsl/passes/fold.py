@@ -1,8 +1,10 @@
 """Inference folding passes: fold learned per-channel / scalar affine factors into the
 weights of adjacent linear layers, so inference runs fewer elementwise passes.
 
-The passes know no layer class: layers say what they need through a small protocol
-(any subset; a layer without it is simply not folded through, and the report says so):
+Beyond the block's own structure (``Block``, ``Scale``) and the activations they fold
+(``StarReLU``, ``SquaredReLU``), the passes know no layer class: mixers, norms and heads say
+what they need through a small protocol (any subset; a layer without it is simply not
+folded through, and the report says so):
 
 * ``first_linear()``: the Linear that consumes the layer's input position by position
   first (a norm's affine folds into it); ``last_linear()``: the Linear / Conv2d whose
