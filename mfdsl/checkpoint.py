@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .errors import UserError
+
 __all__ = [
     "CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict",
     "detect_format", "convert_state_dict",
@@ -47,8 +49,13 @@ _PICKLE_MAGIC = b"\x80"  # torch's legacy format: a pickle stream (protocol >= 2
 _UNKNOWN_OPCODE = "Unsupported operand"
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read, is refused, or does not fit the model."""
+
+    label = "checkpoint"  # what the message names first: "error: checkpoint: ..."
+
+    def render(self) -> str:
+        return f"error: {self.label}: {self}"
 
 
 @dataclass

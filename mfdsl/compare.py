@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .errors import UserError
 from .ir import ModelSpec
 
 IMAGENET = "ImageNet-1K"
@@ -53,7 +54,7 @@ PAPER_TABLE: Dict[str, tuple] = {
 }
 
 
-class CompareError(Exception):
+class CompareError(UserError):
     """An item that cannot be compared, or an output that would overwrite a file."""
 
 

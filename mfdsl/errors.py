@@ -17,7 +17,22 @@ class Loc:
         return f"{self.path}:{self.line}:{self.column}"
 
 
-class SpecError(Exception):
+class UserError(Exception):
+    """Bad input from the user: one clear message and an exit code, never a traceback.
+
+    The base of every error mfdsl reports this way (specs, runs, checkpoints, export,
+    compare, targets); :func:`mfdsl.cli.app.report` is the one place that turns one into
+    its message and exit code.
+    """
+
+    exit_code = 2
+
+    def render(self) -> str:
+        """The message shown to the user."""
+        return f"error: {self}"
+
+
+class SpecError(UserError):
     """An invalid spec, located in the user's file.
 
     ``path``, ``line`` and ``column`` say where; ``hint`` is an optional suggestion

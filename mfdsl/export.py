@@ -15,10 +15,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import UserError
+
 FORMATS = ("pt2", "onnx")
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """Export failed, a needed package is missing, or the check found a mismatch."""
 
 

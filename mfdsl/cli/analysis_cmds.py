@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import click
 
-from .app import main
+from .app import main, report
 from .common import check_at_img_size, parse_img_size
 from .. import fsio
 from ..errors import SpecError
@@ -18,8 +18,7 @@ SPEC_ARG = click.argument("spec", type=click.Path(dir_okay=False))
 
 
 def _fail_spec(err: SpecError) -> None:
-    click.echo(err.render(), err=True)
-    sys.exit(2)
+    report(err)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -164,15 +163,10 @@ def _spec_size(spec_path: str):
 def _weights_context(spec_path: str, weights: str):
     """The run context of ``weights`` after checking that the spec builds that model."""
     from ..api import load_spec
-    from ..runner.errors import RunError
     from ..runner.run_folder import check_weights_model
 
-    try:
-        return check_weights_model(load_spec(spec_path), weights)
-    except SpecError as err:
-        _fail_spec(err)
-    except RunError as err:
-        _fail(err.message)
+    # SpecError and RunError are reported by the CLI group.
+    return check_weights_model(load_spec(spec_path), weights)
 
 
 def _load_weights(model: object, path: str) -> None:

@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from .. import __version__
-from ..errors import SpecError
+from ..errors import UserError
+
+
+def report(err: UserError, prefix: str = "") -> NoReturn:
+    """The one mapping from a user error to what the user sees: its message (``prefix``
+    first, e.g. a rank) on stderr, and its exit code."""
+    click.echo(prefix + err.render(), err=True)
+    sys.exit(err.exit_code)
 
 
 class _Group(click.Group):
@@ -18,9 +25,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SpecError as err:
-            click.echo(err.render(), err=True)
-            sys.exit(2)
+        except UserError as err:
+            report(err)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
@@ -29,11 +35,6 @@ class _Group(click.Group):
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("MFDSL_DEBUG"):
                 raise
-            from ..checkpoint import CheckpointError
-
-            if isinstance(exc, CheckpointError):
-                click.echo(f"error: {exc}", err=True)
-                sys.exit(2)
             if isinstance(exc, (OSError, ValueError)):
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(2)

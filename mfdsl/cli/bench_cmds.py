@@ -8,7 +8,6 @@ from typing import Optional
 
 import click
 
-from ..errors import SpecError
 from .app import main
 
 
@@ -80,11 +79,7 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
     dtype = dtype or ("bf16" if device == "cuda" else "fp32")
-    try:
-        ir = check_spec(spec)  # the checks and the size limits
-    except SpecError as err:
-        click.echo(err.render(), err=True)
-        sys.exit(2)
+    ir = check_spec(spec)  # the checks and the size limits; a SpecError goes to the group
     macs = count_macs_meta(ir)
     report = run_benchmark(
         lambda: lower(ir, target=device), ir.name, img_size=ir.img_size,

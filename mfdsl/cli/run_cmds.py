@@ -9,8 +9,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import click
 
-from ..errors import SpecError
-from .app import main
+from ..errors import SpecError, UserError
+from .app import main, report
 from .common import check_at_img_size, parse_img_size
 
 # More loader processes than cores only adds contention (and a DataLoader warning).
@@ -24,15 +24,6 @@ def _rank_prefix() -> str:
     return f"[rank {rank}] " if rank not in (None, "0") else ""
 
 
-def _clean(message: str) -> str:
-    # An error raised inside a DataLoader worker comes back with the worker's traceback
-    # in its text: keep the error's own last line.
-    if "Original Traceback" in message:
-        last = message.strip().splitlines()[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return message
-
-
 def _fail(message: str, code: int) -> None:
     click.echo(f"{_rank_prefix()}error: {message}", err=True)
     sys.exit(code)
@@ -40,25 +31,15 @@ def _fail(message: str, code: int) -> None:
 
 def _run_guarded(fn, *args, **kw) -> Any:
     """Run ``fn``; bad input becomes one clear message and a non-zero exit, no traceback."""
-    from ..runner.errors import RunError
-
-    try:
-        from ..checkpoint import CheckpointError
-    except ImportError:  # pragma: no cover - the checkpoint module is part of the package
-        CheckpointError = RunError  # type: ignore
     try:
         return fn(*args, **kw)
-    except SpecError as err:
-        # Every rank of a torchrun job reads the same spec: rank 0 alone reports it.
-        if os.environ.get("RANK") in (None, "0"):
-            click.echo(err.render(), err=True)
-        sys.exit(_EXIT_SPEC)
-    except RunError as err:
-        if err.quiet:  # another rank of this distributed run reports it
+    except UserError as err:
+        # Every rank of a torchrun job reads the same spec: rank 0 alone reports it; a
+        # run error marked quiet is reported by another rank.
+        if getattr(err, "quiet", False) or (isinstance(err, SpecError)
+                                            and os.environ.get("RANK") not in (None, "0")):
             sys.exit(err.exit_code)
-        _fail(_clean(err.message), err.exit_code)
-    except CheckpointError as err:
-        _fail(f"{getattr(err, 'label', 'checkpoint')}: {err}", 2)
+        report(err, "" if isinstance(err, SpecError) else _rank_prefix())
     except KeyboardInterrupt:
         _fail("interrupted", 130)
 

@@ -128,14 +128,9 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
                                "(or --fold); give --target cpu or --target cuda")
     ir = load_checked(spec, **limits)
     if checkpoint:
-        from ..runner.errors import RunError
         from ..runner.run_folder import check_weights_model
 
-        try:
-            check_weights_model(ir, checkpoint)
-        except RunError as err:
-            click.echo(f"error: {err.message}", err=True)
-            sys.exit(2)
+        check_weights_model(ir, checkpoint)  # a RunError is reported by the CLI group
     model = lower(ir, target=target or "cpu")
     if checkpoint:
         from ..checkpoint import load_checkpoint

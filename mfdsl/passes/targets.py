@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..errors import UserError
 from ..ir import ModelSpec
 from ..layers.variants import select_variants, variants_for, variants_in_use
 
@@ -30,7 +31,7 @@ MODES = ("default", "max-autotune", "eager")
 VARIANT_CHOICES = ("auto", "reference", "keep")
 
 
-class TargetError(ValueError):
+class TargetError(UserError, ValueError):
     """A request compile_for_target cannot honour (unknown option, missing device)."""
 
 

@@ -1,8 +1,10 @@
 """Errors the runner reports to the user as one clear message and an exit code."""
 from __future__ import annotations
 
+from ..errors import UserError
 
-class RunError(Exception):
+
+class RunError(UserError):
     """A problem with the run's inputs (data folder, options, checkpoint); exit code 2."""
 
     exit_code = 2
@@ -13,6 +15,15 @@ class RunError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def render(self) -> str:
+        message = self.message
+        # An error raised inside a DataLoader worker comes back with the worker's traceback
+        # in its text: keep the error's own last line.
+        if "Original Traceback" in message:
+            last = message.strip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        return f"error: {message}"
 
 
 class DataError(RunError):
