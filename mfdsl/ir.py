@@ -4,7 +4,8 @@ Every node keeps the source location of each field it was given in ``locs`` (fie
 name -> Loc; key ``""`` is the node itself). Locations never take part in equality, so
 ``convert`` round trips compare IR values only.
 
-Defaults are the paper's (MetaFormer Baselines for Vision, Yu et al. 2022): a spec only states what differs.
+Defaults are the paper's (MetaFormer Baselines for Vision, Yu et al. 2022): a spec only
+states what differs.
 
 Every user-facing field is declared with :func:`setting`: its type, range, choices,
 default, documentation, spelling in the languages and command-line flag live here once,
@@ -272,7 +273,8 @@ _BIG = 10_000_000
 
 @dataclass
 class RecipeSpec(Node):
-    """The training recipe (the paper's ImageNet-1K settings by default). ``lr`` is stated for ``lr_batch``."""
+    """The training recipe (the paper's ImageNet-1K settings by default). ``lr`` is stated
+    for ``lr_batch``."""
 
     epochs: int = setting(300, "Training epochs.", min=1, max=100_000, cli="--epochs")
     batch_size: int = setting(4096, "Global batch size.", min=1, max=_BIG, cli="--batch-size")

@@ -105,6 +105,13 @@ def write_spec(path: Path, spec: Any) -> str:
     return str(path)
 
 
+def weights(path: Path) -> Dict[str, Any]:
+    """The tensors of a ``.safetensors`` file, by name."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 def solid_images(folder: Path, n: int, colour: int) -> None:
     """``n`` 20x20 PNGs in ``folder`` whose red channel is ``colour`` (one class)."""
     from PIL import Image

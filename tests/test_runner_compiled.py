@@ -14,8 +14,7 @@ import torch
 
 from devices import needs_cuda
 from conftest import (ROOT, runner as mfdsl, runner_env as _env, train_spec as tiny_spec,
-                      write_colour_folder, write_spec)
-from test_runner_train import weights
+                      weights, write_colour_folder, write_spec)
 
 pytestmark = pytest.mark.slow
 

@@ -16,14 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (ROOT, runner as mfdsl, runner_env as _env, train_spec as tiny_spec,
+from conftest import (ROOT, runner as mfdsl, runner_env as _env, train_spec as tiny_spec, weights,
                       write_colour_folder, write_spec)
-
-
-def weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 # ----------------------------------------------------------------------------- accuracy
