@@ -199,3 +199,40 @@ def test_step_log_keeps_order_and_empties():
     assert all(r[3] > 0 for r in (got[0], got[2])) and got[1][3] != got[1][3]  # NaN
     assert log.read() == [] and not log.full
 
+
+
+@pytest.mark.slow  # a short training run in-process: ~5 s on 2 cores
+def test_the_training_loop_reads_the_device_only_when_it_reads_the_log(tmp_path, monkeypatch):
+    """Reads made directly by the loop and the step (mfdsl/runner/train.py, step.py) over a
+    6-step run that logs only at its end: none but StepLog.read's, and the reads of the
+    checkpoint and validation at the end."""
+    import sys
+
+    from conftest import SPECS, run, solid_images
+
+    allowed = {"read", "save", "_weights_finite", "validate", "_finish", "_merge_unreadable"}
+    direct: List[str] = []
+    for name in READS:
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(t, *a, _orig=orig, _name=name, **kw):
+            caller = sys._getframe(1)
+            while caller.f_code.co_name.startswith("<") and caller.f_back is not None:
+                caller = caller.f_back  # a comprehension: the function it is in
+            where = caller.f_code.co_filename.replace("\\", "/")
+            if (where.endswith(("mfdsl/runner/train.py", "mfdsl/runner/step.py"))
+                    and caller.f_code.co_name not in allowed):
+                direct.append(f"{_name} in {caller.f_code.co_name} line {caller.f_lineno}")
+            return _orig(t, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        solid_images(data / split / "a", 12, 30)
+        solid_images(data / split / "b", 12, 220)
+    code, out = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", tmp_path / "r",
+                    "--max-steps", "6", "--epochs", "1", "--warmup-epochs", "0",
+                    "--workers", "0", "--no-tensorboard", "--batch-size", "4",
+                    "--log-every", "1000")
+    assert code == 0, out
+    assert sorted(set(direct)) == []
