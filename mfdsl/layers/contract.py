@@ -81,10 +81,6 @@ class TimmContract:
         normed features), of the spec's head kind, freshly initialised. ``global_pool``
         ("avg", "max", "avgmax", "" for no pooling) replaces the pooling if given;
         ``reset_other`` drops the output norm too."""
-        from ..lower import init_weights, make_component
-        from ..registry import POOLED, BuildContext
-        from .variants import select_variants, variants_in_use
-
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
         head = self.head
@@ -93,16 +89,11 @@ class TimmContract:
         if reset_other:
             head.norm = nn.Identity()
         if num_classes > 0:
-            spec = self.spec
-            res = spec.stage_resolutions()[len(self.stages) - 1]
-            ctx = BuildContext(self.num_features, res, len(self.stages) - 1, 0, "cpu",
-                               position=POOLED)
-            from ..lower import as_call
-
-            fc = make_component("head", as_call(spec.head), ctx, num_classes=num_classes,
-                                dropout=spec.head_dropout)
-            init_weights(fc)
-            select_variants(fc, variants_in_use(self))  # the variants the model runs
+            make = getattr(self, "make_classifier", None)
+            if make is None:
+                raise TypeError("this model was not built by mfdsl.lower and cannot make a "
+                                "new classifier")
+            fc = make(self, num_classes)
             ref = next(self.parameters(), None)
             if ref is not None:
                 fc = fc.to(device=ref.device, dtype=ref.dtype)
