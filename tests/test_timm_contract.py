@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mfdsl.api import build_model, load_spec
+from mfdsl.api import build_model
 from mfdsl.checkpoint import load_checkpoint
 from mfdsl.ir import RecipeSpec, StageSpec, call, default_downsample, with_overrides
 
@@ -189,8 +189,10 @@ ZOO = sorted(p.name for p in SPECS.glob("*.mf"))
 def test_contract_on_the_zoo(source: str) -> None:
     torch.manual_seed(0)
     model = build_model(SPECS / source)
-    # every zoo model runs at 64 px except the FFT filters, sized by the spec's input
-    side = 0 if "gfnet" in source else 64
+    # 64 px, except where a mixer is sized by the spec's input (random mixing, FFT filters)
+    sized = {"random", "global_filter"}
+    fixed = any(m.name in sized for st in model.spec.stages for m in st.mixers)
+    side = 0 if fixed else 64
     check_contract(model, image(model, batch=1, side=side))
 
 
@@ -225,7 +227,8 @@ def test_every_method_matches_timm(twins) -> None:
     f_ref, f = ref.forward_features(x), model.forward_features(x)
     assert f.shape == f_ref.shape and rel(f, f_ref) < TOL
     for pre in (False, True):
-        assert rel(model.forward_head(f, pre_logits=pre), ref.forward_head(f_ref, pre_logits=pre)) < TOL
+        assert rel(model.forward_head(f, pre_logits=pre),
+                   ref.forward_head(f_ref, pre_logits=pre)) < TOL
     for kw in (dict(), dict(indices=2), dict(indices=[0, -1], stop_early=True),
                dict(indices=[1], stop_early=True, norm=True)):
         final_ref, inter_ref = ref.forward_intermediates(x, **kw)
