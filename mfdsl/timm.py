@@ -101,14 +101,25 @@ def create(name: str, pretrained: bool = False,
     calls this); ``pretrained_cfg`` a str is a release tag (``name.tag`` in create_model)."""
     from timm.models import PretrainedCfg, build_model_with_cfg
 
-    from .weights import fetch, resolve_release
+    from .weights import WeightsError, fetch, resolve_release
 
     kwargs.pop("cache_dir", None)  # mfdsl reads the Hugging Face cache itself (HF_HOME)
     source = _SOURCES[name]
     spec = check_spec(source if isinstance(source, ModelSpec) else load_spec(source))
     tag = pretrained_cfg if isinstance(pretrained_cfg, str) else None
     which: Union[bool, str] = (tag or True) if pretrained else False
-    release = resolve_release(spec, which, purpose="eval") if which else None
+    release = None
+    n = kwargs.get("num_classes")
+    if which and n and n != spec.num_classes:
+        # A release with the asked-for head (sail_in22k with num_classes=21841) loads whole;
+        # otherwise the backbone loads and the classifier is new, as in timm.
+        try:
+            wide = with_overrides(spec, num_classes=int(n))
+            release, spec = resolve_release(wide, which, purpose="eval"), wide
+        except WeightsError:
+            pass
+    if which and release is None:
+        release = resolve_release(spec, which, purpose="eval")
     if release is not None:
         fetch(release)  # a missing or corrupt file is reported before anything is built
     if isinstance(pretrained_cfg, PretrainedCfg):

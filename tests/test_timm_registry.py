@@ -153,6 +153,12 @@ def test_pretrained_offline_with_nothing_cached_is_a_clear_error(hub: Path) -> N
         timm.create_model("mfdsl_demo_tiny", pretrained=True)
     with pytest.raises(WeightsError, match="unknown release"):
         timm.create_model("mfdsl_poolformerv2_s12.sail_in5k", pretrained=True)
+    # the ImageNet-21k release needs its 21841-class head: asked for, it resolves (and
+    # then is not cached here)
+    with pytest.raises(WeightsError, match="21841-class head"):
+        timm.create_model("mfdsl_caformer_s18.sail_in22k", pretrained=True)
+    with pytest.raises(WeightsError, match=r"caformer_s18\.sail_in22k.*not in the Hugging Face"):
+        timm.create_model("mfdsl_caformer_s18.sail_in22k", pretrained=True, num_classes=21841)
 
 
 @pytest.mark.slow
