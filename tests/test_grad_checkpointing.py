@@ -62,7 +62,7 @@ def test_two_process_ddp_with_grad_checkpointing(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "mfdsl.runner", "train", spec, "--data", str(data), "-o", str(out),
-           "--workers", "0", "--batch-size", "6", "--per-device-batch", "3", "--max-steps", "2",
+           "--workers", "0", "--batch-size", "8", "--per-device-batch", "4", "--max-steps", "2",
            "--device", "cpu",
            "--grad-checkpointing", "--no-tensorboard"]
     p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
