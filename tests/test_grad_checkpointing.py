@@ -1,7 +1,7 @@
 """``mfdsl train --grad-checkpointing``: the same training as without (eager fp32: the
 same weights after the same steps), and it runs with torch.compile + channels_last + bf16
-autocast and under two-process CPU DDP. The float64 gradient identity is in
-tests/test_timm_contract.py, the memory it saves in tests/test_timm_contract.py too."""
+autocast and under two-process CPU DDP; the activation memory it saves, by the analysis
+tooling. The float64 gradient identity is in tests/test_timm_contract.py."""
 from __future__ import annotations
 
 import json
