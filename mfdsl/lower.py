@@ -9,7 +9,7 @@ import torch.nn as nn
 from .errors import SpecError
 from .ir import Call, DownsampleSpec, ModelSpec, StageSpec, call, settings_of
 from .layers.block import Block, Downsample, Mlp, Stage
-from .layers.variants import select_variants, variants_for
+from .layers.variants import select_variants, variants_for, variants_in_use
 from .model import ClassifierHead, MetaFormer
 from .registry import POOLED, BuildContext, Maker, registry, resolve_args
 
@@ -113,11 +113,33 @@ def lower(spec: ModelSpec, target: str = "cpu",
                        dropout=spec.head_dropout),
     )
     model = MetaFormer(spec, stem, stages, head)
+    model.make_classifier = ClassifierMaker(spec, target)
     init_weights(model)
     # The layers are built in their reference form; the target's eager speed variants
     # (same parameters, same maths) replace them here.
     select_variants(model, variants_for(target) if variants is None else variants)
     return model
+
+
+class ClassifierMaker:
+    """How ``MetaFormer.reset_classifier`` builds a new classifier: the spec's head kind
+    and dropout, freshly initialised, running the speed variants the model runs. A plain
+    object (not a closure), so a model pickles with it."""
+
+    def __init__(self, spec: ModelSpec, target: str) -> None:
+        self.head = as_call(spec.head)
+        self.dropout = spec.head_dropout
+        self.target = target
+
+    def __call__(self, model: nn.Module, num_classes: int) -> nn.Module:
+        last = len(model.stages) - 1
+        ctx = BuildContext(model.num_features, model.spec.stage_resolutions()[last], last, 0,
+                           self.target, position=POOLED)
+        fc = make_component("head", self.head, ctx, num_classes=num_classes,
+                            dropout=self.dropout)
+        init_weights(fc)
+        select_variants(fc, variants_in_use(model))
+        return fc
 
 
 def init_weights(model: nn.Module) -> None:

@@ -8,28 +8,47 @@ import torch
 import torch.nn as nn
 
 from .ir import ModelSpec
+from .layers.contract import TimmContract, check_global_pool
 
 
 class ClassifierHead(nn.Module):
-    """Global average pool -> norm -> classifier (``head.norm``, ``head.fc``)."""
+    """Global pool -> norm -> classifier (``head.norm``, ``head.fc``).
 
-    def __init__(self, norm: nn.Module, fc: nn.Module) -> None:
+    ``global_pool`` is timm's: "avg" (the paper's), "max", "avgmax", or "" for none, when
+    the norm and classifier act at every position and the output stays (B, C', H, W)."""
+
+    def __init__(self, norm: nn.Module, fc: nn.Module, global_pool: str = "avg") -> None:
         super().__init__()
         self.norm = norm
         self.fc = fc
+        self.global_pool = check_global_pool(global_pool)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         # x: (B, C, H, W), usually a channels-last strided view.
-        x = self.norm(x.mean((2, 3)))
+        pool = self.global_pool
+        if not pool:
+            b, c, h, w = x.shape
+            # The norm was built for (N, C) vectors: give it every position as one.
+            y = self.norm(x.permute(0, 2, 3, 1).reshape(-1, c))
+            y = y if pre_logits else self.fc(y)
+            return y.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        if pool == "avg":
+            x = x.mean((2, 3))
+        elif pool == "max":
+            x = x.amax((2, 3))
+        else:  # "avgmax"
+            x = 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+        x = self.norm(x)
         return x if pre_logits else self.fc(x)
 
     def norm_sites(self) -> List[Tuple[str, nn.Module]]:  # folding protocol
         return [("norm", self.fc)]
 
 
-class MetaFormer(nn.Module):
+class MetaFormer(TimmContract, nn.Module):
     """A MetaFormer built from a spec. Internally channels-last; the public tensors are
-    NCHW like timm's (``forward_features`` and the feature maps are (B, C, H, W) views)."""
+    NCHW like timm's (``forward_features`` and the feature maps are (B, C, H, W) views).
+    timm's model contract (:mod:`mfdsl.layers.contract`) comes with it."""
 
     def __init__(self, spec: ModelSpec, stem: nn.Module, stages: Sequence[nn.Module],
                  head: ClassifierHead) -> None:
@@ -39,7 +58,9 @@ class MetaFormer(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.head = head
         self.num_classes = spec.num_classes
-        self.num_features = spec.stages[-1].width
+        self.num_features = self.head_hidden_size = spec.stages[-1].width
+        self.in_chans = spec.in_chans
+        self.grad_checkpointing = False
         reduction = spec.img_size[0]
         self.feature_info: List[Dict[str, Any]] = []
         for i, (h, _) in enumerate(spec.stage_resolutions()):
@@ -51,7 +72,8 @@ class MetaFormer(nn.Module):
         self.pretrained_cfg: Dict[str, Any] = dict(
             input_size=(spec.in_chans, *spec.img_size), crop_pct=ev.crop_pct,
             interpolation=ev.interpolation, mean=tuple(ev.mean), std=tuple(ev.std),
-            num_classes=spec.num_classes,
+            num_classes=spec.num_classes, pool_size=tuple(spec.stage_resolutions()[-1]),
+            first_conv="stem.conv", classifier="head.fc", architecture=spec.name,
         )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,9 +103,6 @@ class MetaFormer(nn.Module):
             if i in want:
                 out.append(x.permute(0, 3, 1, 2))
         return out
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
 
     def frozen_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if not p.requires_grad)

@@ -6,6 +6,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .activations import StarReLU, starrelu_into_linear
 from .mixers import _nchw, _nhwc
@@ -179,6 +180,14 @@ class Stage(nn.Module):
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False  # MetaFormer.set_grad_checkpointing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+        x = self.downsample(x)
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return self.blocks(x)
+        # Keep only each block's input; recompute the block in backward. Non-reentrant
+        # checkpointing replays the RNG state, so drop-path masks are the same twice.
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x

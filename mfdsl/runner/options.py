@@ -53,6 +53,7 @@ class TrainOptions:
     progress: Optional[bool] = None  # None: a tqdm bar on a TTY
     argv: Tuple[str, ...] = ()
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)
+    grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
 
 
 @dataclass(frozen=True)

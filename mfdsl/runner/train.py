@@ -270,6 +270,8 @@ class Trainer:
 
             return DDP(m, device_ids=[env.device.index] if cuda else None)
 
+        if opts.grad_checkpointing:  # before compiling: dynamo traces the checkpoints
+            self.model.set_grad_checkpointing(True)
         self.target = dp.target()
         # The one device preparation (mfdsl.passes.targets): the same code on CPU and CUDA.
         # The variants were lowered in for this plan: kept, not chosen again.
@@ -411,6 +413,7 @@ class Trainer:
                 "amp": self.amp, "amp_dtype": self.opts.amp_dtype if self.amp else None,
                 "channels_last": self.channels_last,
                 "compile": self.use_compile,
+                "grad_checkpointing": self.opts.grad_checkpointing,
                 "mixup_active": self.mixup_active, "loss": type(self.criterion).__name__,
                 "data": self.data_root, "embedded_data": self.embedded,
                 "train_images": len(self.train_set),
