@@ -369,7 +369,7 @@ def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optiona
     click.echo(f"  top-1 {res['top1']:.2f}%   top-5 {res['top5']:.2f}%   loss {res['loss']:.4f}"
                f"   {res['img_s']:.1f} img/s")
     if res["skipped_images"]:
-        from ..runner.imagefolder import show_path
+        from ..data.dataset import show_path
 
         click.echo(f"  skipped {res['skipped_images']} unreadable image(s): "
                    + ", ".join(show_path(p) for p in paths[:5]))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .distributed import DistEnv, all_sum, gather_objects
 from .metrics import accuracy_counts
-from .transforms import BatchPreprocess
+from ..data.transforms import BatchPreprocess
 
 
 @torch.no_grad()
@@ -20,7 +20,7 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
 
     ``model`` is prepared for the device (``mfdsl.passes.compile_for_target``: it places
     the images, sets their layout and enters autocast itself). ``preprocess``: the batch
-    step on the device (a :class:`mfdsl.runner.transforms.BatchPreprocess`); by default
+    step on the device (a :class:`mfdsl.data.transforms.BatchPreprocess`); by default
     the one completing ``loader.dataset.transform``, in the model's memory format.
 
     Loss is plain cross-entropy on the true labels; unreadable images are left out.
@@ -28,7 +28,7 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
     over all ranks: ``skipped_images`` (count), ``skipped_paths`` (sorted) and
     ``skipped_files`` (path -> [failed fetches, first error]).
     """
-    from .imagefolder import UnreadableImages
+    from ..data.dataset import UnreadableImages
 
     if preprocess is None:
         preprocess = BatchPreprocess.for_transform(
@@ -126,7 +126,7 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     from ..ir import with_overrides
     from .distributed import setup, teardown
     from .errors import DataError, RunError
-    from .imagefolder import ShardSampler, SkippingImageFolder, eval_transform, make_loader
+    from ..data.dataset import ShardSampler, SkippingImageFolder, eval_transform, make_loader
     from .run_folder import checkpoint_context
 
     from .distributed import checked_alike_on_every_rank

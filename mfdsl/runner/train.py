@@ -25,7 +25,7 @@ from .distributed import (DistEnv, agree_on_failure, any_rank, barrier,
                           checked_alike_on_every_rank, gather_objects, setup, teardown)
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import evaluate
-from .imagefolder import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
+from ..data.dataset import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
                           SkippingImageFolder, UnknownClassError, UnreadableImages,
                           eval_transform, make_loader, split_dir, train_transform)
 from .metrics import MetricsLog, format_duration, plot_curves

@@ -37,7 +37,7 @@ from torch.utils.data import default_collate
 
 from .transforms import (BatchPreprocess, PendingErasing, SeededPipeline,  # noqa: F401
                          caller_rngs_preserved, eval_transform, train_transform)
-from .errors import DataError
+from ..runner.errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
                   ".gif")
