@@ -102,6 +102,24 @@ def resolve_checkpoint_path(path: str) -> str:
 _SPLIT_NAMES = ("train", "val", "validation", "test")
 
 
+def _shard_layout(data: str, split: str) -> Any:
+    """The parquet or tar layout of ``data``, or None for the folder forms (a dataset root
+    with split folders, or a split folder itself)."""
+    import os
+
+    from ..data.layout import LayoutError, detect_layout
+
+    if not os.path.isdir(data) or os.path.isdir(os.path.join(data, split)):
+        return None
+    try:
+        layout = detect_layout(data, (split,))
+    except LayoutError as exc:
+        if exc.found:  # mixed forms
+            raise
+        return None
+    return layout if layout.kind != "folder" else None
+
+
 def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "val",
                    batch_size: int = 128, workers: int = 4, device: str = "auto",
                    amp: Any = None, amp_dtype: str = "bfloat16",
@@ -126,7 +144,9 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     from ..ir import with_overrides
     from .distributed import setup, teardown
     from .errors import DataError, RunError
-    from ..data.dataset import ShardSampler, SkippingImageFolder, eval_transform, make_loader
+    from ..data.dataset import (ShardSampler, SkippingImageFolder, SourceDataset, eval_transform,
+                                make_loader)
+    from ..data.layout import open_source
     from .run_folder import checkpoint_context
 
     from .distributed import checked_alike_on_every_rank
@@ -181,7 +201,13 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
             data = str(ensure_tinyshapes())
         if not os.path.isdir(data):
             raise DataError(f"--data {data}: no such folder")
+        shards = _shard_layout(data, split)
         root = os.path.join(data, split) if os.path.isdir(os.path.join(data, split)) else data
+        if shards is not None:
+            root = shards.where(split) or ""
+            if not root:
+                raise DataError(f"--data {data} has no '{split}' split ({shards.describe()}); "
+                                "choose one with --split")
         splits = sorted(n for n in _SPLIT_NAMES if os.path.isdir(os.path.join(data, n)))
         if root == data and splits:
             # Evaluating the root would take 'train' etc. for class folders: a meaningless score.
@@ -198,10 +224,13 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
             if len(ctx.classes) > model.num_classes:
                 raise DataError(f"the run's class list has {len(ctx.classes)} classes but the "
                                 f"model has {model.num_classes}")
-            dataset = SkippingImageFolder(root, eval_transform(model), classes=ctx.classes)
+            dataset = (SkippingImageFolder(root, eval_transform(model), classes=ctx.classes)
+                       if shards is None else SourceDataset(
+                           open_source(shards, split, ctx.classes), eval_transform(model)))
             class_source = "run"
         else:
-            dataset = SkippingImageFolder(root, eval_transform(model))
+            dataset = (SkippingImageFolder(root, eval_transform(model)) if shards is None
+                       else SourceDataset(open_source(shards, split), eval_transform(model)))
             class_source = "folder"
             n = len(dataset.classes)
             if n != model.num_classes:

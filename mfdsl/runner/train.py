@@ -26,8 +26,9 @@ from .distributed import (DistEnv, agree_on_failure, any_rank, barrier,
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import evaluate
 from ..data.dataset import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
-                          SkippingImageFolder, UnknownClassError, UnreadableImages,
-                          eval_transform, make_loader, split_dir, train_transform)
+                          SourceDataset, UnknownClassError, UnreadableImages,
+                          eval_transform, make_loader, train_transform)
+from ..data.layout import detect_layout, open_source
 from .metrics import MetricsLog, format_duration, plot_curves
 from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
@@ -156,12 +157,15 @@ class Trainer:
             if not os.path.isdir(opts.data):
                 raise DataError(f"--data {opts.data}: no such folder")
             self.data_root = opts.data
-        self.train_dir = split_dir(self.data_root, opts.train_split)
+        # The data's form (ImageFolder tree, parquet or tar shards): mfdsl.data.layout.
+        self.layout = detect_layout(self.data_root, (opts.train_split, opts.val_split))
+        self.train_dir = self.layout.where(opts.train_split)
         if self.train_dir is None:
-            raise DataError(f"--data {self.data_root}: no '{opts.train_split}' folder (expected "
-                            f"{opts.train_split}/<class>/<images> and optionally "
-                            f"{opts.val_split}/<class>/<images>)")
-        self.val_dir = split_dir(self.data_root, opts.val_split)
+            raise DataError(f"--data {self.data_root}: no '{opts.train_split}' split (found "
+                            f"{self.layout.describe()}; expected {opts.train_split}/<class>/"
+                            f"<images> and optionally {opts.val_split}/<class>/<images>, or "
+                            "shards of both splits)")
+        self.val_dir = self.layout.where(opts.val_split)
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -182,8 +186,8 @@ class Trainer:
         # The workers lay the uint8 images out as the model runs (no transposing later).
         self.channels_last = (self.env.device.type == "cuda" if self.opts.channels_last is None
                               else self.opts.channels_last)
-        self.train_set = SkippingImageFolder(
-            self.train_dir, train_transform(r, spec.img_size, ev.mean, ev.std, self.opts.hflip,
+        self.train_set = SourceDataset(
+            open_source(self.layout, self.opts.train_split), train_transform(r, spec.img_size, ev.mean, ev.std, self.opts.hflip,
                                             self.crop_scale_min, self.channels_last))
         prior = self.out_plan.prior
         if prior is not None and self.train_set.classes != prior.classes:
@@ -195,9 +199,9 @@ class Trainer:
         self.val_set = None
         if self.val_dir:
             try:
-                self.val_set = SkippingImageFolder(self.val_dir,
-                                                   eval_transform(self.model, self.channels_last),
-                                                   classes=self.train_set.classes)
+                self.val_set = SourceDataset(
+                    open_source(self.layout, self.opts.val_split, self.train_set.classes),
+                    eval_transform(self.model, self.channels_last))
             except UnknownClassError as exc:
                 raise DataError(f"{exc.message}; the class list is that of the training "
                                 f"split {self.train_dir}") from None
