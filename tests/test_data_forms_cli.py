@@ -65,6 +65,11 @@ def test_shards_train_like_the_folder_and_survive_sigkill(setup, form):
     res = json.loads(e.stdout)
     assert res["class_source"] == "run" and res["images"] == jb["final_val"]["images"]
     assert res["top1"] == pytest.approx(jb["final_val"]["top1"], abs=1e-9)
+    # A bounded evaluation, with a progress bar on stderr.
+    q = mfdsl("eval", "--checkpoint", str(run), "--data", data, "--workers", "0",
+              "--val-samples", "5", "--progress", "--batch-size", "2")
+    assert q.returncode == 0, q.stderr[-3000:]
+    assert "(5 images" in q.stdout and "eval val" in q.stderr and "/3 [" in q.stderr
 
 
 def test_resume_on_another_form_with_other_classes_is_refused(setup):

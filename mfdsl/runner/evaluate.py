@@ -15,7 +15,8 @@ from ..data.transforms import BatchPreprocess
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, env: DistEnv,
-             preprocess: Optional[BatchPreprocess] = None) -> Dict[str, Any]:
+             preprocess: Optional[BatchPreprocess] = None, progress: bool = False,
+             desc: str = "val") -> Dict[str, Any]:
     """Exact metrics over the whole split (each rank evaluates its unpadded shard).
 
     ``model`` is prepared for the device (``mfdsl.passes.compile_for_target``: it places
@@ -26,7 +27,8 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
     Loss is plain cross-entropy on the true labels; unreadable images are left out.
     Returns top1/top5 in percent, mean loss, images, img_s and the distinct unreadable files
     over all ranks: ``skipped_images`` (count), ``skipped_paths`` (sorted) and
-    ``skipped_files`` (path -> [failed fetches, first error]).
+    ``skipped_files`` (path -> [failed fetches, first error]). ``progress``: a tqdm bar
+    (``desc``) on stderr, counting batches.
     """
     from ..data.dataset import UnreadableImages
 
@@ -42,7 +44,15 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    for images, target, failures in loader:
+    batches = loader
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        batches = tqdm(loader, total=len(loader), desc=desc, unit="batch", leave=False,
+                       dynamic_ncols=True, file=sys.stderr)
+    for images, target, failures in batches:
         unreadable.add_batch(loader.dataset, failures)
         # Failures mark a replacement sample: leave it out, so every readable image counts
         # exactly once.
@@ -124,7 +134,8 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
                    batch_size: int = 128, workers: int = 4, device: str = "auto",
                    amp: Any = None, amp_dtype: str = "bfloat16",
                    channels_last: Any = None, img_size: Any = None,
-                   crop_pct: Any = None, log: Any = None) -> Dict[str, Any]:
+                   crop_pct: Any = None, log: Any = None, val_samples: Optional[int] = None,
+                   progress: bool = False) -> Dict[str, Any]:
     """Load ``checkpoint`` (mfdsl, timm or official layout) into the model and evaluate it
     on ``data``/``split`` (or ``data`` itself if it has no such sub-folder; the embedded
     dataset's val split if ``data`` is None).
@@ -135,7 +146,9 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     ``img_size``/``crop_pct`` override them) and its class list (labels are positions in
     it; a folder class outside it is an error). A checkpoint without context (a bare or
     timm/official file) needs ``spec``; labels are then the folder's sorted class names,
-    whose number must equal the head's.
+    whose number must equal the head's. ``val_samples``: evaluate only that many images,
+    spread evenly over the split (a quick check, not a comparable score); ``progress``: a
+    tqdm bar on the first rank.
     """
     import os
 
@@ -145,7 +158,7 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     from .distributed import setup, teardown
     from .errors import DataError, RunError
     from ..data.dataset import (ShardSampler, SkippingImageFolder, SourceDataset, eval_transform,
-                                make_loader)
+                                make_loader, spread_subset)
     from ..data.layout import open_source
     from .run_folder import checkpoint_context
 
@@ -157,6 +170,8 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
         say = log or (lambda msg: None)
         if batch_size < 1:
             raise RunError("--batch-size must be >= 1")
+        if val_samples is not None and val_samples < 1:
+            raise RunError(f"--val-samples must be >= 1, got {val_samples}")
         if crop_pct is not None and not 0 < crop_pct <= 1:
             raise RunError(f"--crop-pct must be in (0, 1], got {crop_pct}")
         ckpt_path = resolve_checkpoint_path(checkpoint)
@@ -254,9 +269,12 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
             raise RunError(f"--amp-dtype must be bfloat16 or float16, got {amp_dtype}")
         prepared = compile_for_target(model.eval(), env.device, dtype if use_amp else "fp32",
                                       mode="eager", channels_last=cl)
-        loader = make_loader(dataset, ShardSampler(len(dataset), env.rank, env.world_size),
+        subset = spread_subset(len(dataset), val_samples)
+        loader = make_loader(dataset, ShardSampler(len(dataset), env.rank, env.world_size,
+                                                   subset),
                              batch_size, workers, 0, drop_last=False, pin_memory=cuda)
-        res = evaluate(prepared, loader, env)
+        res = evaluate(prepared, loader, env, progress=progress and env.is_main,
+                       desc=f"eval {split}")
         from .distributed import barrier
 
         barrier(env)  # ranks tear the process group down together

@@ -27,7 +27,7 @@ from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import evaluate
 from ..data.dataset import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
                           SourceDataset, UnknownClassError, UnreadableImages,
-                          eval_transform, make_loader, train_transform)
+                          eval_transform, make_loader, spread_subset, train_transform)
 from ..data.layout import detect_layout, open_source
 from .metrics import MetricsLog, format_duration, plot_curves
 from .optim import LRSchedule, create_optimizer
@@ -444,7 +444,8 @@ class Trainer:
                            pin_memory=self.env.device.type == "cuda")
 
     def _val_loader(self):
-        sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size)
+        sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size,
+                               spread_subset(len(self.val_set), self.opts.val_samples))
         return make_loader(self.val_set, sampler, self.plan.per_device, self.opts.workers,
                            self.opts.seed, drop_last=False,
                            pin_memory=self.env.device.type == "cuda")
@@ -452,9 +453,13 @@ class Trainer:
     def validate(self) -> Optional[Dict[str, Any]]:
         if self.val_set is None:
             return None
-        res = evaluate(self.forward_model, self._val_loader(), self.env)
+        opts = self.opts
+        bar = (opts.progress if opts.progress is not None else sys.stderr.isatty()) \
+            and self.env.is_main
+        res = evaluate(self.forward_model, self._val_loader(), self.env, progress=bar)
         if self.ema is not None:
-            ema_res = evaluate(self.ema_eval, self._val_loader(), self.env)
+            ema_res = evaluate(self.ema_eval, self._val_loader(), self.env, progress=bar,
+                               desc="val (EMA)")
             res["ema_top1"], res["ema_top5"] = ema_res["top1"], ema_res["top5"]
         st = self.state
         st.last_val, st.last_val_step = res, st.step
