@@ -245,3 +245,29 @@ def test_folder_symlinks_index_by_link_without_realpath_per_file(tmp_path, monke
     n = len(src)
     assert n == 3 * 3 + 1 and len(calls) < 10  # a few folders, not one per file
     assert src.read(0) == (real / "train" / WNIDS[0] / f"{WNIDS[0]}_0000.JPEG").read_bytes()
+
+
+def test_folder_manifest_is_reused_while_valid_and_rescanned_after_a_change(tmp_path,
+                                                                             monkeypatch):
+    import mfdsl.data.folder as folder
+
+    monkeypatch.setenv("MFDSL_CACHE", str(tmp_path / "cache"))
+    root = _tree(tmp_path / "d", 3, 1)
+    old = 1_600_000_000
+    for d, _, _ in os.walk(root):
+        os.utime(d, (old, old))
+    a = open_source(detect_layout(str(root)), "train")
+    assert list((tmp_path / "cache" / "folder-index").glob("*.npz"))
+    real_scan = folder.scan_image_folder
+    monkeypatch.setattr(folder, "scan_image_folder", lambda *a, **k: pytest.fail("rescanned"))
+    b = open_source(detect_layout(str(root)), "train")  # a second rank / a later run
+    assert b.classes == a.classes and np.array_equal(b.index.names, a.index.names)
+    assert np.array_equal(b.labels, a.labels) and b.notes == a.notes
+    # Another class list is another manifest.
+    monkeypatch.setattr(folder, "scan_image_folder", real_scan)
+    c = open_source(detect_layout(str(root)), "train", ["n00000000"] + WNIDS)
+    assert c.missing_classes == ["n00000000"] and c.labels.min() == 1
+    # A file added: its folder's mtime moved, so the tree is scanned again.
+    (root / "train" / WNIDS[2] / "new.JPEG").write_bytes(b"x")
+    d = open_source(detect_layout(str(root)), "train")
+    assert len(d) == len(a) + 1

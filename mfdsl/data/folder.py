@@ -18,11 +18,14 @@ What a split folder holds (the scanning rule):
 """
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..runner.errors import DataError
+from . import manifest
 from .index import NameIndex, NameIndexBuilder
 from .sources import Source, UnknownClassError, read_file, show_path
 
@@ -43,8 +46,10 @@ class FolderScan:
         return self.index.pairs()
 
 
-def _entries(path: str) -> List[os.DirEntry]:
+def _entries(path: str, listed: Optional[List[Tuple[str, int]]] = None) -> List[os.DirEntry]:
     try:
+        if listed is not None:  # stat before listing: a change after it moves the mtime
+            listed.append((path, os.stat(path).st_mtime_ns))
         with os.scandir(path) as it:
             return sorted(it, key=lambda e: e.name)
     except OSError as exc:
@@ -128,19 +133,22 @@ _NOTE = {
 }
 
 
-def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None) -> FolderScan:
+def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
+                      listed: Optional[List[Tuple[str, int]]] = None) -> FolderScan:
     """Scan a split folder by the rule in this module's docstring.
 
     ``classes``: the label list to use (label = position); a class folder not in it is an
     error, listed classes without a folder are allowed (``missing_classes``). Default: the
     sorted class folder names (ImageNet's wnid folders then get the standard indices).
+    ``listed``: if given, receives ``(folder, mtime_ns)`` of every folder listed (what a
+    cached scan is validated against).
     """
     if not os.path.isdir(root):
         raise DataError(f"data folder not found: {show_path(root)}")
     root_real = os.path.realpath(root)
     tally = _Tally()
     folders: List[Tuple[str, str, str]] = []  # (name, path, real path)
-    for e in _entries(root):
+    for e in _entries(root, listed):
         if e.name.startswith("."):
             continue
         if e.is_dir():
@@ -182,7 +190,7 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None) -> Fol
         while stack:
             dpath, dreal = stack.pop()
             subdirs: List[Tuple[str, str]] = []
-            for e in _entries(dpath):
+            for e in _entries(dpath, listed):
                 if e.name.startswith("."):
                     tally.add("hidden", show_path(e.path))
                     continue
@@ -271,6 +279,54 @@ def _two_labels(path: str, real: str, owner: str, name: str) -> DataError:
 
 
 
+FOLDER_INDEX_VERSION = 1
+# A folder changed this recently may change again within its modification time's
+# resolution (a second or two on some network file systems): such a scan is not cached.
+SETTLED_S = 2.0
+
+
+def cached_folder_scan(root: str, classes: Optional[Sequence[str]] = None) -> FolderScan:
+    """:func:`scan_image_folder`, through a manifest in ``$MFDSL_CACHE/folder-index``.
+
+    The manifest records the modification time of every folder the scan listed (a file
+    added, removed, renamed or re-linked changes its folder's) and is used only while all
+    of them are unchanged. The ranks of one machine take a lock around the scan: the first
+    scans, the others read its manifest. A scan of folders changed in the last seconds is
+    not cached."""
+    key = (os.path.realpath(root), json.dumps(None if classes is None else list(classes)),
+           str(FOLDER_INDEX_VERSION))
+    path = manifest.cache_path("folder-index", *key)
+    with manifest.build_lock(path):
+        got = manifest.load(path)
+        if got is not None and _still_valid(got[1]):
+            arrays, meta = got
+            return FolderScan(meta["classes"], NameIndex(arrays["names"], arrays["offsets"],
+                                                         arrays["labels"], arrays["flags"]),
+                              meta["missing"], meta["notes"])
+        listed: List[Tuple[str, int]] = []
+        started = time.time()
+        scan = scan_image_folder(root, classes, listed)
+        if listed and max(m for _, m in listed) / 1e9 < started - SETTLED_S:
+            idx = scan.index
+            manifest.save(path, {"names": idx.names, "offsets": idx.offsets,
+                                 "labels": idx.labels, "flags": idx.flags},
+                          {"version": FOLDER_INDEX_VERSION, "classes": scan.classes,
+                           "missing": scan.missing_classes, "notes": scan.notes,
+                           "listed": [[os.fsencode(p).decode("utf-8", "surrogateescape"), m]
+                                      for p, m in listed]})
+        return scan
+
+
+def _still_valid(meta: dict) -> bool:
+    if meta.get("version") != FOLDER_INDEX_VERSION:
+        return False
+    try:
+        return all(os.stat(os.fsdecode(p.encode("utf-8", "surrogateescape"))).st_mtime_ns == m
+                   for p, m in meta["listed"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
 class FolderSource(Source):
     """An ImageFolder split (the scanning rule: :func:`mfdsl.data.dataset.scan_image_folder`).
 
@@ -281,7 +337,7 @@ class FolderSource(Source):
     kind = "folder"
 
     def __init__(self, root: str, classes: Optional[Sequence[str]] = None) -> None:
-        scan = scan_image_folder(root, classes)
+        scan = cached_folder_scan(root, classes)
         self.root = root
         self.classes, self.index = scan.classes, scan.index
         self.labels = self.index.labels

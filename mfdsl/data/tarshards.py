@@ -154,16 +154,22 @@ def _save(path: str, index: Dict[str, Any], stats: List[List[Any]]) -> bool:
 def load_or_build_index(root: str, split: str, files: Sequence[str]
                         ) -> Tuple[Dict[str, Any], str]:
     """The cached index if one matches the shards (names, sizes, mtimes), else a new one,
-    saved beside the shards or in the cache folder. Also says which happened."""
+    saved beside the shards or in the cache folder, under a lock (one build per machine).
+    Also says which happened."""
+    from .manifest import build_lock
+
     stats = _shard_stats(files)
-    for path in _cache_paths(root, split):
-        got = _load(path, stats)
-        if got is not None:
-            return got, f"shard index read from {path}"
-    index = build_index(files)
-    for path in _cache_paths(root, split):
-        if _save(path, index, stats):
-            return index, f"shard index built and saved to {path}"
+    paths = _cache_paths(root, split)
+    # The ranks of one machine: the first builds, the others wait and read its index.
+    with build_lock(paths[1]):
+        for path in paths:
+            got = _load(path, stats)
+            if got is not None:
+                return got, f"shard index read from {path}"
+        index = build_index(files)
+        for path in paths:
+            if _save(path, index, stats):
+                return index, f"shard index built and saved to {path}"
     return index, "shard index built (could not be saved: no writable index folder)"
 
 
