@@ -17,8 +17,9 @@ Generation (skipped for what already exists under --root):
 
 Measurements, each reader in a fresh process (spawned by this script):
 
-- index: seconds to build the reader's sample list, and the process's peak RSS after it
-  (``ru_maxrss``) with the imports' own peak subtracted;
+- index: seconds to build the reader's sample list (``-cold``: mfdsl's cached folder
+  manifest / tar index removed first; else reused), the peak RSS during the build and the RSS
+  it keeps, above the RSS before it (``VmHWM``, reset first, and ``VmRSS``);
 - worker USS growth: one DataLoader worker reads ``--samples`` samples in random order (decode
   only); its unique memory (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) after
   the first batch and at the end; the growth is the copy-on-access of the index;
@@ -33,7 +34,6 @@ import io
 import json
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -128,8 +128,18 @@ def _uss(pid: int) -> int:
     return total
 
 
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _reset_peak() -> None:
+    # Linux: writing 5 resets the peak RSS (VmHWM) to the current RSS.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def _make(reader: str, root: str) -> Any:
@@ -175,13 +185,19 @@ def measure(reader: str, root: str, samples: int, rate_samples: int) -> Dict[str
     import mfdsl.data.dataset  # noqa: F401
 
     torch.set_num_threads(1)
-    base = _maxrss()
+    import gc
+
+    gc.collect()
+    _reset_peak()
+    base = _status("VmRSS")
     t0 = time.perf_counter()
     ds = _make(reader, root)
     index_s = time.perf_counter() - t0
     n = len(ds)
+    # Peak during the build and what stays, above the RSS before it.
     out: Dict[str, Any] = {"reader": reader, "samples": n, "index_s": index_s,
-                           "index_rss_mb": (_maxrss() - base) / 2**20}
+                           "index_peak_mb": (_status("VmHWM") - base) / 2**20,
+                           "index_held_mb": (_status("VmRSS") - base) / 2**20}
     rng = np.random.default_rng(0)
     # img/s in this process: read + decode, random order.
     order = rng.integers(0, n, rate_samples)
@@ -217,10 +233,10 @@ def measure(reader: str, root: str, samples: int, rate_samples: int) -> Dict[str
     return out
 
 
-def _spawn(reader: str, root: str, args: argparse.Namespace) -> Dict[str, Any]:
+def _spawn(reader: str, root: str, args: argparse.Namespace, cache: str) -> Dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", reader, "--measure-root", root,
            "--samples", str(args.samples), "--rate-samples", str(args.rate_samples)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MFDSL_CACHE=cache)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     if p.returncode != 0:
         return {"reader": reader, "error": p.stderr.strip().splitlines()[-1:]}
@@ -237,9 +253,11 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--no-links", action="store_true", help="skip the symlinked tree")
     ap.add_argument("--samples", type=int, default=80000, help="worker USS: samples read")
     ap.add_argument("--rate-samples", type=int, default=3000)
-    ap.add_argument("--readers", default="tv-folder,timm-folder,mfdsl-folder,tv-links,"
-                    "mfdsl-links,tv-subset,mfdsl-subset,mfdsl-parquet,mfdsl-tar-cold,"
-                    "mfdsl-tar")
+    ap.add_argument("--readers", default="tv-folder,timm-folder,mfdsl-folder-cold,mfdsl-folder,"
+                    "tv-links,mfdsl-links-cold,tv-subset,mfdsl-subset-cold,mfdsl-parquet,"
+                    "mfdsl-tar-cold,mfdsl-tar",
+                    help="-cold: the reader's cached index (mfdsl's folder manifest, tar "
+                         "index) removed first")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
@@ -258,12 +276,17 @@ def main(argv: List[str] = None) -> int:
              "timm-subset": "subset/train", "mfdsl-subset": "subset/train",
              "mfdsl-parquet": "parquet", "mfdsl-tar-cold": "tar", "mfdsl-tar": "tar"}
     results = []
+    cache = os.path.join(root, "mfdsl-cache")
     for reader in args.readers.split(","):
-        if reader == "mfdsl-tar-cold":
+        base = reader.replace("-cold", "")
+        if reader.endswith("-cold"):
+            import shutil
+
+            shutil.rmtree(cache, ignore_errors=True)
             for name in os.listdir(os.path.join(root, "tar")):
                 if name.startswith(".mfdsl-index-"):
                     os.unlink(os.path.join(root, "tar", name))
-        r = _spawn(reader.replace("-cold", ""), os.path.join(root, where[reader]), args)
+        r = _spawn(base, os.path.join(root, where[base]), args, cache)
         r["reader"] = reader
         results.append(r)
         print(json.dumps(r), flush=True)
@@ -280,15 +303,15 @@ def main(argv: List[str] = None) -> int:
 
 
 def _table(results: List[Dict[str, Any]]) -> str:
-    head = ("| reader | samples | index s | index RSS MB | img/s (1 proc) | first batch s | "
-            "worker USS start MB | USS growth MB / samples |")
+    head = ("| reader | samples | index s | index peak / held MB | img/s (1 proc) | "
+            "first batch s | worker USS start MB | USS growth MB / samples |")
     rows = [head, "|" + "---|" * 8]
     for r in results:
         if "error" in r:
             rows.append(f"| {r['reader']} | error: {r['error']} |" + " |" * 6)
             continue
         rows.append(f"| {r['reader']} | {r['samples']} | {r['index_s']:.2f} | "
-                    f"{r['index_rss_mb']:.0f} | {r['img_s']:.0f} | {r['first_batch_s']:.2f} | "
+                    f"{r['index_peak_mb']:.0f} / {r['index_held_mb']:.0f} | {r['img_s']:.0f} | {r['first_batch_s']:.2f} | "
                     f"{r.get('worker_uss_start_mb', 0):.0f} | "
                     f"{r.get('worker_uss_growth_mb', float('nan')):+.1f} / "
                     f"{r.get('worker_samples', 0)} |")
