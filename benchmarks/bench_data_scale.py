@@ -233,6 +233,38 @@ def measure(reader: str, root: str, samples: int, rate_samples: int) -> Dict[str
     return out
 
 
+def row_group_probe(folder: str, rows: int = 100, size: int = 110_000, reads: int = 40
+                    ) -> Dict[str, float]:
+    """ms per random sample from one parquet row group of ``rows`` ImageNet-sized values
+    (``size`` bytes, about a mean ImageNet JPEG): pyarrow's read_row_group (the whole group)
+    vs mfdsl's reader (pages up to the sample's batch)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mfdsl.data.parquet import ParquetSource
+    from mfdsl.data.writers import write_parquet_split
+
+    rng = np.random.default_rng(0)
+    items = [(rng.bytes(size), 0, f"{i}.JPEG") for i in range(rows)]
+    os.makedirs(folder, exist_ok=True)
+    files = write_parquet_split(items, folder, "train", ["a"], per_shard=rows, rows_per_group=rows)
+    picks = rng.integers(0, rows, reads)
+    t0 = time.perf_counter()
+    for r in picks:
+        pf = pq.ParquetFile(files[0])
+        pf.read_row_group(0, columns=["image"]).column(0).combine_chunks().field("bytes")[int(r)]
+    whole = (time.perf_counter() - t0) / reads * 1e3
+    src = ParquetSource(folder, files)
+    t0 = time.perf_counter()
+    for r in picks:
+        src._worker["cursor"] = None  # a random access: no batch to continue from
+        src.read(int(r))
+    ours = (time.perf_counter() - t0) / reads * 1e3
+    del pa
+    return {"rows": rows, "value_bytes": size, "read_row_group_ms": whole, "mfdsl_ms": ours}
+
+
 def _spawn(reader: str, root: str, args: argparse.Namespace, cache: str) -> Dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", reader, "--measure-root", root,
            "--samples", str(args.samples), "--rate-samples", str(args.rate_samples)]
@@ -260,6 +292,8 @@ def main(argv: List[str] = None) -> int:
                          "index) removed first")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--row-group-probe", action="store_true",
+                    help="only: ms per random sample from a 100-row group of 110 KB values")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--measure-root", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -268,6 +302,9 @@ def main(argv: List[str] = None) -> int:
                                  args.rate_samples)))
         return 0
     root = os.path.abspath(args.root)
+    if args.row_group_probe:
+        print(json.dumps(row_group_probe(os.path.join(root, "row-group-probe"))))
+        return 0
     gen = generate(root, args.classes, args.per_class, args.val_per_class,
                    args.shard_per_class, not args.no_links)
     where = {"tv-folder": "folder/train", "timm-folder": "folder/train",

@@ -95,6 +95,8 @@ def test_same_classes_labels_and_order_in_every_form(forms):
         assert src.classes == WNIDS, kind
         assert np.array_equal(src.labels, ref.labels), kind
         assert [src.read(i) for i in range(len(src))] == [ref.read(i) for i in range(len(ref))]
+        shuffled = random.Random(kind).sample(range(len(src)), len(src))
+        assert [src.read(i) for i in shuffled] == [ref.read(i) for i in shuffled], kind
     # val with the training class list
     vals = {k: open_source(detect_layout(v), "val", WNIDS) for k, v in forms.items()}
     assert len({tuple(v.labels) for v in vals.values()}) == 1
