@@ -21,8 +21,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from ..runner.errors import DataError
 from . import manifest
@@ -68,9 +71,8 @@ class _FileLinks:
 
     ``os.path.realpath`` costs one ``lstat`` per path component (~16 syscalls for a file in
     a cluster's dataset tree). A tree made of file links (how shared clusters often lay data
-    out) has a million links into a few thousand folders: read the link (one syscall),
-    resolve its folder once (cached), and check with one ``lstat`` that the target is not
-    itself a link (a chain: then the full ``realpath``)."""
+    out) has a million links into a few thousand folders: read the link (one syscall) and
+    resolve its folder once (cached). A chain of links is followed one hop."""
 
     def __init__(self) -> None:
         self._dirs: Dict[str, str] = {}
@@ -87,8 +89,9 @@ class _FileLinks:
         rd = self._dirs.get(d)
         if rd is None:
             rd = self._dirs[d] = os.path.realpath(d)
-        real = os.path.join(rd, base)
-        return os.path.realpath(path) if os.path.islink(real) else real
+        # A target that is itself a link (a chain) is taken at this first hop: one readlink
+        # per file, not an lstat more to look further.
+        return os.path.join(rd, base)
 
 
 def _within(path: str, top: str) -> bool:
@@ -179,7 +182,9 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
     built = NameIndexBuilder()
     links = _FileLinks()
     dirs_read: Dict[str, int] = {}       # real path -> label, every folder read
-    linked_files: Dict[str, int] = {}    # real path -> label, files reached through links
+    # hash of every image's real path and its label (flat: 12 bytes per image, not a dict
+    # entry): one file under two classes is found at the end.
+    real_hash, real_label = array("q"), array("i")
     for name, path, real in folders:
         ci = label[name]
         paths: List[str] = []
@@ -194,7 +199,23 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
                 if e.name.startswith("."):
                     tally.add("hidden", show_path(e.path))
                     continue
-                if e.is_dir():
+                if e.is_symlink() and e.name.lower().endswith(IMG_EXTENSIONS):
+                    # A link named like an image is taken as an image file without a stat
+                    # through it (trees of file links: one readlink per file); a broken
+                    # link, or one to a folder, fails when read: reported unreadable then.
+                    freal = links.real(e.path, dreal)
+                    for o in (_owner(freal, class_of_real), dirs_read.get(os.path.dirname(freal))):
+                        if o is not None and o != ci:
+                            raise _two_labels(e.path, freal, label_list[o], name)
+                    if freal in seen_here:
+                        tally.add("twice", show_path(e.path))
+                        continue
+                    seen_here.add(freal)
+                    real_hash.append(hash(freal))
+                    real_label.append(ci)
+                    paths.append(e.path)
+                    flags.append(0)
+                elif e.is_dir():
                     sreal = _real(e, dreal)
                     if sreal in dirs_read or _within(root_real, sreal):
                         if sreal in dirs_read and dirs_read[sreal] != ci:
@@ -211,22 +232,13 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
                     if not e.name.lower().endswith(IMG_EXTENSIONS):
                         tally.add("other", show_path(e.path))
                         continue
-                    freal = (links.real(e.path, dreal) if e.is_symlink()
-                             else os.path.join(dreal, e.name))
-                    # Another class reached this file through a file link, or (for a link)
-                    # holds or read the folder it lies in.
-                    other = linked_files.get(freal, ci)
-                    if e.is_symlink():
-                        linked_files.setdefault(freal, ci)
-                        for o in (_owner(freal, class_of_real),
-                                  dirs_read.get(os.path.dirname(freal))):
-                            other = o if o is not None and o != ci else other
-                    if other != ci:
-                        raise _two_labels(e.path, freal, label_list[other], name)
+                    freal = os.path.join(dreal, e.name)  # (links named so: handled above)
                     if freal in seen_here:
                         tally.add("twice", show_path(e.path))
                         continue
                     seen_here.add(freal)
+                    real_hash.append(hash(freal))
+                    real_label.append(ci)
                     paths.append(e.path)
                     flags.append(0)
                 elif e.name.lower().endswith(IMG_EXTENSIONS):
@@ -242,7 +254,29 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
                             f"{', '.join(IMG_EXTENSIONS)}; names starting with '.' are left "
                             "out); remove the folder or add its images")
         built.add_chunk(paths, [ci] * len(paths), flags)
-    return FolderScan(label_list, built.build(), missing, tally.notes())
+    index = built.build()
+    _check_one_label_per_file(index, np.frombuffer(real_hash, np.int64),
+                              np.frombuffer(real_label, np.int32), label_list, links)
+    return FolderScan(label_list, index, missing, tally.notes())
+
+
+def _check_one_label_per_file(index: NameIndex, hashes: np.ndarray, labels: np.ndarray,
+                              label_list: List[str], links: "_FileLinks") -> None:
+    """An image file reached under two classes (through links) is an error: found as equal
+    real-path hashes with different labels, confirmed on the real paths."""
+    if len(hashes) < 2:
+        return
+    # Position of each kept image in the index (names without a hash: non-files, flag 1).
+    pos = np.flatnonzero(index.flags == 0)
+    order = np.argsort(hashes, kind="stable")
+    h, lab = hashes[order], labels[order]
+    same = np.flatnonzero((h[1:] == h[:-1]) & (lab[1:] != lab[:-1]))
+    for k in same:
+        a, b = int(pos[order[k]]), int(pos[order[k + 1]])
+        pa, pb = index.name(a), index.name(b)
+        ra, rb = os.path.realpath(pa), os.path.realpath(pb)
+        if ra == rb:
+            raise _two_labels(pb, rb, label_list[index.label(a)], label_list[index.label(b)])
 
 
 def _label_list(root: str, names: List[str], classes: Optional[Sequence[str]]
