@@ -185,6 +185,7 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
     # hash of every image's real path and its label (flat: 12 bytes per image, not a dict
     # entry): one file under two classes is found at the end.
     real_hash, real_label = array("q"), array("i")
+    owner_of_dir: Dict[str, Optional[int]] = {}
     for name, path, real in folders:
         ci = label[name]
         paths: List[str] = []
@@ -204,9 +205,13 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
                     # through it (trees of file links: one readlink per file); a broken
                     # link, or one to a folder, fails when read: reported unreadable then.
                     freal = links.real(e.path, dreal)
-                    for o in (_owner(freal, class_of_real), dirs_read.get(os.path.dirname(freal))):
-                        if o is not None and o != ci:
-                            raise _two_labels(e.path, freal, label_list[o], name)
+                    fdir = os.path.dirname(freal)
+                    o = owner_of_dir.get(fdir, -1)
+                    if o == -1:  # once per target folder: the class holding or reading it
+                        o = _owner(fdir, class_of_real)
+                        o = owner_of_dir[fdir] = o if o is not None else dirs_read.get(fdir)
+                    if o is not None and o != ci:
+                        raise _two_labels(e.path, freal, label_list[o], name)
                     if freal in seen_here:
                         tally.add("twice", show_path(e.path))
                         continue
