@@ -124,6 +124,9 @@ def test_same_batches_as_the_folder_with_any_workers(forms, kind):
     for _, _, f in got:
         log.add_batch(sds, f)
     assert all(":" in p for p in log.paths())  # shard:key / file:row names
+    # Errors name the sample, not the in-memory buffer's address (stable across runs).
+    errors = [e for _, _, f in got for item in f for _, e in item]
+    assert errors and all("BytesIO" not in e and "0x" not in e for e in errors)
 
 
 def test_ddp_shards_are_the_same_samples_in_every_form(forms):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -45,6 +46,9 @@ def _decode(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as f:
         f.load()
         return f if f.mode == "RGB" else f.convert("RGB")  # no copy for RGB JPEGs
+
+
+_BUFFER = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def _describe(exc: BaseException) -> str:
@@ -111,7 +115,8 @@ class SourceDataset(Dataset):
             try:
                 img = _decode(src.read(j))
             except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad file
-                failures.append((j, _describe(exc)))
+                # PIL names the in-memory buffer (an address: differs per run); name the file.
+                failures.append((j, _BUFFER.sub(lambda m: repr(src.name(j)), _describe(exc))))
                 continue
             target = src.label(j)
             if isinstance(self.transform, SeededPipeline):
