@@ -44,9 +44,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mfdsl.ir import RecipeSpec  # noqa: E402
-from mfdsl.runner.transforms import (BatchPreprocess, _patch_posterize,  # noqa: E402
+from mfdsl.data.transforms import (BatchPreprocess, _patch_posterize,  # noqa: E402
                                      caller_rngs_preserved, train_transform)
-from mfdsl.runner.imagefolder import (ResumableDistributedSampler, SkippingImageFolder,  # noqa: E402
+from mfdsl.data.dataset import (ResumableDistributedSampler, SkippingImageFolder,  # noqa: E402
                                       collate, make_loader)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -10,7 +10,7 @@ import re
 from typing import Any, Dict, Optional, Tuple
 
 from . import layers  # noqa: F401 - registers the built-in components the checks look up
-from .augment import AugmentError, parse_augment
+from .data.augment import AugmentError, parse_augment
 from .errors import Loc, SpecError, nearest
 from .ir import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, MAX_SIDE, SIZE, STR, Call,
                  DownsampleSpec, ModelSpec, RecipeSpec, Setting, StageSpec, settings_of)

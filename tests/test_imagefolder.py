@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 
 from mfdsl import ir
-from mfdsl.runner.transforms import (BatchPreprocess, HorizontalFlip, PendingErasing,
+from mfdsl.data.transforms import (BatchPreprocess, HorizontalFlip, PendingErasing,
                                      RandomErasing, SeededPipeline, ToNormalizedTensor,
                                      ToUint8Tensor, _patch_posterize, eval_transform,
                                      train_transform)
 from mfdsl.runner.errors import DataError
-from mfdsl.runner.imagefolder import (ResumableDistributedSampler, ShardSampler,
+from mfdsl.data.dataset import (ResumableDistributedSampler, ShardSampler,
                                       SkippingImageFolder, UnknownClassError,
                                       UnreadableImages, collate, make_loader,
                                       scan_image_folder)

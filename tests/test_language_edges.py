@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from mfdsl.api import build_model, check_spec, load_spec
-from mfdsl.augment import AugmentError, parse_augment
+from mfdsl.data.augment import AugmentError, parse_augment
 from mfdsl.errors import SpecError
 from mfdsl.registry import MAP, POOLED, register_norm, registry
 
@@ -246,7 +246,7 @@ def test_valid_augment_strings_run_in_the_training_pipeline(text):
 
     from PIL import Image
 
-    from mfdsl.runner.imagefolder import train_transform
+    from mfdsl.data.dataset import train_transform
 
     parse_augment(text)
     recipe = SimpleNamespace(randaugment=text, train_interpolation="bicubic",

@@ -16,7 +16,7 @@ from mfdsl import ir
 from mfdsl.cli import main
 from mfdsl.runner import checkpointing as ckpt
 from mfdsl.runner.errors import DataError, RunError
-from mfdsl.runner.imagefolder import (ResumableDistributedSampler, ShardSampler,
+from mfdsl.data.dataset import (ResumableDistributedSampler, ShardSampler,
                                       SkippingImageFolder, UnreadableImages, make_loader)
 from mfdsl.runner.optim import LRSchedule, create_optimizer, param_groups
 from mfdsl.runner.options import plan_batches, scaled_lr
@@ -205,7 +205,7 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path: Path) -> None:
 
 def test_paper_randaugment_never_crashes_on_max_posterize() -> None:
     # rand-m9-mstd0.5 reaches level 10, where timm asks Pillow for 0-bit posterize.
-    from mfdsl.runner.transforms import _posterize, train_transform
+    from mfdsl.data.transforms import _posterize, train_transform
 
     assert _posterize(Image.new("RGB", (4, 4), (200, 10, 10)), 0).getpixel((0, 0)) == (0, 0, 0)
     tf = train_transform(ir.RecipeSpec(randaugment="rand-m10-mstd0.5-inc1"), (16, 16),

@@ -164,10 +164,15 @@ def _recipe_options(f):
 @main.command("train")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(), default=None,
-              help="ImageFolder root with train/<class>/* and val/<class>/* (ImageNet-1K "
-                   "layout). Default: the built-in TinyShapes dataset (generated offline).")
+              help="Dataset folder: an ImageFolder tree (train/<class>/*, val/<class>/*), a "
+                   "Hugging Face parquet folder (data/train-*.parquet, data/validation-*) or "
+                   "WebDataset shards (*-train-NNNN.tar, *-validation-NNNN.tar). Default: the "
+                   "built-in TinyShapes dataset (generated offline).")
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--val-split", default="val", show_default=True)
+@click.option("--val-samples", type=click.IntRange(min=1), default=None,
+              help="Validate on this many images spread evenly over the val split (quick "
+                   "runs; the score is not the full split's). Default: all.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Run folder. Default: runs/<model name>.")
 @_recipe_options
@@ -273,6 +278,7 @@ def train_cmd(spec: str, **kw: Any) -> None:
         keep_recent=kw["keep_recent"], ckpt_every=kw["ckpt_every"],
         log_every=kw["log_every"], eval_every=kw["eval_every"],
         tensorboard=kw["tensorboard"], progress=kw["progress"], argv=tuple(sys.argv),
+        val_samples=kw["val_samples"],
         recipe_overrides=overrides, init_from=kw["init_from"],
         inherit=tuple(kw["inherit"]), inherit_depth=kw["inherit_depth"],
         grad_checkpointing=kw["grad_checkpointing"],
@@ -294,7 +300,8 @@ def train_cmd(spec: str, **kw: Any) -> None:
               help="SPEC's released ImageNet weights (default tag for its size), or a tag "
                    "(sail_in22k_ft_in1k) or release name; fetched via the Hugging Face cache.")
 @click.option("--data", type=click.Path(), default=None,
-              help="ImageFolder root; its --split sub-folder is used if present. Default: "
+              help="ImageFolder root (its --split sub-folder is used if present), or a "
+                   "parquet or tar shard folder (its --split shards). Default: "
                    "the built-in TinyShapes val split.")
 @click.option("--split", default="val", show_default=True)
 @click.option("--img-size", help="Evaluate at this size instead of the run's (e.g. 224 or "
@@ -310,11 +317,16 @@ def train_cmd(spec: str, **kw: Any) -> None:
               help="Start this many processes (one per device) on this machine, like "
                    "torchrun --standalone; a failing process's message is the only one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--val-samples", type=click.IntRange(min=1), default=None,
+              help="Evaluate only this many images, spread evenly over the split.")
+@click.option("--progress/--no-progress", default=None,
+              help="tqdm progress bar (default: when stderr is a terminal and not --json).")
 def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optional[str],
              data: Optional[str], split: str,
              img_size: Optional[str], crop_pct: Optional[float], batch_size: int,
              workers: int, device: str, amp: Optional[bool], channels_last: Optional[bool],
-             nproc_per_node: Optional[int], as_json: bool) -> None:
+             nproc_per_node: Optional[int], as_json: bool, val_samples: Optional[int],
+             progress: Optional[bool]) -> None:
     """Evaluate CHECKPOINT (or SPEC's released weights, --pretrained): top-1, top-5, loss
     and images/s.
 
@@ -341,7 +353,8 @@ def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optiona
     quiet = as_json or os.environ.get("RANK") not in (None, "0")
     res = _run_guarded(run_evaluation, parsed, checkpoint, data, split, batch_size, workers,
                        device, amp, "bfloat16", channels_last, size, crop_pct,
-                       None if quiet else (lambda m: click.echo(m, err=True)))
+                       None if quiet else (lambda m: click.echo(m, err=True)), val_samples,
+                       (sys.stderr.isatty() and not as_json) if progress is None else progress)
     if os.environ.get("RANK") not in (None, "0"):
         return
     paths = res.pop("skipped_paths")
@@ -354,7 +367,7 @@ def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optiona
     click.echo(f"  top-1 {res['top1']:.2f}%   top-5 {res['top5']:.2f}%   loss {res['loss']:.4f}"
                f"   {res['img_s']:.1f} img/s")
     if res["skipped_images"]:
-        from ..runner.imagefolder import show_path
+        from ..data.dataset import show_path
 
         click.echo(f"  skipped {res['skipped_images']} unreadable image(s): "
                    + ", ".join(show_path(p) for p in paths[:5]))

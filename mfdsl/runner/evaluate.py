@@ -10,25 +10,27 @@ import torch.nn.functional as F
 
 from .distributed import DistEnv, all_sum, gather_objects
 from .metrics import accuracy_counts
-from .transforms import BatchPreprocess
+from ..data.transforms import BatchPreprocess
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, env: DistEnv,
-             preprocess: Optional[BatchPreprocess] = None) -> Dict[str, Any]:
+             preprocess: Optional[BatchPreprocess] = None, progress: bool = False,
+             desc: str = "val") -> Dict[str, Any]:
     """Exact metrics over the whole split (each rank evaluates its unpadded shard).
 
     ``model`` is prepared for the device (``mfdsl.passes.compile_for_target``: it places
     the images, sets their layout and enters autocast itself). ``preprocess``: the batch
-    step on the device (a :class:`mfdsl.runner.transforms.BatchPreprocess`); by default
+    step on the device (a :class:`mfdsl.data.transforms.BatchPreprocess`); by default
     the one completing ``loader.dataset.transform``, in the model's memory format.
 
     Loss is plain cross-entropy on the true labels; unreadable images are left out.
     Returns top1/top5 in percent, mean loss, images, img_s and the distinct unreadable files
     over all ranks: ``skipped_images`` (count), ``skipped_paths`` (sorted) and
-    ``skipped_files`` (path -> [failed fetches, first error]).
+    ``skipped_files`` (path -> [failed fetches, first error]). ``progress``: a tqdm bar
+    (``desc``) on stderr, counting batches.
     """
-    from .imagefolder import UnreadableImages
+    from ..data.dataset import UnreadableImages
 
     if preprocess is None:
         preprocess = BatchPreprocess.for_transform(
@@ -42,7 +44,15 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    for images, target, failures in loader:
+    batches = loader
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        batches = tqdm(loader, total=len(loader), desc=desc, unit="batch", leave=False,
+                       dynamic_ncols=True, file=sys.stderr)
+    for images, target, failures in batches:
         unreadable.add_batch(loader.dataset, failures)
         # Failures mark a replacement sample: leave it out, so every readable image counts
         # exactly once.
@@ -102,11 +112,30 @@ def resolve_checkpoint_path(path: str) -> str:
 _SPLIT_NAMES = ("train", "val", "validation", "test")
 
 
+def _shard_layout(data: str, split: str) -> Any:
+    """The parquet or tar layout of ``data``, or None for the folder forms (a dataset root
+    with split folders, or a split folder itself)."""
+    import os
+
+    from ..data.layout import LayoutError, detect_layout
+
+    if not os.path.isdir(data) or os.path.isdir(os.path.join(data, split)):
+        return None
+    try:
+        layout = detect_layout(data, (split,))
+    except LayoutError as exc:
+        if exc.found:  # mixed forms
+            raise
+        return None
+    return layout if layout.kind != "folder" else None
+
+
 def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "val",
                    batch_size: int = 128, workers: int = 4, device: str = "auto",
                    amp: Any = None, amp_dtype: str = "bfloat16",
                    channels_last: Any = None, img_size: Any = None,
-                   crop_pct: Any = None, log: Any = None) -> Dict[str, Any]:
+                   crop_pct: Any = None, log: Any = None, val_samples: Optional[int] = None,
+                   progress: bool = False) -> Dict[str, Any]:
     """Load ``checkpoint`` (mfdsl, timm or official layout) into the model and evaluate it
     on ``data``/``split`` (or ``data`` itself if it has no such sub-folder; the embedded
     dataset's val split if ``data`` is None).
@@ -117,7 +146,9 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     ``img_size``/``crop_pct`` override them) and its class list (labels are positions in
     it; a folder class outside it is an error). A checkpoint without context (a bare or
     timm/official file) needs ``spec``; labels are then the folder's sorted class names,
-    whose number must equal the head's.
+    whose number must equal the head's. ``val_samples``: evaluate only that many images,
+    spread evenly over the split (a quick check, not a comparable score); ``progress``: a
+    tqdm bar on the first rank.
     """
     import os
 
@@ -126,7 +157,9 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     from ..ir import with_overrides
     from .distributed import setup, teardown
     from .errors import DataError, RunError
-    from .imagefolder import ShardSampler, SkippingImageFolder, eval_transform, make_loader
+    from ..data.dataset import (ShardSampler, SkippingImageFolder, SourceDataset, eval_transform,
+                                make_loader, spread_subset)
+    from ..data.layout import open_source
     from .run_folder import checkpoint_context
 
     from .distributed import checked_alike_on_every_rank
@@ -137,6 +170,8 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
         say = log or (lambda msg: None)
         if batch_size < 1:
             raise RunError("--batch-size must be >= 1")
+        if val_samples is not None and val_samples < 1:
+            raise RunError(f"--val-samples must be >= 1, got {val_samples}")
         if crop_pct is not None and not 0 < crop_pct <= 1:
             raise RunError(f"--crop-pct must be in (0, 1], got {crop_pct}")
         ckpt_path = resolve_checkpoint_path(checkpoint)
@@ -181,7 +216,13 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
             data = str(ensure_tinyshapes())
         if not os.path.isdir(data):
             raise DataError(f"--data {data}: no such folder")
+        shards = _shard_layout(data, split)
         root = os.path.join(data, split) if os.path.isdir(os.path.join(data, split)) else data
+        if shards is not None:
+            root = shards.where(split) or ""
+            if not root:
+                raise DataError(f"--data {data} has no '{split}' split ({shards.describe()}); "
+                                "choose one with --split")
         splits = sorted(n for n in _SPLIT_NAMES if os.path.isdir(os.path.join(data, n)))
         if root == data and splits:
             # Evaluating the root would take 'train' etc. for class folders: a meaningless score.
@@ -198,10 +239,13 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
             if len(ctx.classes) > model.num_classes:
                 raise DataError(f"the run's class list has {len(ctx.classes)} classes but the "
                                 f"model has {model.num_classes}")
-            dataset = SkippingImageFolder(root, eval_transform(model), classes=ctx.classes)
+            dataset = (SkippingImageFolder(root, eval_transform(model), classes=ctx.classes)
+                       if shards is None else SourceDataset(
+                           open_source(shards, split, ctx.classes), eval_transform(model)))
             class_source = "run"
         else:
-            dataset = SkippingImageFolder(root, eval_transform(model))
+            dataset = (SkippingImageFolder(root, eval_transform(model)) if shards is None
+                       else SourceDataset(open_source(shards, split), eval_transform(model)))
             class_source = "folder"
             n = len(dataset.classes)
             if n != model.num_classes:
@@ -225,9 +269,12 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
         from ..passes.targets import compile_for_target
 
         prepared = compile_for_target(model.eval(), mode=plan.mode, **plan.target())
-        loader = make_loader(dataset, ShardSampler(len(dataset), env.rank, env.world_size),
+        subset = spread_subset(len(dataset), val_samples)
+        loader = make_loader(dataset, ShardSampler(len(dataset), env.rank, env.world_size,
+                                                   subset),
                              batch_size, workers, 0, drop_last=False, pin_memory=cuda)
-        res = evaluate(prepared, loader, env)
+        res = evaluate(prepared, loader, env, progress=progress and env.is_main,
+                       desc=f"eval {split}")
         from .distributed import barrier
 
         barrier(env)  # ranks tear the process group down together

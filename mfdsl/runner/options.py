@@ -51,6 +51,7 @@ class TrainOptions:
     eval_every: int = 1  # epochs
     tensorboard: bool = True
     progress: Optional[bool] = None  # None: a tqdm bar on a TTY
+    val_samples: Optional[int] = None  # validate on this many images spread over val
     argv: Tuple[str, ...] = ()
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)
     grad_checkpointing: bool = False  # recompute block activations in backward (less memory)

@@ -25,9 +25,10 @@ from .distributed import (DistEnv, agree_on_failure, any_rank, barrier,
                           checked_alike_on_every_rank, gather_objects, setup, teardown)
 from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import evaluate
-from .imagefolder import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
-                          SkippingImageFolder, UnknownClassError, UnreadableImages,
-                          eval_transform, make_loader, split_dir, train_transform)
+from ..data.dataset import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
+                          SourceDataset, UnknownClassError, UnreadableImages,
+                          eval_transform, make_loader, spread_subset, train_transform)
+from ..data.layout import detect_layout, open_source
 from .metrics import MetricsLog, format_duration, plot_curves
 from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
@@ -160,12 +161,15 @@ class Trainer:
             if not os.path.isdir(opts.data):
                 raise DataError(f"--data {opts.data}: no such folder")
             self.data_root = opts.data
-        self.train_dir = split_dir(self.data_root, opts.train_split)
+        # The data's form (ImageFolder tree, parquet or tar shards): mfdsl.data.layout.
+        self.layout = detect_layout(self.data_root, (opts.train_split, opts.val_split))
+        self.train_dir = self.layout.where(opts.train_split)
         if self.train_dir is None:
-            raise DataError(f"--data {self.data_root}: no '{opts.train_split}' folder (expected "
-                            f"{opts.train_split}/<class>/<images> and optionally "
-                            f"{opts.val_split}/<class>/<images>)")
-        self.val_dir = split_dir(self.data_root, opts.val_split)
+            raise DataError(f"--data {self.data_root}: no '{opts.train_split}' split (found "
+                            f"{self.layout.describe()}; expected {opts.train_split}/<class>/"
+                            f"<images> and optionally {opts.val_split}/<class>/<images>, or "
+                            "shards of both splits)")
+        self.val_dir = self.layout.where(opts.val_split)
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -185,9 +189,10 @@ class Trainer:
             raise RunError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
         # The workers lay the uint8 images out as the model runs (no transposing later).
         self.channels_last = self.device_plan.channels_last
-        self.train_set = SkippingImageFolder(
-            self.train_dir, train_transform(r, spec.img_size, ev.mean, ev.std, self.opts.hflip,
-                                            self.crop_scale_min, self.channels_last))
+        self.train_set = SourceDataset(
+            open_source(self.layout, self.opts.train_split),
+            train_transform(r, spec.img_size, ev.mean, ev.std, self.opts.hflip,
+                            self.crop_scale_min, self.channels_last))
         prior = self.out_plan.prior
         if prior is not None and self.train_set.classes != prior.classes:
             raise DataError(_class_mismatch(self.train_dir, self.train_set.classes,
@@ -198,9 +203,9 @@ class Trainer:
         self.val_set = None
         if self.val_dir:
             try:
-                self.val_set = SkippingImageFolder(self.val_dir,
-                                                   eval_transform(self.model, self.channels_last),
-                                                   classes=self.train_set.classes)
+                self.val_set = SourceDataset(
+                    open_source(self.layout, self.opts.val_split, self.train_set.classes),
+                    eval_transform(self.model, self.channels_last))
             except UnknownClassError as exc:
                 raise DataError(f"{exc.message}; the class list is that of the training "
                                 f"split {self.train_dir}") from None
@@ -448,7 +453,8 @@ class Trainer:
                            pin_memory=self.env.device.type == "cuda")
 
     def _val_loader(self):
-        sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size)
+        sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size,
+                               spread_subset(len(self.val_set), self.opts.val_samples))
         return make_loader(self.val_set, sampler, self.plan.per_device, self.opts.workers,
                            self.opts.seed, drop_last=False,
                            pin_memory=self.env.device.type == "cuda")
@@ -456,9 +462,13 @@ class Trainer:
     def validate(self) -> Optional[Dict[str, Any]]:
         if self.val_set is None:
             return None
-        res = evaluate(self.forward_model, self._val_loader(), self.env)
+        opts = self.opts
+        bar = (opts.progress if opts.progress is not None else sys.stderr.isatty()) \
+            and self.env.is_main
+        res = evaluate(self.forward_model, self._val_loader(), self.env, progress=bar)
         if self.ema is not None:
-            ema_res = evaluate(self.ema_eval, self._val_loader(), self.env)
+            ema_res = evaluate(self.ema_eval, self._val_loader(), self.env, progress=bar,
+                               desc="val (EMA)")
             res["ema_top1"], res["ema_top5"] = ema_res["top1"], ema_res["top5"]
         st = self.state
         st.last_val, st.last_val_step = res, st.step

@@ -148,7 +148,7 @@ class ToUint8Tensor:
     to :class:`BatchPreprocess`, batched on the device.
 
     ``channels_last``: the tensor is a channels-last view of the (H, W, C) pixel array, and
-    :func:`mfdsl.runner.imagefolder.collate` stacks such images into a channels-last batch:
+    :func:`mfdsl.data.dataset.collate` stacks such images into a channels-last batch:
     no transposing copy anywhere when the model runs channels-last. Otherwise the worker
     transposes to contiguous (C, H, W), so that a contiguous run's main process need not."""
 
