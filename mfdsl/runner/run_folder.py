@@ -210,6 +210,17 @@ def clear_run(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
     return removed
 
 
+_CKPT_NAME_RE = re.compile(r"^(ckpt-\d+|last|best)(\.ema)?\.(safetensors|state\.pt)$")
+
+
+def is_run_file(name: str, in_checkpoints: bool) -> bool:
+    """Whether ``name`` is a file a run writes (at the top of its folder, or in
+    checkpoints/): the targets whose interrupted writes may be cleaned up."""
+    if in_checkpoints:
+        return bool(_CKPT_NAME_RE.match(name))
+    return name in RUN_ENTRIES or name == "inheritance.json"
+
+
 def spec_text(spec: ModelSpec) -> "tuple[str, str]":
     """(file name, text) of the spec in canonical .mf form; falls back to the source file."""
     try:

@@ -33,6 +33,8 @@ from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
                       plan_batches, recipe_as_dict, scaled_lr)
 from .. import fsio
+from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
+from .run_lock import RunLock
 from .run_folder import (OutputPlan, RunContext, clear_run, environment, plan_output,
                          spec_text, write_json)
 
@@ -634,6 +636,7 @@ class Trainer:
                 self._bar = bar
             epoch_micro = self.steps_per_epoch * plan.accum
             while st.micro + plan.accum <= epoch_micro and st.step < self.total_steps:
+                stop_at_boundary(self)  # SIGTERM/SIGUSR1: checkpoint here and stop
                 res = self._train_step(it)
                 st.micro += plan.accum
                 if res["finite"]:
@@ -747,12 +750,45 @@ def run_training(spec: ModelSpec, opts: TrainOptions) -> Dict[str, Any]:
     """Set up the process group (if under torchrun), train, tear down. Returns the summary."""
     if opts.nan_policy not in ("skip", "stop"):
         raise RunError(f"--nan-policy must be skip or stop, got {opts.nan_policy}")
+    # One writer per run folder: the (global) rank-0 process locks it for the run's life,
+    # before the folder is checked, so nothing can change between check and first write.
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock = RunLock(opts.output or os.path.join("runs", spec.name)).acquire(
+            " ".join(opts.argv or sys.argv))
+    watch = None
+    try:
+        plan, env, watch = _plan_and_setup(spec, opts, lock)
+        return _train_in(spec, opts, env, plan, watch)
+    finally:
+        if watch is not None:
+            watch.restore()
+        if lock is not None:
+            lock.release()
+
+
+def _plan_and_setup(spec: ModelSpec, opts: TrainOptions, lock: Optional[RunLock]):
+    """Check the run folder, clean up interrupted writes, join the process group."""
     # The run folder is checked before the process group exists: under torchrun every rank
     # sees the same folder and refuses alike, and only rank 0 says so.
     with checked_alike_on_every_rank():
         plan = plan_output(spec, opts.output, opts.resume, opts.overwrite, opts.img_size,
                            [spec.source, opts.init_from])
+    if lock is not None:
+        notes = list(lock.notes)
+        removed, freed = remove_leftover_temporaries(plan.output)
+        if removed:
+            notes.append(f"note: removed {len(removed)} temporary file(s) of interrupted "
+                         f"writes ({freed / 1e6:.1f} MB) from {plan.output}")
+        plan.notes[:0] = notes
     env = setup(opts.device)
+    # Installed before the DataLoader workers are forked: they inherit a handler that only
+    # sets a flag, so a SIGTERM sent to the whole job does not kill them mid-step.
+    return plan, env, StopWatch(distributed=env.distributed)
+
+
+def _train_in(spec: ModelSpec, opts: TrainOptions, env: DistEnv, plan: OutputPlan,
+              watch: StopWatch) -> Dict[str, Any]:
     trainer = None
     try:
         failure: Optional[BaseException] = None
@@ -762,10 +798,13 @@ def run_training(spec: ModelSpec, opts: TrainOptions) -> Dict[str, Any]:
             failure = exc
         # One rank's setup error stops every rank, and one message is printed.
         agree_on_failure(env, failure)
+        trainer.stop_watch = watch
         try:
             summary = trainer.fit()
         except KeyboardInterrupt:
-            raise InterruptedRun(trainer.interrupted_message()) from None
+            err = InterruptedRun(trainer.interrupted_message())
+            err.quiet = not env.is_main  # one message, not one per rank
+            raise err from None
         # Leave together: a rank tearing gloo down while rank 0 still writes the summary
         # and plot can abort ("terminate called without an active exception").
         barrier(env)

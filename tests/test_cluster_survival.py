@@ -1,0 +1,291 @@
+"""Issue 19: runs that survive a shared cluster (real processes throughout).
+
+One writer per run folder (a lock naming its holder, stale locks taken over); SIGTERM /
+SIGUSR1 end a run with a checkpoint at the next step boundary and exit code 75, and
+``--resume auto`` continues bitwise; leftover temporary files of interrupted writes are
+removed on the next start; the same through ``--nproc-per-node``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SPEC = """\
+model tiny {
+  input 3x32x32
+  classes 3
+  stage pooling x1 @16
+  stage pooling x1 @32
+  head linear
+  train {
+    epochs 3
+    batch_size 4
+    lr_batch 4
+    warmup_epochs 0
+    randaugment none
+    mixup 0.0
+    cutmix 0.0
+    random_erasing 0.0
+    amp false
+  }
+}
+"""
+QUIET = ["--workers", "0", "--no-tensorboard", "--log-every", "1"]
+# A run that lasts until it is stopped.
+LONG = ["--epochs", "100000", "--ckpt-every", "2", "--keep-recent", "2"]
+
+
+def _env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    for k in ("MFDSL_TEST_KILL_AFTER_STEP", "MFDSL_TEST_NAN_AT_STEP",
+              "MFDSL_TEST_SIGNAL_AT_STEP"):
+        env.pop(k, None)
+    env.update(extra)
+    return env
+
+
+def mfdsl(*args, env: dict = None, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mfdsl", *map(str, args)], cwd=ROOT,
+                          env=env or _env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args, env: dict = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mfdsl", *map(str, args)], cwd=ROOT,
+                            env=env or _env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert path.exists(), (proc.poll(), proc.stdout.read() if proc.poll() is not None else "")
+
+
+def finish(proc: subprocess.Popen, timeout: float = 90) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return out
+
+
+def weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster")
+    for split in ("train", "val"):
+        for c, col in (("a", 30), ("b", 130), ("c", 230)):
+            d = root / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(8):
+                Image.new("RGB", (20, 20), (col, 40 * i % 256, 0)).save(d / f"{i}.png")
+    spec = root / "tiny.mf"
+    spec.write_text(SPEC)
+    return root, spec, root / "data"
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """An uninterrupted run: 3 epochs x 6 steps."""
+    root, spec, data = setup
+    ref = root / "ref"
+    p = mfdsl("train", spec, "--data", data, "-o", ref, *QUIET)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return ref
+
+
+# --------------------------------------------------------------------------- the lock
+@pytest.mark.slow
+def test_a_second_writer_is_refused_naming_the_holder_then_sigterm_checkpoints(setup):
+    root, spec, data = setup
+    out = root / "locked"
+    first = start("train", spec, "--data", data, "-o", out, *QUIET, *LONG)
+    try:
+        wait_for(out / "checkpoints" / "last.safetensors", first)
+        lock = json.loads((out / ".mfdsl-lock").read_text())
+        assert lock["pid"] == first.pid and lock["host"] == socket.gethostname()
+        # A requeued job started while the first still runs, and a plain second start.
+        for extra in (["--resume", "auto"], ["--overwrite"], []):
+            p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, *extra)
+            assert p.returncode == 2, (extra, p.stdout, p.stderr)
+            assert "being written by another mfdsl run" in p.stderr, p.stderr
+            assert f"pid {first.pid}" in p.stderr and "Traceback" not in p.stderr
+        assert first.poll() is None, "the first run must go on undisturbed"
+        # A scheduler's stop: a checkpoint at the next step boundary, exit 75.
+        os.kill(first.pid, signal.SIGTERM)
+        text = finish(first)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 75, text[-2000:]
+    assert "stopped by SIGTERM at step" in text and "--resume auto" in text, text[-2000:]
+    assert "Traceback" not in text
+    from mfdsl.runner import checkpointing as ckpt
+
+    stopped = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert ckpt.pair_step(str(out / "checkpoints" / "last")) == stopped
+    assert not (out / ".mfdsl-lock").exists()
+    # The refused starts changed nothing: the first run's history is whole.
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["kind"] == "train"]
+    assert steps == list(range(1, stopped + 1))
+
+
+@pytest.mark.slow
+def test_a_stale_lock_of_a_dead_process_is_named_and_taken_over(setup):
+    root, spec, data = setup
+    out = root / "stale"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".mfdsl-lock").write_text(json.dumps({
+        "host": socket.gethostname(), "pid": dead.pid, "start": "1", "since": 0,
+        "command": "mfdsl train old.mf"}))
+    p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, "--max-steps", "1")
+    assert p.returncode == 0, p.stderr
+    assert f"a stale lock of a process no longer running (host {socket.gethostname()}, " \
+           f"pid {dead.pid}" in p.stdout
+    assert not (out / ".mfdsl-lock").exists()
+
+
+def test_a_live_holder_on_another_host_is_respected_until_its_heartbeat_is_stale(
+        tmp_path, monkeypatch):
+    """Where flock is not shared between hosts, the record decides."""
+    from mfdsl.runner import run_lock
+    from mfdsl.runner.errors import RunError
+
+    rec = {"host": "other-node-7", "pid": 4242, "start": "99", "since": time.time(),
+           "command": "mfdsl train x.mf"}
+    (tmp_path / ".mfdsl-lock").write_text(json.dumps(rec))
+    with pytest.raises(run_lock.RunLocked, match="host other-node-7, pid 4242"):
+        run_lock.RunLock(str(tmp_path)).acquire()
+    old = time.time() - run_lock.STALE_AFTER_S - 5
+    os.utime(tmp_path / ".mfdsl-lock", (old, old))
+    lock = run_lock.RunLock(str(tmp_path)).acquire()
+    try:
+        assert any("stale lock" in n and "other-node-7" in n for n in lock.notes)
+        # While held, a second lock in this same host is refused by flock alone.
+        with pytest.raises(RunError, match=f"pid {os.getpid()}"):
+            run_lock.RunLock(str(tmp_path)).acquire()
+    finally:
+        lock.release()
+    assert not (tmp_path / ".mfdsl-lock").exists()
+
+
+@pytest.mark.slow
+def test_a_refused_start_in_a_new_folder_leaves_no_folder(setup, tmp_path):
+    root, spec, data = setup
+    out = tmp_path / "new"
+    p = mfdsl("train", spec, "--data", tmp_path / "nope", "-o", out, *QUIET)
+    assert p.returncode == 2 and "no such folder" in p.stderr, p.stderr
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- preemption
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_signal_checkpoints_at_the_step_boundary_and_resume_is_bitwise(setup, reference, sig):
+    root, spec, data = setup
+    out = root / f"pre-{sig}"
+    # Step 7: one step into epoch 2, no periodic checkpoint there.
+    p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET,
+              env=_env(MFDSL_TEST_SIGNAL_AT_STEP=f"7:{sig}"))
+    assert p.returncode == 75, p.stderr[-2000:]
+    assert f"stopped by {sig} at step 7 (epoch 2)" in p.stderr
+    assert "exit code 75" in p.stderr and "Traceback" not in p.stderr
+    state = torch.load(out / "checkpoints" / "last.state.pt", weights_only=True)
+    assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (7, 1, 1)
+    # An interrupted write's hidden temporary file (as a SIGKILL mid-write leaves one).
+    tmp = out / "checkpoints" / ".ckpt-00000008.state.pt.a1b2c3d4.tmp.pt"
+    tmp.write_bytes(b"x" * 1000)
+    theirs = out / "checkpoints" / ".notes.a1b2c3d4.tmp.txt"  # not a run file's: stays
+    theirs.write_text("mine")
+    r = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, "--resume", "auto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "removed 1 temporary file(s) of interrupted writes" in r.stdout
+    assert not tmp.exists() and theirs.exists()
+    a = weights(reference / "checkpoints" / "last.safetensors")
+    b = weights(out / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_nproc_per_node_sigterm_is_one_message_and_exit_75(setup):
+    root, spec, data = setup
+    out = root / "ddp"
+    proc = start("train", spec, "--data", data, "-o", out, *QUIET, *LONG,
+                 "--nproc-per-node", "2", "--device", "cpu")
+    try:
+        wait_for(out / "checkpoints" / "last.safetensors", proc, 180)
+        os.kill(proc.pid, signal.SIGTERM)  # to the launcher, as `timeout` or a scheduler
+        text = finish(proc, 120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, text[-3000:]
+    assert text.count("stopped by SIGTERM at step") == 1, text[-3000:]
+    for bad in ("SignalException", "internal error", "Traceback"):
+        assert bad not in text, text[-3000:]
+    from mfdsl.runner import checkpointing as ckpt
+
+    stopped = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert ckpt.pair_step(str(out / "checkpoints" / "last")) == stopped
+
+
+@pytest.mark.slow
+def test_nproc_per_node_ctrl_c_is_one_message(setup):
+    root, spec, data = setup
+    out = root / "ddp-int"
+    proc = start("train", spec, "--data", data, "-o", out, *QUIET, *LONG,
+                 "--nproc-per-node", "2", "--device", "cpu")
+    try:
+        wait_for(out / "checkpoints" / "last.safetensors", proc, 180)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        text = finish(proc, 120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, text[-3000:]
+    assert text.count("stopped by SIGINT") + text.count("interrupted") == 1, text[-3000:]
+    for bad in ("SignalException", "internal error", "Traceback"):
+        assert bad not in text, text[-3000:]
+
+
+def test_only_interrupted_writes_of_run_files_count_as_leftovers(tmp_path):
+    from mfdsl.runner.preemption import remove_leftover_temporaries
+
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    ours = [tmp_path / ".run.json.k2j4h_x9.tmp.json", ck / ".last.safetensors.4242.lnk",
+            ck / ".ckpt-00000012.safetensors.abcdefgh.tmp.safetensors"]
+    theirs = [tmp_path / ".bashrc.abcdefgh.tmp", ck / ".notes.txt.abcdefgh.tmp.txt",
+              tmp_path / "run.json.abcdefgh.tmp.json", ck / "ckpt-00000012.safetensors"]
+    for p in ours + theirs:
+        p.write_bytes(b"12345")
+    removed, freed = remove_leftover_temporaries(str(tmp_path))
+    assert sorted(removed) == sorted(map(str, ours)) and freed == 15
+    assert all(p.exists() for p in theirs)
