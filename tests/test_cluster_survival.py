@@ -289,3 +289,42 @@ def test_only_interrupted_writes_of_run_files_count_as_leftovers(tmp_path):
     removed, freed = remove_leftover_temporaries(str(tmp_path))
     assert sorted(removed) == sorted(map(str, ours)) and freed == 15
     assert all(p.exists() for p in theirs)
+
+
+# --------------------------------------------------------------------------- recipe
+@pytest.mark.slow
+def test_resume_with_another_recipe_is_refused_or_recorded(setup):
+    root, spec, data = setup
+    out = root / "recipe"
+    base = ["train", spec, "--data", data, "-o", out, *QUIET]
+    assert mfdsl(*base, "--max-steps", "8").returncode == 0
+    recipe = (out / "recipe.json").read_text()
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    p = mfdsl(*base, "--max-steps", "8", "--resume", "auto", "--lr", "0.01",
+              "--weight-decay", "0.01", "--no-flip", "--seed", "3")
+    assert p.returncode == 2, p.stderr
+    for line in ("lr: 0.004 -> 0.01", "weight_decay: 0.05 -> 0.01",
+                 "flip probability (--no-flip): 0.5 -> 0.0", "--seed: 0 -> 3"):
+        assert line in p.stderr, p.stderr
+    assert "--allow-recipe-change" in p.stderr and "Traceback" not in p.stderr
+    assert (out / "recipe.json").read_text() == recipe
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    # Asked for: the optimizer changes (no crash: its state starts fresh), on record.
+    p = mfdsl(*base, "--resume", "auto", "--optimizer", "sgd", "--weight-decay", "0.01",
+              "--allow-recipe-change")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "its state (moments) starts fresh" in p.stdout
+    assert (out / "recipe.json").read_text() == recipe  # the history is not rewritten
+    recs = [json.loads(l) for l in (out / "recipe_changes.jsonl").read_text().splitlines()]
+    assert len(recs) == 1 and recs[0]["step"] == 8
+    assert recs[0]["changes"]["recipe.optimizer"] == ["adamw", "sgd"]
+    assert recs[0]["changes"]["recipe.weight_decay"] == [0.05, 0.01]
+    assert recs[0]["changes"]["resolved.total_steps"] == [8, 18]
+    state = torch.load(out / "checkpoints" / "last.state.pt", weights_only=True)
+    assert all(g["weight_decay"] in (0.0, 0.01) for g in state["optimizer"]["param_groups"])
+    assert "momentum" in state["optimizer"]["param_groups"][0]
+    # The run's recipe is now the changed one: resuming with it is no change.
+    from mfdsl.runner import recipe_history
+
+    eff = recipe_history.effective(str(out))
+    assert eff["recipe"]["optimizer"] == "sgd" and eff["resolved"]["total_steps"] == 18

@@ -216,6 +216,10 @@ def _recipe_options(f):
 @click.option("--overwrite", is_flag=True,
               help="Start a new run in an --output folder that holds an earlier run: its run "
                    "files (checkpoints, metrics, run.json ...) are removed first.")
+@click.option("--allow-recipe-change", is_flag=True,
+              help="With --resume: let recipe values differ from the run's (refused "
+                   "otherwise); each change is recorded with its step in "
+                   "recipe_changes.jsonl.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (the "
                                             "schedule is compressed to fit).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -291,6 +295,7 @@ def train_cmd(spec: str, **kw: Any) -> None:
         tensorboard=kw["tensorboard"], progress=kw["progress"], argv=tuple(sys.argv),
         recipe_overrides=overrides, init_from=kw["init_from"],
         inherit=tuple(kw["inherit"]), inherit_depth=kw["inherit_depth"],
+        allow_recipe_change=kw["allow_recipe_change"],
     )
     if opts.workers < 0:
         _fail("--workers must be >= 0", 2)

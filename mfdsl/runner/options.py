@@ -53,6 +53,7 @@ class TrainOptions:
     progress: Optional[bool] = None  # None: a tqdm bar on a TTY
     argv: Tuple[str, ...] = ()
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)
+    allow_recipe_change: bool = False  # a resume may change the recipe (then recorded)
 
 
 @dataclass(frozen=True)

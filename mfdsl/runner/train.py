@@ -33,10 +33,11 @@ from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
                       plan_batches, recipe_as_dict, scaled_lr)
 from .. import fsio
+from . import recipe_history
 from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
 from .run_lock import RunLock
 from .run_folder import (OutputPlan, RunContext, clear_run, environment, plan_output,
-                         spec_text, write_json)
+                         run_folder_of, spec_text, write_json)
 
 _DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
 
@@ -121,7 +122,12 @@ class Trainer:
         resume_stem = self._find_resume()
         for note in plan.notes:
             self.log(note)
+        self.recipe_diff: Dict[str, Any] = {}
         if resume_stem is not None:
+            # Refused (naming each difference) before anything is loaded or written.
+            self.recipe_diff = recipe_history.check_resume(
+                run_folder_of(resume_stem + ckpt.WEIGHTS_EXT) or self.output,
+                self._recipe_record(), opts.allow_recipe_change)
             self._load_resume(resume_stem)
         try:
             if env.is_main and opts.resume is None and opts.overwrite:
@@ -338,10 +344,24 @@ class Trainer:
         except RuntimeError as exc:
             raise RunError(f"checkpoint {stem}{ckpt.WEIGHTS_EXT} does not match this spec: "
                            f"{str(exc).splitlines()[0]} ...") from None
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise RunError(f"optimizer state in {stem}{ckpt.STATE_EXT} does not fit: {exc}") from None
+        diff = getattr(self, "recipe_diff", {})
+        if recipe_history.optimizer_changed(diff):
+            self.log(f"note: --allow-recipe-change: the optimizer changes "
+                     f"({diff['recipe.optimizer'][0]} -> {diff['recipe.optimizer'][1]}); its "
+                     "state (moments) starts fresh at this step")
+        else:
+            # The new recipe's hyperparameters (weight decay, betas, ...) win over the saved
+            # ones; unchanged, they are equal.
+            fresh = [{k: v for k, v in g.items() if k != "params"}
+                     for g in self.optimizer.param_groups]
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise RunError(f"optimizer state in {stem}{ckpt.STATE_EXT} does not fit: "
+                               f"{exc}") from None
+            if diff:
+                for g, f in zip(self.optimizer.param_groups, fresh):
+                    g.update(f)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
@@ -397,8 +417,23 @@ class Trainer:
             # Never rewritten: a resumed run keeps the spec it was started with.
             fsio.write_atomic(spec_path, text, links=fsio.INTERNAL)
         write_json(os.path.join(self.output, "run.json"), self.context.to_json())
+        recipe_file = os.path.join(self.output, recipe_history.RECIPE_FILE)
+        if resume_stem is None or not os.path.lexists(recipe_file):
+            write_json(recipe_file, self._recipe_record())
+        # A resume never rewrites the run's recipe: a change is appended, with its step.
+        recipe_history.record(self.output, self.state.step, self.recipe_diff,
+                              list(self.opts.argv or sys.argv))
+        env = environment(self.opts.argv or sys.argv, self.env.world_size, self.env.device)
+        env["resumed_from"] = resume_stem
+        write_json(os.path.join(self.output, "environment.json"), env)
+        if self.inheritance is not None and resume_stem is None:
+            write_json(os.path.join(self.output, "inheritance.json"),
+                       self.inheritance.as_json())
+
+    def _recipe_record(self) -> Dict[str, Any]:
+        """recipe.json: the recipe and what was derived from it for this run."""
         p = self.plan
-        write_json(os.path.join(self.output, "recipe.json"), {
+        return {
             "recipe": recipe_as_dict(self.recipe),
             "resolved": {
                 "global_batch": p.global_batch, "per_device_batch": p.per_device,
@@ -415,14 +450,9 @@ class Trainer:
                 "classes": len(self.train_set.classes), "seed": self.opts.seed,
                 "model_fingerprint": self.context.model,
                 "nan_policy": self.opts.nan_policy, "crop_scale_min": self.crop_scale_min,
+                "hflip": self.opts.hflip,
             },
-        })
-        env = environment(self.opts.argv or sys.argv, self.env.world_size, self.env.device)
-        env["resumed_from"] = resume_stem
-        write_json(os.path.join(self.output, "environment.json"), env)
-        if self.inheritance is not None and resume_stem is None:
-            write_json(os.path.join(self.output, "inheritance.json"),
-                       self.inheritance.as_json())
+        }
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
