@@ -328,3 +328,103 @@ def test_resume_with_another_recipe_is_refused_or_recorded(setup):
 
     eff = recipe_history.effective(str(out))
     assert eff["recipe"]["optimizer"] == "sgd" and eff["resolved"]["total_steps"] == 18
+
+
+# --------------------------------------------------------------------------- full disks
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS", "EIO"])
+def test_a_failed_write_names_the_file_and_what_was_kept(tmp_path, code):
+    import errno
+
+    from mfdsl import fsio
+
+    def fail(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"partial")
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    old = tmp_path / "old.json"
+    old.write_text("kept")
+    with pytest.raises(fsio.WriteError) as info:
+        fsio.write_atomic_with(str(old), fail)
+    msg = str(info.value)
+    assert msg.startswith(f"cannot write {old}: {os.strerror(getattr(errno, code))}")
+    assert "the previous file is kept unchanged" in msg
+    assert old.read_text() == "kept" and sorted(os.listdir(tmp_path)) == ["old.json"]
+    with pytest.raises(fsio.WriteError, match="nothing was left there"):
+        fsio.write_atomic_with(str(tmp_path / "new.json"), fail)
+    assert sorted(os.listdir(tmp_path)) == ["old.json"]
+
+
+def test_torch_writers_failure_without_errno_is_a_write_error(tmp_path, monkeypatch):
+    from mfdsl import fsio
+    from mfdsl.runner import checkpointing as ckpt
+
+    def native(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704")
+
+    monkeypatch.setattr(torch, "save", native)
+    with pytest.raises(fsio.WriteError, match=r"x\.state\.pt: the write failed"):
+        ckpt.atomic_torch_save({"a": 1}, str(tmp_path / "x.state.pt"))
+    assert os.listdir(tmp_path) == []
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: writes past ``limit`` bytes fail with EFBIG, as on a full disk."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the process is killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        os.setsid()
+
+    return apply
+
+
+@pytest.mark.slow
+def test_training_on_a_full_disk_stops_clearly_and_keeps_the_last_checkpoint(setup):
+    root, spec, data = setup
+    out = root / "full"
+    # The weights file (~73 kB) fits, the state file (~175 kB) does not.
+    p = subprocess.run([sys.executable, "-m", "mfdsl", "train", str(spec), "--data", str(data),
+                        "-o", str(out), *QUIET], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=180, preexec_fn=_file_size_limit(120_000))
+    assert p.returncode == 74, (p.returncode, p.stderr[-2000:])
+    assert "cannot write " + str(out / "checkpoints" / "ckpt-00000006.state.pt") in p.stderr
+    assert "Training stopped at step 6" in p.stderr and "--resume auto" in p.stderr
+    for bad in ("internal error", "Traceback", "basic_ios", "enforce fail"):
+        assert bad not in p.stderr, p.stderr
+    assert not [n for n in os.listdir(out / "checkpoints") if n.startswith(".")]
+
+
+@pytest.mark.slow
+def test_export_pt2_to_a_full_disk_is_an_error_not_an_abort(tmp_path):
+    spec = ROOT / "specs" / "demo_tiny.mf"
+    target = tmp_path / "m.pt2"
+    p = subprocess.run([sys.executable, "-m", "mfdsl", "export", str(spec), "--format", "pt2",
+                        "-o", str(target)], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=180, preexec_fn=_file_size_limit(20_000))
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
+    assert f"cannot write {target}: File too large" in p.stderr, p.stderr
+    assert "nothing was left there" in p.stderr and "Traceback" not in p.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_small_tmpfs_fills_up_cleanly(setup, tmp_path):
+    """A real full file system where this test may mount one (root); skipped otherwise."""
+    root, spec, data = setup
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        p = mfdsl("train", spec, "--data", data, "-o", mnt / "r", *QUIET, "--ckpt-every", "1",
+                  "--keep-recent", "10")
+        assert p.returncode == 74, p.stderr[-2000:]
+        assert "No space left on device" in p.stderr and "Traceback" not in p.stderr
+        from mfdsl.runner import checkpointing as ckpt
+
+        assert ckpt.find_latest(str(mnt / "r" / "checkpoints")) is not None
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -34,6 +34,11 @@ class _Group(click.Group):
             if isinstance(exc, CheckpointError):
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(2)
+            from ..fsio import WriteError
+
+            if isinstance(exc, WriteError):  # names the file and what was kept
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(74)
             if isinstance(exc, (OSError, ValueError)):
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(2)

@@ -23,7 +23,7 @@ from ..ir import ModelSpec, with_overrides
 from . import checkpointing as ckpt
 from .distributed import (DistEnv, agree_on_failure, any_rank, barrier,
                           checked_alike_on_every_rank, gather_objects, setup, teardown)
-from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
+from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError, WriteFailed
 from .evaluate import evaluate
 from .imagefolder import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
                           SkippingImageFolder, UnknownClassError, UnreadableImages,
@@ -142,6 +142,8 @@ class Trainer:
                            if env.is_main else None)
             if env.is_main:
                 self._write_run_folder(resume_stem)
+        except fsio.WriteError as exc:
+            raise WriteFailed(str(exc)) from None
         except OSError as exc:
             # Say which option is at fault: a bare "[Errno 20] Not a directory" does not.
             raise RunError(f"--output {self.output}: cannot write the run folder: "
@@ -530,6 +532,7 @@ class Trainer:
         rngs = gather_objects(self.env, ckpt.capture_rng())
         if not self.env.is_main:
             st.last_saved_step = st.step
+            agree_on_failure(self.env, None)  # rank 0's write failure stops every rank
             return
         val = st.last_val if st.last_val_step == st.step else None
         is_best = val is not None and val["top1"] > st.best_top1
@@ -557,7 +560,14 @@ class Trainer:
             "seed": self.opts.seed,
         }
         ema_w = self.ema.module.state_dict() if self.ema is not None else None
-        self.writer.save(st.step, st.epoch, self.model.state_dict(), state, is_best, ema_w)
+        failure = None
+        try:
+            self.writer.save(st.step, st.epoch, self.model.state_dict(), state, is_best, ema_w)
+        except fsio.WriteError as exc:
+            failure = WriteFailed(f"{exc}. Training stopped at step {st.step}; the last "
+                                  f"complete checkpoint is {self._last_good()} (continue from "
+                                  "it with --resume auto once there is room)")
+        agree_on_failure(self.env, failure)
         st.last_saved_step = st.step
         self._write_unreadable()
 
