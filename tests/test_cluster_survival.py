@@ -428,3 +428,33 @@ def test_a_small_tmpfs_fills_up_cleanly(setup, tmp_path):
         assert ckpt.find_latest(str(mnt / "r" / "checkpoints")) is not None
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+# --------------------------------------------------------------------------- --overwrite
+@pytest.mark.slow
+def test_overwrite_removes_only_what_a_run_recorded_as_its_own(setup, tmp_path):
+    root, spec, data = setup
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"spec.yaml": "my spec", "summary.json": "{}", "epochs.csv": "a,b\n",
+             "curves.png": "not a png"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    p = mfdsl("train", spec, "--data", data, "-o", mine, *QUIET, "--max-steps", "1",
+              "--overwrite")
+    assert p.returncode == 2, p.stderr
+    assert "were not written by an mfdsl run" in p.stderr
+    for name in files:
+        assert name in p.stderr and (mine / name).read_text() == files[name]
+    # A run's own files are recorded, and --overwrite replaces exactly those.
+    out = tmp_path / "run"
+    assert mfdsl("train", spec, "--data", data, "-o", out, *QUIET,
+                 "--max-steps", "1").returncode == 0
+    rec = json.loads((out / ".mfdsl-files.json").read_text())
+    assert "summary.json" in rec["entries"] and "checkpoints" in rec["entries"]
+    (out / "notes.txt").write_text("keep")
+    p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, "--max-steps", "2",
+              "--overwrite")
+    assert p.returncode == 0, p.stderr
+    assert (out / "notes.txt").read_text() == "keep"
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2

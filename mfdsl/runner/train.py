@@ -36,8 +36,8 @@ from .. import fsio
 from . import recipe_history
 from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
 from .run_lock import RunLock
-from .run_folder import (OutputPlan, RunContext, clear_run, environment, plan_output,
-                         run_folder_of, spec_text, write_json)
+from .run_folder import (MANIFEST, OutputPlan, RunContext, clear_run, environment,
+                         plan_output, record_run_files, run_folder_of, spec_text, write_json)
 
 _DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
 
@@ -418,6 +418,8 @@ class Trainer:
         elif not os.path.lexists(spec_path):
             # Never rewritten: a resumed run keeps the spec it was started with.
             fsio.write_atomic(spec_path, text, links=fsio.INTERNAL)
+        if resume_stem is None or not os.path.lexists(os.path.join(self.output, MANIFEST)):
+            record_run_files(self.output, self.context.run_id)  # what --overwrite may remove
         write_json(os.path.join(self.output, "run.json"), self.context.to_json())
         recipe_file = os.path.join(self.output, recipe_history.RECIPE_FILE)
         if resume_stem is None or not os.path.lexists(recipe_file):
