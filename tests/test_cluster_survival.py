@@ -458,3 +458,23 @@ def test_overwrite_removes_only_what_a_run_recorded_as_its_own(setup, tmp_path):
     assert p.returncode == 0, p.stderr
     assert (out / "notes.txt").read_text() == "keep"
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+# --------------------------------------------------------------------------- output
+@pytest.mark.slow
+def test_a_closed_stdout_never_stops_training(setup, tmp_path):
+    """`mfdsl train ... | head -1`: the reader goes away after one line."""
+    root, spec, data = setup
+    out = tmp_path / "piped"
+    proc = subprocess.Popen([sys.executable, "-m", "mfdsl", "train", str(spec), "--data",
+                             str(data), "-o", str(out), *QUIET], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` exits
+    _, err = proc.communicate(timeout=180)
+    assert first and proc.returncode == 0, err[-2000:]
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err
+    assert "the run's output continues in" in err
+    log = (out / "output.log").read_text()
+    assert "stdout closed; training goes on" in log and "done: 18 steps" in log
+    assert json.loads((out / "summary.json").read_text())["steps"] == 18

@@ -45,7 +45,15 @@ class StopWatch:
     def __init__(self, distributed: bool) -> None:
         self.requested: Optional[str] = None
         self._old: Dict[int, Any] = {}
-        names = list(_STOP_SIGNALS) + (["SIGINT"] if distributed else [])
+        # A terminal closing (SIGHUP) is no reason to stop a single process (its output
+        # goes to the run's log then: mfdsl.runner.output); a launcher passes SIGHUP on as
+        # a stop, and then the ranks stop together.
+        names = list(_STOP_SIGNALS) + (["SIGINT", "SIGHUP"] if distributed else [])
+        if not distributed and hasattr(signal, "SIGHUP"):
+            try:
+                self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            except ValueError:
+                pass
         for name in names:
             sig = getattr(signal, name, None)
             if sig is None:

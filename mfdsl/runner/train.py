@@ -34,6 +34,7 @@ from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, Tr
                       plan_batches, recipe_as_dict, scaled_lr)
 from .. import fsio
 from . import recipe_history
+from .output import Console
 from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
 from .run_lock import RunLock
 from .run_folder import (MANIFEST, OutputPlan, RunContext, clear_run, environment,
@@ -462,10 +463,9 @@ class Trainer:
     def log(self, msg: str) -> None:
         if self.env.is_main:
             bar = getattr(self, "_bar", None)
-            if bar is not None:
-                bar.write(msg)
-            else:
-                print(msg, flush=True)
+            if not hasattr(self, "console"):  # a closed stdout degrades to the run's log
+                self.console = Console(self.out_plan.output)
+            self.console.say(msg, bar.write if bar is not None else None)
 
     def _loader(self, epoch: int, micro: int):
         sampler = ResumableDistributedSampler(self.train_set, self.env.world_size,
