@@ -98,10 +98,15 @@ def _recipe_overrides(kw: Dict[str, Any]) -> Dict[str, Any]:
 
     o: Dict[str, Any] = {}
     for name, meta, _ in settings_of(RecipeSpec):
+        if meta.cli_off and kw.get("no_" + name) and kw.get(name) is not None:
+            _fail(f"--no-{meta.cli[2:]} and {meta.cli} {kw[name]} contradict each other; give "
+                  "one", 2)
         if meta.cli and kw.get(name) is not None:
             o[name] = kw[name]
             if meta.optional and meta.type == STR and kw[name] in ("none", "off", ""):
                 o[name] = None  # `--randaugment none` as in a spec file
+            if meta.optional and meta.cli_off and meta.type != STR and kw[name] == 0:
+                o[name] = None  # `--ema 0`, `--clip-grad 0`: off, as the help says
         if meta.cli_off and kw.get("no_" + name):
             o[name] = None if meta.optional else 0.0
     if kw.get("amp") is not None:  # --amp/--no-amp: a run option that also sets the recipe's
@@ -149,7 +154,7 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
 def _recipe_options(f):
     """One option per recipe setting that declares a flag (mfdsl.ir.RecipeSpec metadata),
     plus --no-X where ``cli_off``: a new recipe field needs no edit here."""
-    from ..ir import BOOL, FLOAT, FLOATS, INT, RecipeSpec, settings_of
+    from ..ir import BOOL, FLOAT, FLOATS, INT, STR, RecipeSpec, settings_of
 
     opts = []
     for name, meta, default in settings_of(RecipeSpec):
@@ -158,6 +163,8 @@ def _recipe_options(f):
         shown = "none" if default is None else (",".join(map(str, default))
                                                  if isinstance(default, tuple) else default)
         help_text = f"{meta.doc} Recipe {name}; default {shown}."
+        if meta.optional and meta.cli_off and meta.type != STR:
+            help_text += " 0: off."
         if meta.choices:
             kind: Any = click.Choice(list(meta.choices))
         elif meta.type == INT:
@@ -210,7 +217,7 @@ def _recipe_options(f):
 @click.option("--workers", type=int, default=_DEFAULT_WORKERS, show_default=True,
               help="DataLoader worker processes per training process (default: CPU cores, "
                    "at most 8).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--resume", help="Continue from a checkpoint: a .safetensors/.state.pt file, a "
                                "run folder, or 'auto' (the latest in --output).")
 @click.option("--overwrite", is_flag=True,
@@ -277,6 +284,9 @@ def train_cmd(spec: str, **kw: Any) -> None:
         except SpecError as err:
             if err.line is None:
                 raise
+    if kw["amp"] is False and click.get_current_context().get_parameter_source(
+            "amp_dtype") == click.core.ParameterSource.COMMANDLINE:
+        _fail(f"--no-amp and --amp-dtype {kw['amp_dtype']} contradict each other; give one", 2)
     overrides = _recipe_overrides(kw)
     _check_overrides(parsed, overrides)
     opts = TrainOptions(
