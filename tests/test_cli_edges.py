@@ -100,6 +100,33 @@ def test_export_and_compile_take_a_run_folder(tmp_path):
     assert code == 0 and "[OK]" in text, text
     code, text = run("compile", spec, "--checkpoint", out)
     assert code == 0, text
+    # Three classes: top-5 would read 100% whatever the model does; it is not reported.
+    code, text = run("eval", "--checkpoint", out, "--data", tmp_path / "data", "--workers", "0")
+    assert code == 0 and "top-5 n/a (< 5 classes)" in text, text
     code, text = run("export", spec, "--format", "pt2", "--checkpoint", tmp_path / "data",
                      "-o", tmp_path / "n.pt2")
     assert code == 2 and "a folder without checkpoints" in text, text
+
+
+BN_HEAD = """\
+model bnhead {
+  input 3x32x32
+  classes 10
+  stage pooling x1 @16
+  head mlp(norm=batchnorm)
+}
+"""
+
+
+def test_batchnorm_on_pooled_features_needs_two_images_in_training(tmp_path):
+    spec = tmp_path / "bn.mf"
+    spec.write_text(BN_HEAD)
+    code, out = run("inspect", spec)
+    assert code == 2 and "--batch 1: the model normalises pooled features with batchnorm" \
+        in out and "Expected more than 1 value" not in out, out
+    assert run("inspect", spec, "--batch", "2")[0] == 0
+    code, out = run("train", spec, "-o", tmp_path / "r", "--per-device-batch", "1",
+                    "--batch-size", "1", "--max-steps", "1", "--no-mixup",
+                    "--no-cutmix")
+    assert code == 2 and "--per-device-batch 1: the model normalises pooled features" in out
+    assert not (tmp_path / "r").exists()

@@ -381,7 +381,9 @@ def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optiona
         return
     click.echo(f"{os.path.basename(res['checkpoint'])} on {res['data']} "
                f"({res['images']} images, {res['classes']} classes, {res['device']}):")
-    click.echo(f"  top-1 {res['top1']:.2f}%   top-5 {res['top5']:.2f}%   loss {res['loss']:.4f}"
+    from ..runner.metrics import pct
+
+    click.echo(f"  top-1 {res['top1']:.2f}%   top-5 {pct(res['top5'])}   loss {res['loss']:.4f}"
                f"   {res['img_s']:.1f} img/s")
     if res["skipped_images"]:
         from ..runner.imagefolder import show_path

@@ -28,12 +28,13 @@ from .evaluate import evaluate
 from .imagefolder import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
                           SkippingImageFolder, UnknownClassError, UnreadableImages,
                           eval_transform, make_loader, split_dir, train_transform)
-from .metrics import MetricsLog, format_duration, plot_curves
+from .metrics import MetricsLog, format_duration, pct, plot_curves
 from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
                       plan_batches, recipe_as_dict, scaled_lr)
 from .. import fsio
 from . import recipe_history
+from .batch_stats import check_training_batch
 from .output import Console
 from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
 from .run_lock import RunLock
@@ -110,6 +111,10 @@ class Trainer:
             self.log("inherited weights:\n" + self.inheritance.table())
         self._setup_datasets()
         self._setup_batches()
+        try:  # batchnorm on pooled features cannot train on one image per device
+            check_training_batch(self.model, self.plan.per_device, "--per-device-batch")
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
         self._setup_device_and_model()
         self._setup_optim()
         self.state = TrainState()
@@ -496,7 +501,7 @@ class Trainer:
                            skipped_images=res["skipped_images"],
                            **({"ema_top1": res["ema_top1"]} if self.ema is not None else {}))
         extra = f", EMA top-1 {res['ema_top1']:.2f}%" if self.ema is not None else ""
-        self.log(f"val @ step {st.step}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+        self.log(f"val @ step {st.step}: top-1 {res['top1']:.2f}%  top-5 {pct(res['top5'])}  "
                  f"loss {res['loss']:.4f}  ({res['images']} images, {res['img_s']:.0f} img/s)"
                  + extra)
         if res["skipped_images"]:
@@ -767,7 +772,7 @@ class Trainer:
             png = plot_curves(self.metrics.jsonl, os.path.join(self.output, "curves.png"))
             fv = summary["final_val"]
             self.log(f"done: {st.step} steps in {format_duration(elapsed)}"
-                     + (f"; final val top-1 {fv['top1']:.2f}% top-5 {fv['top5']:.2f}%" if fv else "")
+                     + (f"; final val top-1 {fv['top1']:.2f}% top-5 {pct(fv['top5'])}" if fv else "")
                      + f"; skipped {len(st.unreadable)} unreadable training image(s)"
                      + (f"; {st.nan_skipped} non-finite step(s) skipped" if st.nan_skipped else "")
                      + f"\nrun folder: {self.output}"
