@@ -130,3 +130,25 @@ def test_batchnorm_on_pooled_features_needs_two_images_in_training(tmp_path):
                     "--no-cutmix")
     assert code == 2 and "--per-device-batch 1: the model normalises pooled features" in out
     assert not (tmp_path / "r").exists()
+
+
+def test_a_specs_only_comparison_plots_labelled_costs(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from mfdsl import compare
+
+    drawn = {"labels": [], "bars": []}
+    real_labels, real_barh = Axes.set_yticklabels, Axes.barh
+    monkeypatch.setattr(Axes, "set_yticklabels", lambda self, labels, **k: (
+        drawn["labels"].append(list(labels)), real_labels(self, labels, **k))[1])
+    monkeypatch.setattr(Axes, "barh", lambda self, y, w, **k: (
+        drawn["bars"].append(list(w)), real_barh(self, y, w, **k))[1])
+    entries = [compare.Entry("small", "spec", "a.mf", 2_000_000, 0, 1_000_000_000),
+               compare.Entry("big", "spec", "b.mf", 8_000_000, 0, 3_000_000_000)]
+    png = compare.plot(entries, {"throughput": False})
+    assert png.startswith(b"\x89PNG")
+    assert drawn["labels"] and all(lab == ["small", "big"] for lab in drawn["labels"])
+    assert [1.0, 3.0] in drawn["bars"] and [2.0, 8.0] in drawn["bars"]
