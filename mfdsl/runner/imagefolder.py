@@ -275,7 +275,11 @@ def _decode(path: str) -> Image.Image:
         raise OSError("not a regular file")
     with Image.open(path) as f:
         f.load()
-        return f if f.mode == "RGB" else f.convert("RGB")  # no copy for RGB JPEGs
+        if f.mode == "RGB":
+            return f  # no copy for RGB JPEGs
+        from mfdsl.data.depth import to_rgb8  # 16-bit and float images scaled, not clipped
+
+        return to_rgb8(f)
 
 
 def _describe(exc: BaseException) -> str:
