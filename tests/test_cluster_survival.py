@@ -478,3 +478,23 @@ def test_a_closed_stdout_never_stops_training(setup, tmp_path):
     log = (out / "output.log").read_text()
     assert "stdout closed; training goes on" in log and "done: 18 steps" in log
     assert json.loads((out / "summary.json").read_text())["steps"] == 18
+
+
+@pytest.mark.slow
+def test_resuming_an_older_checkpoint_never_overwrites_newer_intact_ones(setup, tmp_path):
+    root, spec, data = setup
+    out = tmp_path / "run"
+    assert mfdsl("train", spec, "--data", data, "-o", out, *QUIET, "--max-steps", "6",
+                 "--ckpt-every", "2", "--keep-recent", "10").returncode == 0
+    ck = out / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, "--max-steps", "6",
+              "--resume", ck / "ckpt-00000002.safetensors")
+    assert p.returncode == 2, p.stderr
+    assert "step 2 is older than intact checkpoints" in p.stderr
+    assert "ckpt-00000004 (step 4)" in p.stderr and "incomplete" not in p.stderr
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
+    # Into another folder it continues.
+    r = mfdsl("train", spec, "--data", data, "-o", tmp_path / "branch", *QUIET,
+              "--max-steps", "6", "--resume", ck / "ckpt-00000002.safetensors")
+    assert r.returncode == 0, r.stderr[-2000:]

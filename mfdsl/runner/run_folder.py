@@ -396,8 +396,23 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
         if stem is not None:
             prior = checkpoint_context(stem + ckpt.WEIGHTS_EXT)
             step = ckpt.pair_step(stem) or 0
-            newer = [n for n in ckpt.checkpoint_files(os.path.dirname(stem))
+            folder = os.path.dirname(stem)
+            newer = [n for n in ckpt.checkpoint_files(folder)
                      if (m := re.match(r"^ckpt-(\d+)\.", n)) and int(m.group(1)) > step]
+            # Newer pairs that are intact would be overwritten (same step names) or pruned
+            # by the resumed run: refuse, naming them.
+            intact = sorted({(s2, os.path.basename(c)) for c in
+                             [os.path.join(folder, n.split(".")[0]) for n in newer]
+                             + [os.path.join(folder, "last"), os.path.join(folder, "best")]
+                             if (s2 := ckpt.pair_step(c)) is not None and s2 > step})
+            if intact and os.path.abspath(folder) == os.path.abspath(
+                    os.path.join(out, "checkpoints")):
+                shown = ", ".join(f"{n} (step {s2})" for s2, n in intact[:6])
+                raise RunError(f"--resume {resume}: step {step} is older than intact "
+                               f"checkpoints in {folder} ({shown}); continuing there would "
+                               "overwrite or prune them. Resume from the newest (--resume "
+                               "auto), or into another --output, or move them away")
+            newer = [n for n in newer if not any(n.startswith(c + ".") for _, c in intact)]
             if newer:
                 notes.append(f"note: resuming from step {step}: newer checkpoint files are "
                              f"incomplete or unreadable and are left as they are "
