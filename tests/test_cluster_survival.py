@@ -122,6 +122,7 @@ def test_a_second_writer_is_refused_naming_the_holder_then_sigterm_checkpoints(s
     root, spec, data = setup
     out = root / "locked"
     first = start("train", spec, "--data", data, "-o", out, *QUIET, *LONG)
+    waiter = None
     try:
         wait_for(out / "checkpoints" / "last.safetensors", first)
         lock = json.loads((out / ".mfdsl-lock").read_text())
@@ -133,18 +134,44 @@ def test_a_second_writer_is_refused_naming_the_holder_then_sigterm_checkpoints(s
             assert "being written by another mfdsl run" in p.stderr, p.stderr
             assert f"pid {first.pid}" in p.stderr and "Traceback" not in p.stderr
         assert first.poll() is None, "the first run must go on undisturbed"
+        t0 = time.time()
+        p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, "--resume", "auto",
+                  "--wait-for-lock", "2")
+        assert p.returncode == 2 and "waited 2 s; nothing was changed" in p.stderr, p.stderr
+        assert time.time() - t0 >= 2
+        # A waiting requeue goes on once the holder ends (here: stopped by SIGTERM).
+        waiter = start("train", spec, "--data", data, "-o", out, *QUIET, *LONG,
+                       "--resume", "auto", "--wait-for-lock", "120")
         # A scheduler's stop: a checkpoint at the next step boundary, exit 75.
         os.kill(first.pid, signal.SIGTERM)
         text = finish(first)
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+        for proc in (first, waiter):
+            if proc is not None and proc.poll() is None and (proc is first or first.poll()
+                                                             is None):
+                os.killpg(proc.pid, signal.SIGKILL)
     assert first.returncode == 75, text[-2000:]
     assert "stopped by SIGTERM at step" in text and "--resume auto" in text, text[-2000:]
     assert "Traceback" not in text
+    stopped = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and waiter.poll() is None and not (
+                (out / ".mfdsl-lock").exists()
+                and json.loads((out / ".mfdsl-lock").read_text() or "{}").get("pid")
+                == waiter.pid):
+            time.sleep(0.2)
+        time.sleep(3)
+        os.kill(waiter.pid, signal.SIGTERM)
+        wtext = finish(waiter)
+    finally:
+        if waiter.poll() is None:
+            os.killpg(waiter.pid, signal.SIGKILL)
+    assert waiter.returncode == 75, wtext[-2000:]
+    assert f"resumed from {out / 'checkpoints' / 'last'} (step {stopped}," in wtext, wtext[-2000:]
+    stopped = int(wtext.split("stopped by SIGTERM at step ")[1].split()[0])
     from mfdsl.runner import checkpointing as ckpt
 
-    stopped = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
     assert ckpt.pair_step(str(out / "checkpoints" / "last")) == stopped
     assert not (out / ".mfdsl-lock").exists()
     # The refused starts changed nothing: the first run's history is whole.

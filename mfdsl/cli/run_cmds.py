@@ -227,6 +227,9 @@ def _recipe_options(f):
               help="With --resume: let recipe values differ from the run's (refused "
                    "otherwise); each change is recorded with its step in "
                    "recipe_changes.jsonl.")
+@click.option("--wait-for-lock", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+              help="If another run holds the --output folder, wait up to this long for it "
+                   "to end (a requeued job) instead of stopping at once.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (the "
                                             "schedule is compressed to fit).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -305,7 +308,7 @@ def train_cmd(spec: str, **kw: Any) -> None:
         tensorboard=kw["tensorboard"], progress=kw["progress"], argv=tuple(sys.argv),
         recipe_overrides=overrides, init_from=kw["init_from"],
         inherit=tuple(kw["inherit"]), inherit_depth=kw["inherit_depth"],
-        allow_recipe_change=kw["allow_recipe_change"],
+        allow_recipe_change=kw["allow_recipe_change"], wait_for_lock=kw["wait_for_lock"],
     )
     if opts.workers < 0:
         _fail("--workers must be >= 0", 2)

@@ -126,8 +126,24 @@ class RunLock:
         self._thread: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------ acquire
-    def acquire(self, command: Optional[str] = None) -> "RunLock":
-        """Take the lock or raise RunLocked naming the holder (nothing is changed then)."""
+    def acquire(self, command: Optional[str] = None, wait: float = 0.0) -> "RunLock":
+        """Take the lock or raise RunLocked naming the holder (nothing is changed then).
+        With ``wait`` > 0, retry for up to that many seconds first (a requeued job whose
+        predecessor is still writing its last checkpoint)."""
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            try:
+                return self._acquire_once(command)
+            except RunLocked as exc:
+                if time.monotonic() >= deadline:
+                    if wait > 0:
+                        exc.message = exc.message.replace(
+                            "; nothing was changed", f"; waited {wait:g} s; nothing was changed")
+                        exc.args = (exc.message,)
+                    raise
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+    def _acquire_once(self, command: Optional[str]) -> "RunLock":
         if not os.path.isdir(self.folder):
             if os.path.lexists(self.folder):
                 return self  # not a folder: the run-folder checks refuse it with its reason

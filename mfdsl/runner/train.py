@@ -802,7 +802,7 @@ def run_training(spec: ModelSpec, opts: TrainOptions) -> Dict[str, Any]:
     lock = None
     if int(os.environ.get("RANK", "0")) == 0:
         lock = RunLock(opts.output or os.path.join("runs", spec.name)).acquire(
-            " ".join(opts.argv or sys.argv))
+            " ".join(opts.argv or sys.argv), wait=opts.wait_for_lock)
     watch = None
     try:
         plan, env, watch = _plan_and_setup(spec, opts, lock)
