@@ -9,7 +9,8 @@ from typing import Optional, Tuple
 import click
 
 from .app import main
-from .common import checkpoint_path_cb, check_at_img_size, parse_img_size
+from .checkpoint_opts import checkpoint_path_cb
+from .common import check_at_img_size, parse_img_size
 from .. import fsio
 from ..errors import SpecError
 from ..ir import ModelSpec

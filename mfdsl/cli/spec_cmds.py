@@ -12,7 +12,7 @@ import click
 from ..errors import SpecError
 from ..ir import ModelSpec
 from .app import main
-from .common import checkpoint_path_cb
+from .checkpoint_opts import checkpoint_path_cb
 
 _SI = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
