@@ -43,4 +43,3 @@ def check_at_img_size(spec, img_size: Optional[Tuple[int, int]]):
             raise SpecError(f"--img-size {img_size[0]}x{img_size[1]}: {err.message}",
                             path=err.path, hint=err.hint) from None
         raise
-
