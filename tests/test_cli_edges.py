@@ -105,7 +105,7 @@ def test_export_and_compile_take_a_run_folder(tmp_path):
     assert code == 0 and "top-5 n/a (< 5 classes)" in text, text
     code, text = run("export", spec, "--format", "pt2", "--checkpoint", tmp_path / "data",
                      "-o", tmp_path / "n.pt2")
-    assert code == 2 and "a folder without checkpoints" in text, text
+    assert code == 2 and "is a directory with no checkpoints" in text, text
 
 
 BN_HEAD = """\

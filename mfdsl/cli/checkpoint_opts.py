@@ -18,5 +18,7 @@ def checkpoint_path_cb(ctx: click.Context, param: click.Parameter,
 
     try:
         return resolve_checkpoint_path(value)
-    except RunError as err:
-        raise click.BadParameter(err.message.split(": ", 1)[-1]) from None
+    except RunError:
+        raise click.BadParameter(f"{value} is a directory with no checkpoints/"
+                                 "last.safetensors (give a run folder or a weights "
+                                 "file)") from None

@@ -144,6 +144,16 @@ class RunLock:
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     def _acquire_once(self, command: Optional[str]) -> "RunLock":
+        try:
+            return self._try(command)
+        except RunError:
+            raise
+        except OSError as exc:
+            # Say which option is at fault: a bare "[Errno 20] Not a directory" does not.
+            raise RunError(f"--output {self.folder}: cannot write the run folder: "
+                           f"{exc.strerror or exc}") from None
+
+    def _try(self, command: Optional[str]) -> "RunLock":
         if not os.path.isdir(self.folder):
             if os.path.lexists(self.folder):
                 return self  # not a folder: the run-folder checks refuse it with its reason
