@@ -118,6 +118,7 @@ model bnhead {
 """
 
 
+@pytest.mark.slow
 def test_batchnorm_on_pooled_features_needs_two_images_in_training(tmp_path):
     spec = tmp_path / "bn.mf"
     spec.write_text(BN_HEAD)
