@@ -279,6 +279,8 @@ def plot(entries: Sequence[Entry], context: Dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if all(e.top1 is None for e in entries):
+        return _plot_costs(entries, context)
     datasets = sorted({e.dataset for e in entries if e.top1 is not None}, key=str) or [None]
     fig, grid = plt.subplots(len(datasets), 3, figsize=(16, 4.6 * len(datasets)),
                              squeeze=False)
@@ -321,6 +323,47 @@ def plot(entries: Sequence[Entry], context: Dict[str, Any]) -> bytes:
                              else "throughput not measured", fontsize=8)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plot_costs(entries: Sequence[Entry], context: Dict[str, Any]) -> bytes:
+    """PNG for entries without any accuracy (specs only): one labelled row per entry on
+    each cost axis, so the models are compared by what they cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 1.2 + 0.35 * max(len(entries), 3)),
+                             squeeze=False)
+    ys = list(range(len(entries)))
+    for ax, (attr, name, higher_better) in zip(axes[0], AXES):
+        scale = {"macs": 1e9, "params": 1e6}.get(attr, 1.0)
+        unit = {"macs": " (G)", "params": " (M)"}.get(attr, "")
+        pts = [(y, getattr(e, attr) / scale) for y, e in zip(ys, entries)
+               if getattr(e, attr) is not None]
+        if pts:
+            ax.barh([y for y, _ in pts], [x for _, x in pts], color="tab:blue", alpha=0.7)
+            for y, x in pts:
+                ax.annotate(f"{x:.3g}", (x, y), fontsize=7, xytext=(3, -3),
+                            textcoords="offset points")
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center",
+                    transform=ax.transAxes)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([e.label for e in entries], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(name + unit + (" - higher is better" if higher_better else ""))
+        ax.grid(alpha=0.3, axis="x")
+        if attr == "img_s":
+            ax.set_title(f"measured here: batch {context.get('batch')}, fp32, "
+                         f"{context.get('device')}" if context.get("throughput")
+                         else "throughput not measured", fontsize=8)
+    fig.suptitle("specs without an accuracy: costs only", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

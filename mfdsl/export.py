@@ -93,6 +93,8 @@ def export_model(model: nn.Module, path: str, fmt: str, *, input_shape: Tuple[in
         fsio.write_atomic_with(path, write, verify=verify)
     except _Mismatch:
         box["result"].written = False
+    except fsio.WriteError as exc:
+        raise ExportError(str(exc)) from None
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
     return box["result"]
@@ -149,7 +151,15 @@ def _export_pt2(model: nn.Module, example: torch.Tensor, path: str,
                                  dynamic_shapes=_batch_dims(dynamic))
     except Exception as exc:  # torch.export's own errors are long; keep the first line
         raise ExportError(f"torch.export failed: {_first_line(exc)}") from exc
-    torch.export.save(ep, path)
+    # Serialised in memory and written by Python: torch's native writer aborts the process
+    # (exit 134, a C++ stack trace) when the disk fills up mid-write.
+    import io
+
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    with open(path, "wb") as f:
+        f.write(buf.getbuffer())
+    del buf
     loaded = torch.export.load(path).module()
 
     def run(x: torch.Tensor) -> np.ndarray:

@@ -22,6 +22,7 @@ import os
 import stat
 import tempfile
 from typing import Callable, Iterable, Optional, Union
+from .errors import UserError
 
 OUTPUT = "output"
 INTERNAL = "internal"
@@ -36,6 +37,71 @@ class UnsafePathError(OSError):
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class WriteError(UserError, OSError):
+    """A write failed on the file system's side (full disk, quota, read-only, I/O error);
+    ``str()`` is the whole message: the file, the reason, and what was kept."""
+
+    exit_code = 74  # EX_IOERR: distinct from a refused input (2), so scripts can tell
+
+    def __init__(self, message: str, errno_: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+# Writers that do their own I/O in C++ (torch's zip writer) report a failed write like this,
+# with the OSError (if any) only in the exception's context.
+_NATIVE_WRITE_FAILURES = ("basic_ios::clear", "inline_container.cc", "PytorchStreamWriter",
+                          "file write failed", "unexpected pos")
+
+
+def _os_error_in(exc: BaseException) -> Optional[OSError]:
+    seen = 0
+    e: Optional[BaseException] = exc
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and not isinstance(e, (UnsafePathError, WriteError)):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+def _free_space(folder: str) -> str:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return ""
+    return f"; {st.f_bavail * st.f_frsize / 1e6:.1f} MB free there"
+
+
+def write_failure(exc: BaseException, target: str, existed: bool) -> Optional[WriteError]:
+    """The WriteError ``exc`` amounts to when writing ``target`` (None: not an I/O failure,
+    e.g. the writer's own bug or a refused path, which keep their own type)."""
+    import errno as E
+
+    if isinstance(exc, WriteError):
+        return exc
+    if isinstance(exc, UnsafePathError):
+        return None
+    os_err = _os_error_in(exc)
+    if os_err is None and not any(m in str(exc) for m in _NATIVE_WRITE_FAILURES):
+        return None
+    code = os_err.errno if os_err is not None else None
+    folder = os.path.dirname(os.path.abspath(target))
+    if code in (E.ENOSPC, E.EDQUOT):
+        why = os.strerror(code) + _free_space(folder)
+    elif code is not None:
+        why = os_err.strerror or os.strerror(code)
+    else:  # the native writer gave no errno: say what the disk says
+        why = "the write failed (full disk or I/O error?)" + _free_space(folder)
+    kept = ("the previous file is kept unchanged" if existed
+            else "nothing was left there (the partial temporary file was removed)")
+    return WriteError(f"cannot write {target}: {why}; {kept}", code)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -113,8 +179,12 @@ def write_atomic_with(path: str, write: Callable[[str], None], *, links: str = O
         if not os.access(target, os.W_OK):
             # A rename would replace it anyway; a read-only file says "do not".
             raise PermissionError(13, "Permission denied (the file is read-only)", target)
+    existed = os.path.lexists(target)
     # The real extension last: writers that pick a format from the name still work.
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
+    except OSError as exc:
+        raise (write_failure(exc, target, existed) or exc) from None
     os.close(fd)
     try:
         write(tmp)
@@ -124,11 +194,14 @@ def write_atomic_with(path: str, write: Callable[[str], None], *, links: str = O
         if verify is not None:
             verify(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        failure = write_failure(exc, target, existed) if isinstance(exc, Exception) else None
+        if failure is not None:
+            raise failure from None
         raise
     fsync_dir(folder)
     return target
@@ -171,15 +244,23 @@ def append_text(path: str, text: str) -> None:
     Appends are not atomic: readers of these logs skip a line cut short by a crash.
     """
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    existed = os.path.lexists(path)
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:
         if os.path.islink(path):
             raise UnsafePathError(f"{path} is a symbolic link; a run folder's files must be "
                                   "its own (remove the link)") from None
-        raise exc
-    with os.fdopen(fd, "a", encoding="utf-8", newline="") as f:
-        f.write(text)
+        raise (write_failure(exc, path, existed) or exc) from None
+    try:
+        with os.fdopen(fd, "a", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as exc:
+        failure = write_failure(exc, path, existed)
+        if failure is None:
+            raise
+        raise WriteError(str(failure).rsplit("; ", 1)[0] + "; the lines before this one are "
+                         "kept (a last line may be cut short)", failure.errno) from None
 
 
 def ensure_folder(path: str) -> None:

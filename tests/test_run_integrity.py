@@ -586,7 +586,8 @@ def test_resume_into_another_runs_folder_is_refused(data, specs, tmp_path):
     assert _tree(b) == before
     # Into a new folder it continues, and eval there needs no spec.
     code, text = run("train", specs / "pool.mf", *FAST, "--max-steps", "4", "--data", data,
-                     "-o", tmp_path / "c", "--resume", a / "checkpoints" / "last.safetensors")
+                     "-o", tmp_path / "c", "--resume", a / "checkpoints" / "last.safetensors",
+                     "--allow-recipe-change")  # issue 19: more steps is a recipe change
     assert code == 0, text
     assert json.loads((tmp_path / "c" / "run.json").read_text())["run_id"] == json.loads(
         (a / "run.json").read_text())["run_id"]
@@ -594,7 +595,7 @@ def test_resume_into_another_runs_folder_is_refused(data, specs, tmp_path):
 
 def test_resume_without_img_size_keeps_the_runs(trained, data, specs):
     code, text = run("train", specs / "pool.mf", *FAST, "--max-steps", "3", "--data", data,
-                     "-o", trained, "--resume", "auto")
+                     "-o", trained, "--resume", "auto", "--allow-recipe-change")
     assert code == 0, text
     resolved = json.loads((trained / "recipe.json").read_text())["resolved"]
     assert resolved["img_size"] == [64, 64]
@@ -608,6 +609,6 @@ def test_resume_past_an_unreadable_newer_checkpoint_says_so(data, specs, tmp_pat
     (ck / "ckpt-00000002.state.pt").write_bytes(b"garbage")
     (ck / "last.state.pt").unlink()
     code, text = run("train", specs / "pool.mf", *FAST, "--max-steps", "3", "--data", data,
-                     "-o", out, "--resume", "auto")
+                     "-o", out, "--resume", "auto", "--allow-recipe-change")
     assert code == 0, text
     assert "resuming from step 1" in text and "ckpt-00000002" in text

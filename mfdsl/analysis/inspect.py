@@ -124,6 +124,9 @@ def analyse(spec: ModelSpec, batch: int = 1, dtype: Union[str, torch.dtype] = "f
     params, frozen = _params_by_part(model, len(spec.stages))
 
     train_model = meta_model(spec).to(torch_dtype)
+    from ..runner.batch_stats import check_training_batch
+
+    check_training_batch(train_model, batch, "--batch")  # the measured step is a training one
     saved = measure_saved(train_model, x.to(torch_dtype), spec.num_classes)
     act = {}
     for key, nbytes in saved.by_part.items():

@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import click
 
 from .app import main, report
+from .checkpoint_opts import checkpoint_path_cb
 from .common import check_at_img_size, parse_img_size
 from .. import fsio
 from ..errors import SpecError
@@ -100,8 +101,9 @@ _EXPORT_EXT = {"pt2": ".pt2", "onnx": ".onnx"}
 @SPEC_ARG
 @click.option("--format", "fmt", type=click.Choice(["pt2", "onnx"]), required=True,
               help="pt2: torch.export program; onnx: ONNX via the dynamo exporter.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False),
-              help="Weights to load (mfdsl, timm or official layout).")
+@click.option("--checkpoint", type=click.Path(), callback=checkpoint_path_cb,
+              help="Weights to load (mfdsl, timm or official layout), or a run "
+                   "folder (its last checkpoint).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="File to write.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,

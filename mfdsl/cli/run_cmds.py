@@ -79,10 +79,15 @@ def _recipe_overrides(kw: Dict[str, Any]) -> Dict[str, Any]:
 
     o: Dict[str, Any] = {}
     for name, meta, _ in settings_of(RecipeSpec):
+        if meta.cli_off and kw.get("no_" + name) and kw.get(name) is not None:
+            _fail(f"--no-{meta.cli[2:]} and {meta.cli} {kw[name]} contradict each other; give "
+                  "one", 2)
         if meta.cli and kw.get(name) is not None:
             o[name] = kw[name]
             if meta.optional and meta.type == STR and kw[name] in ("none", "off", ""):
                 o[name] = None  # `--randaugment none` as in a spec file
+            if meta.optional and meta.cli_off and meta.type != STR and kw[name] == 0:
+                o[name] = None  # `--ema 0`, `--clip-grad 0`: off, as the help says
         if meta.cli_off and kw.get("no_" + name):
             o[name] = None if meta.optional else 0.0
     if kw.get("amp") is not None:  # --amp/--no-amp: a run option that also sets the recipe's
@@ -130,7 +135,7 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
 def _recipe_options(f):
     """One option per recipe setting that declares a flag (mfdsl.ir.RecipeSpec metadata),
     plus --no-X where ``cli_off``: a new recipe field needs no edit here."""
-    from ..ir import BOOL, FLOAT, FLOATS, INT, RecipeSpec, settings_of
+    from ..ir import BOOL, FLOAT, FLOATS, INT, STR, RecipeSpec, settings_of
 
     opts = []
     for name, meta, default in settings_of(RecipeSpec):
@@ -139,6 +144,8 @@ def _recipe_options(f):
         shown = "none" if default is None else (",".join(map(str, default))
                                                  if isinstance(default, tuple) else default)
         help_text = f"{meta.doc} Recipe {name}; default {shown}."
+        if meta.optional and meta.cli_off and meta.type != STR:
+            help_text += " 0: off."
         if meta.choices:
             kind: Any = click.Choice(list(meta.choices))
         elif meta.type == INT:
@@ -196,12 +203,19 @@ def _recipe_options(f):
 @click.option("--workers", type=int, default=_DEFAULT_WORKERS, show_default=True,
               help="DataLoader worker processes per training process (default: CPU cores, "
                    "at most 8).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--resume", help="Continue from a checkpoint: a .safetensors/.state.pt file, a "
                                "run folder, or 'auto' (the latest in --output).")
 @click.option("--overwrite", is_flag=True,
               help="Start a new run in an --output folder that holds an earlier run: its run "
                    "files (checkpoints, metrics, run.json ...) are removed first.")
+@click.option("--allow-recipe-change", is_flag=True,
+              help="With --resume: let recipe values differ from the run's (refused "
+                   "otherwise); each change is recorded with its step in "
+                   "recipe_changes.jsonl.")
+@click.option("--wait-for-lock", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+              help="If another run holds the --output folder, wait up to this long for it "
+                   "to end (a requeued job) instead of stopping at once.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (the "
                                             "schedule is compressed to fit).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -262,6 +276,9 @@ def train_cmd(spec: str, **kw: Any) -> None:
         except SpecError as err:
             if err.line is None:
                 raise
+    if kw["amp"] is False and click.get_current_context().get_parameter_source(
+            "amp_dtype") == click.core.ParameterSource.COMMANDLINE:
+        _fail(f"--no-amp and --amp-dtype {kw['amp_dtype']} contradict each other; give one", 2)
     overrides = _recipe_overrides(kw)
     _check_overrides(parsed, overrides)
     opts = TrainOptions(
@@ -282,6 +299,7 @@ def train_cmd(spec: str, **kw: Any) -> None:
         recipe_overrides=overrides, init_from=kw["init_from"],
         inherit=tuple(kw["inherit"]), inherit_depth=kw["inherit_depth"],
         grad_checkpointing=kw["grad_checkpointing"],
+        allow_recipe_change=kw["allow_recipe_change"], wait_for_lock=kw["wait_for_lock"],
     )
     if opts.workers < 0:
         _fail("--workers must be >= 0", 2)
@@ -364,7 +382,9 @@ def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optiona
         return
     click.echo(f"{os.path.basename(res['checkpoint'])} on {res['data']} "
                f"({res['images']} images, {res['classes']} classes, {res['device']}):")
-    click.echo(f"  top-1 {res['top1']:.2f}%   top-5 {res['top5']:.2f}%   loss {res['loss']:.4f}"
+    from ..runner.metrics import pct
+
+    click.echo(f"  top-1 {res['top1']:.2f}%   top-5 {pct(res['top5'])}   loss {res['loss']:.4f}"
                f"   {res['img_s']:.1f} img/s")
     if res["skipped_images"]:
         from ..data.dataset import show_path

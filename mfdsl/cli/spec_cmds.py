@@ -12,6 +12,7 @@ import click
 from ..errors import SpecError
 from ..ir import ModelSpec
 from .app import main
+from .checkpoint_opts import checkpoint_path_cb
 
 _SI = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
@@ -109,8 +110,9 @@ def validate(specs: Sequence[str], quiet: bool, **limits: Optional[str]) -> None
 @click.option("--mode", type=click.Choice(["default", "max-autotune", "eager"]),
               default="default", show_default=True, help="torch.compile mode ('eager': none).")
 @click.option("--fold", is_flag=True, help="Apply the inference folding passes.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Load weights (mfdsl, timm or official format) before optimising.")
+@click.option("--checkpoint", type=click.Path(), callback=checkpoint_path_cb,
+              default=None, help="Load weights (mfdsl, timm or official format) before "
+                                 "optimising; a run folder means its last checkpoint.")
 @with_limits
 def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mode: str,
                 fold: bool, checkpoint: Optional[str], **limits: Optional[str]) -> None:

@@ -45,7 +45,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 def _decode(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as f:
         f.load()
-        return f if f.mode == "RGB" else f.convert("RGB")  # no copy for RGB JPEGs
+        if f.mode == "RGB":
+            return f  # no copy for RGB JPEGs
+        return to_rgb8(f)  # 16-bit and float images scaled, not clipped
 
 
 _BUFFER = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")

@@ -186,10 +186,18 @@ def generate(root: os.PathLike, train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
 
 def default_cache_dir() -> Path:
     """``$MFDSL_CACHE`` or ``$XDG_CACHE_HOME/mfdsl`` or ``~/.cache/mfdsl``."""
+    # '~' is expanded as a shell would (a quoted MFDSL_CACHE='~/x' reaches us unexpanded).
     if os.environ.get("MFDSL_CACHE"):
-        return Path(os.environ["MFDSL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mfdsl"
+        return Path(os.path.expanduser(os.environ["MFDSL_CACHE"]))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(os.path.expanduser(base)) / "mfdsl"
+
+
+class CacheError(OSError):
+    """The dataset cache cannot be made; ``str()`` is the whole message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def ensure_tinyshapes(cache_dir: Optional[os.PathLike] = None) -> Path:
@@ -203,8 +211,21 @@ def ensure_tinyshapes(cache_dir: Optional[os.PathLike] = None) -> Path:
     marker = target / "COMPLETE"
     if marker.is_file():
         return target
+    try:
+        return _generate_into(cache, target, marker)
+    except OSError as exc:
+        raise CacheError(f"cannot make the embedded dataset in {cache}: "
+                         f"{exc.strerror or exc}; set MFDSL_CACHE to a writable folder (or "
+                         "give --data)") from None
+
+
+def _generate_into(cache: Path, target: Path, marker: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tinyshapes-", dir=cache))
+    # mkdtemp makes it 0700: a shared cache must be readable by the others using it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
     try:
         generate(tmp)
         (tmp / "COMPLETE").write_text(f"tinyshapes v{VERSION}\n")

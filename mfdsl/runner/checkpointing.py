@@ -40,7 +40,13 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    fsio.write_atomic_with(path, lambda tmp: torch.save(obj, tmp), links=fsio.INTERNAL)
+    def write(tmp: str) -> None:
+        # Through a Python file: a full disk surfaces as the OSError it is (torch's own
+        # writer reports "basic_ios::clear" or an enforce failure).
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    fsio.write_atomic_with(path, write, links=fsio.INTERNAL)
 
 
 def atomic_save_weights(tensors: Dict[str, torch.Tensor], path: str,

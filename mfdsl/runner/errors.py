@@ -40,3 +40,10 @@ class InterruptedRun(RunError):
     """The user stopped training (Ctrl-C / SIGINT); exit code 130 like a shell's."""
 
     exit_code = 130
+
+
+class WriteFailed(RunError):
+    """A run file could not be written (full disk, quota, read-only or failing file system);
+    exit code 74 (EX_IOERR). The message names the file and what was kept."""
+
+    exit_code = 74

@@ -40,6 +40,7 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
     model.eval()
     device = env.device
     loss_sum, n, c1, c5 = 0.0, 0, 0, 0
+    n_logits = 0
     unreadable = UnreadableImages("val")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -66,6 +67,7 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
         logits = model(images).float()
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
         k1, k5 = accuracy_counts(logits, target)
+        n_logits = logits.shape[1]
         c1 += k1
         c5 += k5
         n += images.shape[0]
@@ -81,7 +83,8 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
     n = int(n)
     return {
         "top1": 100.0 * c1 / max(n, 1),
-        "top5": 100.0 * c5 / max(n, 1),
+        # Top-5 of fewer than 5 classes is 100% whatever the model does: not reported.
+        "top5": None if 0 < n_logits < 5 else 100.0 * c5 / max(n, 1),
         "loss": loss_sum / max(n, 1),
         "images": n,
         "img_s": n / elapsed,

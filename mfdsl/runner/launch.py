@@ -35,13 +35,33 @@ def without_option(argv: Sequence[str], option: str = OPTION) -> List[str]:
 def launch(argv: Sequence[str], nproc: int) -> int:
     """Run ``python -m mfdsl.runner ARGV`` in ``nproc`` processes; the first failed
     worker's exit code, or 0."""
+    import logging
+
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    from .preemption import EXIT_PREEMPTED
+
+    # SLURM's early warning (SIGUSR1) must reach the workers like SIGTERM does: the
+    # launcher forwards the signals it handles, and dies of the others.
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE",
+                          "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    # The workers say what happened, once (rank 0); the launcher's own log lines about
+    # shutting them down would only repeat it.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc),
                                 "-m", "mfdsl.runner", *without_option(argv)])
     try:
         torchrun.run(args)
+    except SignalException as exc:
+        # The launcher passed the signal on and waited for the workers (up to
+        # TORCH_ELASTIC_SHUTDOWN_TIMEOUT s): they checkpointed and reported.
+        import signal
+
+        if exc.sigval in (signal.SIGTERM, signal.SIGUSR1):
+            return EXIT_PREEMPTED
+        return 130 if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)
     except ChildFailedError as exc:
         _, failure = exc.get_first_failure()
         # A worker killed by a signal reports a negative code; keep the exit status non-zero.

@@ -21,6 +21,11 @@ def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> Li
     return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
+def pct(v: Optional[float]) -> str:
+    """An accuracy for a log line; top-5 of fewer than 5 classes is None: "n/a"."""
+    return "n/a (< 5 classes)" if v is None else f"{v:.2f}%"
+
+
 def _finite(v: Any) -> Any:
     # JSON has no NaN/inf: write them as strings so every line stays valid JSON.
     if isinstance(v, float) and not math.isfinite(v):
@@ -138,7 +143,9 @@ def plot_curves(jsonl_path: str, png_path: str) -> Optional[str]:
     if val:
         ax1.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val loss")
         ax2.plot([r["step"] for r in val], [r["top1"] for r in val], "o-", label="val top-1")
-        ax2.plot([r["step"] for r in val], [r["top5"] for r in val], "s-", label="val top-5")
+        if all(r.get("top5") is not None for r in val):
+            ax2.plot([r["step"] for r in val], [r["top5"] for r in val], "s-",
+                     label="val top-5")
     ax1.set_xlabel("optimizer step")
     ax1.set_ylabel("loss")
     ax1.legend()

@@ -55,6 +55,8 @@ class TrainOptions:
     argv: Tuple[str, ...] = ()
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)
     grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
+    allow_recipe_change: bool = False  # a resume may change the recipe (then recorded)
+    wait_for_lock: float = 0.0  # seconds to wait for another run to leave the folder
 
 
 @dataclass(frozen=True)

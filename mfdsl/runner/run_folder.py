@@ -38,7 +38,8 @@ RUN_FORMAT = "mfdsl-run"
 # Everything a run writes at the top of its folder.
 RUN_ENTRIES = ("run.json", "spec.mf", "spec.yaml", "spec.repr.txt", "recipe.json",
                "environment.json", "metrics.jsonl", "epochs.csv", "summary.json", "curves.png",
-               "skipped_images.txt", "checkpoints", "tensorboard")
+               "skipped_images.txt", "checkpoints", "tensorboard", "recipe_changes.jsonl",
+               "output.log")
 # What a run writes inside checkpoints/ (and the temporary files of its atomic writes).
 _CKPT_FILE_RE = re.compile(r"^(ckpt-\d+|last|best)(\.ema)?\.(safetensors|state\.pt)$"
                            r"|^\..*\.(tmp.*|lnk)$")
@@ -187,11 +188,64 @@ def check_no_links(folder: str, inputs: Iterable[Optional[str]] = ()) -> None:
                            "its folder (remove the link, or choose another --output)")
 
 
+# The run's own entries of its folder, recorded when it starts (``--overwrite`` removes only
+# what this names).
+MANIFEST = ".mfdsl-files.json"
+MANIFEST_FORMAT = "mfdsl-run-files"
+
+
+def record_run_files(folder: str, run_id: str) -> None:
+    """Record that the run ``run_id`` owns the run entries of ``folder`` (called when a run
+    starts, after the folder was found free of them or cleared by --overwrite)."""
+    write_json(os.path.join(folder, MANIFEST), {
+        "format": MANIFEST_FORMAT, "run_id": run_id,
+        "entries": sorted(RUN_ENTRIES + ("inheritance.json",))})
+
+
+def recorded_run_files(folder: str) -> Optional[List[str]]:
+    """The entries an earlier run recorded as its own (None: no usable record). A folder of
+    an mfdsl run from before the record existed (a readable run.json) owns every run
+    entry."""
+    path = os.path.join(folder, MANIFEST)
+    if os.path.isfile(path) and not os.path.islink(path):
+        try:
+            d = json.loads(fsio.read_regular(path, _MAX_RUN_JSON, "run record").decode("utf-8"))
+            if d.get("format") == MANIFEST_FORMAT:
+                return [str(e) for e in d["entries"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    try:
+        if read_run(folder) is not None:
+            return list(RUN_ENTRIES)
+    except RunError:
+        pass
+    # A damaged run with no record left: its checkpoints still say they are mfdsl's.
+    from .checkpointing import weights_meta
+
+    ck = os.path.join(folder, "checkpoints")
+    if os.path.isdir(ck) and not os.path.islink(ck) and any(
+            _CKPT_FILE_RE.match(n) and n.endswith(".safetensors")
+            and weights_meta(os.path.join(ck, n)) is not None for n in os.listdir(ck)):
+        return ["checkpoints"]
+    return None
+
+
+def foreign_entries(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
+    """Run-entry names in ``folder`` that no earlier run recorded as its own."""
+    entries = earlier_run_entries(folder, inputs)
+    owned = recorded_run_files(folder) or []
+    return [e for e in entries if e not in owned]
+
+
 def clear_run(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
-    """Remove an earlier run's files from ``folder`` (for --overwrite); files mfdsl did not
-    write, and the command's input files, stay. Returns what was removed."""
+    """Remove an earlier run's files from ``folder`` (for --overwrite): only the entries
+    the run recorded as its own; files mfdsl did not write, and the command's input
+    files, stay. Returns what was removed."""
     removed = []
+    owned = recorded_run_files(folder) or []
     for name in earlier_run_entries(folder, inputs):
+        if name not in owned:
+            continue
         path = os.path.join(folder, name)
         if os.path.islink(path) or not os.path.isdir(path):
             os.unlink(path)  # a link itself, never its target
@@ -208,6 +262,17 @@ def clear_run(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
         except OSError:
             pass  # other files are in there: not ours to delete
     return removed
+
+
+_CKPT_NAME_RE = re.compile(r"^(ckpt-\d+|last|best)(\.ema)?\.(safetensors|state\.pt)$")
+
+
+def is_run_file(name: str, in_checkpoints: bool) -> bool:
+    """Whether ``name`` is a file a run writes (at the top of its folder, or in
+    checkpoints/): the targets whose interrupted writes may be cleaned up."""
+    if in_checkpoints:
+        return bool(_CKPT_NAME_RE.match(name))
+    return name in RUN_ENTRIES or name in ("inheritance.json", MANIFEST)
 
 
 def spec_text(spec: ModelSpec) -> "tuple[str, str]":
@@ -319,14 +384,35 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
             raise RunError(f"--output {out} holds an earlier run's files ({', '.join(entries)});"
                            " continue it with --resume auto, choose another --output, or pass "
                            "--overwrite to replace them")
+        foreign = foreign_entries(out, ins) if entries else []
+        if foreign:
+            raise RunError(f"--overwrite: {', '.join(foreign)} in {out} were not written by an "
+                           "mfdsl run (no run there recorded them as its own), so they are "
+                           "not removed, and a new run would overwrite them; move them away "
+                           "or choose another --output")
     else:
         stem = ckpt.resolve_resume(resume, out)
         notes = []
         if stem is not None:
             prior = checkpoint_context(stem + ckpt.WEIGHTS_EXT)
             step = ckpt.pair_step(stem) or 0
-            newer = [n for n in ckpt.checkpoint_files(os.path.dirname(stem))
+            folder = os.path.dirname(stem)
+            newer = [n for n in ckpt.checkpoint_files(folder)
                      if (m := re.match(r"^ckpt-(\d+)\.", n)) and int(m.group(1)) > step]
+            # Newer pairs that are intact would be overwritten (same step names) or pruned
+            # by the resumed run: refuse, naming them.
+            intact = sorted({(s2, os.path.basename(c)) for c in
+                             [os.path.join(folder, n.split(".")[0]) for n in newer]
+                             + [os.path.join(folder, "last"), os.path.join(folder, "best")]
+                             if (s2 := ckpt.pair_step(c)) is not None and s2 > step})
+            if intact and os.path.abspath(folder) == os.path.abspath(
+                    os.path.join(out, "checkpoints")):
+                shown = ", ".join(f"{n} (step {s2})" for s2, n in intact[:6])
+                raise RunError(f"--resume {resume}: step {step} is older than intact "
+                               f"checkpoints in {folder} ({shown}); continuing there would "
+                               "overwrite or prune them. Resume from the newest (--resume "
+                               "auto), or into another --output, or move them away")
+            newer = [n for n in newer if not any(n.startswith(c + ".") for _, c in intact)]
             if newer:
                 notes.append(f"note: resuming from step {step}: newer checkpoint files are "
                              f"incomplete or unreadable and are left as they are "

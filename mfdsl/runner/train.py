@@ -23,19 +23,24 @@ from . import checkpointing as ckpt
 from .device_plan import resolve_device_plan
 from .distributed import (DistEnv, agree_on_failure, any_rank, barrier,
                           checked_alike_on_every_rank, gather_objects, setup, teardown)
-from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
+from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError, WriteFailed
 from .evaluate import evaluate
 from ..data.dataset import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
                           SourceDataset, UnknownClassError, UnreadableImages,
                           eval_transform, make_loader, spread_subset, train_transform)
 from ..data.layout import detect_layout, open_source
-from .metrics import MetricsLog, format_duration, plot_curves
+from .metrics import MetricsLog, format_duration, pct, plot_curves
 from .optim import LRSchedule, create_optimizer
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
                       plan_batches, recipe_as_dict, scaled_lr)
 from .. import fsio
-from .run_folder import (OutputPlan, RunContext, clear_run, environment, plan_output,
-                         spec_text, write_json)
+from . import recipe_history
+from .batch_stats import check_training_batch
+from .output import Console
+from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
+from .run_lock import RunLock
+from .run_folder import (MANIFEST, OutputPlan, RunContext, clear_run, environment,
+                         plan_output, record_run_files, run_folder_of, spec_text, write_json)
 from .step import StepLog, StepParts, train_step, uncount_skipped_steps
 
 # Test hooks (documented in docs/training.md): SIGKILL the process right after optimizer
@@ -111,6 +116,10 @@ class Trainer:
             self.log("inherited weights:\n" + self.inheritance.table())
         self._setup_datasets()
         self._setup_batches()
+        try:  # batchnorm on pooled features cannot train on one image per device
+            check_training_batch(self.model, self.plan.per_device, "--per-device-batch")
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
         self._setup_device_and_model()
         self._setup_optim()
         self.state = TrainState()
@@ -124,7 +133,12 @@ class Trainer:
         resume_stem = self._find_resume()
         for note in plan.notes:
             self.log(note)
+        self.recipe_diff: Dict[str, Any] = {}
         if resume_stem is not None:
+            # Refused (naming each difference) before anything is loaded or written.
+            self.recipe_diff = recipe_history.check_resume(
+                run_folder_of(resume_stem + ckpt.WEIGHTS_EXT) or self.output,
+                self._recipe_record(), opts.allow_recipe_change)
             self._load_resume(resume_stem)
         try:
             if env.is_main and opts.resume is None and opts.overwrite:
@@ -139,6 +153,8 @@ class Trainer:
                            if env.is_main else None)
             if env.is_main:
                 self._write_run_folder(resume_stem)
+        except fsio.WriteError as exc:
+            raise WriteFailed(str(exc)) from None
         except OSError as exc:
             # Say which option is at fault: a bare "[Errno 20] Not a directory" does not.
             raise RunError(f"--output {self.output}: cannot write the run folder: "
@@ -348,10 +364,24 @@ class Trainer:
         except RuntimeError as exc:
             raise RunError(f"checkpoint {stem}{ckpt.WEIGHTS_EXT} does not match this spec: "
                            f"{str(exc).splitlines()[0]} ...") from None
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise RunError(f"optimizer state in {stem}{ckpt.STATE_EXT} does not fit: {exc}") from None
+        diff = getattr(self, "recipe_diff", {})
+        if recipe_history.optimizer_changed(diff):
+            self.log(f"note: --allow-recipe-change: the optimizer changes "
+                     f"({diff['recipe.optimizer'][0]} -> {diff['recipe.optimizer'][1]}); its "
+                     "state (moments) starts fresh at this step")
+        else:
+            # The new recipe's hyperparameters (weight decay, betas, ...) win over the saved
+            # ones; unchanged, they are equal.
+            fresh = [{k: v for k, v in g.items() if k != "params"}
+                     for g in self.optimizer.param_groups]
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise RunError(f"optimizer state in {stem}{ckpt.STATE_EXT} does not fit: "
+                               f"{exc}") from None
+            if diff:
+                for g, f in zip(self.optimizer.param_groups, fresh):
+                    g.update(f)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
@@ -406,9 +436,26 @@ class Trainer:
         elif not os.path.lexists(spec_path):
             # Never rewritten: a resumed run keeps the spec it was started with.
             fsio.write_atomic(spec_path, text, links=fsio.INTERNAL)
+        if resume_stem is None or not os.path.lexists(os.path.join(self.output, MANIFEST)):
+            record_run_files(self.output, self.context.run_id)  # what --overwrite may remove
         write_json(os.path.join(self.output, "run.json"), self.context.to_json())
+        recipe_file = os.path.join(self.output, recipe_history.RECIPE_FILE)
+        if resume_stem is None or not os.path.lexists(recipe_file):
+            write_json(recipe_file, self._recipe_record())
+        # A resume never rewrites the run's recipe: a change is appended, with its step.
+        recipe_history.record(self.output, self.state.step, self.recipe_diff,
+                              list(self.opts.argv or sys.argv))
+        env = environment(self.opts.argv or sys.argv, self.env.world_size, self.env.device)
+        env["resumed_from"] = resume_stem
+        write_json(os.path.join(self.output, "environment.json"), env)
+        if self.inheritance is not None and resume_stem is None:
+            write_json(os.path.join(self.output, "inheritance.json"),
+                       self.inheritance.as_json())
+
+    def _recipe_record(self) -> Dict[str, Any]:
+        """recipe.json: the recipe and what was derived from it for this run."""
         p = self.plan
-        write_json(os.path.join(self.output, "recipe.json"), {
+        return {
             "recipe": recipe_as_dict(self.recipe),
             "resolved": {
                 "global_batch": p.global_batch, "per_device_batch": p.per_device,
@@ -426,23 +473,17 @@ class Trainer:
                 "classes": len(self.train_set.classes), "seed": self.opts.seed,
                 "model_fingerprint": self.context.model,
                 "nan_policy": self.opts.nan_policy, "crop_scale_min": self.crop_scale_min,
+                "hflip": self.opts.hflip,
             },
-        })
-        env = environment(self.opts.argv or sys.argv, self.env.world_size, self.env.device)
-        env["resumed_from"] = resume_stem
-        write_json(os.path.join(self.output, "environment.json"), env)
-        if self.inheritance is not None and resume_stem is None:
-            write_json(os.path.join(self.output, "inheritance.json"),
-                       self.inheritance.as_json())
+        }
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
         if self.env.is_main:
             bar = getattr(self, "_bar", None)
-            if bar is not None:
-                bar.write(msg)
-            else:
-                print(msg, flush=True)
+            if not hasattr(self, "console"):  # a closed stdout degrades to the run's log
+                self.console = Console(self.out_plan.output)
+            self.console.say(msg, bar.write if bar is not None else None)
 
     def _loader(self, epoch: int, micro: int):
         sampler = ResumableDistributedSampler(self.train_set, self.env.world_size,
@@ -478,7 +519,7 @@ class Trainer:
                            skipped_images=res["skipped_images"],
                            **({"ema_top1": res["ema_top1"]} if self.ema is not None else {}))
         extra = f", EMA top-1 {res['ema_top1']:.2f}%" if self.ema is not None else ""
-        self.log(f"val @ step {st.step}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+        self.log(f"val @ step {st.step}: top-1 {res['top1']:.2f}%  top-5 {pct(res['top5'])}  "
                  f"loss {res['loss']:.4f}  ({res['images']} images, {res['img_s']:.0f} img/s)"
                  + extra)
         if res["skipped_images"]:
@@ -516,6 +557,7 @@ class Trainer:
         rngs = gather_objects(self.env, ckpt.capture_rng())
         if not self.env.is_main:
             st.last_saved_step = st.step
+            agree_on_failure(self.env, None)  # rank 0's write failure stops every rank
             return
         val = st.last_val if st.last_val_step == st.step else None
         is_best = val is not None and val["top1"] > st.best_top1
@@ -543,7 +585,14 @@ class Trainer:
             "seed": self.opts.seed,
         }
         ema_w = self.ema.module.state_dict() if self.ema is not None else None
-        self.writer.save(st.step, st.epoch, self.model.state_dict(), state, is_best, ema_w)
+        failure = None
+        try:
+            self.writer.save(st.step, st.epoch, self.model.state_dict(), state, is_best, ema_w)
+        except fsio.WriteError as exc:
+            failure = WriteFailed(f"{exc}. Training stopped at step {st.step}; the last "
+                                  f"complete checkpoint is {self._last_good()} (continue from "
+                                  "it with --resume auto once there is room)")
+        agree_on_failure(self.env, failure)
         st.last_saved_step = st.step
         self._write_unreadable()
 
@@ -637,6 +686,7 @@ class Trainer:
                 self._bar = bar
             epoch_micro = self.steps_per_epoch * plan.accum
             while st.micro + plan.accum <= epoch_micro and st.step < self.total_steps:
+                stop_at_boundary(self)  # SIGTERM/SIGUSR1: checkpoint here and stop
                 res = self._train_step(it)
                 st.micro += plan.accum
                 st.step += 1
@@ -733,7 +783,7 @@ class Trainer:
             png = plot_curves(self.metrics.jsonl, os.path.join(self.output, "curves.png"))
             fv = summary["final_val"]
             self.log(f"done: {st.step} steps in {format_duration(elapsed)}"
-                     + (f"; final val top-1 {fv['top1']:.2f}% top-5 {fv['top5']:.2f}%" if fv else "")
+                     + (f"; final val top-1 {fv['top1']:.2f}% top-5 {pct(fv['top5'])}" if fv else "")
                      + f"; skipped {len(st.unreadable)} unreadable training image(s)"
                      + (f"; {st.nan_skipped} non-finite step(s) skipped" if st.nan_skipped else "")
                      + f"\nrun folder: {self.output}"
@@ -758,12 +808,45 @@ def run_training(spec: ModelSpec, opts: TrainOptions) -> Dict[str, Any]:
     """Set up the process group (if under torchrun), train, tear down. Returns the summary."""
     if opts.nan_policy not in ("skip", "stop"):
         raise RunError(f"--nan-policy must be skip or stop, got {opts.nan_policy}")
+    # One writer per run folder: the (global) rank-0 process locks it for the run's life,
+    # before the folder is checked, so nothing can change between check and first write.
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock = RunLock(opts.output or os.path.join("runs", spec.name)).acquire(
+            " ".join(opts.argv or sys.argv), wait=opts.wait_for_lock)
+    watch = None
+    try:
+        plan, env, watch = _plan_and_setup(spec, opts, lock)
+        return _train_in(spec, opts, env, plan, watch)
+    finally:
+        if watch is not None:
+            watch.restore()
+        if lock is not None:
+            lock.release()
+
+
+def _plan_and_setup(spec: ModelSpec, opts: TrainOptions, lock: Optional[RunLock]):
+    """Check the run folder, clean up interrupted writes, join the process group."""
     # The run folder is checked before the process group exists: under torchrun every rank
     # sees the same folder and refuses alike, and only rank 0 says so.
     with checked_alike_on_every_rank():
         plan = plan_output(spec, opts.output, opts.resume, opts.overwrite, opts.img_size,
                            [spec.source, opts.init_from])
+    if lock is not None:
+        notes = list(lock.notes)
+        removed, freed = remove_leftover_temporaries(plan.output)
+        if removed:
+            notes.append(f"note: removed {len(removed)} temporary file(s) of interrupted "
+                         f"writes ({freed / 1e6:.1f} MB) from {plan.output}")
+        plan.notes[:0] = notes
     env = setup(opts.device)
+    # Installed before the DataLoader workers are forked: they inherit a handler that only
+    # sets a flag, so a SIGTERM sent to the whole job does not kill them mid-step.
+    return plan, env, StopWatch(distributed=env.distributed)
+
+
+def _train_in(spec: ModelSpec, opts: TrainOptions, env: DistEnv, plan: OutputPlan,
+              watch: StopWatch) -> Dict[str, Any]:
     trainer = None
     try:
         failure: Optional[BaseException] = None
@@ -773,10 +856,13 @@ def run_training(spec: ModelSpec, opts: TrainOptions) -> Dict[str, Any]:
             failure = exc
         # One rank's setup error stops every rank, and one message is printed.
         agree_on_failure(env, failure)
+        trainer.stop_watch = watch
         try:
             summary = trainer.fit()
         except KeyboardInterrupt:
-            raise InterruptedRun(trainer.interrupted_message()) from None
+            err = InterruptedRun(trainer.interrupted_message())
+            err.quiet = not env.is_main  # one message, not one per rank
+            raise err from None
         # Leave together: a rank tearing gloo down while rank 0 still writes the summary
         # and plot can abort ("terminate called without an active exception").
         barrier(env)

@@ -170,7 +170,7 @@ def fetch(release: Union[Release, str], *, offline: Optional[bool] = None) -> st
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"{release.name}: download of {release.url} failed: "
                            f"{type(exc).__name__}: {text[:300]}") from None
-    verify_file(path, release)
+    verify_file(path, release, offline=offline)
     return path
 
 
@@ -182,19 +182,75 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def verify_file(path: str, release: Release) -> None:
-    """The file's bytes against the hub's sha256 (the cached blob's name, for LFS files)
-    and the table's pinned sha256 if any."""
-    blob = os.path.basename(os.path.realpath(path))
-    expected = [s for s in (blob if _SHA256.match(blob) else None, release.sha256) if s]
-    if not expected:
-        return
+def _cache_blob_digests(path: str) -> Optional[list]:
+    """sha256 names of the blobs in ``path``'s hub-cache repository whose size is the
+    file's (None when ``path`` is not inside a hub cache's snapshots/ folder)."""
+    parts = os.path.abspath(path).split(os.sep)
+    if "snapshots" not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index("snapshots")
+    blobs = os.sep.join(parts[:i] + ["blobs"])
+    if not os.path.isdir(blobs):
+        return None
+    size = os.path.getsize(path)
+    out = []
+    for name in os.listdir(blobs):
+        p = os.path.join(blobs, name)
+        if _SHA256.match(name) and os.path.isfile(p) and os.path.getsize(p) == size:
+            out.append(name)
+    return out
+
+
+def _hub_etag(release: Release) -> Optional[str]:
+    """The hub's sha256 of the release's file (its LFS etag), asked online; None if unknown."""
+    try:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        meta = get_hf_file_metadata(hf_hub_url(release.repo_id, release.filename), timeout=10)
+    except Exception:  # offline, or the hub does not answer: other sources decide
+        return None
+    etag = (meta.etag or "").strip('"').lower()
+    return etag if _SHA256.match(etag) else None
+
+
+def verify_file(path: str, release: Release, *, offline: Optional[bool] = None) -> str:
+    """Check the file's content (its sha256, computed on the bytes read) against what is
+    known of the release, whatever the cache layout; returns the sha256.
+
+    Known digests: the cached blob's name (the hub's LFS object id) when ``path`` links to
+    one; otherwise the sha256-named blobs of the cache with the file's size (a cache copied
+    with ``cp -L``/``rsync -L``); otherwise, online, the hub's etag; and the table's pinned
+    sha256 always. A file none of these covers is used with a note saying so.
+    """
     got = _sha256(path)
-    for want in expected:
-        if got != want:
+    real = os.path.realpath(path)
+    blob = os.path.basename(real)
+    offline = hub_offline() if offline is None else offline
+    checks = []  # (digest wanted, where it comes from)
+    if _SHA256.match(blob):
+        checks.append(([blob], "the hub says"))
+    else:
+        cands = _cache_blob_digests(path)
+        if cands:
+            checks.append((cands, "the hub's objects of that size in the cache are"))
+        elif not offline:
+            etag = _hub_etag(release)
+            if etag:
+                checks.append(([etag], "the hub says"))
+    if release.sha256:
+        checks.append(([release.sha256], "the pinned sha256 of the release is"))
+    for wants, where in checks:
+        if got not in wants:
             raise WeightsError(
-                f"{release.name}: the cached file {os.path.realpath(path)} is corrupt: its "
-                f"sha256 is {got}, the hub says {want}; delete it and download again")
+                f"{release.name}: the cached file {real} is corrupt: its sha256 is {got}, "
+                f"{where} {', '.join(wants)}; delete it and download again")
+    if not checks:
+        import sys
+
+        print(f"note: {release.name}: {real} could not be checked against the hub (a plain "
+              f"file in the cache, offline, no pinned digest); its sha256 is {got}",
+              file=sys.stderr)
+    return got
 
 
 # --- loading --------------------------------------------------------------------------
