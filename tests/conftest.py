@@ -8,6 +8,7 @@ The inner loop is ``python -m pytest -m "not slow"``: every test that takes more
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
@@ -153,3 +154,44 @@ def error_of(fn: Callable[..., Any], *args: Any, **kwargs: Any):
     with pytest.raises(SpecError) as info:
         fn(*args, **kwargs)
     return info.value
+
+
+# --- a local hub cache ------------------------------------------------------------------
+
+def put_in_cache(hf_home: Path, repo_id: str, filename: str, data: bytes,
+                 commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """Lay ``data`` out the way huggingface_hub caches a download: the blob named by its
+    sha256 (the LFS object id), a snapshot symlink, refs/main."""
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    sha = hashlib.sha256(data).hexdigest()
+    blob = repo / "blobs" / sha
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    snap = repo / "snapshots" / commit / filename
+    snap.parent.mkdir(parents=True, exist_ok=True)
+    if snap.exists() or snap.is_symlink():
+        snap.unlink()
+    snap.symlink_to(os.path.relpath(blob, snap.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return blob
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch) -> Path:
+    """An empty, offline Hugging Face home under tmp_path."""
+    home = tmp_path / "hf"
+    home.mkdir()
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+def safetensors_bytes(sd: "Dict[str, Any]", tmp: Path) -> bytes:
+    """``sd`` as the bytes of a safetensors file (written under ``tmp``)."""
+    from safetensors.torch import save_file
+
+    p = tmp / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(p))
+    return p.read_bytes()

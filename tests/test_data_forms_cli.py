@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mfdsl.data.writers import folder_to_forms
-from test_runner_train import _env, mfdsl, tiny_spec, weights, write_colour_folder, write_spec
+from conftest import (runner as mfdsl, runner_env as _env, train_spec as tiny_spec, weights,
+                      write_colour_folder, write_spec)
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_runner_train import ROOT, _env, mfdsl, tiny_spec, weights, write_colour_folder, write_spec
+from conftest import (ROOT, runner as mfdsl, runner_env as _env, train_spec as tiny_spec, weights,
+                      write_colour_folder, write_spec)
 
 ARGS = ["--workers", "0", "--batch-size", "6", "--max-steps", "3", "--log-every", "1",
         "--device", "cpu", "--no-tensorboard"]

@@ -20,7 +20,7 @@ timm = pytest.importorskip("timm")
 import mfdsl.timm as mt  # noqa: E402
 from timm.models._features import FeatureGetterNet, FeatureListNet  # noqa: E402
 
-from test_weights_hub import _safetensors_bytes, put_in_cache  # noqa: E402
+from conftest import put_in_cache, safetensors_bytes as _safetensors_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

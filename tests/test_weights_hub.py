@@ -2,7 +2,6 @@
 verification, offline use and the errors a user meets."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -12,52 +11,16 @@ from typing import Dict
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from mfdsl.api import build_model, load_spec
 from mfdsl.weights import (RELEASES, WeightsError, fetch, load_weights, releases_for,
                            resolve_release)
 from specs_py import to_official_layout
 
+from conftest import put_in_cache, safetensors_bytes as _safetensors_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
-
-
-# --- a local hub cache ------------------------------------------------------------------
-
-def put_in_cache(hf_home: Path, repo_id: str, filename: str, data: bytes,
-                 commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
-    """Lay ``data`` out the way huggingface_hub caches a download: the blob named by its
-    sha256 (the LFS object id), a snapshot symlink, refs/main."""
-    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
-    sha = hashlib.sha256(data).hexdigest()
-    blob = repo / "blobs" / sha
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
-    snap = repo / "snapshots" / commit / filename
-    snap.parent.mkdir(parents=True, exist_ok=True)
-    if snap.exists() or snap.is_symlink():
-        snap.unlink()
-    snap.symlink_to(os.path.relpath(blob, snap.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    return blob
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch) -> Path:
-    home = tmp_path / "hf"
-    home.mkdir()
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
-
-
-def _safetensors_bytes(sd: Dict[str, torch.Tensor], tmp: Path) -> bytes:
-    p = tmp / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(p))
-    return p.read_bytes()
 
 
 @pytest.fixture(scope="module")

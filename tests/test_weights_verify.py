@@ -13,7 +13,7 @@ from mfdsl.weights import hub as hubmod
 from mfdsl.weights.hub import WeightsError, fetch, verify_file
 from mfdsl.weights.releases import lookup
 
-from test_weights_hub import hub, put_in_cache  # noqa: F401 - the fixture and the layout
+from conftest import put_in_cache
 
 NAME = "poolformerv2_s12.sail_in1k"
 DATA = bytes(range(256)) * 64

@@ -26,6 +26,7 @@ from .transforms import (BatchPreprocess, PendingErasing, SeededPipeline,  # noq
                          caller_rngs_preserved, eval_transform, train_transform)
 from ..runner.errors import DataError
 from .folder import IMG_EXTENSIONS, FolderScan, scan_image_folder  # noqa: F401
+from .depth import to_rgb8
 from .sources import Source, UnknownClassError, show_path  # noqa: F401
 
 # How many following files a bad one may be replaced by before the data is declared broken.

@@ -291,7 +291,7 @@ class Trainer:
 
             return DDP(m, device_ids=[env.device.index] if cuda else None)
 
-        if opts.grad_checkpointing:  # before compiling: dynamo traces the checkpoints
+        if self.opts.grad_checkpointing:  # before compiling: dynamo traces the checkpoints
             self.model.set_grad_checkpointing(True)
         self.target = dp.target()
         # The one device preparation (mfdsl.passes.targets): the same code on CPU and CUDA.
