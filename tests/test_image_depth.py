@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mfdsl.runner.imagefolder import _decode
+from pathlib import Path
+
+from mfdsl.data.dataset import _decode as _decode_bytes
+
+
+def _decode(path: str):
+    return _decode_bytes(Path(path).read_bytes())
 
 
 def _ramp(dtype, top):
