@@ -53,6 +53,7 @@ class TrainOptions:
     progress: Optional[bool] = None  # None: a tqdm bar on a TTY
     argv: Tuple[str, ...] = ()
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)
+    from_scratch: bool = False  # random init although the recipe names finetune_from
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from .imagefolder import (BatchPreprocess, ResumableDistributedSampler, ShardSam
                           SkippingImageFolder, UnknownClassError, UnreadableImages,
                           eval_transform, make_loader, split_dir, train_transform)
 from .metrics import MetricsLog, format_duration, plot_curves
-from .optim import LRSchedule, create_optimizer
+from .optim import create_optimizer
+from .schedule import schedule_for
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
                       plan_batches, recipe_as_dict, scaled_lr)
 from .. import fsio
@@ -240,18 +241,12 @@ class Trainer:
             raise DataError(f"the training set ({len(self.train_set)} images) is smaller than "
                             f"one global batch ({plan.global_batch}); lower --batch-size")
         self.lr = scaled_lr(r, plan.global_batch)
-        planned = r.epochs * self.steps_per_epoch
-        self.total_steps = planned
-        warmup = r.warmup_epochs * self.steps_per_epoch
-        if self.opts.max_steps is not None:
-            if self.opts.max_steps < 1:
-                raise RunError("--max-steps must be >= 1")
-            if self.opts.max_steps < planned:
-                # A shortened run keeps the schedule's shape, compressed into max_steps.
-                warmup = round(warmup * self.opts.max_steps / planned)
-                self.total_steps = self.opts.max_steps
-        self.schedule = LRSchedule(r.sched, self.lr, self.total_steps, warmup, r.warmup_lr,
-                                   r.min_lr)
+        if self.opts.max_steps is not None and self.opts.max_steps < 1:
+            raise RunError("--max-steps must be >= 1")
+        # A shortened run (--max-steps) keeps the schedule's shape, compressed into it.
+        self.schedule = schedule_for(r, self.lr, self.steps_per_epoch, self.opts.max_steps)
+        self.total_steps = self.schedule.total_steps
+        self.total_epochs = self.schedule.total_epochs
 
     def _setup_device_and_model(self) -> None:
         from ..passes.targets import compile_for_target
@@ -617,7 +612,7 @@ class Trainer:
         images_per_step = plan.global_batch
         t_start = time.perf_counter()
         self.forward_model.train()
-        while st.epoch < r.epochs and st.step < self.total_steps:
+        while st.epoch < self.total_epochs and st.step < self.total_steps:
             epoch = st.epoch
             it = iter(self._loader(epoch, st.micro))
             self._epoch_unreadable = UnreadableImages("train")
@@ -629,7 +624,7 @@ class Trainer:
                 from tqdm import tqdm
 
                 bar = tqdm(total=self.steps_per_epoch, initial=st.micro // plan.accum,
-                           desc=f"epoch {epoch + 1}/{r.epochs}", unit="step", dynamic_ncols=True,
+                           desc=f"epoch {epoch + 1}/{self.total_epochs}", unit="step", dynamic_ncols=True,
                            file=sys.stderr)
                 self._bar = bar
             epoch_micro = self.steps_per_epoch * plan.accum
@@ -659,7 +654,7 @@ class Trainer:
                                         img_s=f"{img_s:.0f}")
                     else:
                         left = (self.total_steps - st.step) * (now - win_t) / steps_in_win
-                        self.log(f"epoch {epoch + 1}/{r.epochs} step {st.step}/{self.total_steps}"
+                        self.log(f"epoch {epoch + 1}/{self.total_epochs} step {st.step}/{self.total_steps}"
                                  f" loss {loss:.4f} lr {res['lr']:.3e} {img_s:.0f} img/s"
                                  f" eta {format_duration(left)}")
                     win_loss, win_n, win_t = 0.0, 0, now
@@ -680,7 +675,7 @@ class Trainer:
             if epoch_done:
                 st.epoch += 1
                 st.micro = 0
-            if epoch_done and (st.epoch % max(1, opts.eval_every) == 0 or st.epoch == r.epochs
+            if epoch_done and (st.epoch % max(1, opts.eval_every) == 0 or st.epoch == self.total_epochs
                                or st.step >= self.total_steps):
                 self.validate()
             self.metrics.write("epoch", st.step, epoch=epoch + 1, complete=epoch_done,
@@ -704,7 +699,7 @@ class Trainer:
     def _finish(self, final: Optional[Dict[str, Any]], elapsed: float) -> Dict[str, Any]:
         st = self.state
         summary = {
-            "status": "completed" if st.epoch >= self.recipe.epochs else "stopped_at_max_steps",
+            "status": "completed" if st.epoch >= self.total_epochs else "stopped_at_max_steps",
             "steps": st.step, "epochs_completed": st.epoch,
             "final_val": ({k: v for k, v in final.items() if k not in ("skipped_paths", "skipped_files")}
                           if final else None),
