@@ -137,7 +137,7 @@ class RunPlan:
 
     def summary(self) -> str:
         """The plan for a reader (the dry run without --json)."""
-        lines = [
+        lines: List[str] = [
             f"model {self.model} ({self.spec or 'no file'}) at {self.img_size[0]}x"
             f"{self.img_size[1]}",
             f"data: {self.data}, {self.dataset_size} training images",
@@ -192,8 +192,10 @@ def deviations(resolved: Dict[str, Any], official: Optional[Dict[str, Any]]
 
 def build_plan(spec: ModelSpec, opts: TrainOptions, *, dataset_size: int, world_size: int,
                device_type: str, data: str, embedded: bool = False,
-               crop_scale_min: Optional[float] = None) -> RunPlan:
-    """Resolve a run of ``spec`` (its recipe with the CLI's overrides already applied)."""
+               crop_scale_min: Optional[float] = None,
+               precision: Optional[str] = None) -> RunPlan:
+    """Resolve a run of ``spec`` (its recipe with the CLI's overrides already applied).
+    ``precision``: what the run resolved (a real run passes its own), else derived here."""
     r = spec.recipe if spec.recipe is not None else RecipeSpec()
     if opts.max_steps is not None and opts.max_steps < 1:
         raise RunError("--max-steps must be >= 1")
@@ -201,7 +203,8 @@ def build_plan(spec: ModelSpec, opts: TrainOptions, *, dataset_size: int, world_
     lr = scaled_lr(r, batch.global_batch)
     sched: Schedule = schedule_for(r, lr, steps_per_epoch, opts.max_steps)
     opt_args = optimizer_args(r, lr)
-    precision = resolve_precision(r, opts, device_type)
+    if precision is None:
+        precision = resolve_precision(r, opts, device_type)
     init = resolve_init(r, opts)
     if "note" in init:
         notes.append("note: " + init["note"])
@@ -308,3 +311,13 @@ def dry_run(spec: ModelSpec, opts: TrainOptions, dataset_size: Optional[int] = N
                       device_type=_dry_run_device(opts.device), data=data,
                       embedded=embedded and data.startswith("the built-in"),
                       crop_scale_min=crop_min)
+
+
+def deviation_lines(plan: RunPlan) -> List[str]:
+    """One line per deviation from the official recipe (for the start of a run's log)."""
+    if not plan.deviations_from_official:
+        return []
+    return [f"note: {plan.model}: this run deviates from the official recipe in "
+            f"{len(plan.deviations_from_official)} item(s) (plan.json lists them):"] + [
+        f"  {d['item']}: official {d['official']}, this run {d['this_run']}"
+        for d in plan.deviations_from_official]

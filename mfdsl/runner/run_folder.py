@@ -38,7 +38,7 @@ RUN_FORMAT = "mfdsl-run"
 # Everything a run writes at the top of its folder.
 RUN_ENTRIES = ("run.json", "spec.mf", "spec.yaml", "spec.repr.txt", "recipe.json",
                "environment.json", "metrics.jsonl", "epochs.csv", "summary.json", "curves.png",
-               "skipped_images.txt", "checkpoints", "tensorboard")
+               "skipped_images.txt", "checkpoints", "tensorboard", "plan.json")
 # What a run writes inside checkpoints/ (and the temporary files of its atomic writes).
 _CKPT_FILE_RE = re.compile(r"^(ckpt-\d+|last|best)(\.ema)?\.(safetensors|state\.pt)$"
                            r"|^\..*\.(tmp.*|lnk)$")

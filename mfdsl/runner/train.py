@@ -30,6 +30,7 @@ from .imagefolder import (BatchPreprocess, ResumableDistributedSampler, ShardSam
                           eval_transform, make_loader, split_dir, train_transform)
 from .metrics import MetricsLog, format_duration, plot_curves
 from .optim import create_optimizer
+from .plan import build_plan, deviation_lines, finetune_source, plan_steps
 from .schedule import schedule_for
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
                       plan_batches, recipe_as_dict, scaled_lr)
@@ -99,6 +100,15 @@ class Trainer:
             # A file, or a release name fetched through the hub cache; CheckpointError goes
             # to the CLI.
             load_weights(self.model, opts.init_from, spec)
+        elif (self.recipe.finetune_from and not opts.inherit and plan.resume_stem is None
+              and not opts.from_scratch):
+            from ..weights import load_weights
+
+            # A fine-tune recipe starts from what it names, never silently from random init.
+            source = finetune_source(self.recipe.finetune_from)
+            self.log(f"fine-tuning from {source} (the recipe's finetune_from "
+                     f"{self.recipe.finetune_from}; --from-scratch for random init)")
+            load_weights(self.model, source, spec)
         self.inheritance = None
         if opts.inherit:
             from ..weights import inherit
@@ -109,6 +119,12 @@ class Trainer:
         self._setup_batches()
         self._setup_device_and_model()
         self._setup_optim()
+        self.run_plan = build_plan(
+            self.spec, opts, dataset_size=len(self.train_set), world_size=env.world_size,
+            device_type=env.device.type, data=self.data_root, embedded=self.embedded,
+            crop_scale_min=self.crop_scale_min, precision=self.target["dtype"])
+        for line in deviation_lines(self.run_plan):
+            self.log(line)
         self.state = TrainState()
         self.output = plan.output
         self.ckpt_dir = os.path.join(self.output, "checkpoints")
@@ -220,26 +236,17 @@ class Trainer:
             self.log(f"note: {n_cls} class folders for a {spec.num_classes}-class head")
 
     def _setup_batches(self) -> None:
-        opts, r = self.opts, self.recipe
-        global_batch = opts.batch_size
-        if (self.embedded and global_batch is None and opts.per_device_batch is None
-                and opts.accum is None and r.batch_size > EMBEDDED_MAX_BATCH):
-            self.log(f"note: embedded dataset: global batch {r.batch_size} -> "
-                     f"{EMBEDDED_MAX_BATCH} (set --batch-size to change)")
-            global_batch = EMBEDDED_MAX_BATCH
-        plan = plan_batches(self.env.world_size, r.batch_size, global_batch,
-                            opts.per_device_batch, opts.accum)
+        r = self.recipe
+        # The same derivation as the dry run's plan (mfdsl.runner.plan).
+        plan, self.micro_per_epoch, self.steps_per_epoch, notes = plan_steps(
+            r, self.opts, self.env.world_size, len(self.train_set), self.embedded)
+        for note in notes:
+            self.log(note)
         self.plan: BatchPlan = plan
         self.mixup_active = r.mixup > 0 or r.cutmix > 0
         if self.mixup_active and plan.per_device % 2:
             raise RunError(f"mixup/cutmix need an even per-device batch, got {plan.per_device}"
                            " (change --batch-size/--per-device-batch, or --no-mixup --no-cutmix)")
-        per_rank = math.ceil(len(self.train_set) / self.env.world_size)
-        self.micro_per_epoch = per_rank // plan.per_device
-        self.steps_per_epoch = self.micro_per_epoch // plan.accum
-        if self.steps_per_epoch < 1:
-            raise DataError(f"the training set ({len(self.train_set)} images) is smaller than "
-                            f"one global batch ({plan.global_batch}); lower --batch-size")
         self.lr = scaled_lr(r, plan.global_batch)
         if self.opts.max_steps is not None and self.opts.max_steps < 1:
             raise RunError("--max-steps must be >= 1")
@@ -308,6 +315,7 @@ class Trainer:
             self.ema = ModelEmaV3(self.model, decay=r.ema)
             # EMA weights are evaluated eager (one compiled model is enough to pay for).
             self.ema_eval = compile_for_target(self.ema.module, mode="eager", **self.target)
+        self.best_metric = "ema_top1" if self.ema is not None else "top1"
 
     # ------------------------------------------------------------------ resume
     def _find_resume(self) -> Optional[str]:
@@ -410,6 +418,8 @@ class Trainer:
                 "nan_policy": self.opts.nan_policy, "crop_scale_min": self.crop_scale_min,
             },
         })
+        # The resolved run, as `mfdsl train --dry-run --json` prints it.
+        write_json(os.path.join(self.output, "plan.json"), self.run_plan.to_json())
         env = environment(self.opts.argv or sys.argv, self.env.world_size, self.env.device)
         env["resumed_from"] = resume_stem
         write_json(os.path.join(self.output, "environment.json"), env)
@@ -495,9 +505,11 @@ class Trainer:
             st.last_saved_step = st.step
             return
         val = st.last_val if st.last_val_step == st.step else None
-        is_best = val is not None and val["top1"] > st.best_top1
+        # With EMA the EMA model's accuracy selects the best checkpoint (as the official
+        # train.py does); best.ema.safetensors then holds the selected weights.
+        is_best = val is not None and val[self.best_metric] > st.best_top1
         if is_best:
-            st.best_top1 = val["top1"]
+            st.best_top1 = val[self.best_metric]
         state = {
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -507,7 +519,9 @@ class Trainer:
             "batches_in_epoch": st.micro,
             "sampler_epoch": st.epoch,
             "best_top1": st.best_top1,
+            "best_by": self.best_metric,
             "val_top1": val["top1"] if val else None,
+            "val_ema_top1": val.get("ema_top1") if val else None,
             "nan_skipped": st.nan_skipped,
             "nan_consecutive": st.nan_consecutive,
             "skipped_images": len(st.unreadable),
@@ -538,10 +552,12 @@ class Trainer:
         for k in range(plan.accum):
             images, target, failures = next(it)
             self._unreadable_pending.add_batch(self.train_set, failures)
-            images = self.train_prep(images)
+            images, erase = self.train_prep.prepare(images)
             target = target.to(env.device, non_blocking=True)
             if self.mixup is not None:
                 images, target = self.mixup(images, target)
+            if erase is not None:  # as the official: on the mixed batch
+                self.train_prep.erase(images, erase)
             sync = self.ddp is None or k == plan.accum - 1
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
             with ctx:
@@ -704,6 +720,10 @@ class Trainer:
             "final_val": ({k: v for k, v in final.items() if k not in ("skipped_paths", "skipped_files")}
                           if final else None),
             "best_top1": st.best_top1 if st.best_top1 >= 0 else None,
+            "best_selected_by": "EMA top-1" if self.ema is not None else "top-1",
+            "best_checkpoint": (os.path.join(self.ckpt_dir, "best" + (
+                ".ema" if self.ema is not None else "") + ckpt.WEIGHTS_EXT)
+                if st.best_top1 >= 0 else None),
             "skipped_images": len(st.unreadable),
             "skipped_image_fetches": st.unreadable.attempts(),
             "nan_skipped_steps": st.nan_skipped,
@@ -718,6 +738,10 @@ class Trainer:
             fv = summary["final_val"]
             self.log(f"done: {st.step} steps in {format_duration(elapsed)}"
                      + (f"; final val top-1 {fv['top1']:.2f}% top-5 {fv['top5']:.2f}%" if fv else "")
+                     + (f" (EMA top-1 {fv['ema_top1']:.2f}% top-5 {fv['ema_top5']:.2f}%)"
+                        if fv and "ema_top1" in fv else "")
+                     + (f"; best {summary['best_top1']:.2f}% by {summary['best_selected_by']}: "
+                        f"{summary['best_checkpoint']}" if summary["best_checkpoint"] else "")
                      + f"; skipped {len(st.unreadable)} unreadable training image(s)"
                      + (f"; {st.nan_skipped} non-finite step(s) skipped" if st.nan_skipped else "")
                      + f"\nrun folder: {self.output}"
