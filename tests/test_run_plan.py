@@ -153,3 +153,44 @@ def test_paper_model_run_says_where_it_deviates(data, tmp_path) -> None:
     devs = {d["item"] for d in json.loads((out / "plan.json").read_text())
             ["deviations_from_official"]}
     assert {"precision", "img_size", "global_batch", "epochs"} <= devs
+
+
+# --- attention(heads=N) ---------------------------------------------------------------------
+def _attention_pair(dim: int, heads: int):
+    from timm.models.metaformer import Attention as TimmAttention
+
+    from mfdsl.api import build_model
+    from mfdsl.frontend.mf import parse_mf
+
+    spec = parse_mf(f"model a {{\n  input 3x32x32\n  classes 5\n"
+                    f"  stage attention(heads={heads}) x1 @{dim}\n}}\n", "a.mf")
+    mine = next(m for m in build_model(spec).modules() if type(m).__name__ == "Attention")
+    ref = TimmAttention(dim, head_dim=32, num_heads=heads)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.2)
+    mine.load_state_dict({k: v.reshape(mine.state_dict()[k].shape)
+                          for k, v in ref.state_dict().items()})
+    return mine, ref
+
+
+@pytest.mark.parametrize("dim,heads", [(64, 4), (64, 1), (96, 5), (64, 2), (128, 4)])
+def test_attention_heads_build_what_timm_num_heads_builds(dim: int, heads: int) -> None:
+    """heads=N keeps head_dim 32: attention width N x 32, whatever the stage width."""
+    mine, ref = _attention_pair(dim, heads)
+    assert (mine.num_heads, mine.head_dim) == (ref.num_heads, ref.head_dim) == (heads, 32)
+    assert {k: v.shape for k, v in mine.state_dict().items()} == {
+        k: v.shape for k, v in ref.state_dict().items()}
+    assert mine(torch.randn(2, 4, 4, dim)).shape == (2, 4, 4, dim)
+
+
+@pytest.mark.parametrize("dim,heads", [(64, 2), (128, 4), (320, 10)])
+def test_attention_heads_compute_what_timm_computes(dim: int, heads: int) -> None:
+    # timm's forward reshapes the heads back to `dim` channels, so it runs only where
+    # heads x head_dim == dim (the official code's reshape to attention_dim runs always).
+    mine, ref = _attention_pair(dim, heads)
+    x = torch.randn(2, 4, 4, dim)
+    with torch.no_grad():
+        want = ref(x.reshape(2, 16, dim)).reshape(2, 4, 4, dim)  # timm's takes (B, N, C)
+        assert torch.allclose(mine(x), want, atol=1e-5, rtol=1e-5)
