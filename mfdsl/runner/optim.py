@@ -1,4 +1,4 @@
-"""Optimizer with the recipe's weight-decay exclusions, and the per-step LR schedule."""
+"""Optimizer with the recipe's weight-decay exclusions and its arguments as resolved."""
 from __future__ import annotations
 
 import math
@@ -79,7 +79,9 @@ def create_optimizer(model: nn.Module, recipe: RecipeSpec, lr: float) -> torch.o
 
 class LRSchedule:
     """Per optimizer step: linear warmup warmup_lr -> lr, then cosine lr -> min_lr
-    (or constant lr). A pure function of the step, so resuming needs only the step."""
+    (or constant lr). The schedule mfdsl ran before recipes said theirs; runs now use
+    :mod:`mfdsl.runner.schedule` (``sched_unit step``, ``warmup_mode prefix`` is this one),
+    and the tests keep this as that shape's independent reference."""
 
     def __init__(self, kind: str, base_lr: float, total_steps: int, warmup_steps: int,
                  warmup_lr: float, min_lr: float) -> None:
