@@ -70,9 +70,15 @@ def test_max_steps_compresses_the_schedule() -> None:
     assert short.warmup_steps == 2
 
 
-def test_cooldown_with_a_constant_schedule_is_refused() -> None:
+def test_cooldown_or_warmup_mode_with_a_constant_schedule_is_refused(tmp_path) -> None:
     code, out = run("train", DEMO, "--dry-run", "--sched", "constant", "--cooldown-epochs", "2")
     assert code == 2 and "cooldown_epochs" in out
+    spec = tmp_path / "c.mf"
+    spec.write_text(Path(DEMO).read_text().replace("    epochs          30\n",
+                                                   "    epochs          30\n    sched constant\n"
+                                                   "    warmup_mode prefix\n"))
+    code, out = run("validate", spec)
+    assert code != 0 and "c.mf:" in out and "warmup_mode is set but the constant" in out
 
 
 # --- random erasing on the mixed batch ----------------------------------------------------

@@ -619,7 +619,7 @@ class Trainer:
         env, plan, st, opts, r = self.env, self.plan, self.state, self.opts, self.recipe
         self.log(f"training {self.spec.name}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M"
                  f" params on {env.device} x{env.world_size}; {plan.describe()}; "
-                 f"lr {self.lr:.3g} ({r.optimizer}, {r.sched}); {self.steps_per_epoch} steps/epoch,"
+                 f"{r.optimizer}, lr {self.schedule.describe()}; {self.steps_per_epoch} steps/epoch,"
                  f" {self.total_steps} steps; data {self.data_root} "
                  f"({len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val)")
         kill_after = _env_int(KILL_ENV)
