@@ -125,7 +125,7 @@ class Schedule:
             text = f"constant lr {self.base_lr:.3g}"
         else:
             text = (f"cosine {self.base_lr:.3g} -> {self.min_lr:.3g} over {self.epochs} epochs, "
-                    f"stepped per {self.unit}")
+                    f"stepped per {'epoch' if self.unit == 'epoch' else 'optimizer step'}")
         if self.warmup_epochs:
             text += (f", {self.warmup_epochs} warmup epochs from {self.warmup_lr:.3g} "
                      f"({self.warmup_mode})")
