@@ -412,6 +412,14 @@ def _check_recipe_combinations(r: RecipeSpec) -> None:
     if r.sched == "constant" and r.min_lr != base.min_lr:
         raise SpecError("train min_lr is set but the constant schedule does not use it",
                         r.loc("min_lr"), hint="remove min_lr, or use sched cosine")
+    if r.sched == "constant" and r.warmup_mode != base.warmup_mode:
+        raise SpecError("train warmup_mode is set but the constant schedule has no cosine for "
+                        "the warmup to compose with", r.loc("warmup_mode"),
+                        hint="remove warmup_mode, or use sched cosine")
+    if r.sched == "constant" and r.cooldown_epochs:
+        raise SpecError("train cooldown_epochs is set but the constant schedule has no decay "
+                        "to cool down from", r.loc("cooldown_epochs"),
+                        hint="remove cooldown_epochs, or use sched cosine")
     if r.warmup_epochs == 0 and r.warmup_lr != base.warmup_lr:
         raise SpecError("train warmup_lr is set but there is no warmup (warmup_epochs 0)",
                         r.loc("warmup_lr"), hint="remove warmup_lr, or set warmup_epochs")

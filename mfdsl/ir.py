@@ -252,6 +252,8 @@ STAGE_SETTINGS: Tuple[str, ...] = ("norm", "mlp_ratio", "mlp_act", "mlp_bias", "
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 OPTIMIZERS = ("adamw", "lamb", "sgd")
 SCHEDULES = ("cosine", "constant")
+SCHED_UNITS = ("epoch", "step")
+WARMUP_MODES = ("inside", "prefix")
 
 
 @dataclass
@@ -287,13 +289,29 @@ class RecipeSpec(Node):
                             cli="--lr-batch")
     weight_decay: float = setting(0.05, "Decoupled weight decay.", min=0, max=10,
                                   cli="--weight-decay")
-    opt_eps: float = setting(1e-8, "Optimizer epsilon.", min=0, min_exclusive=True, max=1,
-                             cli="--opt-eps")
+    opt_eps: Optional[float] = setting(None, "Optimizer epsilon (none: the optimizer's own "
+                                       "default, lamb 1e-6, adamw 1e-8, as the official "
+                                       "train.py resolves it).", FLOAT, min=0,
+                                       min_exclusive=True, max=1, optional=True,
+                                       cli="--opt-eps", examples=(1e-6, 1e-8))
     betas: Tuple[float, float] = setting((0.9, 0.999), "Adam/LAMB betas.", FLOATS, length=2,
                                          item_min=0, item_max=1, item_max_exclusive=True,
                                          cli="--betas")
     momentum: float = setting(0.9, "SGD momentum (sgd only).", min=0, max=1, cli="--momentum")
-    sched: str = setting("cosine", "Learning-rate schedule.", choices=SCHEDULES, cli="--sched")
+    sched: str = setting("cosine", "Learning-rate schedule: cosine decay lr -> min_lr over "
+                         "epochs, or constant lr.", choices=SCHEDULES, cli="--sched")
+    sched_unit: str = setting("epoch", "When the lr changes: once per epoch (the official "
+                              "timm scheduler, t_in_epochs) or at every optimizer step (a "
+                              "smooth per-step cosine).", choices=SCHED_UNITS,
+                              cli="--sched-unit")
+    warmup_mode: str = setting("inside", "How warmup composes with the cosine: inside (the "
+                               "warmup epochs are the cosine's first epochs, timm's "
+                               "warmup_prefix=False: the official) or prefix (warmup first, "
+                               "then a full cosine over the remaining epochs).",
+                               choices=WARMUP_MODES, cli="--warmup-mode")
+    cooldown_epochs: int = setting(0, "Epochs run at min_lr after epochs (the official "
+                                   "pre-training runs 10).", min=0, max=100_000,
+                                   cli="--cooldown-epochs", examples=(10,))
     warmup_epochs: int = setting(5, "Linear warmup epochs (at most epochs).", min=0,
                                  max=100_000, cli="--warmup-epochs", examples=(5, 20))
     warmup_lr: float = setting(1e-6, "Learning rate at the start of warmup.", min=0, max=10,

@@ -64,6 +64,11 @@ DROP_PATH = {
     "caformer": {"s18": 0.15, "s36": 0.3, "m36": 0.4, "b36": 0.6},
 }
 HEAD_DROPOUT = {"caformer": {"s18": 0.0, "s36": 0.4, "m36": 0.4, "b36": 0.5}}
+# The 384 fine-tune scripts raise them: (drop path, head dropout).
+FINETUNE_DROP = {
+    "convformer": {"s18": (0.3, 0.4), "s36": (0.5, 0.4), "m36": (0.8, 0.5), "b36": (0.8, 0.5)},
+    "caformer": {"s18": (0.3, 0.4), "s36": (0.5, 0.4), "m36": (0.7, 0.4), "b36": (0.8, 0.5)},
+}
 
 
 def _matches(value: float, printed: str, scale: float) -> bool:
@@ -123,18 +128,22 @@ def test_architecture_and_recipe_follow_the_paper(name: str) -> None:
 
     r = spec.recipe
     assert r is not None
-    assert r.drop_path == DROP_PATH[family][size]
-    assert r.head_dropout == HEAD_DROPOUT.get(family, {}).get(size, 0.0)
     if is_384:
+        assert (r.drop_path, r.head_dropout) == FINETUNE_DROP[family][size]
         assert (r.epochs, r.sched, r.warmup_epochs, r.mixup, r.cutmix) == (
             30, "constant", 0, 0, 0)
+        assert (r.batch_size, r.lr_batch, r.ema, r.amp) == (1024, 1024, 0.9999, False)
         assert r.finetune_from == name[: -len("_384")]
         assert (r.optimizer, r.lr) == (("lamb", 1e-4) if family == "caformer"
                                        else ("adamw", 5e-5))
         assert spec.eval.crop_pct == 1.0
     else:
+        assert r.drop_path == DROP_PATH[family][size]
+        assert r.head_dropout == HEAD_DROPOUT.get(family, {}).get(size, 0.0)
         assert (r.epochs, r.batch_size, r.lr_batch, r.weight_decay, r.sched) == (
             300, 4096, 4096, 0.05, "cosine")
+        assert (r.sched_unit, r.warmup_mode, r.cooldown_epochs, r.amp) == (
+            "epoch", "inside", 10, False)
         assert (r.optimizer, r.lr, r.warmup_epochs) == (
             ("lamb", 8e-3, 20) if family == "caformer" else
             ("adamw", 4e-3, 20) if family == "convformer" else ("adamw", 4e-3, 5))

@@ -247,6 +247,18 @@ def _recipe_options(f):
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=False, show_default=True,
               help="Recompute each block's activations in backward instead of keeping them: "
                    "the same gradients, less activation memory, ~1/3 more compute.")
+@click.option("--from-scratch", is_flag=True,
+              help="Start from random weights although the recipe names finetune_from.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the run plan (batch plan, lr at every step, optimizer, "
+                   "augmentation, EMA, precision, init, deviations from the official recipe) "
+                   "without training or writing anything.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@click.option("--dataset-size", type=int, default=None,
+              help="With --dry-run: plan for this many training images instead of --data.")
+@click.option("--world-size", type=int, default=None,
+              help="With --dry-run: plan for this many processes (default: --nproc-per-node,"
+                   " else 1).")
 def train_cmd(spec: str, **kw: Any) -> None:
     """Train SPEC on an ImageFolder dataset (or the built-in one), single process or
     under torchrun (one process per device).
@@ -260,7 +272,15 @@ def train_cmd(spec: str, **kw: Any) -> None:
     """
     from ..runner.options import TrainOptions
 
-    _launch_if_asked(kw.pop("nproc_per_node"))
+    dry = kw.pop("dry_run")
+    nproc = kw.pop("nproc_per_node")
+    dry_only = [f"--{n.replace('_', '-')}" for n in ("as_json", "dataset_size", "world_size")
+                if kw.get(n) not in (None, False)]
+    if dry_only and not dry:
+        _fail(f"{', '.join(dry_only).replace('--as-json', '--json')} only go(es) with "
+              "--dry-run", 2)
+    if not dry:
+        _launch_if_asked(nproc)
     kw["betas"] = _parse_betas(kw.get("betas"))
     try:
         img_size = parse_img_size(kw.get("img_size"), minimum=8)
@@ -300,12 +320,27 @@ def train_cmd(spec: str, **kw: Any) -> None:
         inherit=tuple(kw["inherit"]), inherit_depth=kw["inherit_depth"],
         grad_checkpointing=kw["grad_checkpointing"],
         allow_recipe_change=kw["allow_recipe_change"], wait_for_lock=kw["wait_for_lock"],
+        from_scratch=kw["from_scratch"],
     )
     if opts.workers < 0:
         _fail("--workers must be >= 0", 2)
+    if dry:
+        _dry_run(parsed, opts, kw["dataset_size"], kw["world_size"] or nproc, kw["as_json"])
+        return
     from ..runner.train import run_training
 
     _run_guarded(run_training, parsed, opts)
+
+
+def _dry_run(spec, opts, dataset_size: Optional[int], world_size: Optional[int],
+             as_json: bool) -> None:
+    from ..runner.plan import dry_run
+
+    plan = _run_guarded(dry_run, spec, opts, dataset_size, world_size)
+    if as_json:
+        click.echo(json.dumps(plan.to_json()))
+    else:
+        click.echo(plan.summary())
 
 
 @main.command("eval")

@@ -280,6 +280,16 @@ class BatchPreprocess:
         return cls(mean, std, device=device, channels_last=channels_last)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        x, regions = self.prepare(batch)
+        if regions is not None:
+            self.erase(x, regions)
+        return x
+
+    def prepare(self, batch: Batch) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The batch normalised on the device, and its erasing regions still to fill (None
+        for a batch without). Training fills them after mixup/cutmix (:meth:`erase`), where
+        the official training erases: on the mixed batch, so no image's noise is blended
+        into its partner."""
         regions = None
         if isinstance(batch, PendingErasing):
             batch, regions = batch
@@ -295,9 +305,13 @@ class BatchPreprocess:
             self._normalize(x, self.scale, self.shift)
         elif x.ndim == 4:
             x = x.contiguous(memory_format=self.memory_format)
-        if regions is not None:
-            self._erase(x, regions)
-        return x
+        return x, regions
+
+    def erase(self, x: torch.Tensor, regions: torch.Tensor) -> None:
+        """Fill row i's region of ``x`` in place with the noise of its own seed."""
+        if regions.shape[0] != x.shape[0]:
+            raise ValueError(f"{regions.shape[0]} erasing regions for a batch of {x.shape[0]}")
+        self._erase(x, regions)
 
     def _normalize(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:
         if self.memory_format == torch.channels_last:

@@ -211,14 +211,16 @@ def _sepconv(ctx: BuildContext, kernel: int, expansion: float, act: Maker,
 # --- attention ------------------------------------------------------------------------
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all H*W tokens, no position embedding."""
+    """Multi-head self-attention over all H*W tokens, no position embedding.
+
+    As in the official code and timm's ``Attention(dim, head_dim=32, num_heads=None)``:
+    ``heads`` given, each head keeps ``head_dim`` channels, so the attention width is
+    ``heads * head_dim`` (which may differ from ``dim``); else ``dim // head_dim`` heads."""
 
     def __init__(self, dim: int, head_dim: int = 32, heads: Optional[int] = None,
                  qkv_bias: bool = False, proj_bias: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
-        if heads is not None:
-            head_dim = dim // heads
         self.head_dim = head_dim
         self.num_heads = heads if heads is not None else max(1, dim // head_dim)
         inner = self.num_heads * self.head_dim
@@ -250,11 +252,7 @@ class Attention(nn.Module):
 def _check_attention(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
     dim = ctx.dim
     if args.get("heads") is not None:
-        heads = args["heads"]
-        if dim % heads:
-            return [("heads", f"width {dim} is not divisible into {heads} heads",
-                     f"use a head count that divides {dim}")]
-        return []
+        return []  # heads x head_dim channels of attention, whatever the width
     hd = args["head_dim"]
     if dim % hd:
         divisors = [d for d in (16, 24, 32, 48, 64, 96, 128) if dim % d == 0]
@@ -267,7 +265,9 @@ def _check_attention(ctx: BuildContext, args: Dict[str, Any]) -> Problems:
 @register_mixer(
     "attention",
     Param("head_dim", int, 32, min=1, max=1024, doc="channels per head"),
-    Param("heads", int, None, min=1, max=1024, doc="number of heads (overrides head_dim)"),
+    Param("heads", int, None, min=1, max=1024,
+          doc="number of heads, each of head_dim channels: attention width heads x head_dim, "
+              "as timm's num_heads (none: width // head_dim heads)"),
     Param("qkv_bias", bool, False),
     Param("proj_bias", bool, False),
     Param("attn_drop", float, 0.0, min=0.0, max=1.0),

@@ -57,6 +57,7 @@ class TrainOptions:
     grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
     allow_recipe_change: bool = False  # a resume may change the recipe (then recorded)
     wait_for_lock: float = 0.0  # seconds to wait for another run to leave the folder
+    from_scratch: bool = False  # random init although the recipe names finetune_from
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ RUN_FORMAT = "mfdsl-run"
 RUN_ENTRIES = ("run.json", "spec.mf", "spec.yaml", "spec.repr.txt", "recipe.json",
                "environment.json", "metrics.jsonl", "epochs.csv", "summary.json", "curves.png",
                "skipped_images.txt", "checkpoints", "tensorboard", "recipe_changes.jsonl",
-               "output.log")
+               "output.log", "plan.json")
 # What a run writes inside checkpoints/ (and the temporary files of its atomic writes).
 _CKPT_FILE_RE = re.compile(r"^(ckpt-\d+|last|best)(\.ema)?\.(safetensors|state\.pt)$"
                            r"|^\..*\.(tmp.*|lnk)$")

@@ -30,7 +30,9 @@ from ..data.dataset import (BatchPreprocess, ResumableDistributedSampler, ShardS
                           eval_transform, make_loader, spread_subset, train_transform)
 from ..data.layout import detect_layout, open_source
 from .metrics import MetricsLog, format_duration, pct, plot_curves
-from .optim import LRSchedule, create_optimizer
+from .optim import create_optimizer
+from .plan import build_plan, deviation_lines, finetune_source, plan_steps
+from .schedule import schedule_for
 from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
                       plan_batches, recipe_as_dict, scaled_lr)
 from .. import fsio
@@ -108,6 +110,15 @@ class Trainer:
             # A file, or a release name fetched through the hub cache; CheckpointError goes
             # to the CLI.
             load_weights(self.model, opts.init_from, spec)
+        elif (self.recipe.finetune_from and not opts.inherit and plan.resume_stem is None
+              and not opts.from_scratch):
+            from ..weights import load_weights
+
+            # A fine-tune recipe starts from what it names, never silently from random init.
+            source = finetune_source(self.recipe.finetune_from)
+            self.log(f"fine-tuning from {source} (the recipe's finetune_from "
+                     f"{self.recipe.finetune_from}; --from-scratch for random init)")
+            load_weights(self.model, source, spec)
         self.inheritance = None
         if opts.inherit:
             from ..weights import inherit
@@ -122,6 +133,12 @@ class Trainer:
             raise RunError(str(exc)) from None
         self._setup_device_and_model()
         self._setup_optim()
+        self.run_plan = build_plan(
+            self.spec, opts, dataset_size=len(self.train_set), world_size=env.world_size,
+            device_type=env.device.type, data=self.data_root, embedded=self.embedded,
+            crop_scale_min=self.crop_scale_min, precision=self.target["dtype"])
+        for line in deviation_lines(self.run_plan):
+            self.log(line)
         self.state = TrainState()
         self.output = plan.output
         self.ckpt_dir = os.path.join(self.output, "checkpoints")
@@ -243,39 +260,24 @@ class Trainer:
             self.log(f"note: {n_cls} class folders for a {spec.num_classes}-class head")
 
     def _setup_batches(self) -> None:
-        opts, r = self.opts, self.recipe
-        global_batch = opts.batch_size
-        if (self.embedded and global_batch is None and opts.per_device_batch is None
-                and opts.accum is None and r.batch_size > EMBEDDED_MAX_BATCH):
-            self.log(f"note: embedded dataset: global batch {r.batch_size} -> "
-                     f"{EMBEDDED_MAX_BATCH} (set --batch-size to change)")
-            global_batch = EMBEDDED_MAX_BATCH
-        plan = plan_batches(self.env.world_size, r.batch_size, global_batch,
-                            opts.per_device_batch, opts.accum)
+        r = self.recipe
+        # The same derivation as the dry run's plan (mfdsl.runner.plan).
+        plan, self.micro_per_epoch, self.steps_per_epoch, notes = plan_steps(
+            r, self.opts, self.env.world_size, len(self.train_set), self.embedded)
+        for note in notes:
+            self.log(note)
         self.plan: BatchPlan = plan
         self.mixup_active = r.mixup > 0 or r.cutmix > 0
         if self.mixup_active and plan.per_device % 2:
             raise RunError(f"mixup/cutmix need an even per-device batch, got {plan.per_device}"
                            " (change --batch-size/--per-device-batch, or --no-mixup --no-cutmix)")
-        per_rank = math.ceil(len(self.train_set) / self.env.world_size)
-        self.micro_per_epoch = per_rank // plan.per_device
-        self.steps_per_epoch = self.micro_per_epoch // plan.accum
-        if self.steps_per_epoch < 1:
-            raise DataError(f"the training set ({len(self.train_set)} images) is smaller than "
-                            f"one global batch ({plan.global_batch}); lower --batch-size")
         self.lr = scaled_lr(r, plan.global_batch)
-        planned = r.epochs * self.steps_per_epoch
-        self.total_steps = planned
-        warmup = r.warmup_epochs * self.steps_per_epoch
-        if self.opts.max_steps is not None:
-            if self.opts.max_steps < 1:
-                raise RunError("--max-steps must be >= 1")
-            if self.opts.max_steps < planned:
-                # A shortened run keeps the schedule's shape, compressed into max_steps.
-                warmup = round(warmup * self.opts.max_steps / planned)
-                self.total_steps = self.opts.max_steps
-        self.schedule = LRSchedule(r.sched, self.lr, self.total_steps, warmup, r.warmup_lr,
-                                   r.min_lr)
+        if self.opts.max_steps is not None and self.opts.max_steps < 1:
+            raise RunError("--max-steps must be >= 1")
+        # A shortened run (--max-steps) keeps the schedule's shape, compressed into it.
+        self.schedule = schedule_for(r, self.lr, self.steps_per_epoch, self.opts.max_steps)
+        self.total_steps = self.schedule.total_steps
+        self.total_epochs = self.schedule.total_epochs
 
     def _setup_device_and_model(self) -> None:
         from ..passes.targets import compile_for_target
@@ -341,6 +343,7 @@ class Trainer:
                                     self.ema, self.ddp)
         # Per-step records stay on the device until a log step or checkpoint reads them.
         self.step_log = StepLog(self.env.device, min(max(1, self.opts.log_every), 1024))
+        self.best_metric = "ema_top1" if self.ema is not None else "top1"
 
     # ------------------------------------------------------------------ resume
     def _find_resume(self) -> Optional[str]:
@@ -445,6 +448,8 @@ class Trainer:
         # A resume never rewrites the run's recipe: a change is appended, with its step.
         recipe_history.record(self.output, self.state.step, self.recipe_diff,
                               list(self.opts.argv or sys.argv))
+        # The resolved run, as `mfdsl train --dry-run --json` prints it.
+        write_json(os.path.join(self.output, "plan.json"), self.run_plan.to_json())
         env = environment(self.opts.argv or sys.argv, self.env.world_size, self.env.device)
         env["resumed_from"] = resume_stem
         write_json(os.path.join(self.output, "environment.json"), env)
@@ -560,9 +565,11 @@ class Trainer:
             agree_on_failure(self.env, None)  # rank 0's write failure stops every rank
             return
         val = st.last_val if st.last_val_step == st.step else None
-        is_best = val is not None and val["top1"] > st.best_top1
+        # With EMA the EMA model's accuracy selects the best checkpoint (as the official
+        # train.py does); best.ema.safetensors then holds the selected weights.
+        is_best = val is not None and val[self.best_metric] > st.best_top1
         if is_best:
-            st.best_top1 = val["top1"]
+            st.best_top1 = val[self.best_metric]
         state = {
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -572,7 +579,9 @@ class Trainer:
             "batches_in_epoch": st.micro,
             "sampler_epoch": st.epoch,
             "best_top1": st.best_top1,
+            "best_by": self.best_metric,
             "val_top1": val["top1"] if val else None,
+            "val_ema_top1": val.get("ema_top1") if val else None,
             "nan_skipped": st.nan_skipped,
             "nan_consecutive": st.nan_consecutive,
             "skipped_images": len(st.unreadable),
@@ -610,10 +619,12 @@ class Trainer:
         def next_batch():
             images, target, failures = next(it)
             self._unreadable_pending.add_batch(self.train_set, failures)
-            images = self.train_prep(images)
+            images, erase = self.train_prep.prepare(images)
             target = target.to(env.device, non_blocking=True)
             if self.mixup is not None:
                 images, target = self.mixup(images, target)
+            if erase is not None:  # as the official: on the mixed batch
+                self.train_prep.erase(images, erase)
             return images, target
 
         out = train_step(self.step_parts, next_batch, ema_step=st.step,
@@ -660,7 +671,7 @@ class Trainer:
         env, plan, st, opts, r = self.env, self.plan, self.state, self.opts, self.recipe
         self.log(f"training {self.spec.name}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M"
                  f" params on {env.device} x{env.world_size}; {plan.describe()}; "
-                 f"lr {self.lr:.3g} ({r.optimizer}, {r.sched}); {self.steps_per_epoch} steps/epoch,"
+                 f"{r.optimizer}, lr {self.schedule.describe()}; {self.steps_per_epoch} steps/epoch,"
                  f" {self.total_steps} steps; data {self.data_root} "
                  f"({len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val)")
         kill_after = _env_int(KILL_ENV)
@@ -669,7 +680,7 @@ class Trainer:
         images_per_step = plan.global_batch
         t_start = time.perf_counter()
         self.forward_model.train()
-        while st.epoch < r.epochs and st.step < self.total_steps:
+        while st.epoch < self.total_epochs and st.step < self.total_steps:
             epoch = st.epoch
             it = iter(self._loader(epoch, st.micro))
             self._epoch_unreadable = UnreadableImages("train")
@@ -681,7 +692,7 @@ class Trainer:
                 from tqdm import tqdm
 
                 bar = tqdm(total=self.steps_per_epoch, initial=st.micro // plan.accum,
-                           desc=f"epoch {epoch + 1}/{r.epochs}", unit="step", dynamic_ncols=True,
+                           desc=f"epoch {epoch + 1}/{self.total_epochs}", unit="step", dynamic_ncols=True,
                            file=sys.stderr)
                 self._bar = bar
             epoch_micro = self.steps_per_epoch * plan.accum
@@ -718,7 +729,7 @@ class Trainer:
                                         img_s=f"{img_s:.0f}")
                     else:
                         left = (self.total_steps - st.step) * (now - win_t) / steps_in_win
-                        self.log(f"epoch {epoch + 1}/{r.epochs} step {st.step}/{self.total_steps}"
+                        self.log(f"epoch {epoch + 1}/{self.total_epochs} step {st.step}/{self.total_steps}"
                                  f" loss {loss:.4f} lr {res['lr']:.3e} {img_s:.0f} img/s"
                                  f" eta {format_duration(left)}")
                     win_loss, win_n, win_t = 0.0, 0, now
@@ -741,7 +752,7 @@ class Trainer:
             if epoch_done:
                 st.epoch += 1
                 st.micro = 0
-            if epoch_done and (st.epoch % max(1, opts.eval_every) == 0 or st.epoch == r.epochs
+            if epoch_done and (st.epoch % max(1, opts.eval_every) == 0 or st.epoch == self.total_epochs
                                or st.step >= self.total_steps):
                 self.validate()
             self.metrics.write("epoch", st.step, epoch=epoch + 1, complete=epoch_done,
@@ -765,11 +776,15 @@ class Trainer:
     def _finish(self, final: Optional[Dict[str, Any]], elapsed: float) -> Dict[str, Any]:
         st = self.state
         summary = {
-            "status": "completed" if st.epoch >= self.recipe.epochs else "stopped_at_max_steps",
+            "status": "completed" if st.epoch >= self.total_epochs else "stopped_at_max_steps",
             "steps": st.step, "epochs_completed": st.epoch,
             "final_val": ({k: v for k, v in final.items() if k not in ("skipped_paths", "skipped_files")}
                           if final else None),
             "best_top1": st.best_top1 if st.best_top1 >= 0 else None,
+            "best_selected_by": "EMA top-1" if self.ema is not None else "top-1",
+            "best_checkpoint": (os.path.join(self.ckpt_dir, "best" + (
+                ".ema" if self.ema is not None else "") + ckpt.WEIGHTS_EXT)
+                if st.best_top1 >= 0 else None),
             "skipped_images": len(st.unreadable),
             "skipped_image_fetches": st.unreadable.attempts(),
             "nan_skipped_steps": st.nan_skipped,
@@ -784,6 +799,10 @@ class Trainer:
             fv = summary["final_val"]
             self.log(f"done: {st.step} steps in {format_duration(elapsed)}"
                      + (f"; final val top-1 {fv['top1']:.2f}% top-5 {pct(fv['top5'])}" if fv else "")
+                     + (f" (EMA top-1 {fv['ema_top1']:.2f}% top-5 {fv['ema_top5']:.2f}%)"
+                        if fv and "ema_top1" in fv else "")
+                     + (f"; best {summary['best_top1']:.2f}% by {summary['best_selected_by']}: "
+                        f"{summary['best_checkpoint']}" if summary["best_checkpoint"] else "")
                      + f"; skipped {len(st.unreadable)} unreadable training image(s)"
                      + (f"; {st.nan_skipped} non-finite step(s) skipped" if st.nan_skipped else "")
                      + f"\nrun folder: {self.output}"
