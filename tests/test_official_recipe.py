@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 import pytest
 import torch
 
-from cli_helpers import run
+from conftest import run
 
 IMAGENET_TRAIN = 1_281_167
 PROCESSES = 8

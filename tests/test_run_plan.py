@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_helpers import run
+from conftest import run
 from mfdsl.ir import RecipeSpec
 from mfdsl.runner.optim import LRSchedule
 from mfdsl.runner.schedule import schedule_for
-from mfdsl.runner.transforms import BatchPreprocess, PendingErasing
+from mfdsl.data.transforms import BatchPreprocess, PendingErasing
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "specs" / "demo_tiny.mf")
@@ -71,10 +71,13 @@ def test_max_steps_compresses_the_schedule() -> None:
 
 
 def test_cooldown_or_warmup_mode_with_a_constant_schedule_is_refused(tmp_path) -> None:
-    code, out = run("train", DEMO, "--dry-run", "--sched", "constant", "--cooldown-epochs", "2")
-    assert code == 2 and "cooldown_epochs" in out
+    no_mode = tmp_path / "no_mode.mf"
+    no_mode.write_text("".join(line for line in Path(DEMO).read_text().splitlines(True)
+                               if "warmup_mode" not in line))
+    code, out = run("train", no_mode, "--dry-run", "--sched", "constant", "--cooldown-epochs", "2")
+    assert code == 2 and "cooldown_epochs" in out, out
     spec = tmp_path / "c.mf"
-    spec.write_text(Path(DEMO).read_text().replace("    epochs          30\n",
+    spec.write_text(no_mode.read_text().replace("    epochs          30\n",
                                                    "    epochs          30\n    sched constant\n"
                                                    "    warmup_mode prefix\n"))
     code, out = run("validate", spec)

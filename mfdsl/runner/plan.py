@@ -297,15 +297,15 @@ def dry_run(spec: ModelSpec, opts: TrainOptions, dataset_size: Optional[int] = N
         dataset_size = len(CLASSES) * DEFAULT_TRAIN_PER_CLASS
         data = "the built-in TinyShapes data"
     else:
-        from .imagefolder import scan_image_folder, split_dir
+        from ..data.layout import detect_layout, open_source
 
-        if not os.path.isdir(opts.data):
-            raise DataError(f"--data {opts.data}: no such folder")
-        train_dir = split_dir(opts.data, opts.train_split)
-        if train_dir is None:
-            raise DataError(f"--data {opts.data}: no '{opts.train_split}' folder")
-        dataset_size = len(scan_image_folder(train_dir).samples)
-        data = train_dir
+        # Any form --data may take (folder, parquet or tar shards), read as training reads it.
+        layout = detect_layout(opts.data, (opts.train_split, opts.val_split))
+        source = open_source(layout, opts.train_split)
+        if source is None:
+            raise DataError(f"--data {opts.data}: no '{opts.train_split}' split")
+        dataset_size = len(source)
+        data = layout.where(opts.train_split) or opts.data
     # The embedded data's smaller crops apply only where no size stands in for the data.
     crop_min = (opts.crop_scale_min if opts.crop_scale_min is not None
                 else 0.35 if embedded and data.startswith("the built-in") else 0.08)
