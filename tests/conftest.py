@@ -195,3 +195,17 @@ def safetensors_bytes(sd: "Dict[str, Any]", tmp: Path) -> bytes:
     p = tmp / "w.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(p))
     return p.read_bytes()
+
+
+# --- an independent reference for the smooth per-step schedule ------------------------------
+
+def smooth_cosine_lr(step: int, base_lr: float, total_steps: int, warmup_steps: int,
+                     warmup_lr: float, min_lr: float) -> float:
+    """Linear warmup warmup_lr -> base_lr, then a cosine base_lr -> min_lr over the
+    remaining optimizer steps (``sched_unit step``, ``warmup_mode prefix``), written out."""
+    import math
+
+    if step < warmup_steps:
+        return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * t))

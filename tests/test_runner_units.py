@@ -18,7 +18,8 @@ from mfdsl.runner import checkpointing as ckpt
 from mfdsl.runner.errors import DataError, RunError
 from mfdsl.data.dataset import (ResumableDistributedSampler, ShardSampler,
                                       SkippingImageFolder, UnreadableImages, make_loader)
-from mfdsl.runner.optim import LRSchedule, create_optimizer, param_groups
+from mfdsl.runner.optim import create_optimizer, param_groups
+from mfdsl.runner.schedule import schedule_for
 from mfdsl.runner.options import plan_batches, scaled_lr
 
 
@@ -41,14 +42,16 @@ def test_lr_is_scaled_to_the_real_batch() -> None:
 
 
 def test_schedule_warmup_cosine_and_constant() -> None:
-    s = LRSchedule("cosine", 1.0, total_steps=110, warmup_steps=10, warmup_lr=0.0, min_lr=0.1)
+    r = ir.RecipeSpec(epochs=11, warmup_epochs=1, warmup_lr=0.0, min_lr=0.1, sched_unit="step",
+                      warmup_mode="prefix")
+    s = schedule_for(r, 1.0, steps_per_epoch=10)
     assert s.lr_at(0) == 0.0 and s.lr_at(5) == pytest.approx(0.5)
     assert s.lr_at(10) == pytest.approx(1.0)
     assert s.lr_at(60) == pytest.approx(0.55)
-    assert s.lr_at(110) == pytest.approx(0.1)
-    lrs = [s.lr_at(i) for i in range(10, 111)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
-    c = LRSchedule("constant", 0.3, 100, 0, 1e-6, 1e-5)
+    lrs = [s.lr_at(i) for i in range(10, 110)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 0.1
+    c = schedule_for(ir.RecipeSpec(epochs=10, warmup_epochs=0, sched="constant",
+                                   cooldown_epochs=0), 0.3, steps_per_epoch=10)
     assert c.lr_at(0) == c.lr_at(99) == 0.3
 
 

@@ -136,15 +136,7 @@ def test_register_a_bad_spec_is_a_located_error(tmp_path: Path) -> None:
 
 # --- pretrained: mfdsl's released-weights table, offline -----------------------------------
 
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch) -> Path:
-    home = tmp_path / "hf"
-    home.mkdir()
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
-
+# (the offline hub fixture `hub` is in conftest.py)
 
 def test_pretrained_offline_with_nothing_cached_is_a_clear_error(hub: Path) -> None:
     with pytest.raises(WeightsError, match="not in the Hugging Face cache"):

@@ -192,6 +192,17 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
         flags: List[int] = []
         dirs_read[real] = ci
         seen_here: set = set()
+
+        def add_image(where: str, freal: str) -> None:
+            if freal in seen_here:  # one file reached twice in this class: read once
+                tally.add("twice", show_path(where))
+                return
+            seen_here.add(freal)
+            real_hash.append(hash(freal))
+            real_label.append(ci)
+            paths.append(where)
+            flags.append(0)
+
         stack = [(path, real)]
         while stack:
             dpath, dreal = stack.pop()
@@ -212,14 +223,7 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
                         o = owner_of_dir[fdir] = o if o is not None else dirs_read.get(fdir)
                     if o is not None and o != ci:
                         raise _two_labels(e.path, freal, label_list[o], name)
-                    if freal in seen_here:
-                        tally.add("twice", show_path(e.path))
-                        continue
-                    seen_here.add(freal)
-                    real_hash.append(hash(freal))
-                    real_label.append(ci)
-                    paths.append(e.path)
-                    flags.append(0)
+                    add_image(e.path, freal)
                 elif e.is_dir():
                     sreal = _real(e, dreal)
                     if sreal in dirs_read or _within(root_real, sreal):
@@ -238,14 +242,7 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
                         tally.add("other", show_path(e.path))
                         continue
                     freal = os.path.join(dreal, e.name)  # (links named so: handled above)
-                    if freal in seen_here:
-                        tally.add("twice", show_path(e.path))
-                        continue
-                    seen_here.add(freal)
-                    real_hash.append(hash(freal))
-                    real_label.append(ci)
-                    paths.append(e.path)
-                    flags.append(0)
+                    add_image(e.path, freal)
                 elif e.name.lower().endswith(IMG_EXTENSIONS):
                     # Named like an image but not a file (FIFO, device, broken link): kept,
                     # so that it is reported as an unreadable image; never opened.

@@ -1,7 +1,6 @@
 """Optimizer with the recipe's weight-decay exclusions and its arguments as resolved."""
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List
 
 import torch
@@ -79,41 +78,3 @@ def create_optimizer(model: nn.Module, recipe: RecipeSpec, lr: float) -> torch.o
         # on the device (mfdsl.runner.step) with no host read. Same update as the loop form.
         args["fused"] = True
     return _optimizer_class(recipe.optimizer.lower())(groups, **args)
-
-
-class LRSchedule:
-    """Per optimizer step: linear warmup warmup_lr -> lr, then cosine lr -> min_lr
-    (or constant lr). The schedule mfdsl ran before recipes said theirs; runs now use
-    :mod:`mfdsl.runner.schedule` (``sched_unit step``, ``warmup_mode prefix`` is this one),
-    and the tests keep this as that shape's independent reference."""
-
-    def __init__(self, kind: str, base_lr: float, total_steps: int, warmup_steps: int,
-                 warmup_lr: float, min_lr: float) -> None:
-        if kind not in ("cosine", "constant"):
-            raise RunError(f"unknown schedule '{kind}' (cosine or constant)")
-        self.kind = kind
-        self.base_lr = base_lr
-        self.total_steps = max(1, total_steps)
-        self.warmup_steps = min(max(0, warmup_steps), self.total_steps)
-        self.warmup_lr = warmup_lr
-        self.min_lr = min_lr
-
-    def lr_at(self, step: int) -> float:
-        """The lr used for optimizer step ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return self.warmup_lr + (self.base_lr - self.warmup_lr) * step / self.warmup_steps
-        if self.kind == "constant":
-            return self.base_lr
-        span = self.total_steps - self.warmup_steps
-        t = min(1.0, (step - self.warmup_steps) / max(1, span))
-        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t))
-
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        lr = self.lr_at(step)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        return lr
-
-    def state_dict(self) -> Dict[str, Any]:
-        return dict(kind=self.kind, base_lr=self.base_lr, total_steps=self.total_steps,
-                    warmup_steps=self.warmup_steps, warmup_lr=self.warmup_lr, min_lr=self.min_lr)
