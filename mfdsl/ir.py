@@ -179,6 +179,10 @@ class DownsampleSpec(Node):
     post_norm: Optional[Call] = setting(None, "Norm after the conv, on the new width "
                                         "(none: no norm).", "norm", optional=True)
 
+    def out_size(self, size: int) -> int:
+        """A side of the conv's output for an input side of ``size`` pixels."""
+        return (size + 2 * self.padding - self.kernel) // self.stride + 1
+
 
 def default_stem() -> DownsampleSpec:
     return DownsampleSpec(
@@ -402,14 +406,13 @@ class ModelSpec(Node):
         return self.recipe.head_dropout if self.recipe else 0.0
 
     def stage_resolutions(self) -> List[Tuple[int, int]]:
-        """Feature-map (H, W) of each stage, by the conv output-size formula."""
+        """Feature-map (H, W) of each stage, by :meth:`DownsampleSpec.out_size`."""
         h, w = self.img_size
         out = []
         for i, st in enumerate(self.stages):
             ds = self.stem if i == 0 else st.downsample
             if ds is not None:
-                h = (h + 2 * ds.padding - ds.kernel) // ds.stride + 1
-                w = (w + 2 * ds.padding - ds.kernel) // ds.stride + 1
+                h, w = ds.out_size(h), ds.out_size(w)
             out.append((h, w))
         return out
 
