@@ -159,12 +159,6 @@ def settings_of(cls: type) -> Iterator[Tuple[str, Setting, Any]]:
         yield f.name, meta, default
 
 
-def key_of(cls: type, name: str) -> str:
-    """The word a field is written as in .mf and YAML."""
-    meta = setting_of(cls, name)
-    return (meta.key or name) if meta is not None else name
-
-
 @dataclass
 class DownsampleSpec(Node):
     """One strided Conv2d between stages (or the stem), with optional norms around it."""
@@ -422,10 +416,6 @@ def with_overrides(node: Any, **changes: Any) -> Any:
     new = replace(node, **changes)
     new.locs = dict(node.locs)
     return new
-
-
-def field_names(cls: type) -> List[str]:
-    return [f.name for f in fields(cls) if f.name not in ("locs", "source")]
 
 
 # --- the plain-data form of components (YAML, JSON Schema defaults) ----------------------
