@@ -14,6 +14,7 @@ from .data.augment import AugmentError, parse_augment
 from .errors import Loc, SpecError, nearest
 from .ir import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, MAX_SIDE, SIZE, STR, Call,
                  DownsampleSpec, ModelSpec, RecipeSpec, Setting, StageSpec, settings_of)
+from .layers.block import mlp_hidden
 from .registry import POOLED, BuildContext, Param, RegistryError, registry
 
 
@@ -202,8 +203,7 @@ def _check_resolutions(spec: ModelSpec) -> list:
                         spec.loc("img_size"),
                         hint=f"use an input size divisible by {_total_stride(spec)}",
                     )
-            h = (h + 2 * ds.padding - ds.kernel) // ds.stride + 1
-            w = (w + 2 * ds.padding - ds.kernel) // ds.stride + 1
+            h, w = ds.out_size(h), ds.out_size(w)
             if h < 1 or w < 1:
                 raise SpecError(f"the feature map of stage {i} would be empty ({h}x{w})",
                                 ds.loc(""), hint="use a larger input or fewer downsamplings")
@@ -230,7 +230,7 @@ def _check_downsample(ds: DownsampleSpec, what: str) -> None:
 def _check_stage(spec: ModelSpec, i: int, st: StageSpec, res: Tuple[int, int],
                  prev: Optional[int]) -> None:
     check_settings(st, prefix=f"stage {i} ")
-    if int(st.mlp_ratio * st.width) < 1:
+    if mlp_hidden(st.mlp_ratio, st.width) < 1:
         raise SpecError(f"stage {i} MLP would have no hidden units", st.loc("mlp_ratio"))
     if i > 0 and st.downsample is None and prev is not None and prev != st.width:
         raise SpecError(
@@ -259,7 +259,7 @@ def _check_stage(spec: ModelSpec, i: int, st: StageSpec, res: Tuple[int, int],
                         hint=f"use x{len(st.mixers)} or more blocks, or fewer mixers")
     for j, m in enumerate(st.mixers):
         check_call("mixer", m, BuildContext(st.width, res, i, j))
-    check_call("activation", st.mlp_act, BuildContext(int(st.mlp_ratio * st.width), res, i))
+    check_call("activation", st.mlp_act, BuildContext(mlp_hidden(st.mlp_ratio, st.width), res, i))
     check_call("norm", st.norm, BuildContext(st.width, res, i))
 
 

@@ -22,36 +22,9 @@ import torch
 
 from .errors import UserError
 from .ir import ModelSpec
+from .paper_table import PAPER_TABLE, SOURCE
 
 IMAGENET = "ImageNet-1K"
-
-# The paper's table (MetaFormer Baselines for Vision, Table 1/2; 224x224, ImageNet-1K):
-# name: (trainable params M, frozen params M, MACs G, top-1 %).
-PAPER_TABLE: Dict[str, tuple] = {
-    "identityformer_s12": (11.9, 0.0, 1.8, 74.6),
-    "identityformer_s24": (21.3, 0.0, 3.4, 78.2),
-    "identityformer_s36": (30.8, 0.0, 5.0, 79.3),
-    "identityformer_m36": (56.1, 0.0, 8.8, 80.0),
-    "identityformer_m48": (73.3, 0.0, 11.5, 80.4),
-    "randformer_s12": (11.9, 0.2, 1.9, 76.6),
-    "randformer_s24": (21.3, 0.5, 3.5, 78.2),
-    "randformer_s36": (30.8, 0.7, 5.2, 79.5),
-    "randformer_m36": (56.1, 0.7, 9.0, 81.2),
-    "randformer_m48": (73.3, 0.9, 11.9, 81.4),
-    "poolformerv2_s12": (11.9, 0.0, 1.8, 78.0),
-    "poolformerv2_s24": (21.3, 0.0, 3.4, 80.7),
-    "poolformerv2_s36": (30.8, 0.0, 5.0, 81.6),
-    "poolformerv2_m36": (56.1, 0.0, 8.8, 82.2),
-    "poolformerv2_m48": (73.3, 0.0, 11.5, 82.6),
-    "convformer_s18": (27, 0.0, 3.9, 83.0),
-    "convformer_s36": (40, 0.0, 7.6, 84.1),
-    "convformer_m36": (57, 0.0, 12.8, 84.5),
-    "convformer_b36": (100, 0.0, 22.6, 84.8),
-    "caformer_s18": (26, 0.0, 4.1, 83.6),
-    "caformer_s36": (39, 0.0, 8.0, 84.5),
-    "caformer_m36": (56, 0.0, 13.2, 85.2),
-    "caformer_b36": (99, 0.0, 23.2, 85.5),
-}
 
 
 class CompareError(UserError):
@@ -149,10 +122,11 @@ def gather(item: str) -> Entry:
 
 
 def paper_entries() -> List[Entry]:
-    return [Entry(name, "paper", "MetaFormer Baselines for Vision, Yu et al. (TPAMI 2024)",
-                  int(round(p * 1e6)), int(round(fr * 1e6)), int(round(m * 1e9)), [224, 224],
-                  top1, "paper table", IMAGENET)
-            for name, (p, fr, m, top1) in PAPER_TABLE.items()]
+    """The paper's models that have a published top-1, as comparable entries."""
+    return [Entry(name, "paper", SOURCE, int(round(float(r.params) * 1e6)),
+                  int(round(float(r.frozen or 0) * 1e6)), int(round(float(r.macs) * 1e9)),
+                  [r.img_size, r.img_size], float(r.top1), "paper table", IMAGENET)
+            for name, r in PAPER_TABLE.items() if r.top1 is not None]
 
 
 # --- throughput -----------------------------------------------------------------------

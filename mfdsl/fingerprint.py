@@ -22,7 +22,12 @@ VERSION = 1
 _NESTED_KINDS = ("activation", "norm", "mixer", "head")
 
 
-def _call(c: Optional[Call], kind: Optional[str]) -> Any:
+def canonical_call(c: Optional[Call], kind: Optional[str] = None) -> Any:
+    """A component as plain data, ``{"name", "args"}``, with every argument the registry
+    defaults filled in and 2.0 written 2: equal data, same component. ``kind`` (mixer, norm,
+    activation, head) names its table; nested components are looked up in each in turn.
+    The one canonical component form: the fingerprint hashes it, :func:`call_text` prints it.
+    """
     if c is None:
         return None
     from .registry import registry, resolve_args
@@ -36,9 +41,24 @@ def _call(c: Optional[Call], kind: Optional[str]) -> Any:
     return {"name": c.name, "args": {k: _value(v) for k, v in sorted(args.items())}}
 
 
+def call_text(c: Optional[Call], kind: Optional[str] = None) -> Optional[str]:
+    """The canonical form as one line, for comparing and messages:
+    ``mlp(act='squared_relu', bias=True, norm=layernorm(bias=True, eps=1e-05), ratio=4)``."""
+    return None if c is None else _text(canonical_call(c, kind))
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, dict):  # a canonical call (plain argument values are never dicts)
+        inner = ", ".join(f"{k}={_text(x)}" for k, x in v["args"].items())
+        return f"{v['name']}({inner})"
+    if isinstance(v, list):
+        return "[" + ", ".join(_text(x) for x in v) + "]"
+    return repr(v)
+
+
 def _value(v: Any) -> Any:
     if isinstance(v, Call):
-        return _call(v, None)
+        return canonical_call(v, None)
     if isinstance(v, (list, tuple)):
         return [_value(x) for x in v]
     if isinstance(v, float) and v.is_integer():
@@ -50,15 +70,17 @@ def _downsample(d: Optional[DownsampleSpec]) -> Any:
     if d is None:
         return None
     return {"kernel": d.kernel, "stride": d.stride, "padding": d.padding, "bias": d.bias,
-            "pre_norm": _call(d.pre_norm, "norm"), "post_norm": _call(d.post_norm, "norm")}
+            "pre_norm": canonical_call(d.pre_norm, "norm"),
+            "post_norm": canonical_call(d.post_norm, "norm")}
 
 
 def _stage(s: StageSpec) -> Any:
     # Block j uses mixers[j % len(mixers)]: the per-block list is what is built.
     return {"depth": s.depth, "width": s.width,
-            "mixers": [_call(s.mixer_for_block(j), "mixer") for j in range(s.depth)],
-            "mlp_ratio": _value(s.mlp_ratio), "mlp_act": _call(s.mlp_act, "activation"),
-            "mlp_bias": s.mlp_bias, "norm": _call(s.norm, "norm"),
+            "mixers": [canonical_call(s.mixer_for_block(j), "mixer") for j in range(s.depth)],
+            "mlp_ratio": _value(s.mlp_ratio),
+            "mlp_act": canonical_call(s.mlp_act, "activation"),
+            "mlp_bias": s.mlp_bias, "norm": canonical_call(s.norm, "norm"),
             "layer_scale": _value(s.layer_scale), "res_scale": _value(s.res_scale),
             "downsample": _downsample(s.downsample)}
 
@@ -67,7 +89,8 @@ def canonical_model(spec: ModelSpec) -> Any:
     """The plain-data form of what ``spec`` builds (what the fingerprint hashes)."""
     return {"version": VERSION, "in_chans": spec.in_chans, "num_classes": spec.num_classes,
             "stem": _downsample(spec.stem), "stages": [_stage(s) for s in spec.stages],
-            "output_norm": _call(spec.output_norm, "norm"), "head": _call(spec.head, "head")}
+            "output_norm": canonical_call(spec.output_norm, "norm"),
+            "head": canonical_call(spec.head, "head")}
 
 
 def model_fingerprint(spec: ModelSpec) -> str:

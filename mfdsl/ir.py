@@ -159,12 +159,6 @@ def settings_of(cls: type) -> Iterator[Tuple[str, Setting, Any]]:
         yield f.name, meta, default
 
 
-def key_of(cls: type, name: str) -> str:
-    """The word a field is written as in .mf and YAML."""
-    meta = setting_of(cls, name)
-    return (meta.key or name) if meta is not None else name
-
-
 @dataclass
 class DownsampleSpec(Node):
     """One strided Conv2d between stages (or the stem), with optional norms around it."""
@@ -178,6 +172,10 @@ class DownsampleSpec(Node):
                                        "(none: no norm).", "norm", optional=True)
     post_norm: Optional[Call] = setting(None, "Norm after the conv, on the new width "
                                         "(none: no norm).", "norm", optional=True)
+
+    def out_size(self, size: int) -> int:
+        """A side of the conv's output for an input side of ``size`` pixels."""
+        return (size + 2 * self.padding - self.kernel) // self.stride + 1
 
 
 def default_stem() -> DownsampleSpec:
@@ -402,14 +400,13 @@ class ModelSpec(Node):
         return self.recipe.head_dropout if self.recipe else 0.0
 
     def stage_resolutions(self) -> List[Tuple[int, int]]:
-        """Feature-map (H, W) of each stage, by the conv output-size formula."""
+        """Feature-map (H, W) of each stage, by :meth:`DownsampleSpec.out_size`."""
         h, w = self.img_size
         out = []
         for i, st in enumerate(self.stages):
             ds = self.stem if i == 0 else st.downsample
             if ds is not None:
-                h = (h + 2 * ds.padding - ds.kernel) // ds.stride + 1
-                w = (w + 2 * ds.padding - ds.kernel) // ds.stride + 1
+                h, w = ds.out_size(h), ds.out_size(w)
             out.append((h, w))
         return out
 
@@ -419,10 +416,6 @@ def with_overrides(node: Any, **changes: Any) -> Any:
     new = replace(node, **changes)
     new.locs = dict(node.locs)
     return new
-
-
-def field_names(cls: type) -> List[str]:
-    return [f.name for f in fields(cls) if f.name not in ("locs", "source")]
 
 
 # --- the plain-data form of components (YAML, JSON Schema defaults) ----------------------

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .errors import SpecError
 from .ir import Call, DownsampleSpec, ModelSpec, StageSpec, call, settings_of
-from .layers.block import Block, Downsample, Mlp, Stage
+from .layers.block import Block, Downsample, Mlp, Stage, mlp_hidden
 from .layers.variants import select_variants, variants_for, variants_in_use
 from .model import ClassifierHead, MetaFormer
 from .registry import POOLED, BuildContext, Maker, registry, resolve_args
@@ -96,9 +96,10 @@ def lower(spec: ModelSpec, target: str = "cpu",
         for j in range(st.depth):
             ctx = BuildContext(st.width, res[i], i, j, target)
             mixer = make_component("mixer", st.mixer_for_block(j), ctx)
+            hidden = mlp_hidden(st.mlp_ratio, st.width)
             act = make_component("activation", st.mlp_act,
-                                 BuildContext(int(st.mlp_ratio * st.width), res[i], i, j, target))
-            mlp = Mlp(st.width, int(st.mlp_ratio * st.width), act, **group_args(st, "mlp"))
+                                 BuildContext(hidden, res[i], i, j, target))
+            mlp = Mlp(st.width, hidden, act, **group_args(st, "mlp"))
             blocks.append(Block(
                 st.width, make_component("norm", st.norm, ctx), mixer,
                 make_component("norm", st.norm, ctx), mlp, dprs[i][j],

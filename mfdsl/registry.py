@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 KINDS = ("mixer", "activation", "norm", "head")
-_REF_TYPES = ("activation", "norm")  # a Param whose value is itself a component
 
 
 @dataclass(frozen=True)

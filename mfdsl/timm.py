@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
@@ -39,23 +38,6 @@ __all__ = ["PREFIX", "register", "register_zoo", "create"]
 
 # model name -> the spec source it builds (a path or a ModelSpec)
 _SOURCES: Dict[str, SpecLike] = {}
-
-
-def _pretrained_cfg_fields() -> set:
-    from timm.models import PretrainedCfg
-
-    return {f.name for f in fields(PretrainedCfg)}
-
-
-def _timm_cfg(model: nn.Module, release: Any = None) -> Dict[str, Any]:
-    """The model's pretrained_cfg restricted to timm's PretrainedCfg fields, with the
-    release it was loaded from (tag, hub id and file), if any."""
-    keep = _pretrained_cfg_fields()
-    cfg = {k: v for k, v in model.pretrained_cfg.items() if k in keep and k != "file"}
-    if release is not None:
-        cfg.update(tag=release.tag, hf_hub_id=release.repo_id,
-                   hf_hub_filename=release.filename)
-    return cfg
 
 
 def _spec_for_timm(spec: ModelSpec, in_chans: Optional[int], drop_path_rate: Optional[float],

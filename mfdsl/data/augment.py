@@ -25,7 +25,6 @@ _LEVEL_DENOM = 10  # timm's magnitude scale: magnitudes are clipped to [0, mmax 
 # Transform sets of `rand-t<name>` and how many ops each holds (weighted ones are drawn
 # without replacement, so n may not exceed them).
 RAND_TRANSFORM_SETS = {"weights": 15, "3aw": 14, "3a": 3}
-RAND_OPS = 15
 AUTO_AUGMENT_POLICIES = ("original", "originalr", "v0", "v0r", "3a")
 _INT = re.compile(r"[0-9]+")
 _FLOAT = re.compile(r"[0-9]+(\.[0-9]*)?([eE]\+?[0-9]+)?")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -312,8 +311,3 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
     return _Loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                    pin_memory=pin_memory, drop_last=drop_last, generator=gen,
                    persistent_workers=False, collate_fn=collate)
-
-
-def split_dir(root: str, split: str) -> Optional[str]:
-    path = os.path.join(root, split)
-    return path if os.path.isdir(path) else None

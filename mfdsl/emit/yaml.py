@@ -22,7 +22,6 @@ from ..ir import (
     setting_of, settings_of,
 )
 
-SCHEMA_COMMENT = "# yaml-language-server: $schema=../grammar/metaformer.schema.json"
 LINE_WIDTH = 96
 
 # --- scalars ---------------------------------------------------------------------------

@@ -43,6 +43,12 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+def mlp_hidden(ratio: float, dim: int) -> int:
+    """Hidden units of an MLP ``ratio`` times as wide as its ``dim`` inputs (truncated, as in
+    the reference models); the block MLP and the MLP head both use it."""
+    return int(ratio * dim)
+
+
 class Mlp(nn.Module):
     """fc1 -> act -> fc2, both per position (``Linear(dim, hidden)``, ``Linear(hidden, dim)``)."""
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ..ir import call
 from ..registry import BuildContext, Maker, Param, register_head
+from .block import mlp_hidden
 
 
 class LinearHead(nn.Linear):
@@ -31,7 +32,7 @@ class MlpHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, ratio: float, act: Maker,
                  norm: Maker, bias: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
-        hidden = int(ratio * dim)
+        hidden = mlp_hidden(ratio, dim)
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.act = act(hidden)
         self.norm = norm(hidden)
@@ -55,7 +56,7 @@ def _linear(ctx: BuildContext, num_classes: int, dropout: float, bias: bool) -> 
 
 
 def _mlp_check(ctx: BuildContext, args: dict) -> list:
-    if int(args["ratio"] * ctx.dim) < 1:
+    if mlp_hidden(args["ratio"], ctx.dim) < 1:
         return [("ratio", f"head mlp ratio {args['ratio']} leaves no hidden units for "
                  f"{ctx.dim} input channels", "use ratio >= 1 / channels")]
     return []

@@ -85,14 +85,6 @@ def gather_objects(env: DistEnv, obj: Any) -> List[Any]:
     return out
 
 
-def broadcast_object(env: DistEnv, obj: Any) -> Any:
-    if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()

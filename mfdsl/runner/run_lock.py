@@ -294,13 +294,3 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-
-def read_holder(folder: str) -> Optional[Holder]:
-    """The lock record of ``folder`` (None if there is none)."""
-    path = os.path.join(folder, LOCK_NAME)
-    try:
-        with open(path, "rb") as f:
-            return Holder.parse(f.read(), os.fstat(f.fileno()).st_mtime)
-    except OSError:
-        return None

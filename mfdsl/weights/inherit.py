@@ -29,7 +29,8 @@ import torch.nn as nn
 
 from ..checkpoint import (CheckpointError, convert_state_dict, detect_format, load_checkpoint,
                           read_state_dict)
-from ..ir import Call, DownsampleSpec, ModelSpec, default_downsample
+from ..fingerprint import call_text
+from ..ir import DownsampleSpec, ModelSpec, default_downsample
 
 DEPTH_MODES = ("first", "repeat")
 
@@ -205,30 +206,6 @@ def plan_parts(mappings: Sequence[str], n_stages: int) -> Dict[str, str]:
 
 # --- matching -------------------------------------------------------------------------
 
-def _canon(value: Any) -> Any:
-    if isinstance(value, Call):
-        return canonical_call(value)
-    if isinstance(value, (list, tuple)):
-        return tuple(_canon(v) for v in value)
-    return value
-
-
-def canonical_call(c: Optional[Call], kind: Optional[str] = None) -> Optional[str]:
-    """``sepconv(kernel=3)`` with every default filled in, as text: equal text, same
-    component. ``kind`` (mixer, norm, activation, head) fills in the registry defaults."""
-    if c is None:
-        return None
-    args = dict(c.args)
-    if kind is not None:
-        from ..registry import registry, resolve_args
-
-        comp = registry.get(kind, c.name)
-        if comp is not None:
-            args = resolve_args(comp, args)
-    inner = ", ".join(f"{k}={_canon(v)!r}" for k, v in sorted(args.items()))
-    return f"{c.name}({inner})"
-
-
 def _downsample_of(spec: ModelSpec, i: int) -> Optional[DownsampleSpec]:
     if i == 0:
         return spec.stem
@@ -249,7 +226,7 @@ def _block_sig(spec: ModelSpec, i: int, j: int) -> Dict[str, Tuple[Optional[str]
 
     st = spec.stages[i]
     mixer = st.mixer_for_block(j)
-    return {"mixer": (canonical_call(mixer, "mixer"), call_label(mixer)),
+    return {"mixer": (call_text(mixer, "mixer"), call_label(mixer)),
             "norm": (st.norm.name, st.norm.name), "mlp act": (st.mlp_act.name, st.mlp_act.name)}
 
 
@@ -458,7 +435,7 @@ def inherit(model: nn.Module, mappings: Sequence[str], depth: str = "first") -> 
             head_why = f"{spec.num_classes} classes, the source has {src.spec.num_classes}"
         head_kind = None
         if part == "head" and src.spec is not None:
-            mine, theirs = canonical_call(spec.head, "head"), canonical_call(src.spec.head, "head")
+            mine, theirs = call_text(spec.head, "head"), call_text(src.spec.head, "head")
             if mine != theirs:
                 head_kind = f"head {mine} (source: {theirs})"
         for key, prefix, j in entries:

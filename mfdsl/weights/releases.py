@@ -106,10 +106,6 @@ def releases_for(model: str) -> List[Release]:
     return [r for r in RELEASES.values() if r.model == arch]
 
 
-def is_release_name(text: str) -> bool:
-    return text in RELEASES
-
-
 def lookup(name: str) -> Release:
     """A release by its full name ``<model>.<tag>``; a KeyError naming close ones if unknown."""
     if name in RELEASES:
