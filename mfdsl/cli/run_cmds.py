@@ -125,11 +125,9 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
     """The run folder a ``--resume PATH`` belongs to (used when --output is not given)."""
     if resume in (None, "auto"):
         return None
-    p = os.path.abspath(resume)
-    if os.path.isdir(p):
-        return os.path.dirname(p) if os.path.basename(p) == "checkpoints" else p
-    folder = os.path.dirname(p)
-    return os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
+    from ..runs import run_folder_of_path
+
+    return run_folder_of_path(resume)
 
 
 def _recipe_options(f):
