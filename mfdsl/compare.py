@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from . import runs
 from .errors import UserError
 from .ir import ModelSpec
 from .paper_table import PAPER_TABLE, SOURCE
@@ -67,8 +68,8 @@ def _load_json(path: str) -> Optional[Dict[str, Any]]:
 
 def _run_accuracy(folder: str) -> tuple:
     """(top1, where it comes from, dataset) of a run folder."""
-    summary = _load_json(os.path.join(folder, "summary.json"))
-    recipe = _load_json(os.path.join(folder, "recipe.json")) or {}
+    summary = _load_json(os.path.join(folder, runs.SUMMARY_FILE))
+    recipe = _load_json(os.path.join(folder, runs.RECIPE_FILE)) or {}
     resolved = recipe.get("resolved", {})
     data = resolved.get("data")
     dataset = ("TinyShapes" if resolved.get("embedded_data")
@@ -77,7 +78,7 @@ def _run_accuracy(folder: str) -> tuple:
         return (float(summary["final_val"]["top1"]), "summary.json final_val.top1", dataset)
     last = None
     try:
-        with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as f:
+        with open(os.path.join(folder, runs.METRICS_FILE), encoding="utf-8") as f:
             for line in f:
                 try:
                     rec = json.loads(line)
@@ -98,8 +99,7 @@ def gather(item: str) -> Entry:
     from .resources import zoo_spec_file
 
     if os.path.isdir(item):
-        spec_file = next((os.path.join(item, n) for n in ("spec.mf", "spec.yaml")
-                          if os.path.isfile(os.path.join(item, n))), None)
+        spec_file = runs.spec_file(item)
         if spec_file is None:
             raise CompareError(f"{item}: a folder without spec.mf (a run folder is expected)")
         spec = check_spec(load_spec(spec_file))
@@ -385,8 +385,7 @@ def compare(items: Sequence[str], *, paper: bool = False, throughput: bool = Tru
         for e in entries:
             src = e.source
             if e.kind == "run":
-                src = next(os.path.join(src, n) for n in ("spec.mf", "spec.yaml")
-                           if os.path.isfile(os.path.join(src, n)))
+                src = runs.spec_file(src) or src
             specs.append(check_spec(load_spec(src)))
         for e, rate in zip(entries, measure_throughput(specs, batch, seconds, device, rounds)):
             e.img_s = rate

@@ -32,6 +32,16 @@ class UserError(Exception):
         return f"error: {self}"
 
 
+class CommandError(UserError):
+    """A command's own refusal of its arguments: options that contradict each other,
+    nothing to do, an output it may not or cannot write. ``exit_code`` is the one the
+    command documents (2 for bad arguments, 1 for a failed write or check)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class SpecError(UserError):
     """An invalid spec, located in the user's file.
 

@@ -3,11 +3,11 @@ as a deployable file, and as a picture."""
 from __future__ import annotations
 
 import os
-import sys
-from typing import Optional, Tuple
+from typing import NoReturn, Optional, Tuple
 
 import click
 
+from ..errors import CommandError
 from .app import main, report
 from .checkpoint_opts import checkpoint_path_cb
 from .common import check_at_img_size, parse_img_size
@@ -22,9 +22,8 @@ def _fail_spec(err: SpecError) -> None:
     report(err)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    raise CommandError(message, code)  # reported by the click group (cli.app.report)
 
 
 def load_checked(path: str, img_size: Optional[Tuple[int, int]] = None) -> ModelSpec:

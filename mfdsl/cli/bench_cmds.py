@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Optional
 
 import click
 
+from ..errors import CommandError
 from .app import main
 
 
@@ -59,25 +59,21 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
-        click.echo("error: --device cuda but no CUDA device is available", err=True)
-        sys.exit(2)
+        raise CommandError("--device cuda but no CUDA device is available")
     if not eager and not compiled:
-        click.echo("error: nothing to measure (--no-eager without --compile)", err=True)
-        sys.exit(2)
+        raise CommandError("nothing to measure (--no-eager without --compile)")
     if json_path:
         # Refuse before the measurement, not after minutes of it.
         folder = os.path.dirname(os.path.abspath(json_path))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            click.echo(f"error: --json {json_path}: folder {folder} does not exist or is "
-                       "not writable", err=True)
-            sys.exit(2)
+            raise CommandError(f"--json {json_path}: folder {folder} does not exist or is "
+                               "not writable")
         from .. import fsio
 
         try:
             fsio.refuse_inputs(json_path, [spec], "--json")
         except fsio.UnsafePathError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            raise CommandError(str(exc)) from None
     dtype = dtype or ("bf16" if device == "cuda" else "fp32")
     ir = check_spec(spec)  # the checks and the size limits; a SpecError goes to the group
     macs = count_macs_meta(ir)
@@ -99,5 +95,4 @@ def bench(spec: str, device: str, batch: int, tasks: str, eager: bool, compiled:
         try:
             fsio.write_atomic(json_path, json.dumps(report, indent=2) + "\n")
         except OSError as exc:
-            click.echo(f"error: cannot write {json_path}: {exc.strerror or exc}", err=True)
-            sys.exit(1)
+            raise CommandError(f"cannot write {json_path}: {exc.strerror or exc}", 1) from None

@@ -1,7 +1,6 @@
 """``mfdsl compare``: top-1 against MACs, parameters and measured throughput."""
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 import click
@@ -36,23 +35,19 @@ def compare_cmd(items: Sequence[str], output: str, paper: bool, throughput: bool
       mfdsl compare runs/demo_tiny runs/hybrid_scratch runs/hybrid_inherit
       mfdsl compare specs/hybrid_conv_attn_interleave.mf caformer_s18 --paper --batch 2
     """
-    from ..compare import (CompareError, check_outputs, compare, plot, table, to_csv, to_json,
-                           write_outputs)
+    from ..compare import check_outputs, compare, plot, table, to_csv, to_json, write_outputs
 
     if not items and not paper:
         raise click.UsageError("name at least one SPEC or RUN (or --paper)")
-    try:
-        check_outputs(output, overwrite=force)  # before minutes of measuring
-        entries, context = compare(items, paper=paper, throughput=throughput, batch=batch,
-                                   seconds=seconds, device=device, rounds=rounds)
-        click.echo(table(entries))
-        files = {"compare.csv": to_csv(entries).encode(),
-                 "compare.json": to_json(entries, context).encode(),
-                 "compare.png": plot(entries, context)}
-        written = write_outputs(output, files, overwrite=force)
-    except CompareError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    # A CompareError is reported by the click group (cli.app.report).
+    check_outputs(output, overwrite=force)  # before minutes of measuring
+    entries, context = compare(items, paper=paper, throughput=throughput, batch=batch,
+                               seconds=seconds, device=device, rounds=rounds)
+    click.echo(table(entries))
+    files = {"compare.csv": to_csv(entries).encode(),
+             "compare.json": to_json(entries, context).encode(),
+             "compare.png": plot(entries, context)}
+    written = write_outputs(output, files, overwrite=force)
     if throughput:
         click.echo(f"throughput: eval forward, batch {batch}, fp32, {device}, "
                    f"{context['machine']['torch_threads']} threads, median of {rounds} "

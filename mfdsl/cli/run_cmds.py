@@ -5,11 +5,11 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NoReturn, Optional, Tuple
 
 import click
 
-from ..errors import SpecError, UserError
+from ..errors import CommandError, SpecError, UserError
 from .app import main, report
 from .common import check_at_img_size, parse_img_size
 
@@ -24,9 +24,8 @@ def _rank_prefix() -> str:
     return f"[rank {rank}] " if rank not in (None, "0") else ""
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"{_rank_prefix()}error: {message}", err=True)
-    sys.exit(code)
+def _fail(message: str, code: int) -> NoReturn:
+    report(CommandError(message, code), _rank_prefix())
 
 
 def _run_guarded(fn, *args, **kw) -> Any:
@@ -125,11 +124,9 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
     """The run folder a ``--resume PATH`` belongs to (used when --output is not given)."""
     if resume in (None, "auto"):
         return None
-    p = os.path.abspath(resume)
-    if os.path.isdir(p):
-        return os.path.dirname(p) if os.path.basename(p) == "checkpoints" else p
-    folder = os.path.dirname(p)
-    return os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
+    from ..runs import run_folder_of_path
+
+    return run_folder_of_path(resume)
 
 
 def _recipe_options(f):

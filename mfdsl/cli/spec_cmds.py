@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import click
 
-from ..errors import SpecError
+from ..errors import CommandError, SpecError
 from ..ir import ModelSpec
 from .app import main
 from .checkpoint_opts import checkpoint_path_cb
@@ -211,10 +211,9 @@ def convert(spec: str, to: str, output: Optional[str]) -> None:
         if fsio.same_file(output, spec):
             # Converting onto the input would drop what the canonical form cannot keep
             # (comments): that is `fmt -w`'s job, which refuses to lose them.
-            click.echo(f"error: -o {output} is the input file {spec}; convert never "
-                       "overwrites its input (use `mfdsl fmt -w` to reformat a file in place)",
-                       err=True)
-            sys.exit(1)
+            raise CommandError(f"-o {output} is the input file {spec}; convert never "
+                               "overwrites its input (use `mfdsl fmt -w` to reformat a file "
+                               "in place)", 1)
     dest = os.path.dirname(output) if output else os.path.dirname(spec)
     text = _emit(load_spec(spec), to, dest)
     if output:
@@ -312,5 +311,4 @@ def _write_atomic(path: str, text: str) -> None:
     try:
         fsio.write_atomic(path, text)
     except OSError as exc:
-        click.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
-        sys.exit(1)
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}", 1) from None

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Optional, Sequence
 
 import click
 
+from ..errors import CommandError
 from .app import main
 
 
@@ -39,8 +39,7 @@ def list_cmd(model: Optional[str], as_json: bool) -> None:
         model = load_spec(model).name
     rows = releases_for(model) if model else list(RELEASES.values())
     if model and not rows:
-        click.echo(f"error: no released weights for '{model}'", err=True)
-        sys.exit(2)
+        raise CommandError(f"no released weights for '{model}'")
     data = [dict(name=r.name, repo_id=r.repo_id, filename=r.filename, layout=r.layout,
                  img_size=list(r.img_size), num_classes=r.num_classes, crop_pct=r.crop_pct,
                  url=r.url, cached=_cached(r)) for r in rows]
@@ -57,11 +56,7 @@ def list_cmd(model: Optional[str], as_json: bool) -> None:
 @click.argument("names", nargs=-1, required=True)
 def fetch_cmd(names: Sequence[str]) -> None:
     """Download (or find in the cache) and verify releases; print their paths."""
-    from ..weights import WeightsError, fetch
+    from ..weights import fetch
 
     for name in names:
-        try:
-            click.echo(f"{name}\t{fetch(name)}")
-        except WeightsError as exc:
-            click.echo(f"error: weights: {exc}", err=True)
-            sys.exit(2)
+        click.echo(f"{name}\t{fetch(name)}")  # a WeightsError is reported by the group

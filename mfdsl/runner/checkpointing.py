@@ -23,11 +23,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .. import fsio
+from .. import fsio, runs
 from .errors import RunError
 
-WEIGHTS_EXT = ".safetensors"
-STATE_EXT = ".state.pt"
+WEIGHTS_EXT = runs.WEIGHTS_EXT
+STATE_EXT = runs.STATE_EXT
 STATE_FORMAT = "mfdsl-train-state"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
 
@@ -150,7 +150,8 @@ def checkpoint_files(folder: str) -> List[str]:
 
 def find_latest(folder: str) -> Optional[str]:
     """The stem of the newest valid pair in a checkpoints folder (``last`` first)."""
-    candidates = [(pair_step(os.path.join(folder, "last")), os.path.join(folder, "last"))]
+    last = os.path.join(folder, runs.LAST)
+    candidates = [(pair_step(last), last)]
     candidates += [(pair_step(stem), stem) for _, stem in list_periodic(folder)]
     valid = [(step, stem) for step, stem in candidates if step is not None]
     if not valid:
@@ -163,7 +164,7 @@ def resolve_resume(resume: str, output_dir: str) -> Optional[str]:
     """The checkpoint stem ``--resume`` names: ``auto`` (latest in the output folder, None if
     there is none), a run or checkpoints folder, or a ``.safetensors``/``.state.pt`` file."""
     if resume == "auto":
-        folder = os.path.join(output_dir, "checkpoints")
+        folder = runs.checkpoints_dir(output_dir)
         stem = find_latest(folder)
         files = checkpoint_files(folder)
         if stem is None and files:
@@ -176,8 +177,8 @@ def resolve_resume(resume: str, output_dir: str) -> Optional[str]:
         return stem
     path = resume
     if os.path.isdir(path):
-        folder = os.path.join(path, "checkpoints") if os.path.isdir(
-            os.path.join(path, "checkpoints")) else path
+        folder = runs.checkpoints_dir(path) if os.path.isdir(
+            runs.checkpoints_dir(path)) else path
         stem = find_latest(folder)
         if stem is None:
             raise RunError(f"--resume {resume}: no complete checkpoint in {folder}")
@@ -257,7 +258,7 @@ class CheckpointWriter:
         atomic_torch_save(dict(state, format=STATE_FORMAT, step=step, epoch=epoch),
                           stem + STATE_EXT)
         self._written.add(stem)
-        targets = ["last"] + (["best"] if is_best else [])
+        targets = [runs.LAST] + ([runs.BEST] if is_best else [])
         for name in targets:
             dst = os.path.join(self.folder, name)
             if ema_weights is not None:

@@ -99,10 +99,11 @@ def resolve_checkpoint_path(path: str) -> str:
     """A run folder or checkpoints folder means its ``last`` weights; files pass through."""
     import os
 
+    from .. import runs
     from .errors import RunError
 
-    for cand in (os.path.join(path, "checkpoints", "last.safetensors"),
-                 os.path.join(path, "last.safetensors")):
+    for cand in (runs.weights_file(path),
+                 os.path.join(path, runs.LAST + runs.WEIGHTS_EXT)):
         if os.path.isdir(path) and os.path.isfile(cand):
             return cand
     if os.path.isdir(path):

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .. import fsio
+from .. import fsio, runs
 
 
 def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> List[int]:
@@ -41,8 +41,8 @@ class MetricsLog:
                  resume_step: Optional[int] = None) -> None:
         self.folder = folder
         self.enabled = enabled
-        self.jsonl = os.path.join(folder, "metrics.jsonl")
-        self.csv = os.path.join(folder, "epochs.csv")
+        self.jsonl = os.path.join(folder, runs.METRICS_FILE)
+        self.csv = os.path.join(folder, runs.EPOCHS_FILE)
         self.tb = None
         if not enabled:
             return
@@ -57,7 +57,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                tb_dir = os.path.join(folder, "tensorboard")
+                tb_dir = os.path.join(folder, runs.TENSORBOARD_DIR)
                 fsio.ensure_folder(tb_dir)
                 self.tb = SummaryWriter(tb_dir)
             except Exception as exc:  # tensorboard missing or broken: the JSONL still has it all

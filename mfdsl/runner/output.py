@@ -15,7 +15,9 @@ import sys
 import time
 from typing import Optional
 
-LOG_NAME = "output.log"
+from .. import runs
+
+LOG_NAME = runs.LOG_FILE
 _DEAD = (errno.EPIPE, errno.EIO, errno.ENXIO, errno.EBADF)
 
 

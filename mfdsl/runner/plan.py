@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from .. import runs
 from ..ir import ModelSpec, RecipeSpec
 from .errors import DataError, RunError
 from .official import official_recipe
@@ -67,8 +68,8 @@ def finetune_source(name: str) -> str:
     from ..weights import RELEASES
 
     if os.path.isdir(name):
-        for stem in ("best", "last"):
-            p = os.path.join(name, "checkpoints", stem + ".safetensors")
+        for stem in (runs.BEST, runs.LAST):
+            p = runs.weights_file(name, stem)
             if os.path.exists(p):
                 return p
         raise RunError(f"finetune_from {name}: the run folder has no checkpoints/best or "

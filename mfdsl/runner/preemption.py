@@ -24,6 +24,7 @@ import re
 import signal
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .. import runs
 from .errors import RunError
 
 EXIT_PREEMPTED = 75
@@ -138,7 +139,7 @@ def leftover_temporaries(folder: str, owned: Callable[[str, bool], bool]) -> Lis
     checkpoints/ sub-folder whose target name ``owned(name, in_checkpoints)`` says is a
     run file."""
     out = []
-    for sub, in_ckpt in ((folder, False), (os.path.join(folder, "checkpoints"), True)):
+    for sub, in_ckpt in ((folder, False), (runs.checkpoints_dir(folder), True)):
         if not os.path.isdir(sub) or os.path.islink(sub):
             continue
         for name in os.listdir(sub):

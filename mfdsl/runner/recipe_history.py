@@ -15,11 +15,11 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import fsio
+from .. import fsio, runs
 from .errors import RunError
 
-RECIPE_FILE = "recipe.json"
-CHANGES_FILE = "recipe_changes.jsonl"
+RECIPE_FILE = runs.RECIPE_FILE
+CHANGES_FILE = runs.RECIPE_CHANGES_FILE
 # Derived values and run options that change what is trained (not how it is executed:
 # per-device batch, accumulation, world size, compile, workers may change freely).
 COMPARED_RESOLVED = ("global_batch", "lr", "total_steps", "warmup_steps", "seed",

@@ -29,20 +29,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import fsio
+from .. import fsio, runs
 from ..ir import EvalSpec, ModelSpec, with_overrides
 from .errors import RunError
 
-RUN_FILE = "run.json"
+RUN_FILE = runs.RUN_FILE
 RUN_FORMAT = "mfdsl-run"
-# Everything a run writes at the top of its folder.
-RUN_ENTRIES = ("run.json", "spec.mf", "spec.yaml", "spec.repr.txt", "recipe.json",
-               "environment.json", "metrics.jsonl", "epochs.csv", "summary.json", "curves.png",
-               "skipped_images.txt", "checkpoints", "tensorboard", "recipe_changes.jsonl",
-               "output.log", "plan.json")
+RUN_ENTRIES = runs.RUN_ENTRIES  # the file names: mfdsl.runs
 # What a run writes inside checkpoints/ (and the temporary files of its atomic writes).
-_CKPT_FILE_RE = re.compile(r"^(ckpt-\d+|last|best)(\.ema)?\.(safetensors|state\.pt)$"
-                           r"|^\..*\.(tmp.*|lnk)$")
+_CKPT_FILE_RE = re.compile(runs.CHECKPOINT_NAME_RE.pattern + r"|^\..*\.(tmp.*|lnk)$")
 _MAX_RUN_JSON = 64 * 1024 * 1024
 
 
@@ -138,8 +133,8 @@ def run_folder_of(path: str) -> Optional[str]:
     p = os.path.abspath(path)
     cands = [p] if os.path.isdir(p) else []
     parent = os.path.dirname(p)
-    cands += [parent, os.path.dirname(parent)] if os.path.basename(parent) == "checkpoints" \
-        else [parent]
+    in_ckpt = os.path.basename(parent) == runs.CHECKPOINTS_DIR
+    cands += [parent, os.path.dirname(parent)] if in_ckpt else [parent]
     for c in cands:
         if os.path.isfile(os.path.join(c, RUN_FILE)):
             return c
@@ -167,7 +162,7 @@ def earlier_run_entries(folder: str, inputs: Iterable[Optional[str]] = ()) -> Li
         path = os.path.join(folder, name)
         if os.path.lexists(path) and not any(src and fsio.same_file(path, src)
                                              for src in inputs):
-            if name in ("checkpoints", "tensorboard") and os.path.isdir(path) \
+            if name in (runs.CHECKPOINTS_DIR, runs.TENSORBOARD_DIR) and os.path.isdir(path) \
                     and not os.path.islink(path) and not os.listdir(path):
                 continue  # an empty folder holds nothing to lose
             found.append(name)
@@ -179,7 +174,7 @@ def check_no_links(folder: str, inputs: Iterable[Optional[str]] = ()) -> None:
     outside the folder). The command's own input files are exempt: they are never written."""
     inputs = list(inputs)
     paths = [os.path.join(folder, n) for n in RUN_ENTRIES]
-    ck = os.path.join(folder, "checkpoints")
+    ck = runs.checkpoints_dir(folder)
     if os.path.isdir(ck) and not os.path.islink(ck):
         paths += [os.path.join(ck, n) for n in os.listdir(ck)]
     for p in paths:
@@ -190,7 +185,7 @@ def check_no_links(folder: str, inputs: Iterable[Optional[str]] = ()) -> None:
 
 # The run's own entries of its folder, recorded when it starts (``--overwrite`` removes only
 # what this names).
-MANIFEST = ".mfdsl-files.json"
+MANIFEST = runs.MANIFEST_FILE
 MANIFEST_FORMAT = "mfdsl-run-files"
 
 
@@ -199,7 +194,7 @@ def record_run_files(folder: str, run_id: str) -> None:
     starts, after the folder was found free of them or cleared by --overwrite)."""
     write_json(os.path.join(folder, MANIFEST), {
         "format": MANIFEST_FORMAT, "run_id": run_id,
-        "entries": sorted(RUN_ENTRIES + ("inheritance.json",))})
+        "entries": sorted(RUN_ENTRIES + (runs.INHERITANCE_FILE,))})
 
 
 def recorded_run_files(folder: str) -> Optional[List[str]]:
@@ -222,11 +217,11 @@ def recorded_run_files(folder: str) -> Optional[List[str]]:
     # A damaged run with no record left: its checkpoints still say they are mfdsl's.
     from .checkpointing import weights_meta
 
-    ck = os.path.join(folder, "checkpoints")
+    ck = runs.checkpoints_dir(folder)
     if os.path.isdir(ck) and not os.path.islink(ck) and any(
-            _CKPT_FILE_RE.match(n) and n.endswith(".safetensors")
+            _CKPT_FILE_RE.match(n) and n.endswith(runs.WEIGHTS_EXT)
             and weights_meta(os.path.join(ck, n)) is not None for n in os.listdir(ck)):
-        return ["checkpoints"]
+        return [runs.CHECKPOINTS_DIR]
     return None
 
 
@@ -251,7 +246,7 @@ def clear_run(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
             os.unlink(path)  # a link itself, never its target
             removed.append(name)
             continue
-        pattern = _CKPT_FILE_RE if name == "checkpoints" else re.compile(r"^events\.out\.")
+        pattern = _CKPT_FILE_RE if name == runs.CHECKPOINTS_DIR else re.compile(r"^events\.out\.")
         for entry in os.listdir(path):
             p = os.path.join(path, entry)
             if pattern.match(entry) and (os.path.islink(p) or os.path.isfile(p)):
@@ -264,7 +259,7 @@ def clear_run(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
     return removed
 
 
-_CKPT_NAME_RE = re.compile(r"^(ckpt-\d+|last|best)(\.ema)?\.(safetensors|state\.pt)$")
+_CKPT_NAME_RE = runs.CHECKPOINT_NAME_RE
 
 
 def is_run_file(name: str, in_checkpoints: bool) -> bool:
@@ -272,7 +267,7 @@ def is_run_file(name: str, in_checkpoints: bool) -> bool:
     checkpoints/): the targets whose interrupted writes may be cleaned up."""
     if in_checkpoints:
         return bool(_CKPT_NAME_RE.match(name))
-    return name in RUN_ENTRIES or name in ("inheritance.json", MANIFEST)
+    return name in RUN_ENTRIES or name in (runs.INHERITANCE_FILE, MANIFEST)
 
 
 def spec_text(spec: ModelSpec) -> "tuple[str, str]":
@@ -280,7 +275,7 @@ def spec_text(spec: ModelSpec) -> "tuple[str, str]":
     try:
         from ..emit.mf import to_mf
 
-        return "spec.mf", to_mf(spec)
+        return runs.SPEC_FILE, to_mf(spec)
     except Exception:  # the emitter is optional here: record what we can
         pass
     if spec.source and os.path.isfile(spec.source):
@@ -289,7 +284,7 @@ def spec_text(spec: ModelSpec) -> "tuple[str, str]":
 
         raw = fsio.read_regular(spec.source, MAX_SPEC_BYTES, "spec file")
         return "spec" + ext, raw.decode("utf-8", errors="replace")
-    return "spec.repr.txt", repr(spec) + "\n"
+    return runs.SPEC_REPR_FILE, repr(spec) + "\n"
 
 
 def git_sha() -> Optional[str]:
@@ -369,7 +364,7 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
     from . import checkpointing as ckpt
     from ..fingerprint import model_fingerprint, short
 
-    out = output or os.path.join("runs", spec.name)
+    out = output or os.path.join("runs", spec.name)  # the default parent folder, not a file
     ins = [os.path.abspath(p) for p in inputs if p]
     if overwrite and resume is not None:
         raise RunError("--overwrite starts a new run in place of an earlier one; it cannot "
@@ -403,10 +398,10 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
             # by the resumed run: refuse, naming them.
             intact = sorted({(s2, os.path.basename(c)) for c in
                              [os.path.join(folder, n.split(".")[0]) for n in newer]
-                             + [os.path.join(folder, "last"), os.path.join(folder, "best")]
+                             + [os.path.join(folder, runs.LAST), os.path.join(folder, runs.BEST)]
                              if (s2 := ckpt.pair_step(c)) is not None and s2 > step})
             if intact and os.path.abspath(folder) == os.path.abspath(
-                    os.path.join(out, "checkpoints")):
+                    runs.checkpoints_dir(out)):
                 shown = ", ".join(f"{n} (step {s2})" for s2, n in intact[:6])
                 raise RunError(f"--resume {resume}: step {step} is older than intact "
                                f"checkpoints in {folder} ({shown}); continuing there would "
@@ -431,7 +426,7 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
             where = spec.source or "the spec"
             raise RunError(f"{where} builds a different model (fingerprint {short(fp)}) than "
                            f"the run being resumed (fingerprint {short(prior.model)}); resume "
-                           f"with the run's own spec, {os.path.join(out, 'spec.mf')}"
+                           f"with the run's own spec, {os.path.join(out, runs.SPEC_FILE)}"
                            + prior.difference(spec))
         if img_size is not None and tuple(img_size) != tuple(prior.img_size):
             raise RunError(f"--img-size {img_size[0]}x{img_size[1]}: the run was trained at "
@@ -445,7 +440,7 @@ def check_weights_model(spec: ModelSpec, weights_path: str) -> Optional[RunConte
     that ``spec`` builds the model they were trained as (RunError if not)."""
     from ..fingerprint import model_fingerprint, short
 
-    if not weights_path.endswith(".safetensors") or not os.path.isfile(weights_path):
+    if not weights_path.endswith(runs.WEIGHTS_EXT) or not os.path.isfile(weights_path):
         return None
     ctx = checkpoint_context(weights_path)
     if ctx is not None:

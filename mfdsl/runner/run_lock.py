@@ -33,9 +33,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from .. import runs
 from .errors import RunError
 
-LOCK_NAME = ".mfdsl-lock"
+LOCK_NAME = runs.LOCK_FILE
 HEARTBEAT_S = 30.0
 # A record on another host older than this is a dead holder's (well over the heartbeat).
 STALE_AFTER_S = 300.0

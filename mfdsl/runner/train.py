@@ -5,13 +5,11 @@ continues exactly: same weights, optimizer, schedule, RNG streams and data posit
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -33,9 +31,9 @@ from .metrics import MetricsLog, format_duration, pct, plot_curves
 from .optim import create_optimizer
 from .plan import build_plan, deviation_lines, finetune_source, plan_steps
 from .schedule import schedule_for
-from .options import (EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, apply_recipe_overrides,
-                      plan_batches, recipe_as_dict, scaled_lr)
-from .. import fsio
+from .options import (EMBEDDED_CROP_SCALE_MIN, BatchPlan, TrainOptions, apply_recipe_overrides,
+                      recipe_as_dict, scaled_lr)
+from .. import fsio, runs
 from . import recipe_history
 from .batch_stats import check_training_batch
 from .output import Console
@@ -43,6 +41,7 @@ from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
 from .run_lock import RunLock
 from .run_folder import (MANIFEST, OutputPlan, RunContext, clear_run, environment,
                          plan_output, record_run_files, run_folder_of, spec_text, write_json)
+from .state import SavedParts, TrainState
 from .step import StepLog, StepParts, train_step, uncount_skipped_steps
 
 # Test hooks (documented in docs/training.md): SIGKILL the process right after optimizer
@@ -54,24 +53,6 @@ NAN_ENV = "MFDSL_TEST_NAN_AT_STEP"
 def _env_int(name: str) -> Optional[int]:
     v = os.environ.get(name)
     return int(v) if v not in (None, "") else None
-
-
-@dataclass
-class TrainState:
-    """Where the run is: completed optimizer steps, epoch, micro-batches used this epoch."""
-
-    step: int = 0
-    epoch: int = 0
-    micro: int = 0
-    best_top1: float = -1.0
-    nan_skipped: int = 0
-    nan_consecutive: int = 0
-    last_saved_step: int = -1
-    last_val: Optional[Dict[str, Any]] = None
-    last_val_step: int = -1
-    # Distinct unreadable files of the run (merged over ranks, kept in checkpoints).
-    unreadable: UnreadableImages = field(default_factory=lambda: UnreadableImages("train"))
-    unreadable_val: UnreadableImages = field(default_factory=lambda: UnreadableImages("val"))
 
 
 class Trainer:
@@ -141,7 +122,7 @@ class Trainer:
             self.log(line)
         self.state = TrainState()
         self.output = plan.output
-        self.ckpt_dir = os.path.join(self.output, "checkpoints")
+        self.ckpt_dir = runs.checkpoints_dir(self.output)
         prior = plan.prior
         self.context = RunContext.of(self.spec, self.train_set.classes,
                                      run_id=prior.run_id if prior else None)
@@ -356,7 +337,7 @@ class Trainer:
         return stem
 
     def _load_resume(self, stem: str) -> None:
-        state = ckpt.load_state(stem + ckpt.STATE_EXT)
+        st, saved = TrainState.from_checkpoint(ckpt.load_state(stem + ckpt.STATE_EXT))
         weights = ckpt.load_weights_file(stem + ckpt.WEIGHTS_EXT)
         mismatch = ckpt.describe_mismatch(self.model.state_dict(), weights)
         if mismatch:
@@ -378,33 +359,26 @@ class Trainer:
             fresh = [{k: v for k, v in g.items() if k != "params"}
                      for g in self.optimizer.param_groups]
             try:
-                self.optimizer.load_state_dict(state["optimizer"])
+                if saved.optimizer is None:
+                    raise KeyError("optimizer")
+                self.optimizer.load_state_dict(saved.optimizer)
             except (ValueError, KeyError) as exc:
                 raise RunError(f"optimizer state in {stem}{ckpt.STATE_EXT} does not fit: "
                                f"{exc}") from None
             if diff:
                 for g, f in zip(self.optimizer.param_groups, fresh):
                     g.update(f)
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        if self.scaler is not None and saved.scaler:
+            self.scaler.load_state_dict(saved.scaler)
         if self.ema is not None:
-            if state.get("ema") is not None:
-                self.ema.module.load_state_dict(state["ema"])
+            if saved.ema is not None:
+                self.ema.module.load_state_dict(saved.ema)
             else:
                 self.ema.set(self.model)
-        st = self.state
-        st.step, st.epoch = int(state["step"]), int(state["epoch"])
-        st.micro = int(state["batches_in_epoch"])
-        st.best_top1 = float(state.get("best_top1", -1.0))
-        st.nan_skipped = int(state.get("nan_skipped", 0))
-        st.nan_consecutive = int(state.get("nan_consecutive", 0))
-        st.unreadable = UnreadableImages("train", state.get("unreadable_images"))
-        st.unreadable_val = UnreadableImages("val", state.get("unreadable_val_images"))
-        st.last_saved_step = st.step
-        same_layout = (state.get("world_size") == self.env.world_size
-                       and state.get("per_device") == self.plan.per_device
-                       and state.get("accum") == self.plan.accum)
-        rngs = state.get("rng") or []
+        self.state = st
+        same_layout = saved.same_layout(self.env.world_size, self.plan.per_device,
+                                        self.plan.accum)
+        rngs = saved.rng
         if same_layout and len(rngs) == self.env.world_size:
             ckpt.restore_rng(rngs[self.env.rank])
         else:
@@ -435,13 +409,13 @@ class Trainer:
         spec_path = os.path.join(self.output, name)
         if any(fsio.same_file(spec_path, src) for src in self.out_plan.inputs):
             self.log(f"note: {spec_path} is the spec file you gave; it is left as it is "
-                     f"(the run's canonical spec is in {os.path.join(self.output, 'run.json')})")
+                     f"(the run's canonical spec is in {os.path.join(self.output, runs.RUN_FILE)})")
         elif not os.path.lexists(spec_path):
             # Never rewritten: a resumed run keeps the spec it was started with.
             fsio.write_atomic(spec_path, text, links=fsio.INTERNAL)
         if resume_stem is None or not os.path.lexists(os.path.join(self.output, MANIFEST)):
             record_run_files(self.output, self.context.run_id)  # what --overwrite may remove
-        write_json(os.path.join(self.output, "run.json"), self.context.to_json())
+        write_json(os.path.join(self.output, runs.RUN_FILE), self.context.to_json())
         recipe_file = os.path.join(self.output, recipe_history.RECIPE_FILE)
         if resume_stem is None or not os.path.lexists(recipe_file):
             write_json(recipe_file, self._recipe_record())
@@ -449,12 +423,12 @@ class Trainer:
         recipe_history.record(self.output, self.state.step, self.recipe_diff,
                               list(self.opts.argv or sys.argv))
         # The resolved run, as `mfdsl train --dry-run --json` prints it.
-        write_json(os.path.join(self.output, "plan.json"), self.run_plan.to_json())
+        write_json(os.path.join(self.output, runs.PLAN_FILE), self.run_plan.to_json())
         env = environment(self.opts.argv or sys.argv, self.env.world_size, self.env.device)
         env["resumed_from"] = resume_stem
-        write_json(os.path.join(self.output, "environment.json"), env)
+        write_json(os.path.join(self.output, runs.ENVIRONMENT_FILE), env)
         if self.inheritance is not None and resume_stem is None:
-            write_json(os.path.join(self.output, "inheritance.json"),
+            write_json(os.path.join(self.output, runs.INHERITANCE_FILE),
                        self.inheritance.as_json())
 
     def _recipe_record(self) -> Dict[str, Any]:
@@ -547,7 +521,7 @@ class Trainer:
         st = self.state
         if self.env.is_main and (len(st.unreadable) or len(st.unreadable_val)):
             # JSON lines: any file name (newlines included) stays on its own line.
-            fsio.write_atomic(os.path.join(self.output, "skipped_images.txt"),
+            fsio.write_atomic(os.path.join(self.output, runs.SKIPPED_FILE),
                               st.unreadable.jsonl() + st.unreadable_val.jsonl(),
                               links=fsio.INTERNAL)
 
@@ -570,29 +544,13 @@ class Trainer:
         is_best = val is not None and val[self.best_metric] > st.best_top1
         if is_best:
             st.best_top1 = val[self.best_metric]
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "rng": rngs,
-            "batches_in_epoch": st.micro,
-            "sampler_epoch": st.epoch,
-            "best_top1": st.best_top1,
-            "best_by": self.best_metric,
-            "val_top1": val["top1"] if val else None,
-            "val_ema_top1": val.get("ema_top1") if val else None,
-            "nan_skipped": st.nan_skipped,
-            "nan_consecutive": st.nan_consecutive,
-            "skipped_images": len(st.unreadable),
-            "unreadable_images": st.unreadable.state(),
-            "unreadable_val_images": st.unreadable_val.state(),
-            "world_size": self.env.world_size,
-            "per_device": self.plan.per_device,
-            "accum": self.plan.accum,
-            "global_batch": self.plan.global_batch,
-            "seed": self.opts.seed,
-        }
+        state = st.to_checkpoint(SavedParts(
+            optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            ema=self.ema.module.state_dict() if self.ema is not None else None,
+            rng=rngs, world_size=self.env.world_size, per_device=self.plan.per_device,
+            accum=self.plan.accum, global_batch=self.plan.global_batch, seed=self.opts.seed,
+            best_by=self.best_metric), val)
         ema_w = self.ema.module.state_dict() if self.ema is not None else None
         failure = None
         try:
@@ -782,20 +740,20 @@ class Trainer:
                           if final else None),
             "best_top1": st.best_top1 if st.best_top1 >= 0 else None,
             "best_selected_by": "EMA top-1" if self.ema is not None else "top-1",
-            "best_checkpoint": (os.path.join(self.ckpt_dir, "best" + (
+            "best_checkpoint": (os.path.join(self.ckpt_dir, runs.BEST + (
                 ".ema" if self.ema is not None else "") + ckpt.WEIGHTS_EXT)
                 if st.best_top1 >= 0 else None),
             "skipped_images": len(st.unreadable),
             "skipped_image_fetches": st.unreadable.attempts(),
             "nan_skipped_steps": st.nan_skipped,
-            "checkpoint": os.path.join(self.ckpt_dir, "last" + ckpt.WEIGHTS_EXT),
+            "checkpoint": os.path.join(self.ckpt_dir, runs.LAST + ckpt.WEIGHTS_EXT),
             "seconds": elapsed,
         }
         if self.env.is_main:
-            write_json(os.path.join(self.output, "summary.json"), summary)
+            write_json(os.path.join(self.output, runs.SUMMARY_FILE), summary)
             self._write_unreadable()
             self.metrics.close()
-            png = plot_curves(self.metrics.jsonl, os.path.join(self.output, "curves.png"))
+            png = plot_curves(self.metrics.jsonl, os.path.join(self.output, runs.CURVES_FILE))
             fv = summary["final_val"]
             self.log(f"done: {st.step} steps in {format_duration(elapsed)}"
                      + (f"; final val top-1 {fv['top1']:.2f}% top-5 {pct(fv['top5'])}" if fv else "")

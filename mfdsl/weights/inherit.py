@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from ..checkpoint import (CheckpointError, convert_state_dict, detect_format, load_checkpoint,
                           read_state_dict)
+from .. import runs
 from ..fingerprint import call_text
 from ..ir import DownsampleSpec, ModelSpec, default_downsample
 
@@ -57,14 +58,6 @@ class Source:
     def describe(self) -> Dict[str, Any]:
         return {"arg": self.arg, "kind": self.kind, "path": os.path.abspath(self.path),
                 "model": self.spec.name if self.spec else None, "release": self.release}
-
-
-def _run_spec_file(folder: str) -> Optional[str]:
-    for name in ("spec.mf", "spec.yaml", "spec.yml"):
-        p = os.path.join(folder, name)
-        if os.path.isfile(p):
-            return p
-    return None
 
 
 def _loaded(spec: ModelSpec, weights: Any, where: str) -> Dict[str, torch.Tensor]:
@@ -108,10 +101,10 @@ def open_source(arg: str, target: Mapping[str, torch.Tensor]) -> Source:
         return Source(arg, "release", path, state, spec, release.name)
     if os.path.isdir(arg):
         folder = os.path.normpath(arg)
-        if os.path.basename(folder) == "checkpoints":
+        if os.path.basename(folder) == runs.CHECKPOINTS_DIR:
             folder = os.path.dirname(folder)
-        weights = os.path.join(folder, "checkpoints", "last.safetensors")
-        spec_file = _run_spec_file(folder)
+        weights = runs.weights_file(folder)
+        spec_file = runs.spec_file(folder)
         if not os.path.isfile(weights):
             raise InheritError(f"--inherit {arg}: a folder without checkpoints/last.safetensors"
                                " (a run folder is expected)")
@@ -121,9 +114,7 @@ def open_source(arg: str, target: Mapping[str, torch.Tensor]) -> Source:
         return Source(arg, "run", weights, _loaded(spec, weights, arg), spec)
     if os.path.isfile(arg):
         folder = os.path.dirname(os.path.dirname(os.path.abspath(arg)))
-        spec_file = (_run_spec_file(folder)
-                     if os.path.basename(os.path.dirname(os.path.abspath(arg))) == "checkpoints"
-                     else None)
+        spec_file = runs.spec_file(folder) if runs.in_checkpoints_dir(arg) else None
         if spec_file is not None:
             spec = load_spec(spec_file)
             return Source(arg, "checkpoint", arg, _loaded(spec, arg, arg), spec)
