@@ -121,7 +121,7 @@ def export_cmd(spec: str, fmt: str, checkpoint: Optional[str], output: str, batc
 
     Exits 1 if the export fails or the outputs differ beyond tolerance.
     """
-    from ..export import ExportError, export_model
+    from ..target.export import ExportError, export_model
     from ..lower import lower
 
     if not output.lower().endswith(_EXPORT_EXT[fmt]):

@@ -141,7 +141,7 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
     summary = summarize(ir, model)
     applied = None
     if target is not None or fold:
-        from ..passes import compile_for_target
+        from ..target import compile_for_target
 
         model.eval()
         result = compile_for_target(model, target=target or "cpu", dtype=dtype, mode=mode,
