@@ -129,6 +129,24 @@ def test_imports_run_downwards(low):
     assert not bad, bad
 
 
+# Low packages and the only mfdsl modules they may import (besides their own modules): the
+# checkpoint formats sit below the runner, the weights resolvers, eval and the CLI that all
+# read files through them; weights/ could not hold them, it imports the pipeline.
+ONLY_IMPORTS = {
+    "mfdsl.ckptformats": ("mfdsl.errors", "mfdsl.fsio"),
+}
+
+
+@pytest.mark.parametrize("low", sorted(ONLY_IMPORTS))
+def test_low_packages_import_only_what_lies_below(low):
+    graph = import_graph()
+    inside = [m for m in graph if m == low or m.startswith(low + ".")]
+    assert inside, low
+    bad = sorted(f"{m} imports {d}" for m in inside for d in graph[m]
+                 if not (d == low or d.startswith(low + ".") or d in ONLY_IMPORTS[low]))
+    assert not bad, bad
+
+
 # --- the registry -----------------------------------------------------------------------
 
 def _run(code: str) -> subprocess.CompletedProcess:

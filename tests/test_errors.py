@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from mfdsl.checkpoint import CheckpointError
+from mfdsl.ckptformats.weights import CheckpointError
 from mfdsl.cli.app import _Group
 from mfdsl.compare import CompareError
 from mfdsl.errors import Loc, SpecError, UserError

@@ -175,7 +175,7 @@ def _load_weights(model: object, path: str) -> None:
     if not os.path.exists(path):
         _fail(f"no such checkpoint file: {path}")
     try:
-        from ..checkpoint import load_checkpoint
+        from ..ckptformats.weights import load_checkpoint
     except ImportError as exc:
         _fail(f"checkpoint loading is unavailable: {exc}", 1)
     try:

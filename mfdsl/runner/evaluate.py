@@ -232,7 +232,7 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
             raise DataError(f"--data {data} has no '{split}' folder (it has {', '.join(splits)}); "
                             "choose one with --split")
         model = build_model(spec)
-        from ..checkpoint import CheckpointError, load_checkpoint
+        from ..ckptformats.weights import CheckpointError, load_checkpoint
 
         try:
             report = load_checkpoint(model, ckpt_path)
