@@ -112,6 +112,7 @@ NOT_BELOW = {
     "mfdsl.passes": ("mfdsl.target", "mfdsl.bench", "mfdsl.runner", "mfdsl.cli"),
     "mfdsl.target": ("mfdsl.bench", "mfdsl.runner", "mfdsl.cli"),
     "mfdsl.bench": ("mfdsl.runner", "mfdsl.cli"),
+    "mfdsl.weights": ("mfdsl.runner", "mfdsl.cli"),
     "mfdsl.runner.step": ("mfdsl.cli", "mfdsl.passes", "mfdsl.target", "mfdsl.data",
                           "mfdsl.bench"),
     "mfdsl.runner.device_plan": ("mfdsl.cli", "mfdsl.passes", "mfdsl.target", "mfdsl.bench"),
