@@ -34,13 +34,13 @@ import torch.nn.functional as F  # noqa: E402
 
 from mfdsl.api import build_model  # noqa: E402
 from mfdsl.layers.variants import VARIANTS, select_variants, variants_for, variants_in_use  # noqa: E402
-from mfdsl.passes import targets  # noqa: E402
-from mfdsl.passes.targets import TargetModel, compile_for_target  # noqa: E402
+from mfdsl.target import prepare as targets  # noqa: E402
+from mfdsl.target.prepare import TargetModel, compile_for_target  # noqa: E402
 from mfdsl.bench.throughput import interleaved_ms, machine_info  # noqa: E402
 
 
 # case suffix: compiled with inductor's layout optimisation on, as mfdsl did until it
-# measured that off is faster for its (B, H, W, C) blocks (mfdsl.passes.targets.compile_options)
+# measured that off is faster for its (B, H, W, C) blocks (mfdsl.target.prepare.compile_options)
 INDUCTOR_LAYOUT = "@inductor-layout"
 
 

@@ -1,5 +1,6 @@
 """The lowered model: stem -> stages -> head, in timm's module tree (the key differences
-from timm's and the official release's checkpoints are converted by :mod:`mfdsl.checkpoint`)."""
+from timm's and the official release's checkpoints are converted by
+:mod:`mfdsl.ckptformats.weights`)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from mfdsl.api import build_model
-from mfdsl.checkpoint import (CheckpointError, LoadReport, detect_format, load_checkpoint,
-                              read_state_dict)
+from mfdsl.ckptformats.weights import (CheckpointError, LoadReport, detect_format,
+                                       load_checkpoint, read_state_dict)
 from mfdsl.ir import call
 
 import specs_py

@@ -6,12 +6,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from mfdsl.checkpoint import CheckpointError
+from mfdsl.ckptformats.weights import CheckpointError
 from mfdsl.cli.app import _Group
 from mfdsl.compare import CompareError
 from mfdsl.errors import Loc, SpecError, UserError
-from mfdsl.export import ExportError
-from mfdsl.passes.targets import TargetError
+from mfdsl.target.export import ExportError
+from mfdsl.target.prepare import TargetError
 from mfdsl.runner.errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from mfdsl.weights import WeightsError
 from mfdsl.weights.inherit import InheritError

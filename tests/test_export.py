@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from mfdsl.api import check_spec
 from mfdsl.cli import main
-from mfdsl.export import ExportError, export_model
+from mfdsl.target.export import ExportError, export_model
 from mfdsl.ir import ModelSpec, StageSpec, call, default_downsample
 from mfdsl.lower import lower
 
@@ -77,7 +77,7 @@ class _Drifting(nn.Module):
 
 
 def test_check_detects_a_mismatch(tmp_path, monkeypatch):
-    import mfdsl.export as ex
+    import mfdsl.target.export as ex
 
     model = _Drifting()
     real = ex._export_pt2

@@ -1,5 +1,5 @@
 """The GPU defaults (torch.compile + channels_last + bf16 autocast) run on CPU, through the
-same device preparation a CUDA run uses (mfdsl.passes.compile_for_target).
+same device preparation a CUDA run uses (mfdsl.target.compile_for_target).
 
 Two tiny models cover every built-in mixer (identity, random, pooling, sepconv,
 attention, dwconv, global_filter), every norm (layernorm, modified_layernorm,
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from mfdsl.api import build_model
 from mfdsl.ir import ModelSpec, StageSpec, call, default_downsample
-from mfdsl.passes import compile_for_target
-from mfdsl.passes.targets import TargetModel
+from mfdsl.target import compile_for_target
+from mfdsl.target.prepare import TargetModel
 
 from devices import DEVICES
 

@@ -253,7 +253,7 @@ def test_unknown_mixer_is_reported_not_silently_skipped() -> None:
 
 
 def test_compile_for_target_summary_lists_what_fold_kept() -> None:
-    from mfdsl.passes import compile_for_target
+    from mfdsl.target import compile_for_target
 
     model = randomised(SPECS["attention_linear"]())
     [m for m in model.modules() if isinstance(m, Block)][0].token_mixer = _PluginMixer(16)

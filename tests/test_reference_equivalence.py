@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mfdsl.api import build_model, load_spec
-from mfdsl.checkpoint import load_checkpoint
+from mfdsl.ckptformats.weights import load_checkpoint
 from mfdsl.ir import call, with_overrides
 
 import specs_py

@@ -318,7 +318,7 @@ def test_convert_never_overwrites_its_input(specs, tmp_path):
 def test_failed_export_keeps_the_previous_file(tmp_path, monkeypatch):
     import torch.nn as nn
 
-    import mfdsl.export as ex
+    import mfdsl.target.export as ex
 
     class Drift(nn.Module):
         def __init__(self):

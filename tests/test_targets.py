@@ -9,7 +9,7 @@ import torch
 
 from mfdsl.api import build_model
 from mfdsl.ir import ModelSpec, StageSpec, call, default_downsample
-from mfdsl.passes import TargetError, compile_for_target
+from mfdsl.target import TargetError, compile_for_target
 from mfdsl.bench.throughput import (markdown_table, mfu_peak, report_header, run_benchmark,
                                      timm_name_for)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from mfdsl.api import build_model
-from mfdsl.checkpoint import load_checkpoint
+from mfdsl.ckptformats.weights import load_checkpoint
 from mfdsl.ir import RecipeSpec, StageSpec, call, default_downsample, with_overrides
 
 import specs_py

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from mfdsl import load_spec
-from mfdsl.checkpoint import load_checkpoint
+from mfdsl.ckptformats.weights import load_checkpoint
 from mfdsl.ir import with_overrides
 from mfdsl.layers.block import DropPath
 from mfdsl.errors import SpecError

@@ -446,7 +446,7 @@ def test_checkpoint_that_is_a_directory(tmp_path):
 
 def test_load_checkpoint_non_strict_skips_unusable_tensors(tiny_state):
     from mfdsl.api import build_model
-    from mfdsl.checkpoint import load_checkpoint
+    from mfdsl.ckptformats.weights import load_checkpoint
     from mfdsl.frontend.mf import parse_mf
 
     model = build_model(parse_mf(TINY, "t.mf"))

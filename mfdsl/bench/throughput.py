@@ -96,7 +96,7 @@ def measured_matmul_tflops(device: str, dtype: str, n: int = 2048, rounds: int =
     timings of an n x n x n product in ``dtype`` on ``device`` (torch's current CPU
     threads), taken as a GEMM and as a channels-last 1x1 convolution (models run both, and
     on a CPU either may be the faster kernel)."""
-    from ..passes.targets import DTYPES
+    from ..target.prepare import DTYPES
 
     dt = DTYPES[dtype]
     a = torch.randn(n, n, device=device).to(dt)
@@ -272,7 +272,7 @@ def run_benchmark(
 
     ``drop_path_rate`` / ``head_dropout``: the spec's (what ``build_mfdsl`` builds), given
     to timm's twin too, so that both training steps do the same work."""
-    from ..passes.targets import compile_for_target
+    from ..target.prepare import compile_for_target
 
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device cuda was asked for but no CUDA device is available")

@@ -120,7 +120,7 @@ def export_cmd(spec: str, fmt: str, checkpoint: Optional[str], output: str, batc
 
     Exits 1 if the export fails or the outputs differ beyond tolerance.
     """
-    from ..export import ExportError, export_model
+    from ..target.export import ExportError, export_model
     from ..lower import lower
 
     if not output.lower().endswith(_EXPORT_EXT[fmt]):
@@ -174,7 +174,7 @@ def _load_weights(model: object, path: str) -> None:
     if not os.path.exists(path):
         _fail(f"no such checkpoint file: {path}")
     try:
-        from ..checkpoint import load_checkpoint
+        from ..ckptformats.weights import load_checkpoint
     except ImportError as exc:
         _fail(f"checkpoint loading is unavailable: {exc}", 1)
     try:

@@ -135,13 +135,13 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
         check_weights_model(ir, checkpoint)  # a RunError is reported by the CLI group
     model = lower(ir, target=target or "cpu")
     if checkpoint:
-        from ..checkpoint import load_checkpoint
+        from ..ckptformats.weights import load_checkpoint
 
         load_checkpoint(model, checkpoint)
     summary = summarize(ir, model)
     applied = None
     if target is not None or fold:
-        from ..passes import compile_for_target
+        from ..target import compile_for_target
 
         model.eval()
         result = compile_for_target(model, target=target or "cpu", dtype=dtype, mode=mode,

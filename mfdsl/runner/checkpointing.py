@@ -7,6 +7,9 @@ A checkpoint named X is a pair in ``<run>/checkpoints/``:
   EMA weights, RNG states of every rank, epoch, data position), saved with ``torch.save``
   from plain types and tensors only, so ``torch.load(weights_only=True)`` reads it.
 
+This module writes them and finds them; the files are read by
+:mod:`mfdsl.ckptformats.train_state`, whose errors the runner reports as a ``RunError``.
+
 Periodic checkpoints are ``ckpt-<step>``; ``last`` and ``best`` are hard links to one of
 them (a copy where links are not supported). Every file is written to a temporary file in
 the same folder, fsynced and renamed into place, so a crash leaves either the old file or
@@ -24,11 +27,11 @@ import numpy as np
 import torch
 
 from .. import fsio, runs
+from ..ckptformats.train_state import (STATE_EXT, STATE_FORMAT, WEIGHTS_EXT, read_state,
+                                       read_weights, weights_meta)
+from ..ckptformats.weights import CheckpointError
 from .errors import RunError
 
-WEIGHTS_EXT = runs.WEIGHTS_EXT
-STATE_EXT = runs.STATE_EXT
-STATE_FORMAT = "mfdsl-train-state"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
 
 
@@ -88,30 +91,12 @@ def restore_rng(state: Dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- pairs
-def weights_meta(path: str) -> Optional[Dict[str, Any]]:
-    """The mfdsl metadata of a weights file, or None if unreadable / not ours."""
-    from safetensors import safe_open
-
-    try:
-        fsio.check_regular(path, "checkpoint")
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        return json.loads(meta["mfdsl"])
-    except Exception:  # any unreadable file is simply not a valid checkpoint
-        return None
-
-
 def load_state(path: str) -> Dict[str, Any]:
+    """The training state of ``path`` (an ``X.state.pt``); an unreadable one is a RunError."""
     try:
-        fsio.check_regular(path, "training state file")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RunError(f"training state file not found: {path}") from None
-    except Exception as exc:
-        raise RunError(f"cannot read training state {path}: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise RunError(f"{path} is not an mfdsl training state file")
-    return state
+        return read_state(path)
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
 
 
 def pair_step(stem: str) -> Optional[int]:
@@ -219,13 +204,11 @@ def describe_mismatch(expected: Dict[str, torch.Tensor], got: Dict[str, torch.Te
 
 
 def load_weights_file(path: str) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+    """The tensors of a weights file ``path``; an unreadable one is a RunError."""
     try:
-        fsio.check_regular(path, "checkpoint")
-        return load_file(path, device="cpu")
-    except Exception as exc:
-        raise RunError(f"cannot read weights {path}: {exc}") from None
+        return read_weights(path)
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
 
 
 class CheckpointWriter:

@@ -31,7 +31,7 @@ class DevicePlan:
 
     @property
     def dtype(self) -> str:
-        """The compute dtype as :func:`mfdsl.passes.compile_for_target` names it."""
+        """The compute dtype as :func:`mfdsl.target.compile_for_target` names it."""
         return AMP_DTYPES[self.amp_dtype] if self.amp else "fp32"
 
     @property
@@ -50,7 +50,7 @@ class DevicePlan:
         return variants_for(self.device.type, self.compile)
 
     def target(self) -> Dict[str, Any]:
-        """Keyword arguments of :func:`mfdsl.passes.compile_for_target` for this plan."""
+        """Keyword arguments of :func:`mfdsl.target.compile_for_target` for this plan."""
         return dict(target=self.device, channels_last=self.channels_last, dtype=self.dtype)
 
 

@@ -19,7 +19,7 @@ def evaluate(model: nn.Module, loader: Any, env: DistEnv,
              desc: str = "val") -> Dict[str, Any]:
     """Exact metrics over the whole split (each rank evaluates its unpadded shard).
 
-    ``model`` is prepared for the device (``mfdsl.passes.compile_for_target``: it places
+    ``model`` is prepared for the device (``mfdsl.target.compile_for_target``: it places
     the images, sets their layout and enters autocast itself). ``preprocess``: the batch
     step on the device (a :class:`mfdsl.data.transforms.BatchPreprocess`); by default
     the one completing ``loader.dataset.transform``, in the model's memory format.
@@ -233,7 +233,7 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
             raise DataError(f"--data {data} has no '{split}' folder (it has {', '.join(splits)}); "
                             "choose one with --split")
         model = build_model(spec)
-        from ..checkpoint import CheckpointError, load_checkpoint
+        from ..ckptformats.weights import CheckpointError, load_checkpoint
 
         try:
             report = load_checkpoint(model, ckpt_path)
@@ -270,7 +270,7 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
         use_amp = plan.amp
         # The workers' uint8 images laid out as the model runs (known once the device is).
         dataset.transform = eval_transform(model, plan.channels_last)
-        from ..passes.targets import compile_for_target
+        from ..target.prepare import compile_for_target
 
         prepared = compile_for_target(model.eval(), mode=plan.mode, **plan.target())
         subset = spread_subset(len(dataset), val_samples)

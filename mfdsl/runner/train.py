@@ -261,7 +261,7 @@ class Trainer:
         self.total_epochs = self.schedule.total_epochs
 
     def _setup_device_and_model(self) -> None:
-        from ..passes.targets import compile_for_target
+        from ..target.prepare import compile_for_target
 
         env, dp = self.env, self.device_plan
         cuda = env.device.type == "cuda"
@@ -277,7 +277,7 @@ class Trainer:
         if self.opts.grad_checkpointing:  # before compiling: dynamo traces the checkpoints
             self.model.set_grad_checkpointing(True)
         self.target = dp.target()
-        # The one device preparation (mfdsl.passes.targets): the same code on CPU and CUDA.
+        # The one device preparation (mfdsl.target.prepare): the same code on CPU and CUDA.
         # The variants were lowered in for this plan: kept, not chosen again.
         self.forward_model = compile_for_target(
             self.model, mode=dp.mode, wrap=ddp if env.distributed else None,
@@ -290,7 +290,7 @@ class Trainer:
                                                         self.channels_last)
 
     def _setup_optim(self) -> None:
-        from ..passes.targets import compile_for_target
+        from ..target.prepare import compile_for_target
 
         r = self.recipe
         self.optimizer = create_optimizer(self.model, r, self.lr)

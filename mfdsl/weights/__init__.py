@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-from ..checkpoint import LoadReport, load_checkpoint
+from ..ckptformats.weights import LoadReport, load_checkpoint
 from ..ir import ModelSpec
 from .hub import (WeightsError, apply_release_context, check_fits, fetch, hub_cache_dir,
                   hub_offline, load_release, resolve_release)

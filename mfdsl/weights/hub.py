@@ -17,8 +17,8 @@ from typing import Optional, Tuple, Union
 
 import torch.nn as nn
 
-from ..checkpoint import (CheckpointError, LoadReport, detect_format, load_checkpoint,
-                          read_state_dict)
+from ..ckptformats.weights import (CheckpointError, LoadReport, detect_format,
+                                   load_checkpoint, read_state_dict)
 from ..ir import ModelSpec, with_overrides
 from .releases import (DEFAULT_TAG, RELEASES, Release, lookup, releases_for, zoo_model_of)
 

@@ -27,8 +27,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..checkpoint import (CheckpointError, convert_state_dict, detect_format, load_checkpoint,
-                          read_state_dict)
+from ..ckptformats.weights import (CheckpointError, convert_state_dict, detect_format,
+                                   load_checkpoint, read_state_dict)
 from .. import runs
 from ..fingerprint import call_text
 from ..ir import DownsampleSpec, ModelSpec, default_downsample

@@ -42,7 +42,7 @@ class Release:
     tag: str  # e.g. "sail_in1k", "sail_in22k_ft_in1k_384"
     repo_id: str  # Hugging Face hub repository
     filename: str  # file inside the repository
-    layout: str  # key layout: "timm" or "official" (mfdsl.checkpoint formats)
+    layout: str  # key layout: "timm" or "official" (mfdsl.ckptformats.weights layouts)
     img_size: Tuple[int, int] = (224, 224)
     num_classes: int = 1000
     crop_pct: float = 1.0

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 FORMATS = ("pt2", "onnx")
 
@@ -56,7 +56,7 @@ def export_model(model: nn.Module, path: str, fmt: str, *, input_shape: Tuple[in
     if batch < 1:
         raise ExportError(f"batch must be >= 1, got {batch}")
     # The reference layers: the paper's forms, one graph whatever device reads the file.
-    from .passes.targets import compile_for_target
+    from .prepare import compile_for_target
 
     model = compile_for_target(model.eval(), "cpu", mode="eager", variants="reference",
                                channels_last=False).model
@@ -71,7 +71,7 @@ def export_model(model: nn.Module, path: str, fmt: str, *, input_shape: Tuple[in
         why = "is not a directory" if os.path.exists(parent) else "does not exist"
         raise ExportError(f"cannot write {path}: {parent} {why}")
 
-    from . import fsio
+    from .. import fsio
 
     box: Dict[str, Any] = {}
 

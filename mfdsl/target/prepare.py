@@ -222,7 +222,7 @@ def compile_for_target(
     if hasattr(model, "spec"):
         source = model.spec.name
     if fold:
-        from .fold import fold_for_inference
+        from ..passes.fold import fold_for_inference
 
         model = fold_for_inference(model)
         f = model.folded

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict",
@@ -137,7 +137,7 @@ def _read_file(path: str, map_location: Union[str, torch.device]) -> Any:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
-    from .fsio import check_regular
+    from ..fsio import check_regular
 
     try:
         check_regular(path, "checkpoint")  # a FIFO would block the read below
