@@ -1,4 +1,4 @@
-"""What the official MetaFormer training resolved to, per paper model (facts sheet §3).
+"""What the official MetaFormer training resolved to, per paper model (the official scripts).
 
 The official training is the release's ``train.py`` (timm 0.6.11's, forked) run with the
 flags of ``scripts/<family>/train_<model>.sh`` (ImageNet-1K, from scratch) and
