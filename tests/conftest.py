@@ -54,8 +54,9 @@ def runner_env(**extra: str) -> Dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
-    env.pop("MFDSL_TEST_KILL_AFTER_STEP", None)
-    env.pop("MFDSL_TEST_NAN_AT_STEP", None)
+    for hook in ("MFDSL_TEST_KILL_AFTER_STEP", "MFDSL_TEST_NAN_AT_STEP",
+                 "MFDSL_TEST_SIGNAL_AT_STEP"):
+        env.pop(hook, None)
     env.update(extra)
     return env
 

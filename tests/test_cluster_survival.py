@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, runner_env as _env
 
 SPEC = """\
 model tiny {
@@ -45,17 +45,6 @@ model tiny {
 QUIET = ["--workers", "0", "--no-tensorboard", "--log-every", "1"]
 # A run that lasts until it is stopped.
 LONG = ["--epochs", "100000", "--ckpt-every", "2", "--keep-recent", "2"]
-
-
-def _env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    for k in ("MFDSL_TEST_KILL_AFTER_STEP", "MFDSL_TEST_NAN_AT_STEP",
-              "MFDSL_TEST_SIGNAL_AT_STEP"):
-        env.pop(k, None)
-    env.update(extra)
-    return env
 
 
 def mfdsl(*args, env: dict = None, timeout: int = 180) -> subprocess.CompletedProcess:
