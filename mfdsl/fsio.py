@@ -71,6 +71,20 @@ def _os_error_in(exc: BaseException) -> Optional[OSError]:
     return None
 
 
+def _interrupt_in(exc: BaseException) -> Optional[BaseException]:
+    """A KeyboardInterrupt (or other non-Exception) behind ``exc``: torch's native writer
+    turns one raised inside its Python file callback into a RuntimeError that looks like a
+    failed write."""
+    seen = 0
+    e: Optional[BaseException] = exc
+    while e is not None and seen < 8:
+        if not isinstance(e, Exception):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
 def _free_space(folder: str) -> str:
     try:
         st = os.statvfs(folder)
@@ -199,7 +213,10 @@ def write_atomic_with(path: str, write: Callable[[str], None], *, links: str = O
             os.unlink(tmp)
         except OSError:
             pass
-        failure = write_failure(exc, target, existed) if isinstance(exc, Exception) else None
+        interrupt = _interrupt_in(exc)
+        if interrupt is not None:  # Ctrl-C inside a native writer: still an interrupt
+            raise interrupt from None
+        failure = write_failure(exc, target, existed)
         if failure is not None:
             raise failure from None
         raise

@@ -514,3 +514,30 @@ def test_resuming_an_older_checkpoint_never_overwrites_newer_intact_ones(setup, 
     r = mfdsl("train", spec, "--data", data, "-o", tmp_path / "branch", *QUIET,
               "--max-steps", "6", "--resume", ck / "ckpt-00000002.safetensors")
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_ctrl_c_inside_torchs_native_writer_stays_an_interrupt(tmp_path) -> None:
+    """torch.save through a Python file turns a KeyboardInterrupt raised in the file's
+    write() into a RuntimeError: it must reach the runner as an interrupt (exit 130),
+    not as a failed write (exit 74), and leave no temporary file."""
+    from mfdsl import fsio
+
+    calls = []
+
+    def writer(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            class Interrupting:
+                def write(self, b):
+                    calls.append(len(b))
+                    if len(calls) == 3:
+                        raise KeyboardInterrupt
+                    return f.write(b)
+
+                def flush(self):
+                    f.flush()
+
+            torch.save({"w": torch.zeros(1000)}, Interrupting())
+
+    with pytest.raises(KeyboardInterrupt):
+        fsio.write_atomic_with(str(tmp_path / "x.state.pt"), writer)
+    assert len(calls) == 3 and list(tmp_path.iterdir()) == []
