@@ -100,9 +100,6 @@ def stop_requested(watch: Optional[StopWatch], env: Any) -> Optional[str]:
 def stop_at_boundary(trainer: Any) -> None:
     """At a step boundary: if a stop was asked for, checkpoint (unless this step just was)
     and raise PreemptedRun (InterruptedRun for SIGINT) on every rank."""
-    from .checkpointing import WEIGHTS_EXT, find_latest
-    from .errors import InterruptedRun
-
     hook = os.environ.get(SIGNAL_ENV, "")
     if hook and trainer.env.is_main:
         step, _, sig = hook.partition(":")
@@ -113,6 +110,10 @@ def stop_at_boundary(trainer: Any) -> None:
     name = stop_requested(getattr(trainer, "stop_watch", None), trainer.env)
     if name is None:
         return
+    # Imported only on a stop: this function runs at every step boundary.
+    from .checkpointing import WEIGHTS_EXT, find_latest
+    from .errors import InterruptedRun
+
     st = trainer.state
     if st.last_saved_step != st.step:
         trainer.save()
