@@ -28,8 +28,9 @@ OUTPUT = "output"
 INTERNAL = "internal"
 
 
-class UnsafePathError(OSError):
-    """A path mfdsl refuses to write or read; ``str()`` is the whole message."""
+class UnsafePathError(UserError, OSError):
+    """A path mfdsl refuses to write or read; ``str()`` is the whole message. Exit code 2:
+    a refused input, as every other bad path."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import UserError
+
 # Bump when the drawing code changes, so a stale cache is not reused.
 VERSION = 1
 CLASSES: Tuple[str, ...] = (
@@ -193,8 +195,8 @@ def default_cache_dir() -> Path:
     return Path(os.path.expanduser(base)) / "mfdsl"
 
 
-class CacheError(OSError):
-    """The dataset cache cannot be made; ``str()`` is the whole message."""
+class CacheError(UserError, OSError):
+    """The dataset cache cannot be made; ``str()`` is the whole message (exit code 2)."""
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -41,9 +41,3 @@ class InterruptedRun(RunError):
 
     exit_code = 130
 
-
-class WriteFailed(RunError):
-    """A run file could not be written (full disk, quota, read-only or failing file system);
-    exit code 74 (EX_IOERR). The message names the file and what was kept."""
-
-    exit_code = 74

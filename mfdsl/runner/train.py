@@ -21,7 +21,7 @@ from . import checkpointing as ckpt
 from .device_plan import resolve_device_plan
 from .distributed import (DistEnv, agree_on_failure, any_rank, barrier,
                           checked_alike_on_every_rank, gather_objects, setup, teardown)
-from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError, WriteFailed
+from .errors import DataError, InterruptedRun, NonFiniteLossError, RunError
 from .evaluate import evaluate
 from ..data.dataset import (BatchPreprocess, ResumableDistributedSampler, ShardSampler,
                           SourceDataset, UnknownClassError, UnreadableImages,
@@ -151,8 +151,8 @@ class Trainer:
                            if env.is_main else None)
             if env.is_main:
                 self._write_run_folder(resume_stem)
-        except fsio.WriteError as exc:
-            raise WriteFailed(str(exc)) from None
+        except fsio.WriteError:
+            raise  # already names the file and what was kept
         except OSError as exc:
             # Say which option is at fault: a bare "[Errno 20] Not a directory" does not.
             raise RunError(f"--output {self.output}: cannot write the run folder: "
@@ -556,9 +556,10 @@ class Trainer:
         try:
             self.writer.save(st.step, st.epoch, self.model.state_dict(), state, is_best, ema_w)
         except fsio.WriteError as exc:
-            failure = WriteFailed(f"{exc}. Training stopped at step {st.step}; the last "
-                                  f"complete checkpoint is {self._last_good()} (continue from "
-                                  "it with --resume auto once there is room)")
+            failure = fsio.WriteError(
+                f"{exc}. Training stopped at step {st.step}; the last complete checkpoint is "
+                f"{self._last_good()} (continue from it with --resume auto once there is "
+                "room)", exc.errno)
         agree_on_failure(self.env, failure)
         st.last_saved_step = st.step
         self._write_unreadable()
