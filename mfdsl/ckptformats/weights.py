@@ -82,27 +82,44 @@ class LoadReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched or self.bad_values)
 
+    @classmethod
+    def compare(cls, expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor],
+                source: str = "<state dict>") -> "LoadReport":
+        """The keys and shapes where ``got`` (same names) differs from ``expected``."""
+        return cls("mfdsl", source,
+                   loaded=[k for k, v in expected.items()
+                           if k in got and tuple(got[k].shape) == tuple(v.shape)],
+                   missing=[k for k in expected if k not in got],
+                   unexpected=[k for k in got if k not in expected],
+                   mismatched=[(k, tuple(v.shape), tuple(got[k].shape))
+                               for k, v in expected.items()
+                               if k in got and tuple(got[k].shape) != tuple(v.shape)])
+
     def summary(self, outcome: Optional[str] = None) -> str:
         """A readable multi-line account, naming every key that did not fit."""
         head = f"checkpoint {self.source} (format: {self.format}"
         head += f", from its '{self.container}' entry" if self.container else ""
         head += f"): {outcome or f'{len(self.loaded)} tensors loaded'}"
-        lines = [head]
-        if self.missing:
-            lines.append(f"  missing from the checkpoint ({len(self.missing)}):")
-            lines += [f"    {k}" for k in self.missing]
-        if self.unexpected:
-            lines.append(f"  not in the model ({len(self.unexpected)}):")
-            lines += [f"    {self._named(k)}" for k in self.unexpected]
-        if self.mismatched:
-            lines.append(f"  wrong shape ({len(self.mismatched)}):")
-            lines += [f"    {self._named(k)}: model expects {list(e)}, checkpoint has {list(g)}"
-                      for k, e, g in self.mismatched]
-        if self.bad_values:
-            lines.append(f"  unusable values ({len(self.bad_values)}):")
-            lines += [f"    {self._named(k)}: {why}" for k, why in self.bad_values]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join([head] + self.problems() + [f"  note: {n}" for n in self.notes])
+
+    def problems(self, limit: Optional[int] = None) -> List[str]:
+        """One indented line per key that did not fit, under a heading per kind; at most
+        ``limit`` keys per kind when given."""
+        def listed(title: str, items: List[str]) -> List[str]:
+            if not items:
+                return []
+            more = len(items) - limit if limit is not None else 0
+            shown = items[:limit] if limit is not None else items
+            return ([f"  {title} ({len(items)}):"] + [f"    {x}" for x in shown]
+                    + ([f"    ... and {more} more"] if more > 0 else []))
+
+        return (listed("missing from the checkpoint", self.missing)
+                + listed("not in the model", [self._named(k) for k in self.unexpected])
+                + listed("wrong shape", [f"{self._named(k)}: model expects {list(e)}, "
+                                         f"checkpoint has {list(g)}"
+                                         for k, e, g in self.mismatched])
+                + listed("unusable values", [f"{self._named(k)}: {why}"
+                                             for k, why in self.bad_values]))
 
     def _named(self, key: str) -> str:
         orig = self.renamed.get(key)

@@ -180,29 +180,6 @@ def resolve_resume(resume: str, output_dir: str) -> Optional[str]:
     return path
 
 
-def describe_mismatch(expected: Dict[str, torch.Tensor], got: Dict[str, torch.Tensor],
-                      limit: int = 8) -> str:
-    """Readable lines naming the keys and shapes where ``got`` differs from ``expected``
-    ("" when they match), at most ``limit`` per kind."""
-    def _cap(lines: List[str]) -> List[str]:
-        more = len(lines) - limit
-        return lines[:limit] + ([f"    ... and {more} more"] if more > 0 else [])
-
-    missing = [k for k in expected if k not in got]
-    extra = [k for k in got if k not in expected]
-    shapes = [f"    {k}: model expects {list(v.shape)}, checkpoint has {list(got[k].shape)}"
-              for k, v in expected.items() if k in got and tuple(got[k].shape) != tuple(v.shape)]
-    out: List[str] = []
-    if shapes:
-        out += [f"  wrong shape ({len(shapes)}):"] + _cap(shapes)
-    if missing:
-        out += [f"  missing from the checkpoint ({len(missing)}):"] + _cap(
-            [f"    {k}" for k in missing])
-    if extra:
-        out += [f"  not in the model ({len(extra)}):"] + _cap([f"    {k}" for k in extra])
-    return "\n".join(out)
-
-
 def load_weights_file(path: str) -> Dict[str, torch.Tensor]:
     """The tensors of a weights file ``path``; an unreadable one is a RunError."""
     try:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..ckptformats.weights import LoadReport
 from ..ir import ModelSpec, with_overrides
 from . import checkpointing as ckpt
 from .device_plan import resolve_device_plan
@@ -339,7 +340,7 @@ class Trainer:
     def _load_resume(self, stem: str) -> None:
         st, saved = TrainState.from_checkpoint(ckpt.load_state(stem + ckpt.STATE_EXT))
         weights = ckpt.load_weights_file(stem + ckpt.WEIGHTS_EXT)
-        mismatch = ckpt.describe_mismatch(self.model.state_dict(), weights)
+        mismatch = "\n".join(LoadReport.compare(self.model.state_dict(), weights).problems(8))
         if mismatch:
             raise RunError(f"checkpoint {stem}{ckpt.WEIGHTS_EXT} was made for a different "
                            f"model than this spec builds:\n{mismatch}")
