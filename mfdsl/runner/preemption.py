@@ -28,9 +28,6 @@ from .. import runs
 from .errors import RunError
 
 EXIT_PREEMPTED = 75
-# Test hook (docs/training.md): "N[:SIGNAME]" makes rank 0 send itself SIGNAME (SIGTERM)
-# at the step boundary after step N, as a scheduler would.
-SIGNAL_ENV = "MFDSL_TEST_SIGNAL_AT_STEP"
 _STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 
@@ -100,11 +97,6 @@ def stop_requested(watch: Optional[StopWatch], env: Any) -> Optional[str]:
 def stop_at_boundary(trainer: Any) -> None:
     """At a step boundary: if a stop was asked for, checkpoint (unless this step just was)
     and raise PreemptedRun (InterruptedRun for SIGINT) on every rank."""
-    hook = os.environ.get(SIGNAL_ENV, "")
-    if hook and trainer.env.is_main:
-        step, _, sig = hook.partition(":")
-        if int(step) == trainer.state.step:
-            os.kill(os.getpid(), getattr(signal, sig or "SIGTERM"))
     if trainer.env.distributed and trainer.state.step % DISTRIBUTED_CHECK_EVERY:
         return
     name = stop_requested(getattr(trainer, "stop_watch", None), trainer.env)

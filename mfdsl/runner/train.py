@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -38,23 +37,14 @@ from .. import fsio, runs
 from . import recipe_history
 from .batch_stats import check_training_batch
 from .output import Console
-from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
+from .hooks import (Checkpoints, EpochEnd, Preemption, Progress, Reads, StepEnd, TestFaults,
+                    TestKill, TrainMetrics, Validation)
+from .preemption import StopWatch, remove_leftover_temporaries
 from .run_lock import RunLock
 from .run_folder import (MANIFEST, OutputPlan, RunContext, clear_run, environment,
                          plan_output, record_run_files, run_folder_of, spec_text, write_json)
 from .state import SavedParts, TrainState
 from .step import StepLog, StepParts, train_step, uncount_skipped_steps
-
-# Test hooks (documented in docs/training.md): SIGKILL the process right after optimizer
-# step N (after that step's checkpoint, if any); make the loss of step N non-finite.
-KILL_ENV = "MFDSL_TEST_KILL_AFTER_STEP"
-NAN_ENV = "MFDSL_TEST_NAN_AT_STEP"
-
-
-def _env_int(name: str) -> Optional[int]:
-    v = os.environ.get(name)
-    return int(v) if v not in (None, "") else None
-
 
 class Trainer:
     def __init__(self, spec: ModelSpec, opts: TrainOptions, env: DistEnv,
@@ -158,6 +148,14 @@ class Trainer:
             # Say which option is at fault: a bare "[Errno 20] Not a directory" does not.
             raise RunError(f"--output {self.output}: cannot write the run folder: "
                            f"{exc.strerror or exc}") from None
+        # What the loop does around its steps (mfdsl.runner.hooks), in this order: test
+        # faults and a scheduler's stop before a step; after it the bar, then validation
+        # before the metrics row that reports it, then checkpoints (which keep the best
+        # by that validation), and the test kill last.
+        self.faults = TestFaults(self)
+        self.progress = Progress(self)
+        self.hooks = [self.faults, Preemption(self), self.progress, Validation(self),
+                      TrainMetrics(self, self.progress), Checkpoints(self), TestKill(self)]
 
     # ------------------------------------------------------------------ setup
     def _setup_data_roots(self) -> None:
@@ -460,7 +458,8 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
         if self.env.is_main:
-            bar = getattr(self, "_bar", None)
+            progress = getattr(self, "progress", None)
+            bar = progress.bar if progress is not None else None
             if not hasattr(self, "console"):  # a closed stdout degrades to the run's log
                 self.console = Console(self.out_plan.output)
             self.console.say(msg, bar.write if bar is not None else None)
@@ -570,7 +569,7 @@ class Trainer:
         return f"{stem}{ckpt.WEIGHTS_EXT}" if stem else "(none was written yet)"
 
     # ------------------------------------------------------------------ loop
-    def _train_step(self, it) -> Dict[str, Any]:
+    def _train_step(self, it) -> float:
         """One optimizer step over ``accum`` micro-batches (mfdsl.runner.step): no host
         reads; its record waits in ``self.step_log``. Returns the lr used."""
         env, st = self.env, self.state
@@ -588,25 +587,25 @@ class Trainer:
             return images, target
 
         out = train_step(self.step_parts, next_batch, ema_step=st.step,
-                         nan_loss=_env_int(NAN_ENV) == st.step + 1)
+                         nan_loss=self.faults.nan_loss(st.step + 1))
         self.step_log.record(st.step + 1, out)
-        return dict(lr=lr)
+        return lr
 
-    def _read_steps(self) -> Dict[str, Any]:
+    def _read_steps(self) -> Reads:
         """Read the kept step records (one host read; one collective under DDP) and apply
-        the non-finite policy to them in order. Returns the finite losses' sum and count
-        and the last gradient norm."""
+        the non-finite policy to them in order."""
         records = self.step_log.read(self.env)
         uncount_skipped_steps(self.optimizer, sum(r[2] for r in records), self.env.device)
-        loss_sum, n, grad_norm = 0.0, 0, float("nan")
-        for step, counted, _skipped, loss, grad_norm in records:
-            if counted:
+        got = Reads()
+        for step, nonfinite, _skipped, loss, grad_norm in records:
+            got.grad_norm = grad_norm  # the last step's
+            if nonfinite:
                 self._handle_nonfinite(loss, step)
             else:
                 self.state.nan_consecutive = 0
-                loss_sum += loss
-                n += 1
-        return dict(loss_sum=loss_sum, n=n, grad_norm=grad_norm)
+                got.loss_sum += loss
+                got.n += 1
+        return got
 
     def _handle_nonfinite(self, loss: float, step: int) -> None:
         st = self.state
@@ -628,104 +627,52 @@ class Trainer:
                 f"{self._last_good()}")
 
     def fit(self) -> Dict[str, Any]:
-        env, plan, st, opts, r = self.env, self.plan, self.state, self.opts, self.recipe
+        """Train to the end of the schedule (or --max-steps); returns the run's summary."""
+        env, plan, st, r = self.env, self.plan, self.state, self.recipe
         self.log(f"training {self.spec.name}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M"
                  f" params on {env.device} x{env.world_size}; {plan.describe()}; "
                  f"{r.optimizer}, lr {self.schedule.describe()}; {self.steps_per_epoch} steps/epoch,"
                  f" {self.total_steps} steps; data {self.data_root} "
                  f"({len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val)")
-        kill_after = _env_int(KILL_ENV)
-        progress = opts.progress if opts.progress is not None else sys.stderr.isatty()
-        progress = progress and env.is_main
-        images_per_step = plan.global_batch
         t_start = time.perf_counter()
+        hooks = self.hooks
+        epoch_micro = self.steps_per_epoch * plan.accum
         self.forward_model.train()
-        while st.epoch < self.total_epochs and st.step < self.total_steps:
-            epoch = st.epoch
-            it = iter(self._loader(epoch, st.micro))
-            self._epoch_unreadable = UnreadableImages("train")
-            known = set(st.unreadable.files)
-            ep_loss, ep_n = 0.0, 0
-            win_loss, win_n, win_t = 0.0, 0, time.perf_counter()
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=self.steps_per_epoch, initial=st.micro // plan.accum,
-                           desc=f"epoch {epoch + 1}/{self.total_epochs}", unit="step", dynamic_ncols=True,
-                           file=sys.stderr)
-                self._bar = bar
-            epoch_micro = self.steps_per_epoch * plan.accum
-            while st.micro + plan.accum <= epoch_micro and st.step < self.total_steps:
-                stop_at_boundary(self)  # SIGTERM/SIGUSR1: checkpoint here and stop
-                res = self._train_step(it)
-                st.micro += plan.accum
-                st.step += 1
-                if bar is not None:
-                    bar.update(1)
-                log_now = st.step % max(1, opts.log_every) == 0 or st.step == self.total_steps
-                save_now = (opts.ckpt_every and st.step % opts.ckpt_every == 0
-                            and st.micro < epoch_micro and st.step < self.total_steps)
-                # The host reads the device only here: at log steps, checkpoints, the end
-                # of an epoch (below) and the test kill hook. The non-finite policy (stop
-                # after N in a row) is applied to the steps read.
-                if (log_now or save_now or self.step_log.full
-                        or (kill_after is not None and st.step == kill_after)):
-                    got = self._read_steps()
-                    ep_loss += got["loss_sum"]
-                    ep_n += got["n"]
-                    win_loss += got["loss_sum"]
-                    win_n += got["n"]
-                    res["grad_norm"] = got["grad_norm"]
-                if log_now:
-                    now = time.perf_counter()
-                    steps_in_win = max(1, win_n)
-                    img_s = images_per_step * steps_in_win / max(now - win_t, 1e-9)
-                    loss = win_loss / win_n if win_n else float("nan")
-                    self.metrics.write("train", st.step, epoch=epoch, loss=loss, lr=res["lr"],
-                                       grad_norm=res["grad_norm"], img_s=img_s)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{res['lr']:.2e}",
-                                        img_s=f"{img_s:.0f}")
-                    else:
-                        left = (self.total_steps - st.step) * (now - win_t) / steps_in_win
-                        self.log(f"epoch {epoch + 1}/{self.total_epochs} step {st.step}/{self.total_steps}"
-                                 f" loss {loss:.4f} lr {res['lr']:.3e} {img_s:.0f} img/s"
-                                 f" eta {format_duration(left)}")
-                    win_loss, win_n, win_t = 0.0, 0, now
-                if save_now:
-                    self.save()
-                if kill_after is not None and st.step == kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            if bar is not None:
-                bar.close()
-                self._bar = None
-            del it
-            got = self._read_steps()
-            ep_loss += got["loss_sum"]
-            ep_n += got["n"]
-            # Unreadable images: distinct files, merged over ranks.
-            self._merge_unreadable([st.unreadable, self._epoch_unreadable])
-            ep_unreadable = self._epoch_unreadable
-            n_bad = len(ep_unreadable)
-            epoch_done = st.micro + plan.accum > epoch_micro
-            if epoch_done:
-                st.epoch += 1
-                st.micro = 0
-            if epoch_done and (st.epoch % max(1, opts.eval_every) == 0 or st.epoch == self.total_epochs
-                               or st.step >= self.total_steps):
-                self.validate()
-            self.metrics.write("epoch", st.step, epoch=epoch + 1, complete=epoch_done,
-                               train_loss=ep_loss / ep_n if ep_n else float("nan"),
-                               skipped_images=n_bad,
-                               val_top1=st.last_val["top1"] if st.last_val_step == st.step else None)
-            if n_bad:
-                self.log(f"epoch {epoch + 1}: skipped {ep_unreadable.describe()}; "
-                         f"{len(set(ep_unreadable.files) - known)} new, {len(st.unreadable)} in the run")
-            if epoch_done or st.step >= self.total_steps:
-                self.save()
-            if kill_after is not None and st.step == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            while st.epoch < self.total_epochs and st.step < self.total_steps:
+                epoch = st.epoch
+                it = iter(self._loader(epoch, st.micro))
+                self._epoch_unreadable = UnreadableImages("train")
+                for h in hooks:
+                    h.epoch_start(epoch)
+                while st.micro + plan.accum <= epoch_micro and st.step < self.total_steps:
+                    for h in hooks:
+                        h.step_start(st.step)
+                    lr = self._train_step(it)
+                    st.micro += plan.accum
+                    st.step += 1
+                    at = StepEnd(st.step, epoch, lr, mid_epoch=(
+                        st.micro < epoch_micro and st.step < self.total_steps))
+                    # The host reads the device only when a hook asks (log steps,
+                    # checkpoints, the test kill) or the record buffer is full.
+                    if self.step_log.full or any(h.reads_at(at) for h in hooks):
+                        at.reads = self._read_steps()
+                    for h in hooks:
+                        h.step_end(at)
+                del it
+                reads = self._read_steps()
+                # Unreadable images: distinct files, merged over ranks (a collective).
+                self._merge_unreadable([st.unreadable, self._epoch_unreadable])
+                complete = st.micro + plan.accum > epoch_micro
+                if complete:
+                    st.epoch += 1
+                    st.micro = 0
+                end = EpochEnd(epoch, complete, reads, self._epoch_unreadable)
+                for h in hooks:
+                    h.epoch_end(end)
+        finally:
+            for h in hooks:
+                h.close()
         if st.last_saved_step != st.step:
             self.save()
         final = st.last_val if st.last_val_step == st.step else None

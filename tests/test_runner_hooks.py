@@ -1,0 +1,94 @@
+"""The training loop calls its hooks in order and reads the host only where one asks."""
+from __future__ import annotations
+
+import json
+from typing import List, Tuple
+
+import pytest
+
+from conftest import SPECS, run, two_class_folder
+from mfdsl.runner import hooks as H
+from mfdsl.runner.errors import RunError
+from mfdsl.runner.train import Trainer
+
+
+class Recorder(H.Hook):
+    def __init__(self) -> None:
+        self.events: List[Tuple] = []
+
+    def step_start(self, step: int) -> None:
+        self.events.append(("step_start", step))
+
+    def step_end(self, at: H.StepEnd) -> None:
+        self.events.append(("step_end", at.step, at.epoch, at.mid_epoch, at.reads is not None))
+
+    def epoch_start(self, epoch: int) -> None:
+        self.events.append(("epoch_start", epoch))
+
+    def epoch_end(self, end: H.EpochEnd) -> None:
+        self.events.append(("epoch_end", end.epoch, end.complete))
+
+    def close(self) -> None:
+        self.events.append(("close",))
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    rec = Recorder()
+    seen = {}
+    fit = Trainer.fit
+
+    def fit_with_recorder(self):
+        seen["hooks"] = [type(h).__name__ for h in self.hooks]
+        self.hooks.append(rec)
+        return fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit_with_recorder)
+    return rec, seen
+
+
+def test_hooks_see_every_step_and_reads_happen_only_where_asked(tmp_path, recorded):
+    rec, seen = recorded
+    data = two_class_folder(tmp_path / "data", 12)  # 24 images, batch 4: 6 steps an epoch
+    out = tmp_path / "r"
+    code, text = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", out,
+                     "--epochs", "2", "--warmup-epochs", "0", "--workers", "0",
+                     "--no-tensorboard", "--batch-size", "4", "--log-every", "3",
+                     "--ckpt-every", "4", "--no-progress")
+    assert code == 0, text
+    assert seen["hooks"] == ["TestFaults", "Preemption", "Progress", "Validation",
+                             "TrainMetrics", "Checkpoints", "TestKill"]
+    ends = [e for e in rec.events if e[0] == "step_end"]
+    assert [e[1] for e in ends] == list(range(1, 13))
+    # Log steps (every 3rd, and the last) and mid-epoch checkpoints (4, 8): nothing else.
+    assert [e[1] for e in ends if e[4]] == [3, 4, 6, 8, 9, 12]
+    assert [e[1] for e in ends if not e[3]] == [6, 12]  # each epoch's last step
+    assert [e[2] for e in ends] == [0] * 6 + [1] * 6
+    assert [e for e in rec.events if e[0] == "step_start"] == [("step_start", s)
+                                                              for s in range(12)]
+    order = [e[0] for e in rec.events if e[0] in ("epoch_start", "epoch_end", "close")]
+    assert order == ["epoch_start", "epoch_end", "epoch_start", "epoch_end", "close"]
+    assert ("epoch_end", 1, True) in rec.events
+
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [3, 6, 9, 12]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    # Validation ran before the epoch row that reports it.
+    assert [r["val_top1"] is not None for r in epochs] == [True, True]
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("ckpt-*.safetensors"))
+    assert any("00000008" in n or n.endswith("-8.safetensors") for n in ckpts), ckpts
+
+
+def test_the_loop_closes_its_hooks_when_a_step_fails(tmp_path, recorded, monkeypatch):
+    rec, _ = recorded
+    data = two_class_folder(tmp_path / "data", 4)
+
+    def boom(self, it):
+        raise RunError("a step failed")
+
+    monkeypatch.setattr(Trainer, "_train_step", boom)
+    code, text = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", tmp_path / "r",
+                     "--epochs", "1", "--warmup-epochs", "0", "--workers", "0",
+                     "--no-tensorboard", "--batch-size", "4", "--no-progress")
+    assert code == 2 and "a step failed" in text
+    assert rec.events[-1] == ("close",)
