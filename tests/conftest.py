@@ -123,6 +123,40 @@ def solid_images(folder: Path, n: int, colour: int) -> None:
         Image.new("RGB", (20, 20), (colour, 40 * i % 256, 0)).save(folder / f"{i}.png")
 
 
+def two_class_folder(root: Path, n: int) -> Path:
+    """train/ and val/ of two solid-colour classes, ``a`` (dark) and ``b`` (bright), with
+    ``n`` images each."""
+    for split in ("train", "val"):
+        solid_images(root / split / "a", n, 30)
+        solid_images(root / split / "b", n, 220)
+    return root
+
+
+def tiny_mf(mixer: str = "pooling", epochs: int = 1) -> str:
+    """The ``.mf`` text, as a user writes it, of a two-stage 32x32 3-class model of
+    ``mixer`` blocks with a plain short recipe (no augmentation, fp32)."""
+    return f"""\
+model tiny {{
+  input 3x32x32
+  classes 3
+  stage {mixer} x1 @16
+  stage {mixer} x1 @32
+  head linear
+  train {{
+    epochs {epochs}
+    batch_size 4
+    lr_batch 4
+    warmup_epochs 0
+    randaugment none
+    mixup 0.0
+    cutmix 0.0
+    random_erasing 0.0
+    amp false
+  }}
+}}
+"""
+
+
 def write_colour_folder(root: Path, n_train: int, n_val: int, size: int = 32,
                         seed: int = 0) -> Path:
     """Three classes told apart by dominant colour channel, with random shapes on top;

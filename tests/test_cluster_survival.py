@@ -20,28 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, runner_env as _env
+from conftest import ROOT, runner_env as _env, tiny_mf
 
-SPEC = """\
-model tiny {
-  input 3x32x32
-  classes 3
-  stage pooling x1 @16
-  stage pooling x1 @32
-  head linear
-  train {
-    epochs 3
-    batch_size 4
-    lr_batch 4
-    warmup_epochs 0
-    randaugment none
-    mixup 0.0
-    cutmix 0.0
-    random_erasing 0.0
-    amp false
-  }
-}
-"""
+SPEC = tiny_mf(epochs=3)
 QUIET = ["--workers", "0", "--no-tensorboard", "--log-every", "1"]
 # A run that lasts until it is stopped.
 LONG = ["--epochs", "100000", "--ckpt-every", "2", "--keep-recent", "2"]

@@ -13,7 +13,7 @@ from mfdsl.layers.variants import variants_for, variants_in_use
 from mfdsl.runner.device_plan import resolve_device_plan
 from mfdsl.runner.errors import RunError
 
-from conftest import SPECS, run, solid_images
+from conftest import SPECS, run, two_class_folder
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -68,10 +68,7 @@ def test_train_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, mon
     import mfdsl.runner.device_plan as dp
 
     monkeypatch.setattr(dp, "variants_for", lambda device, compiled: variants_for("cuda", False))
-    data = tmp_path / "data"
-    for split in ("train", "val"):
-        solid_images(data / split / "a", 4, 30)
-        solid_images(data / split / "b", 4, 220)
+    data = two_class_folder(tmp_path / "data", 4)
     code, out = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", tmp_path / "r",
                     "--max-steps", "1", "--epochs", "1", "--warmup-epochs", "0",
                     "--workers", "0", "--no-tensorboard", "--batch-size", "4")

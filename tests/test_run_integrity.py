@@ -19,31 +19,16 @@ import pytest
 import torch
 
 from mfdsl import fsio
-from conftest import run, solid_images as _images
+from conftest import run, solid_images as _images, tiny_mf
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SPEC = """\
-# a comment the canonical form would drop
-model tiny {{
-  input 3x32x32
-  classes 3
-  stage {mixer} x1 @16
-  stage {mixer} x1 @32
-  head linear
-  train {{
-    epochs 1
-    batch_size 4
-    lr_batch 4
-    warmup_epochs 0
-    randaugment none
-    mixup 0.0
-    cutmix 0.0
-    random_erasing 0.0
-    amp false
-  }}
-}}
-"""
+
+def _spec(mixer: str) -> str:
+    """The tiny model's text, with a comment its canonical form drops."""
+    return "# a comment the canonical form would drop\n" + tiny_mf(mixer, epochs=1)
+
+
 FAST = ["--max-steps", "2", "--workers", "0", "--no-tensorboard", "--log-every", "1"]
 
 
@@ -82,11 +67,11 @@ def other_data(data) -> Path:
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("specs")
-    (d / "pool.mf").write_text(SPEC.format(mixer="pooling"))
+    (d / "pool.mf").write_text(_spec("pooling"))
     # Same tensor shapes, another model: the checkpoint loads, the function differs.
-    (d / "ident.mf").write_text(SPEC.format(mixer="identity"))
+    (d / "ident.mf").write_text(_spec("identity"))
     # The same model written differently (explicit default argument).
-    (d / "pool3.mf").write_text(SPEC.format(mixer="pooling(pool_size=3)"))
+    (d / "pool3.mf").write_text(_spec("pooling(pool_size=3)"))
     return d
 
 
@@ -276,7 +261,7 @@ def test_train_never_rewrites_the_users_spec(data, specs, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     spec = out / "spec.mf"
-    spec.write_text(SPEC.format(mixer="pooling"))
+    spec.write_text(_spec("pooling"))
     spec.chmod(0o640)
     before = spec.read_bytes()
     code, text = run("train", spec, *FAST, "--data", data, "-o", out)
@@ -305,7 +290,7 @@ def test_pruning_deletes_only_this_runs_checkpoints(tmp_path):
 
 def test_convert_never_overwrites_its_input(specs, tmp_path):
     src = tmp_path / "a.mf"
-    src.write_text(SPEC.format(mixer="pooling"))
+    src.write_text(_spec("pooling"))
     before = src.read_bytes()
     os.symlink(src, tmp_path / "link.mf")
     os.link(src, tmp_path / "hard.mf")
@@ -355,7 +340,7 @@ def test_failed_export_keeps_the_previous_file(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_export_and_draw_refuse_to_overwrite_the_spec(specs, tmp_path):
     spec = tmp_path / "s.mf"
-    spec.write_text(SPEC.format(mixer="pooling"))
+    spec.write_text(_spec("pooling"))
     link = tmp_path / "s.svg"
     os.symlink(spec, link)
     before = spec.read_bytes()
@@ -390,7 +375,7 @@ def test_links_inside_a_run_folder_are_refused(data, specs, tmp_path, name):
 
 def test_fmt_and_convert_keep_mode_and_write_through_links(specs, tmp_path):
     real = tmp_path / "real.mf"
-    real.write_text(SPEC.format(mixer="pooling").replace("# a comment the canonical form "
+    real.write_text(_spec("pooling").replace("# a comment the canonical form "
                                                           "would drop\n", "").replace(
         "  head linear", "  head   linear"))
     real.chmod(0o600)

@@ -208,7 +208,7 @@ def test_the_training_loop_reads_the_device_only_when_it_reads_the_log(tmp_path,
     checkpoint and validation at the end."""
     import sys
 
-    from conftest import SPECS, run, solid_images
+    from conftest import SPECS, run, two_class_folder
 
     allowed = {"read", "save", "_weights_finite", "validate", "_finish", "_merge_unreadable"}
     direct: List[str] = []
@@ -226,10 +226,7 @@ def test_the_training_loop_reads_the_device_only_when_it_reads_the_log(tmp_path,
             return _orig(t, *a, **kw)
 
         monkeypatch.setattr(torch.Tensor, name, wrapped)
-    data = tmp_path / "data"
-    for split in ("train", "val"):
-        solid_images(data / split / "a", 12, 30)
-        solid_images(data / split / "b", 12, 220)
+    data = two_class_folder(tmp_path / "data", 12)
     code, out = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", tmp_path / "r",
                     "--max-steps", "6", "--epochs", "1", "--warmup-epochs", "0",
                     "--workers", "0", "--no-tensorboard", "--batch-size", "4",
