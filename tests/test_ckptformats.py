@@ -57,3 +57,23 @@ def test_foreign_or_broken_files(tmp_path: Path):
             runner[read](path)
         assert str(high.value) == str(low.value)
         assert high.value.render() == f"error: {low.value}"
+
+
+def test_a_refused_resume_and_a_weights_load_word_a_mismatch_alike():
+    import torch
+
+    from mfdsl.ckptformats.weights import LoadReport
+
+    model = {"a.weight": torch.zeros(2, 3), "b.weight": torch.zeros(4)}
+    ckpt = {"a.weight": torch.zeros(3, 3), "c.bias": torch.zeros(1)}
+    report = LoadReport.compare(model, ckpt)
+    assert (report.missing, report.unexpected) == (["b.weight"], ["c.bias"])
+    assert report.mismatched == [("a.weight", (2, 3), (3, 3))]
+    lines = report.problems()
+    assert lines == ["  missing from the checkpoint (1):", "    b.weight",
+                     "  not in the model (1):", "    c.bias",
+                     "  wrong shape (1):", "    a.weight: model expects [2, 3], checkpoint has [3, 3]"]
+    # summary() (what load_checkpoint reports) is the same lines under its heading.
+    assert report.summary().splitlines()[1:] == lines
+    many = LoadReport.compare({f"k{i}": torch.zeros(1) for i in range(12)}, {})
+    assert many.problems(8)[-1] == "    ... and 4 more" and len(many.problems(8)) == 10

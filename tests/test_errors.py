@@ -9,7 +9,9 @@ from click.testing import CliRunner
 from mfdsl.ckptformats.weights import CheckpointError
 from mfdsl.cli.app import _Group
 from mfdsl.compare import CompareError
+from mfdsl.data.tinyshapes import CacheError
 from mfdsl.errors import Loc, SpecError, UserError
+from mfdsl.fsio import UnsafePathError, WriteError
 from mfdsl.target.export import ExportError
 from mfdsl.target.prepare import TargetError
 from mfdsl.runner.errors import DataError, InterruptedRun, NonFiniteLossError, RunError
@@ -31,6 +33,11 @@ CASES = [
     (ExportError("onnx is not installed"), 2, "error: onnx is not installed"),
     (CompareError("would overwrite x.csv"), 2, "error: would overwrite x.csv"),
     (TargetError("unknown target 'tpu'"), 2, "error: unknown target 'tpu'"),
+    (UnsafePathError("r/x.json is a symbolic link"), 2, "error: r/x.json is a symbolic link"),
+    (CacheError("cannot make the embedded dataset in /c: Permission denied"), 2,
+     "error: cannot make the embedded dataset in /c: Permission denied"),
+    (WriteError("r/last.pt: no space left on device"), 74,
+     "error: r/last.pt: no space left on device"),
 ]
 
 
@@ -56,3 +63,5 @@ def test_every_user_error_reaches_the_user_as_its_message_and_code(err, code, fi
 def test_errors_from_below_the_cli_keep_their_python_kinds():
     # Library callers catching ValueError keep working.
     assert issubclass(TargetError, ValueError) and issubclass(WeightsError, CheckpointError)
+    # File-system refusals stay OSErrors for code that catches those.
+    assert all(issubclass(e, OSError) for e in (UnsafePathError, CacheError, WriteError))
