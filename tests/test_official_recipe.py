@@ -1,4 +1,5 @@
-"""The paper specs train as the official scripts do, step for step (facts sheet §3).
+"""The paper specs train as the official scripts do, step for step (docs/training.md,
+"The official recipe, step for step").
 
 The official side is built from timm's (and torch's) own objects, configured as the official
 train.py configures them from the flags of ``scripts/*/train_*.sh`` and

@@ -47,6 +47,7 @@ def recorded(monkeypatch):
     return rec, seen
 
 
+@pytest.mark.slow  # a real 12-step run with validation and checkpoints (~3 s here)
 def test_hooks_see_every_step_and_reads_happen_only_where_asked(tmp_path, recorded):
     rec, seen = recorded
     data = two_class_folder(tmp_path / "data", 12)  # 24 images, batch 4: 6 steps an epoch
