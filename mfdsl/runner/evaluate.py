@@ -99,17 +99,16 @@ def resolve_checkpoint_path(path: str) -> str:
     """A run folder or checkpoints folder means its ``last`` weights; files pass through."""
     import os
 
-    from .. import runs
+    from ..weights.sources import resolve_weights
     from .errors import RunError
 
-    for cand in (runs.weights_file(path),
-                 os.path.join(path, runs.LAST + runs.WEIGHTS_EXT)):
-        if os.path.isdir(path) and os.path.isfile(cand):
-            return cand
-    if os.path.isdir(path):
+    if not os.path.isdir(path):
+        return path
+    found = resolve_weights(path)
+    if found is None or found.path is None:
         raise RunError(f"--checkpoint {path}: a folder without checkpoints (expected a run "
                        "folder with checkpoints/last.safetensors, or a weights file)")
-    return path
+    return found.path
 
 
 # Sub-folder names that mark a dataset root laid out by split rather than by class.

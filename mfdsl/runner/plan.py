@@ -27,7 +27,6 @@ from .schedule import Schedule, schedule_for
 # on the GPU, after mixup/cutmix.
 ERASING_MODE, ERASING_COUNT = "pixel", 1
 # The official fine-tunes start from the 224 ImageNet-1K release of the named model.
-FINETUNE_TAG = "sail_in1k"
 
 
 def plan_steps(recipe: RecipeSpec, opts: TrainOptions, world_size: int, dataset_size: int,
@@ -65,21 +64,16 @@ def resolve_precision(recipe: RecipeSpec, opts: TrainOptions, device_type: str) 
 def finetune_source(name: str) -> str:
     """What ``finetune_from NAME`` starts from: an existing checkpoint file, a run folder's
     best (else last) checkpoint, a release name, or a zoo model's ImageNet-1K release."""
-    from ..weights import RELEASES
+    from ..weights.sources import DEFAULT_TAG, RUN, resolve_weights
 
-    if os.path.isdir(name):
-        for stem in (runs.BEST, runs.LAST):
-            p = runs.weights_file(name, stem)
-            if os.path.exists(p):
-                return p
+    found = resolve_weights(name, run_stems=(runs.BEST, runs.LAST), default_tag=DEFAULT_TAG)
+    if found is not None and found.kind == RUN and found.path is None:
         raise RunError(f"finetune_from {name}: the run folder has no checkpoints/best or "
                        "last checkpoint")
-    if os.path.exists(name) or name in RELEASES:
-        return name
-    if f"{name}.{FINETUNE_TAG}" in RELEASES:
-        return f"{name}.{FINETUNE_TAG}"
-    raise RunError(f"finetune_from {name}: not a checkpoint file, run folder or release name "
-                   f"(e.g. caformer_s18, caformer_s18.{FINETUNE_TAG})")
+    if found is None:
+        raise RunError(f"finetune_from {name}: not a checkpoint file, run folder or release "
+                       f"name (e.g. caformer_s18, caformer_s18.{DEFAULT_TAG})")
+    return found.ref
 
 
 def resolve_init(recipe: RecipeSpec, opts: TrainOptions) -> Dict[str, Any]:

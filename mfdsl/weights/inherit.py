@@ -32,6 +32,7 @@ from ..ckptformats.weights import (CheckpointError, convert_state_dict, detect_f
 from .. import runs
 from ..fingerprint import call_text
 from ..ir import DownsampleSpec, ModelSpec, default_downsample
+from .sources import RUN, resolve_weights
 
 DEPTH_MODES = ("first", "repeat")
 
@@ -73,15 +74,16 @@ def _loaded(spec: ModelSpec, weights: Any, where: str) -> Dict[str, torch.Tensor
 
 
 def open_source(arg: str, target: Mapping[str, torch.Tensor]) -> Source:
-    """Resolve ``arg`` (release name, run folder or checkpoint file) to a Source."""
+    """Resolve ``arg`` (release name, run folder or checkpoint file: one resolver,
+    :func:`mfdsl.weights.sources.resolve_weights`) to a Source."""
     from ..pipeline import load_spec
-    from .releases import RELEASES
 
-    if not os.path.exists(arg) and arg in RELEASES:
+    found = resolve_weights(arg)
+    if found is not None and found.release is not None:
         from ..resources import zoo_spec_file
         from .hub import fetch, load_release
 
-        release = RELEASES[arg]
+        release = found.release
         spec_file = zoo_spec_file(release.model if release.img_size == (224, 224)
                                   else f"{release.model}_384")
         path = fetch(release)
@@ -99,22 +101,17 @@ def open_source(arg: str, target: Mapping[str, torch.Tensor]) -> Source:
         load_release(model, release)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return Source(arg, "release", path, state, spec, release.name)
-    if os.path.isdir(arg):
-        folder = os.path.normpath(arg)
-        if os.path.basename(folder) == runs.CHECKPOINTS_DIR:
-            folder = os.path.dirname(folder)
-        weights = runs.weights_file(folder)
-        spec_file = runs.spec_file(folder)
-        if not os.path.isfile(weights):
+    if found is not None and found.kind == RUN:
+        if found.path is None:
             raise InheritError(f"--inherit {arg}: a folder without checkpoints/last.safetensors"
                                " (a run folder is expected)")
+        spec_file = runs.spec_file(found.run)
         if spec_file is None:
             raise InheritError(f"--inherit {arg}: the run folder has no spec.mf")
         spec = load_spec(spec_file)
-        return Source(arg, "run", weights, _loaded(spec, weights, arg), spec)
-    if os.path.isfile(arg):
-        folder = os.path.dirname(os.path.dirname(os.path.abspath(arg)))
-        spec_file = runs.spec_file(folder) if runs.in_checkpoints_dir(arg) else None
+        return Source(arg, "run", found.path, _loaded(spec, found.path, arg), spec)
+    if found is not None:  # a file: a run's checkpoint brings its spec
+        spec_file = runs.spec_file(found.run) if found.run is not None else None
         if spec_file is not None:
             spec = load_spec(spec_file)
             return Source(arg, "checkpoint", arg, _loaded(spec, arg, arg), spec)

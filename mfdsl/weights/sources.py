@@ -1,0 +1,66 @@
+"""What a weights argument names: a file, a run folder, or a released checkpoint.
+
+One resolver for every option that takes trained weights (``--init-from``,
+``finetune_from``, ``--inherit``, ``--checkpoint``), so each reads a name the same way:
+
+1. an existing folder is a run folder (or its ``checkpoints/``), meaning its checkpoint of
+   the first of ``run_stems`` present (``last``, or ``best`` before ``last``);
+2. an existing file is itself;
+3. otherwise a release name ``<model>.<tag>``; with a spec, a bare tag of the spec's zoo
+   model; with ``default_tag``, a zoo model name meaning that tag.
+
+Callers word their own refusals (each names its option), from what this returns.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from .. import runs
+from ..ir import ModelSpec
+from .releases import DEFAULT_TAG, RELEASES, Release, zoo_model_of
+
+FILE, RUN, RELEASE = "file", "run", "release"
+__all__ = ["DEFAULT_TAG", "FILE", "RUN", "RELEASE", "WeightsSource", "resolve_weights"]
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    arg: str  # as the user wrote it
+    kind: str  # FILE | RUN | RELEASE
+    path: Optional[str] = None  # the weights file; None for a run folder without one
+    run: Optional[str] = None  # the run folder it belongs to, when it is a run's
+    release: Optional[Release] = None
+
+    @property
+    def ref(self) -> str:
+        """What loading takes: the weights file, or the release's full name."""
+        return self.release.name if self.release is not None else (self.path or self.arg)
+
+
+def resolve_weights(arg: str, *, run_stems: Sequence[str] = (runs.LAST,),
+                    spec: Optional[ModelSpec] = None,
+                    default_tag: Optional[str] = None) -> Optional[WeightsSource]:
+    """What ``arg`` names (see the module doc); None when it names nothing."""
+    if os.path.isdir(arg):
+        folder = runs.run_folder_of_path(arg)
+        for stem in run_stems:
+            # A run folder, its checkpoints/, or any folder holding the stem's file.
+            for path in (runs.weights_file(folder, stem),
+                         os.path.join(arg, stem + runs.WEIGHTS_EXT)):
+                if os.path.isfile(path):
+                    return WeightsSource(arg, RUN, path, folder)
+        return WeightsSource(arg, RUN, None, folder)
+    if os.path.exists(arg):
+        run = runs.run_folder_of_path(arg) if runs.in_checkpoints_dir(arg) else None
+        return WeightsSource(arg, FILE, arg, run)
+    names = [arg]
+    if spec is not None and "." not in arg:
+        names.append(f"{zoo_model_of(spec.name)}.{arg}")
+    if default_tag is not None:
+        names.append(f"{arg}.{default_tag}")
+    for name in names:
+        if name in RELEASES:
+            return WeightsSource(arg, RELEASE, release=RELEASES[name])
+    return None
