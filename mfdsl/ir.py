@@ -18,6 +18,10 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import Loc
+# The value types and Field (type and constraints) live in mfdsl.fields, shared with the
+# registry's component arguments; re-exported here for the IR's users.
+from .fields import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, SIZE, STR,  # noqa: F401
+                     Field)
 
 # A component argument: a literal, a nested component (e.g. ``act=starrelu``) or a list.
 Value = Union[int, float, bool, str, None, "Call", List[Any]]
@@ -57,67 +61,23 @@ def call(name: str, **args: Value) -> Call:
 
 # --- field metadata ----------------------------------------------------------------------
 
-# Value types a setting may have. A component type names a registry kind.
-INT, FLOAT, BOOL, STR, COUNT, FLOATS, SIZE = "int", "float", "bool", "str", "count", "floats", "size"
-COMPONENT_TYPES = ("mixer", "activation", "norm", "head")
-FLOAT32_MAX = 3.4028234663852886e38
-
-
 @dataclass(frozen=True)
-class Setting:
-    """What one IR field means to the user. Ranges are inclusive unless ``*_exclusive``."""
+class Setting(Field):
+    """What one IR field means to the user: a :class:`~mfdsl.fields.Field` (type, range,
+    choices, none-ability; what the checks and the schema read) plus how it is documented
+    and spelt in the languages and on the command line.
 
-    type: str  # INT, FLOAT, BOOL, STR, COUNT (an int written 2G), FLOATS (a tuple), SIZE,
-    #            or a component kind
-    doc: str
-    min: Optional[float] = None
-    max: Optional[float] = None
-    min_exclusive: bool = False
-    max_exclusive: bool = False
-    choices: Optional[Tuple[str, ...]] = None
-    optional: bool = False  # may be none / null
+    A subclass rather than a ``field`` attribute: a setting *is* a constrained value,
+    and the readers, printers, docs and CLI read ``meta.type`` / ``meta.min`` directly;
+    :func:`mfdsl.checks.values.check_value` takes either.
+    """
+
+    doc: str = ""
     key: Optional[str] = None  # the word in .mf and YAML when it is not the field name
     group: Optional[str] = None  # written under a group word: `mlp ratio 4`, `mlp: {ratio: 4}`
     cli: Optional[str] = None  # the command-line option that overrides it, if any
     cli_off: bool = False  # also a --no-X flag: none if optional, else 0
-    length: Optional[int] = None  # FLOATS: number of items (None: per input channel)
-    item_min: Optional[float] = None  # FLOATS: lower bound of each item
-    item_max: Optional[float] = None
-    item_min_exclusive: bool = False
-    item_max_exclusive: bool = False
-    tensor: bool = False  # the value initialises a float32 tensor: must fit float32
     examples: Tuple[Any, ...] = ()
-
-    @property
-    def is_component(self) -> bool:
-        return self.type in COMPONENT_TYPES
-
-    def range_text(self) -> str:
-        """``> 0 and <= 64``, ``one of a, b``; '' when unbounded."""
-        if self.choices:
-            return "one of " + ", ".join(self.choices)
-        lo = "" if self.min is None else f"{'>' if self.min_exclusive else '>='} {_num(self.min)}"
-        hi = "" if self.max is None else f"{'<' if self.max_exclusive else '<='} {_num(self.max)}"
-        return " and ".join(t for t in (lo, hi) if t)
-
-    def in_range(self, v: Any) -> bool:
-        if self.min is not None and (v <= self.min if self.min_exclusive else v < self.min):
-            return False
-        if self.max is not None and (v >= self.max if self.max_exclusive else v > self.max):
-            return False
-        return True
-
-    def item_in_range(self, v: Any) -> bool:
-        lo, hi = self.item_min, self.item_max
-        if lo is not None and (v <= lo if self.item_min_exclusive else v < lo):
-            return False
-        if hi is not None and (v >= hi if self.item_max_exclusive else v > hi):
-            return False
-        return True
-
-
-def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(v)
 
 
 _META = "mfdsl"

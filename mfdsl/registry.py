@@ -9,10 +9,12 @@ Register a new one from Python and name it in specs::
     def shift_mixer(ctx, shift):
         return MyShiftMixer(ctx.dim, shift)
 
-This module imports nothing of mfdsl: the built-in components register themselves when
-:mod:`mfdsl.layers` is imported (the checks, lowering and schema generator import it),
-and installed plugins (modules under the entry-point group ``mfdsl.components``) are
-imported by :func:`mfdsl.plugins.load_plugins`, which the API and the CLI call on entry.
+This module imports nothing of mfdsl but :mod:`mfdsl.fields`, a leaf module (the value
+types and constraints an argument shares with the IR's settings). The built-in
+components register themselves when :mod:`mfdsl.layers` is imported (the checks, lowering
+and schema generator import it), and installed plugins (modules under the entry-point
+group ``mfdsl.components``) are imported by :func:`mfdsl.plugins.load_plugins`, which
+the API and the CLI call on entry.
 
 Registration order never matters: built-in and user components are kept apart, and a
 name both define is an error (at lookup) unless the user's was registered with
@@ -26,7 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-KINDS = ("mixer", "activation", "norm", "head")
+from .fields import BOOL, COMPONENT_KINDS, FLOAT, INT, STR, Field
+
+KINDS = COMPONENT_KINDS
+# The Python types an argument may declare, and the value type each one is checked as.
+_VALUE_TYPES = {int: INT, float: FLOAT, bool: BOOL, str: STR}
 
 
 @dataclass(frozen=True)
@@ -48,12 +54,24 @@ class Param:
     doc: str = ""
     min_exclusive: bool = False
 
-    def range_text(self) -> str:
-        if self.choices:
-            return "one of " + ", ".join(str(c) for c in self.choices)
-        lo = "" if self.min is None else (f"> {self.min}" if self.min_exclusive else f">= {self.min}")
-        hi = "" if self.max is None else f"<= {self.max}"
-        return " and ".join(t for t in (lo, hi) if t) or "any value"
+    @property
+    def field(self) -> Field:
+        """The argument's type and constraints, checked and described as a setting's are.
+
+        Floats must fit float32 (``tensor``): component floats end up in float32 tensors
+        or kernels, where a larger value would be inf.
+        """
+        if isinstance(self.type, str):
+            t = self.type if self.type in KINDS else None
+        else:
+            t = next((v for k, v in _VALUE_TYPES.items() if self.type is k), None)
+        if t is None:
+            raise RegistryError(
+                f"argument {self.name!r} has type {self.type!r}; expected int, float, bool, "
+                f"str or a component kind ({', '.join(KINDS)})")
+        return Field(t, min=self.min, max=self.max, min_exclusive=self.min_exclusive,
+                     choices=tuple(self.choices) if self.choices else None,
+                     optional=self.default is None, tensor=t == FLOAT)
 
     @property
     def type_name(self) -> str:
@@ -151,6 +169,9 @@ class Registry:
         if bad or not where:
             raise RegistryError(f"positions must be a non-empty subset of {(MAP, POOLED)}, "
                                 f"got {where!r}")
+
+        for p in params:
+            p.field  # noqa: B018 - raises RegistryError for a type the checks cannot read
 
         def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
             builtin = getattr(factory, "__module__", "").startswith("mfdsl.layers")

@@ -12,11 +12,11 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from . import layers  # noqa: F401 - registers the built-in components the schema lists
-from .ir import (BOOL, COUNT, COUNT_PATTERN, FLOAT, FLOATS, INT, SIZE, STR, Call,
-                 DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec, RecipeSpec, Setting,
-                 StageSpec, arg_data, call, call_data, default_downsample, default_stem,
-                 setting_data, settings_of)
-from .registry import KINDS, registry
+from .fields import BOOL, COUNT, FLOAT, FLOATS, INT, SIZE, STR, Field
+from .ir import (COUNT_PATTERN, Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec,
+                 RecipeSpec, Setting, StageSpec, arg_data, call, call_data, default_downsample,
+                 default_stem, setting_data, settings_of)
+from .registry import KINDS, Param, registry
 
 SCHEMA_FILE = "metaformer.schema.json"
 SCHEMA_ID = "urn:mfdsl:schema:metaformer-spec:1"
@@ -43,24 +43,23 @@ def _bounds(out: Dict[str, Any], lo: Any, hi: Any, lo_ex: bool, hi_ex: bool) -> 
         out["exclusiveMaximum" if hi_ex else "maximum"] = hi
 
 
-def value_schema(meta: Setting) -> Dict[str, Any]:
-    """The JSON Schema of one setting's value, from its metadata."""
+def value_schema(meta: Field, none_word: bool = True) -> Dict[str, Any]:
+    """The JSON Schema of one value (a setting's or a component argument's), from its
+    :class:`~mfdsl.fields.Field`. ``none_word``: an optional value may also be written as
+    the word ``none`` (settings), not only as null (component arguments are literal)."""
     t = meta.type
     if meta.is_component:
         s: Dict[str, Any] = {"$ref": f"#/$defs/{t}"}
-    elif t in (INT, FLOAT):
-        s = {"type": "integer" if t == INT else "number"}
-        _bounds(s, meta.min, meta.max, meta.min_exclusive, meta.max_exclusive)
+    elif t in (INT, FLOAT, BOOL, STR):
+        s = {"type": _JSON_TYPE[t]}
+        if t in (INT, FLOAT):
+            _bounds(s, meta.min, meta.max, meta.min_exclusive, meta.max_exclusive)
+        if meta.choices:
+            s["enum"] = list(meta.choices)
     elif t == COUNT:
         one = {"type": "integer"}
         _bounds(one, meta.min, meta.max, meta.min_exclusive, meta.max_exclusive)
         s = {"anyOf": [one, {"type": "string", "pattern": COUNT_PATTERN}]}
-    elif t == BOOL:
-        s = {"type": "boolean"}
-    elif t == STR:
-        s = {"type": "string"}
-        if meta.choices:
-            s["enum"] = list(meta.choices)
     elif t == FLOATS:
         item: Dict[str, Any] = {"type": "number"}
         _bounds(item, meta.item_min, meta.item_max, meta.item_min_exclusive,
@@ -72,14 +71,22 @@ def value_schema(meta: Setting) -> Dict[str, Any]:
         one = {"type": "integer"}
         _bounds(one, meta.min, meta.max, meta.min_exclusive, meta.max_exclusive)
         s = {"anyOf": [one, {"type": "array", "items": one, "minItems": 2, "maxItems": 2}]}
-    else:  # pragma: no cover - every type is listed above
-        raise ValueError(f"no schema for setting type {t!r}")
+    else:  # pragma: no cover - Field refuses any other type
+        raise ValueError(f"no schema for value type {t!r}")
     if meta.optional:
-        if t == STR:
-            s = {"type": ["string", "null"], **{k: v for k, v in s.items() if k != "type"}}
-        else:
+        if "enum" in s:
+            s["enum"].append(None)
+        if t == STR or (not none_word and "type" in s):
+            # The word none is a string anyway; bounds only apply to numbers.
+            s = {"type": [s["type"], "null"], **{k: v for k, v in s.items() if k != "type"}}
+        elif none_word:
             s = {"anyOf": [s, {"type": "null"}, {"const": "none"}]}
+        else:
+            s = {"anyOf": [s, {"type": "null"}]}
     return s
+
+
+_JSON_TYPE = {INT: "integer", FLOAT: "number", BOOL: "boolean", STR: "string"}
 
 
 def setting_schema(name: str, meta: Setting, default: Any) -> Dict[str, Any]:
@@ -110,25 +117,13 @@ def _props(cls: type, base: Any, names: Optional[List[str]] = None) -> Dict[str,
 
 # --- components ----------------------------------------------------------------------------
 
-def _param_schema(p: Any) -> Dict[str, Any]:
-    if isinstance(p.type, str):
-        s: Dict[str, Any] = {"$ref": f"#/$defs/{p.type}"}
-        if p.default is None:
-            s = {"anyOf": [s, {"type": "null"}]}
-    else:
-        t = {int: "integer", float: "number", bool: "boolean", str: "string"}[p.type]
-        s = {"type": [t, "null"] if p.default is None else t}
-        if p.choices:
-            s["enum"] = list(p.choices)
-        if p.min is not None:
-            s["exclusiveMinimum" if p.min_exclusive else "minimum"] = p.min
-        if p.max is not None:
-            s["maximum"] = p.max
+def _param_schema(p: Param) -> Dict[str, Any]:
+    """A component argument's property: its value schema as a setting's, its default."""
     default = call_data(p.default, nested=True) if isinstance(p.default, Call) else p.default
     doc = p.doc or p.name.replace("_", " ")
     shown = json.dumps(default) if not isinstance(default, str) else default
-    return _prop(p.name, f"{doc} ({p.type_name}; default {_flow(default) or shown})", s,
-                 default)
+    return _prop(p.name, f"{doc} ({p.type_name}; default {_flow(default) or shown})",
+                 value_schema(p.field, none_word=False), default)
 
 
 def _flow(v: Any) -> str:

@@ -68,7 +68,13 @@ def test_wrong_type_and_range():
     spec.stages[0].mixers = [located_call("pooling", 10, pool_size=0)]
     with pytest.raises(SpecError) as e:
         check(spec)
-    assert "out of range" in e.value.message and ">= 1" in e.value.hint
+    # The settings' wording (one checker): below the minimum says the bound.
+    assert "pool_size' of mixer 'pooling' must be >= 1, got 0" in e.value.message
+    assert ">= 1" in e.value.hint
+    spec.stages[0].mixers = [located_call("pooling", 10, pool_size=32)]
+    with pytest.raises(SpecError) as e:
+        check(spec)
+    assert "is out of range: 32" in e.value.message and "<= 31" in e.value.hint
 
 
 def test_depth_below_one():

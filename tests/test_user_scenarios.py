@@ -85,9 +85,10 @@ def test_duplicated_conv_argument(tmp_path):
     ("stage pooling x1 @-8", ("width must be >= 1",)),
     ("stage pooling x0 @8", ("depth must be >= 1",)),
     ("stage pooling x1 @8 mlp ratio 0", ("mlp_ratio",)),
-    ("stage pooling(pool_size=0) x1 @8", ("out of range",)),
+    ("stage pooling(pool_size=0) x1 @8",
+     ("argument 'pool_size' of mixer 'pooling' must be >= 1, got 0",)),
     ("stage sepconv(kernel=4) x1 @8", ("must be odd",)),
-    ("stage pooling x1 @8 norm layernorm(eps=-1)", ("out of range",)),
+    ("stage pooling x1 @8 norm layernorm(eps=-1)", ("must be > 0, got -1", "allowed: > 0")),
 ])
 def test_negative_and_zero_values(tmp_path, setting, words):
     r = run("validate", mf(tmp_path, setting))

@@ -1,22 +1,24 @@
 """Semantic checks on the IR, run before any real tensor is allocated.
 
 Each problem raises :class:`SpecError` at the location of the offending field, with a
-hint where one helps (nearest valid name, allowed range).
+hint where one helps (nearest valid name, allowed range). A single value (a setting or a
+component argument) is checked against its field by :func:`.values.check_value`.
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Dict, Optional, Tuple
 
-from . import layers  # noqa: F401 - registers the built-in components the checks look up
-from .data.augment import AugmentError, parse_augment
-from .errors import Loc, SpecError, nearest
-from .ir import (BOOL, COUNT, FLOAT, FLOAT32_MAX, FLOATS, INT, MAX_SIDE, SIZE, STR, Call,
-                 DownsampleSpec, ModelSpec, RecipeSpec, Setting, StageSpec, settings_of)
-from .layers.block import mlp_hidden
-from .registry import POOLED, BuildContext, Param, RegistryError, registry
-
+from .. import layers  # noqa: F401 - registers the built-in components the checks look up
+from ..data.augment import AugmentError, parse_augment
+from ..errors import Loc, SpecError, nearest
+from ..ir import (MAX_SIDE, Call, DownsampleSpec, ModelSpec, RecipeSpec, Setting, StageSpec,
+                  settings_of)
+from ..layers.block import mlp_hidden
+from ..registry import POOLED, BuildContext, Param, RegistryError, registry
+from .values import check_value, expected_text
+from .values import is_int as _is_int
+from .values import show as _show
 
 
 def check(spec: ModelSpec) -> ModelSpec:
@@ -68,16 +70,6 @@ def _check(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-# --- helpers --------------------------------------------------------------------------
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 # --- the settings' own types and ranges, from the IR's field metadata ----------------------
 
 def check_settings(node: Any, labels: Optional[Dict[str, str]] = None,
@@ -93,97 +85,8 @@ def check_settings(node: Any, labels: Optional[Dict[str, str]] = None,
 
 
 def check_setting(node: Any, name: str, meta: Setting, v: Any, label: str) -> None:
-    loc = node.loc(name)
-    if v is None:
-        if meta.optional:
-            return
-        raise SpecError(f"{label} cannot be none", loc, hint=_allowed(meta))
-    t = meta.type
-    if t in (INT, COUNT):
-        if not _is_int(v):
-            raise SpecError(f"{label} must be an integer, got {_show(v)}", loc,
-                            hint=_allowed(meta))
-        _in_range(meta, v, label, loc)
-    elif t == FLOAT:
-        if not _is_number(v):
-            raise SpecError(f"{label} must be a number{' or none' if meta.optional else ''}, "
-                            f"got {_show(v)}", loc, hint=_allowed(meta))
-        _finite(meta, v, label, loc)
-        _in_range(meta, v, label, loc)
-    elif t == BOOL:
-        if not isinstance(v, bool):
-            raise SpecError(f"{label} must be true or false, got {_show(v)}", loc)
-    elif t == STR:
-        if not isinstance(v, str):
-            raise SpecError(f"{label} must be a string, got {_show(v)}", loc)
-        if meta.choices and v not in meta.choices:
-            guess = nearest(v, meta.choices)
-            raise SpecError(f"unknown {label} {_show(v)}", loc,
-                            hint=f"did you mean '{guess}'?" if guess else
-                            f"one of {', '.join(meta.choices)}")
-    elif t in (FLOATS, SIZE):
-        item = "integer" if t == SIZE else "number"
-        n = meta.length if t == FLOATS else 2
-        if not isinstance(v, (tuple, list)) or (n is not None and len(v) != n) or not v:
-            count = f"{n} {item}s" if n else f"{item}s"
-            raise SpecError(f"{label} must be {count}, got {_show(v)}", loc)
-        for x in v:
-            if not (_is_int(x) if t == SIZE else _is_number(x)):
-                raise SpecError(f"each value of {label} must be {_article(item)}, got "
-                                f"{_show(x)}", loc)
-            if t == SIZE:
-                _in_range(meta, x, f"{label} side", loc)
-                continue
-            _finite(meta, x, f"each value of {label}", loc)
-            if not meta.item_in_range(x):
-                lo = Setting(FLOAT, "", min=meta.item_min, max=meta.item_max,
-                             min_exclusive=meta.item_min_exclusive,
-                             max_exclusive=meta.item_max_exclusive)
-                raise SpecError(f"{label} value {_show(x)} is out of range", loc,
-                                hint=f"allowed: {lo.range_text()}")
-
-
-def _allowed(meta: Setting) -> Optional[str]:
-    text = meta.range_text()
-    return f"allowed: {text}" if text else None
-
-
-def _finite(meta: Setting, v: Any, label: str, loc: Optional[Loc]) -> None:
-    if not math.isfinite(v):
-        raise SpecError(f"{label} must be finite, got {v}", loc)
-    if meta.tensor and abs(v) > FLOAT32_MAX:
-        # It becomes a float32 tensor (a parameter's initial value, a normalisation
-        # constant): beyond float32 it would be inf there and NaN after one step.
-        raise SpecError(f"{label} is too large for float32: {_show(v)}", loc,
-                        hint="float32 holds magnitudes up to 3.4e38")
-
-
-def _in_range(meta: Setting, v: Any, label: str, loc: Optional[Loc]) -> None:
-    if meta.in_range(v):
-        return
-    low = meta.min is not None and (v <= meta.min if meta.min_exclusive else v < meta.min)
-    if low:
-        op = ">" if meta.min_exclusive else ">="
-        a = "a count " if meta.type == COUNT else ""
-        raise SpecError(f"{label} must be {a}{op} {_num(meta.min)}, got {_show(v)}", loc,
-                        hint=_allowed(meta))
-    raise SpecError(f"{label} is out of range: {_show(v)}", loc, hint=_allowed(meta))
-
-
-def _num(v: Any) -> str:
-    return str(int(v)) if float(v).is_integer() else repr(v)
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, Call):
-        return f"'{v.name}(...)'" if v.args else f"'{v.name}'"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f"'{v}'"
-    if v is None:
-        return "none"
-    return repr(v)
+    """Check one setting's value ``v``, reported at ``node``'s location for ``name``."""
+    check_value(meta, v, label, node.loc(name))
 
 
 def _check_resolutions(spec: ModelSpec) -> list:
@@ -310,42 +213,14 @@ def check_call(kind: str, c: Any, ctx: BuildContext) -> Dict[str, Any]:
 def _check_value(kind: str, c: Call, p: Param, v: Any, ctx: BuildContext) -> Any:
     loc = c.locs.get(p.name) or c.loc("")
     what = f"argument '{p.name}' of {kind} '{c.name}'"
-    if v is None:
-        if p.default is None:
-            return None
-        raise SpecError(f"{what} cannot be none", loc, hint=f"expected a {p.type_name}")
-    if isinstance(p.type, str):  # a nested component
+    field = p.field
+    if field.is_component and v is not None:  # a nested component: needs the context
         if not isinstance(v, (str, Call)):
-            raise SpecError(f"{what} must be a {p.type} name, got {_show(v)}", loc)
-        check_call(p.type, v if isinstance(v, Call) else _named(v, loc), ctx)
+            raise SpecError(f"{what} must be {expected_text(field.type)} name, got {_show(v)}",
+                            loc)
+        check_call(field.type, v if isinstance(v, Call) else _named(v, loc), ctx)
         return v
-    ok = {
-        int: _is_int(v),
-        float: _is_number(v),
-        bool: isinstance(v, bool),
-        str: isinstance(v, str),
-    }.get(p.type, True)
-    if not ok:
-        raise SpecError(f"{what} must be {_article(p.type_name)}, got {_show(v)}", loc,
-                        hint=f"allowed: {p.range_text()}")
-    if p.type is float:
-        v = float(v)
-        if not math.isfinite(v):
-            raise SpecError(f"{what} must be finite, got {v}", loc)
-        if abs(v) > FLOAT32_MAX:
-            # Component floats end up in float32 tensors or kernels: inf there, NaN later.
-            raise SpecError(f"{what} is too large for float32: {_show(v)}", loc,
-                            hint="float32 holds magnitudes up to 3.4e38")
-    if p.choices and v not in p.choices:
-        guess = nearest(str(v), [str(x) for x in p.choices]) if isinstance(v, str) else None
-        raise SpecError(f"{what} must be one of {', '.join(map(str, p.choices))}, got {_show(v)}",
-                        loc, hint=f"did you mean '{guess}'?" if guess else None)
-    if _is_number(v):
-        low_bad = p.min is not None and (v <= p.min if p.min_exclusive else v < p.min)
-        high_bad = p.max is not None and v > p.max
-        if low_bad or high_bad:
-            raise SpecError(f"{what} is out of range: {v}", loc, hint=f"allowed: {p.range_text()}")
-    return v
+    return check_value(field, v, what, loc)
 
 
 def _named(name: str, loc: Optional[Loc]) -> Call:
@@ -353,11 +228,6 @@ def _named(name: str, loc: Optional[Loc]) -> Call:
     if loc is not None:
         c.locs[""] = loc
     return c
-
-
-def _article(t: str) -> str:
-    return {"int": "an integer", "float": "a number", "bool": "true or false",
-            "str": "a string"}.get(t, f"a {t}")
 
 
 def _check_eval(spec: ModelSpec) -> None:
