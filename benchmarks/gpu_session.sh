@@ -40,7 +40,7 @@ for p in "$@"; do
 print(sys.version); print(\"torch\", torch.__version__, \"timm\", timm.__version__, \
 torch.cuda.get_device_name(0)); import mfdsl; print(\"mfdsl from\", mfdsl.__file__)"' ;;
     tests) part tests "${LIMIT:-420}" python3 -m pytest -q -p no:cacheprovider "${XDIST[@]}" -k cuda \
-             tests/test_variants.py tests/test_imagefolder.py tests/test_gpu_defaults.py \
+             tests/test_layers_variants.py tests/test_data_folder.py tests/test_target_gpu_defaults.py \
              tests/test_runner_compiled.py ;;
     suite) part suite "${LIMIT:-540}" python3 -m pytest -q -p no:cacheprovider "${XDIST[@]}" -x ;;
     variants) part variants "${LIMIT:-240}" python3 benchmarks/bench_variants.py \

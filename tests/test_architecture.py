@@ -299,3 +299,16 @@ def test_schema_and_checks_agree_on_every_range(cls, name, meta, default):
         except SpecError:
             check_ok = False
         assert schema_ok == check_ok == inside, (name, v, schema_ok, check_ok, inside)
+
+
+def test_test_files_mirror_the_packages():
+    """tests/test_<home>[_<what>].py: <home> is a package or top-level module of mfdsl, so
+    a change to one finds its tests by name."""
+    pkg = Path(__file__).resolve().parents[1] / "mfdsl"
+    homes = {p.stem for p in pkg.glob("*.py")}
+    homes |= {p.name for p in pkg.iterdir() if (p / "__init__.py").is_file()}
+    homes |= {"architecture", "packaging", "zoo"}  # the import graph, the wheel, specs/
+    tests = sorted(Path(__file__).parent.glob("test_*.py"))
+    astray = [t.name for t in tests
+              if not any(t.stem[5:] == h or t.stem[5:].startswith(h + "_") for h in homes)]
+    assert len(tests) > 40 and not astray, astray

@@ -6,7 +6,7 @@ buffer or submodule of its own), so switching between them is a class swap: the 
 dict, the optimizer state and every hook stay exactly as they were. Which variants a
 target runs is decided in one place, :data:`VARIANTS_FOR` below, from measurements
 (``benchmarks/bench_variants.py``); every variant is tested against its reference in
-``tests/test_variants.py`` (forward and gradients, float64, on every device present,
+``tests/test_layers_variants.py`` (forward and gradients, float64, on every device present,
 against the reference on the CPU).
 """
 from __future__ import annotations
