@@ -123,13 +123,18 @@ def solid_images(folder: Path, n: int, colour: int) -> None:
         Image.new("RGB", (20, 20), (colour, 40 * i % 256, 0)).save(folder / f"{i}.png")
 
 
-def two_class_folder(root: Path, n: int) -> Path:
-    """train/ and val/ of two solid-colour classes, ``a`` (dark) and ``b`` (bright), with
+def solid_folder(root: Path, n: int, colours: Dict[str, int]) -> Path:
+    """train/ and val/ with one folder per class ``name -> red level`` (solid images),
     ``n`` images each."""
     for split in ("train", "val"):
-        solid_images(root / split / "a", n, 30)
-        solid_images(root / split / "b", n, 220)
+        for name, colour in colours.items():
+            solid_images(root / split / name, n, colour)
     return root
+
+
+def two_class_folder(root: Path, n: int) -> Path:
+    """train/ and val/ of two solid-colour classes, ``a`` (dark) and ``b`` (bright)."""
+    return solid_folder(root, n, {"a": 30, "b": 220})
 
 
 def tiny_mf(mixer: str = "pooling", epochs: int = 1) -> str:

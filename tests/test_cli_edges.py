@@ -79,13 +79,11 @@ def test_an_unwritable_cache_is_one_clear_error(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_export_and_compile_take_a_run_folder(tmp_path):
-    from conftest import solid_images, tiny_mf
+    from conftest import solid_folder, tiny_mf
 
     spec = tmp_path / "tiny.mf"
     spec.write_text(tiny_mf(epochs=3))
-    for split in ("train", "val"):
-        for c, col in (("a", 30), ("b", 130), ("c", 230)):
-            solid_images(tmp_path / "data" / split / c, 4, col)
+    solid_folder(tmp_path / "data", 4, {"a": 30, "b": 130, "c": 230})
     out = tmp_path / "run"
     code, text = run("train", spec, "--data", tmp_path / "data", "-o", out, "--max-steps", "1",
                      "--workers", "0", "--no-tensorboard")

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mfdsl import fsio
-from conftest import run, solid_images as _images, tiny_mf
+from conftest import run, solid_folder, solid_images as _images, tiny_mf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,23 +45,13 @@ def _tree(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for split in ("train", "val"):
-        _images(root / split / "a", 4, 30)
-        _images(root / split / "b", 4, 130)
-        _images(root / split / "c", 4, 230)
-    return root
+    return solid_folder(tmp_path_factory.mktemp("data"), 4, {"a": 30, "b": 130, "c": 230})
 
 
 @pytest.fixture(scope="module")
 def other_data(data) -> Path:
     """Other class folders (a, b, d) beside ``data``."""
-    other = data.parent / "other"
-    for split in ("train", "val"):
-        _images(other / split / "a", 4, 30)
-        _images(other / split / "b", 4, 130)
-        _images(other / split / "d", 4, 230)
-    return other
+    return solid_folder(data.parent / "other", 4, {"a": 30, "b": 130, "d": 230})
 
 
 @pytest.fixture(scope="module")
@@ -215,11 +205,7 @@ def test_bare_checkpoint_needs_spec_and_matching_class_count(data, specs, tmp_pa
 def test_resume_refuses_other_classes(data, specs, tmp_path):
     out = tmp_path / "run"
     assert run("train", specs / "pool.mf", *FAST, "--data", data, "-o", out)[0] == 0
-    other = tmp_path / "other"
-    for split in ("train", "val"):
-        _images(other / split / "a", 4, 30)
-        _images(other / split / "b", 4, 130)
-        _images(other / split / "d", 4, 230)
+    other = solid_folder(tmp_path / "other", 4, {"a": 30, "b": 130, "d": 230})
     before = _tree(out)
     code, text = run("train", specs / "pool.mf", *FAST, "--max-steps", "4", "--data", other,
                      "-o", out, "--resume", "auto")

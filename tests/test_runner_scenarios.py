@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run, solid_images as _images
+from conftest import run, solid_images as _images, two_class_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "specs" / "demo_tiny.mf")
@@ -27,11 +27,7 @@ FAST = ["--max-steps", "3", "--epochs", "1", "--warmup-epochs", "0", "--workers"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for split in ("train", "val"):
-        _images(root / split / "a", 8, 30)
-        _images(root / split / "b", 8, 220)
-    return root
+    return two_class_folder(tmp_path_factory.mktemp("data"), 8)
 
 
 @pytest.fixture(scope="module")
