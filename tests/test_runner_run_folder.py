@@ -286,43 +286,6 @@ def test_convert_never_overwrites_its_input(specs, tmp_path):
     assert src.read_bytes() == before
 
 
-def test_failed_export_keeps_the_previous_file(tmp_path, monkeypatch):
-    import torch.nn as nn
-
-    import mfdsl.target.export as ex
-
-    class Drift(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 2)
-            self.offset = 0.0
-
-        def forward(self, x):
-            return self.fc(x) + self.offset
-
-    good = tmp_path / "m.pt2"
-    good.write_bytes(b"the previous good export")
-    good.chmod(0o600)
-    model = Drift()
-    real = ex._export_pt2
-
-    def export_then_drift(m, example, path, dynamic):
-        run_, name = real(m, example, path, dynamic)
-        model.offset = 0.5
-        return run_, name
-
-    monkeypatch.setattr(ex, "_export_pt2", export_then_drift)
-    res = ex.export_model(model, str(good), "pt2", input_shape=(4,))
-    assert not res.ok and not res.written
-    assert good.read_bytes() == b"the previous good export"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]  # no temporary left
-    monkeypatch.setattr(ex, "_export_pt2", real)
-    model.offset = 0.0
-    res = ex.export_model(model, str(good), "pt2", input_shape=(4,))
-    assert res.ok and good.read_bytes() != b"the previous good export"
-    assert stat.S_IMODE(good.stat().st_mode) == 0o600
-
-
 @pytest.mark.slow
 def test_export_and_draw_refuse_to_overwrite_the_spec(specs, tmp_path):
     spec = tmp_path / "s.mf"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import stat
 
 import pytest
 import torch
@@ -76,21 +77,47 @@ class _Drifting(nn.Module):
         return self.fc(x) + self.offset
 
 
-def test_check_detects_a_mismatch(tmp_path, monkeypatch):
+def _drift_after_export(monkeypatch, model: _Drifting):
+    """Make ``model`` change right after it is exported, so the check must fail; returns
+    the real exporter, to put back."""
     import mfdsl.target.export as ex
 
-    model = _Drifting()
     real = ex._export_pt2
 
     def export_then_drift(m, example, path, dynamic):
-        run, name = real(m, example, path, dynamic)
+        out = real(m, example, path, dynamic)
         model.offset = 0.5
-        return run, name
+        return out
 
     monkeypatch.setattr(ex, "_export_pt2", export_then_drift)
+    return real
+
+
+def test_check_detects_a_mismatch(tmp_path, monkeypatch):
+    model = _Drifting()
+    _drift_after_export(monkeypatch, model)
     res = export_model(model, str(tmp_path / "d.pt2"), "pt2", input_shape=(4,))
     assert not res.ok
     assert res.max_abs_diff == pytest.approx(0.5, abs=1e-6)
+
+
+def test_failed_export_keeps_the_previous_file(tmp_path, monkeypatch):
+    import mfdsl.target.export as ex
+
+    good = tmp_path / "m.pt2"
+    good.write_bytes(b"the previous good export")
+    good.chmod(0o600)
+    model = _Drifting()
+    real = _drift_after_export(monkeypatch, model)
+    res = export_model(model, str(good), "pt2", input_shape=(4,))
+    assert not res.ok and not res.written
+    assert good.read_bytes() == b"the previous good export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]  # no temporary left
+    monkeypatch.setattr(ex, "_export_pt2", real)
+    model.offset = 0.0
+    res = export_model(model, str(good), "pt2", input_shape=(4,))
+    assert res.ok and good.read_bytes() != b"the previous good export"
+    assert stat.S_IMODE(good.stat().st_mode) == 0o600
 
 
 def test_bad_format_and_directory(small_model, tmp_path):
