@@ -93,3 +93,28 @@ def test_the_loop_closes_its_hooks_when_a_step_fails(tmp_path, recorded, monkeyp
                      "--no-tensorboard", "--batch-size", "4", "--no-progress")
     assert code == 2 and "a step failed" in text
     assert rec.events[-1] == ("close",)
+
+
+def test_the_bar_of_a_run_cut_short_ends_where_the_run_does(monkeypatch):
+    from types import SimpleNamespace
+
+    import tqdm
+
+    made = {}
+
+    class Bar:
+        def __init__(self, total, initial, **kw):
+            made.update(total=total, initial=initial)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    t = SimpleNamespace(opts=SimpleNamespace(progress=True), env=SimpleNamespace(is_main=True),
+                        steps_per_epoch=46, total_epochs=1, total_steps=4,
+                        plan=SimpleNamespace(accum=1), state=SimpleNamespace(micro=0, step=0))
+    H.Progress(t).epoch_start(0)
+    assert made == {"total": 4, "initial": 0}  # --max-steps 4 inside a 46-step epoch
+    t.total_steps, t.state = 100, SimpleNamespace(micro=10, step=56)  # resumed mid-epoch
+    H.Progress(t).epoch_start(1)
+    assert made == {"total": 46, "initial": 10}

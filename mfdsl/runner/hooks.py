@@ -98,9 +98,11 @@ class Progress(Hook):
         from tqdm import tqdm
 
         t = self.t
-        self.bar = tqdm(total=t.steps_per_epoch, initial=t.state.micro // t.plan.accum,
-                        desc=f"epoch {epoch + 1}/{t.total_epochs}", unit="step",
-                        dynamic_ncols=True, file=sys.stderr)
+        done = t.state.micro // t.plan.accum
+        # A run cut short (--max-steps) ends inside this epoch: the bar ends where it does.
+        total = min(t.steps_per_epoch, done + t.total_steps - t.state.step)
+        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{t.total_epochs}",
+                        unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def step_end(self, at: StepEnd) -> None:
         if self.bar is not None:
