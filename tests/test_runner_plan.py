@@ -141,7 +141,7 @@ def test_finetune_from_starts_from_the_named_run_or_refuses(data, tmp_path) -> N
     assert plan["init_from"]["kind"] == "finetune_from"
     code, text = run("train", DEMO, "--data", data, *FAST, "--finetune-from",
                      tmp_path / "nothing", "-o", tmp_path / "third")
-    assert code == 2 and "finetune_from" in text and "not a checkpoint file" in text
+    assert code == 2 and "finetune_from" in text and "not a known release name" in text
     assert not (tmp_path / "third" / "checkpoints").exists()
     code, text = run("train", DEMO, "--data", data, *FAST, "--finetune-from",
                      tmp_path / "nothing", "--from-scratch", "-o", tmp_path / "fourth")

@@ -221,7 +221,7 @@ def test_mapping_rules() -> None:
 
 def test_bad_sources_are_clear_errors(tmp_path: Path) -> None:
     demo = spec_file(tmp_path, "demo", DEMO)
-    with pytest.raises(InheritError, match="neither a file, a run folder nor a known release"):
+    with pytest.raises(InheritError, match="no such file or folder, and not a known release name"):
         inherit(fresh(demo), [str(tmp_path / "nope")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(InheritError, match="without checkpoints/last.safetensors"):

@@ -2,6 +2,8 @@
 and every option that takes weights reads a name through it."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mfdsl import runs
@@ -66,14 +68,22 @@ def test_every_option_reads_a_run_folder_the_same_way(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert resolve_weights(str(empty)).path is None
-    with pytest.raises(RunError, match="a folder without checkpoints"):
+    last = "a folder without checkpoints/last.safetensors (a run folder is expected)"
+    with pytest.raises(RunError, match=re.escape(f"--checkpoint {empty}: {last}")):
         resolve_checkpoint_path(str(empty))
-    with pytest.raises(RunError, match="no checkpoints/best or last"):
-        finetune_source(str(empty))
-    with pytest.raises(InheritError, match="a folder without checkpoints/last"):
+    with pytest.raises(InheritError, match=re.escape(f"--inherit {empty}: {last}")):
         open_source(str(empty), {})
-    with pytest.raises(InheritError, match="neither a file, a run folder nor a known release"):
-        open_source(str(tmp_path / "nothing"), {})
+    with pytest.raises(RunError, match=re.escape(
+            f"finetune_from {empty}: a folder without checkpoints/best.safetensors or "
+            "checkpoints/last.safetensors")):
+        finetune_source(str(empty))
+    # A name that is nothing: the same words from every option that takes releases.
+    nothing = str(tmp_path / "nothing")
+    unknown = "no such file or folder, and not a known release name"
+    with pytest.raises(InheritError, match=re.escape(f"--inherit {nothing}: {unknown}")):
+        open_source(nothing, {})
+    with pytest.raises(RunError, match=re.escape(f"finetune_from {nothing}: {unknown}")):
+        finetune_source(nothing)
 
 
 def test_init_from_a_run_folder_loads_its_last_weights(tmp_path):
@@ -100,3 +110,24 @@ def test_init_from_a_run_folder_loads_its_last_weights(tmp_path):
     empty.mkdir()
     with pytest.raises(CheckpointError, match="a folder without checkpoints"):
         load_weights(fresh, str(empty), spec)
+
+
+@pytest.mark.slow
+def test_init_from_another_models_run_says_the_option_and_what_it_loaded(tmp_path):
+    from conftest import SPECS, run, two_class_folder
+
+    data = two_class_folder(tmp_path / "data", 4)
+    fast = ["--workers", "0", "--no-tensorboard", "--batch-size", "4", "--max-steps", "1",
+            "--epochs", "1", "--warmup-epochs", "0", "--no-progress"]
+    code, text = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", tmp_path / "a",
+                     *fast)
+    assert code == 0, text
+    code, text = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", tmp_path / "b",
+                     "--init-from", tmp_path / "a", *fast)
+    assert code == 0, text
+    assert f"starting weights: {tmp_path / 'a' / 'checkpoints' / 'last.safetensors'}" in text
+    code, text = run("train", SPECS / "hybrid_tiny_attn.mf", "--data", data,
+                     "-o", tmp_path / "c", "--init-from", tmp_path / "a", *fast)
+    assert code == 2, text
+    assert "error: checkpoint " in text and "checkpoint: checkpoint" not in text
+    assert "--inherit takes the parts" in text and "strict=False" not in text

@@ -53,9 +53,14 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read, is refused, or does not fit the model."""
 
     label = "checkpoint"  # what the message names first: "error: checkpoint: ..."
+    # The account of a checkpoint that does not fit, so a command can word its own advice.
+    report: Optional["LoadReport"] = None
 
     def render(self) -> str:
-        return f"error: {self.label}: {self}"
+        text = str(self)
+        if text.startswith(self.label + " "):  # "checkpoint X ...": named once
+            return f"error: {text}"
+        return f"error: {self.label}: {text}"
 
 
 @dataclass
@@ -406,7 +411,9 @@ def load_checkpoint(
         if fmt == "unknown":
             text += ("\n  note: no key looks like a MetaFormer checkpoint (official, timm or "
                      "mfdsl layout)")
-        raise CheckpointError(text + "\n  (load with strict=False to load the keys that fit)")
+        err = CheckpointError(text + "\n  (load with strict=False to load the keys that fit)")
+        err.report = report
+        raise err
     try:
         model.load_state_dict(good, strict=False)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied

@@ -99,15 +99,14 @@ def resolve_checkpoint_path(path: str) -> str:
     """A run folder or checkpoints folder means its ``last`` weights; files pass through."""
     import os
 
-    from ..weights.sources import resolve_weights
+    from ..weights.sources import refusal, resolve_weights
     from .errors import RunError
 
     if not os.path.isdir(path):
-        return path
+        return path  # a file, or nothing: the reader says which
     found = resolve_weights(path)
     if found is None or found.path is None:
-        raise RunError(f"--checkpoint {path}: a folder without checkpoints (expected a run "
-                       "folder with checkpoints/last.safetensors, or a weights file)")
+        raise RunError(refusal("--checkpoint", path, found, releases=False))
     return found.path
 
 

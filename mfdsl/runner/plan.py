@@ -64,15 +64,13 @@ def resolve_precision(recipe: RecipeSpec, opts: TrainOptions, device_type: str) 
 def finetune_source(name: str) -> str:
     """What ``finetune_from NAME`` starts from: an existing checkpoint file, a run folder's
     best (else last) checkpoint, a release name, or a zoo model's ImageNet-1K release."""
-    from ..weights.sources import DEFAULT_TAG, RUN, resolve_weights
+    from ..weights.sources import DEFAULT_TAG, refusal, resolve_weights
 
-    found = resolve_weights(name, run_stems=(runs.BEST, runs.LAST), default_tag=DEFAULT_TAG)
-    if found is not None and found.kind == RUN and found.path is None:
-        raise RunError(f"finetune_from {name}: the run folder has no checkpoints/best or "
-                       "last checkpoint")
-    if found is None:
-        raise RunError(f"finetune_from {name}: not a checkpoint file, run folder or release "
-                       f"name (e.g. caformer_s18, caformer_s18.{DEFAULT_TAG})")
+    stems = (runs.BEST, runs.LAST)
+    found = resolve_weights(name, run_stems=stems, default_tag=DEFAULT_TAG)
+    if found is None or found.path is None and found.release is None:
+        raise RunError(refusal("finetune_from", name, found, stems)
+                       + f"; a zoo model's name means its {DEFAULT_TAG} release")
     return found.ref
 
 

@@ -77,20 +77,14 @@ class Trainer:
         if opts.init_from and opts.inherit:
             raise RunError("--init-from and --inherit both set the starting weights; give one")
         if opts.init_from:
-            from ..weights import load_weights
-
-            # A file, or a release name fetched through the hub cache; CheckpointError goes
-            # to the CLI.
-            load_weights(self.model, opts.init_from, spec)
+            self._start_from(opts.init_from, "--init-from")
         elif (self.recipe.finetune_from and not opts.inherit and plan.resume_stem is None
               and not opts.from_scratch):
-            from ..weights import load_weights
-
             # A fine-tune recipe starts from what it names, never silently from random init.
             source = finetune_source(self.recipe.finetune_from)
             self.log(f"fine-tuning from {source} (the recipe's finetune_from "
                      f"{self.recipe.finetune_from}; --from-scratch for random init)")
-            load_weights(self.model, source, spec)
+            self._start_from(source, "finetune_from")
         self.inheritance = None
         if opts.inherit:
             from ..weights import inherit
@@ -158,6 +152,28 @@ class Trainer:
                       TrainMetrics(self, self.progress), Checkpoints(self), TestKill(self)]
 
     # ------------------------------------------------------------------ setup
+    def _start_from(self, source: str, option: str) -> None:
+        """Load the starting weights ``source`` names (a file, a run folder, a release)."""
+        from ..ckptformats.weights import CheckpointError
+        from ..weights import load_weights
+        from ..weights.sources import refusal, resolve_weights
+
+        found = resolve_weights(source, spec=self.spec)
+        if found is None or found.path is None and found.release is None:
+            raise RunError(refusal(option, source, found))
+        try:
+            report = load_weights(self.model, found.ref, self.spec)
+        except CheckpointError as exc:
+            if exc.report is None:
+                raise
+            # The library's advice (strict=False) is for Python callers; say the option.
+            raise CheckpointError(
+                exc.report.summary("does not fit the model; nothing was loaded")
+                + f"\n  ({option} needs weights of this architecture; --inherit takes the "
+                "parts of another model that fit)") from None
+        self.log(f"starting weights: {report.source} ({len(report.loaded)} tensors, "
+                 f"{report.format} layout)")
+
     def _setup_data_roots(self) -> None:
         opts = self.opts
         self.embedded = opts.data is None

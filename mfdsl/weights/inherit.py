@@ -32,7 +32,7 @@ from ..ckptformats.weights import (CheckpointError, convert_state_dict, detect_f
 from .. import runs
 from ..fingerprint import call_text
 from ..ir import DownsampleSpec, ModelSpec, default_downsample
-from .sources import RUN, resolve_weights
+from .sources import RUN, refusal, resolve_weights
 
 DEPTH_MODES = ("first", "repeat")
 
@@ -101,29 +101,26 @@ def open_source(arg: str, target: Mapping[str, torch.Tensor]) -> Source:
         load_release(model, release)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return Source(arg, "release", path, state, spec, release.name)
-    if found is not None and found.kind == RUN:
-        if found.path is None:
-            raise InheritError(f"--inherit {arg}: a folder without checkpoints/last.safetensors"
-                               " (a run folder is expected)")
+    if found is None or found.path is None and found.release is None:
+        raise InheritError(refusal("--inherit", arg, found))
+    if found.kind == RUN:
         spec_file = runs.spec_file(found.run)
         if spec_file is None:
             raise InheritError(f"--inherit {arg}: the run folder has no spec.mf")
         spec = load_spec(spec_file)
         return Source(arg, "run", found.path, _loaded(spec, found.path, arg), spec)
-    if found is not None:  # a file: a run's checkpoint brings its spec
-        spec_file = runs.spec_file(found.run) if found.run is not None else None
-        if spec_file is not None:
-            spec = load_spec(spec_file)
-            return Source(arg, "checkpoint", arg, _loaded(spec, arg, arg), spec)
-        sd, _, _ = read_state_dict(arg)
-        fmt = detect_format(sd)
-        if fmt in ("unknown", "poolformer_v1"):
-            raise InheritError(f"--inherit {arg}: no key looks like a MetaFormer checkpoint "
-                               "(official, timm or mfdsl layout)")
-        state, _ = convert_state_dict(sd, target, fmt)
-        return Source(arg, "checkpoint", arg, state, None)
-    raise InheritError(f"--inherit {arg}: neither a file, a run folder nor a known release "
-                       "name (`mfdsl weights list` shows the releases)")
+    # A file: a run's checkpoint brings its spec.
+    spec_file = runs.spec_file(found.run) if found.run is not None else None
+    if spec_file is not None:
+        spec = load_spec(spec_file)
+        return Source(arg, "checkpoint", arg, _loaded(spec, arg, arg), spec)
+    sd, _, _ = read_state_dict(arg)
+    fmt = detect_format(sd)
+    if fmt in ("unknown", "poolformer_v1"):
+        raise InheritError(f"--inherit {arg}: no key looks like a MetaFormer checkpoint "
+                           "(official, timm or mfdsl layout)")
+    state, _ = convert_state_dict(sd, target, fmt)
+    return Source(arg, "checkpoint", arg, state, None)
 
 
 # --- the plan: which source gives which part ------------------------------------------

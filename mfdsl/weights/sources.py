@@ -22,7 +22,8 @@ from ..ir import ModelSpec
 from .releases import DEFAULT_TAG, RELEASES, Release, zoo_model_of
 
 FILE, RUN, RELEASE = "file", "run", "release"
-__all__ = ["DEFAULT_TAG", "FILE", "RUN", "RELEASE", "WeightsSource", "resolve_weights"]
+__all__ = ["DEFAULT_TAG", "FILE", "RUN", "RELEASE", "WeightsSource", "refusal",
+           "resolve_weights"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,17 @@ def resolve_weights(arg: str, *, run_stems: Sequence[str] = (runs.LAST,),
         if name in RELEASES:
             return WeightsSource(arg, RELEASE, release=RELEASES[name])
     return None
+
+
+def refusal(option: str, arg: str, found: Optional[WeightsSource],
+            run_stems: Sequence[str] = (runs.LAST,), releases: bool = True) -> str:
+    """What ``option ARG`` says when ``arg`` names no weights (``found``: what
+    :func:`resolve_weights` returned for it)."""
+    if found is not None and found.kind == RUN and found.path is None:
+        want = " or ".join(f"{runs.CHECKPOINTS_DIR}/{s}{runs.WEIGHTS_EXT}" for s in run_stems)
+        return f"{option} {arg}: a folder without {want} (a run folder is expected)"
+    if releases:
+        return (f"{option} {arg}: no such file or folder, and not a known release name "
+                "(expected a weights file, a run folder, or a release from `mfdsl weights "
+                "list`)")
+    return f"{option} {arg}: no such file or folder (expected a weights file or a run folder)"
