@@ -146,3 +146,26 @@ def test_a_specs_only_comparison_plots_labelled_costs(monkeypatch):
     assert png.startswith(b"\x89PNG")
     assert drawn["labels"] and all(lab == ["small", "big"] for lab in drawn["labels"])
     assert [1.0, 3.0] in drawn["bars"] and [2.0, 8.0] in drawn["bars"]
+
+
+def test_a_cache_that_is_a_file_is_named_as_one(monkeypatch, tmp_path):
+    from mfdsl.data import tinyshapes
+
+    blocker = tmp_path / "cache.pth"
+    blocker.write_text("")
+    monkeypatch.setenv("MFDSL_CACHE", str(blocker))
+    with pytest.raises(tinyshapes.CacheError, match="it is a file, not a folder"):
+        tinyshapes.ensure_tinyshapes()
+
+
+def test_an_optional_recipe_number_takes_none_as_a_spec_file_does():
+    import json
+
+    for value in ("none", "0"):
+        code, out = run("train", DEMO, "--dry-run", "--json", "--ema", value,
+                        "--clip-grad", "none")
+        assert code == 0, out
+        plan = json.loads(out[out.index("{"):])
+        assert plan["recipe"]["ema"] is None and plan["recipe"]["clip_grad"] is None, plan
+    code, out = run("train", DEMO, "--dry-run", "--ema", "abc")
+    assert code == 2 and "'abc' is not a number or none" in out

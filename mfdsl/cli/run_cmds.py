@@ -83,8 +83,8 @@ def _recipe_overrides(kw: Dict[str, Any]) -> Dict[str, Any]:
                   "one", 2)
         if meta.cli and kw.get(name) is not None:
             o[name] = kw[name]
-            if meta.optional and meta.type == STR and kw[name] in ("none", "off", ""):
-                o[name] = None  # `--randaugment none` as in a spec file
+            if meta.optional and kw[name] in ("none", "off", ""):
+                o[name] = None  # `--randaugment none`, `--ema none`: as in a spec file
             if meta.optional and meta.cli_off and meta.type != STR and kw[name] == 0:
                 o[name] = None  # `--ema 0`, `--clip-grad 0`: off, as the help says
         if meta.cli_off and kw.get("no_" + name):
@@ -129,6 +129,22 @@ def _output_for_resume(resume: Optional[str]) -> Optional[str]:
     return run_folder_of_path(resume)
 
 
+class _OrNone(click.ParamType):
+    """A number, or ``none`` (``off``) for an optional setting, as a spec file writes it."""
+
+    def __init__(self, number: type) -> None:
+        self.number = number
+        self.name = f"{number.__name__}|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+            return "none"
+        try:
+            return self.number(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number or none", param, ctx)
+
+
 def _recipe_options(f):
     """One option per recipe setting that declares a flag (mfdsl.ir.RecipeSpec metadata),
     plus --no-X where ``cli_off``: a new recipe field needs no edit here."""
@@ -142,13 +158,12 @@ def _recipe_options(f):
                                                  if isinstance(default, tuple) else default)
         help_text = f"{meta.doc} Recipe {name}; default {shown}."
         if meta.optional and meta.cli_off and meta.type != STR:
-            help_text += " 0: off."
+            help_text += " 0 or none: off."
         if meta.choices:
             kind: Any = click.Choice(list(meta.choices))
-        elif meta.type == INT:
-            kind = int
-        elif meta.type == FLOAT:
-            kind = float
+        elif meta.type in (INT, FLOAT):
+            number = int if meta.type == INT else float
+            kind = _OrNone(number) if meta.optional else number
         elif meta.type == BOOL:  # pragma: no cover - no recipe bool has a generated flag
             kind = bool
         else:

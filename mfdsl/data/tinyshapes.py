@@ -213,6 +213,9 @@ def ensure_tinyshapes(cache_dir: Optional[os.PathLike] = None) -> Path:
     marker = target / "COMPLETE"
     if marker.is_file():
         return target
+    if cache.exists() and not cache.is_dir():
+        raise CacheError(f"cannot make the embedded dataset in {cache}: it is a file, not a "
+                         "folder; set MFDSL_CACHE to a writable folder (or give --data)")
     try:
         return _generate_into(cache, target, marker)
     except OSError as exc:
