@@ -99,15 +99,12 @@ def resolve_checkpoint_path(path: str) -> str:
     """A run folder or checkpoints folder means its ``last`` weights; files pass through."""
     import os
 
-    from ..weights.sources import refusal, resolve_weights
+    from ..weights.sources import require_weights
     from .errors import RunError
 
     if not os.path.isdir(path):
         return path  # a file, or nothing: the reader says which
-    found = resolve_weights(path)
-    if found is None or found.path is None:
-        raise RunError(refusal("--checkpoint", path, found, releases=False))
-    return found.path
+    return require_weights(path, "--checkpoint", RunError, releases=False).path
 
 
 # Sub-folder names that mark a dataset root laid out by split rather than by class.

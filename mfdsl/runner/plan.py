@@ -64,14 +64,11 @@ def resolve_precision(recipe: RecipeSpec, opts: TrainOptions, device_type: str) 
 def finetune_source(name: str) -> str:
     """What ``finetune_from NAME`` starts from: an existing checkpoint file, a run folder's
     best (else last) checkpoint, a release name, or a zoo model's ImageNet-1K release."""
-    from ..weights.sources import DEFAULT_TAG, refusal, resolve_weights
+    from ..weights.sources import DEFAULT_TAG, require_weights
 
-    stems = (runs.BEST, runs.LAST)
-    found = resolve_weights(name, run_stems=stems, default_tag=DEFAULT_TAG)
-    if found is None or found.path is None and found.release is None:
-        raise RunError(refusal("finetune_from", name, found, stems)
-                       + f"; a zoo model's name means its {DEFAULT_TAG} release")
-    return found.ref
+    return require_weights(name, "finetune_from", RunError, run_stems=(runs.BEST, runs.LAST),
+                           default_tag=DEFAULT_TAG,
+                           hint=f"; a zoo model's name means its {DEFAULT_TAG} release").ref
 
 
 def resolve_init(recipe: RecipeSpec, opts: TrainOptions) -> Dict[str, Any]:

@@ -156,11 +156,9 @@ class Trainer:
         """Load the starting weights ``source`` names (a file, a run folder, a release)."""
         from ..ckptformats.weights import CheckpointError
         from ..weights import load_weights
-        from ..weights.sources import refusal, resolve_weights
+        from ..weights.sources import require_weights
 
-        found = resolve_weights(source, spec=self.spec)
-        if found is None or found.path is None and found.release is None:
-            raise RunError(refusal(option, source, found))
+        found = require_weights(source, option, RunError, spec=self.spec)
         try:
             report = load_weights(self.model, found.ref, self.spec)
         except CheckpointError as exc:

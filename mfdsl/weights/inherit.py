@@ -32,7 +32,7 @@ from ..ckptformats.weights import (CheckpointError, convert_state_dict, detect_f
 from .. import runs
 from ..fingerprint import call_text
 from ..ir import DownsampleSpec, ModelSpec, default_downsample
-from .sources import RUN, refusal, resolve_weights
+from .sources import RUN, require_weights
 
 DEPTH_MODES = ("first", "repeat")
 
@@ -78,8 +78,8 @@ def open_source(arg: str, target: Mapping[str, torch.Tensor]) -> Source:
     :func:`mfdsl.weights.sources.resolve_weights`) to a Source."""
     from ..pipeline import load_spec
 
-    found = resolve_weights(arg)
-    if found is not None and found.release is not None:
+    found = require_weights(arg, "--inherit", InheritError)
+    if found.release is not None:
         from ..resources import zoo_spec_file
         from .hub import fetch, load_release
 
@@ -101,8 +101,6 @@ def open_source(arg: str, target: Mapping[str, torch.Tensor]) -> Source:
         load_release(model, release)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return Source(arg, "release", path, state, spec, release.name)
-    if found is None or found.path is None and found.release is None:
-        raise InheritError(refusal("--inherit", arg, found))
     if found.kind == RUN:
         spec_file = runs.spec_file(found.run)
         if spec_file is None:

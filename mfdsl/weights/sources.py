@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .. import runs
 from ..ir import ModelSpec
@@ -23,7 +23,7 @@ from .releases import DEFAULT_TAG, RELEASES, Release, zoo_model_of
 
 FILE, RUN, RELEASE = "file", "run", "release"
 __all__ = ["DEFAULT_TAG", "FILE", "RUN", "RELEASE", "WeightsSource", "refusal",
-           "resolve_weights"]
+           "require_weights", "resolve_weights"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,15 @@ def refusal(option: str, arg: str, found: Optional[WeightsSource],
                 "(expected a weights file, a run folder, or a release from `mfdsl weights "
                 "list`)")
     return f"{option} {arg}: no such file or folder (expected a weights file or a run folder)"
+
+
+def require_weights(arg: str, option: str, error: Callable[[str], Exception], *,
+                    run_stems: Sequence[str] = (runs.LAST,), spec: Optional[ModelSpec] = None,
+                    default_tag: Optional[str] = None, releases: bool = True,
+                    hint: str = "") -> WeightsSource:
+    """What ``arg`` names, or ``error`` raised with :func:`refusal`'s message (and
+    ``hint`` after it) when it names no weights file and no release."""
+    found = resolve_weights(arg, run_stems=run_stems, spec=spec, default_tag=default_tag)
+    if found is None or (found.path is None and found.release is None):
+        raise error(refusal(option, arg, found, run_stems, releases) + hint)
+    return found
