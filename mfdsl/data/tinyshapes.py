@@ -202,16 +202,25 @@ class CacheError(UserError, OSError):
         return str(self.args[0])
 
 
+def tinyshapes_folder(cache_dir: Optional[os.PathLike] = None) -> Path:
+    """Where the embedded dataset is (or will be) kept, and whether it is complete there."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache / f"tinyshapes-v{VERSION}"
+
+
+def tinyshapes_complete(folder: Path) -> bool:
+    return (folder / "COMPLETE").is_file()
+
+
 def ensure_tinyshapes(cache_dir: Optional[os.PathLike] = None) -> Path:
     """The embedded dataset's folder, generated on first use.
 
     Safe when several processes (DDP ranks) call it at once: each generates into a private
     temporary folder and the first to rename it into place wins.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = cache / f"tinyshapes-v{VERSION}"
-    marker = target / "COMPLETE"
-    if marker.is_file():
+    target = tinyshapes_folder(cache_dir)
+    cache, marker = target.parent, target / "COMPLETE"
+    if tinyshapes_complete(target):
         return target
     if cache.exists() and not cache.is_dir():
         raise CacheError(f"cannot make the embedded dataset in {cache}: it is a file, not a "

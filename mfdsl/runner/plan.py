@@ -1,64 +1,212 @@
 """The run plan: everything a training run resolves from spec, options, data and devices.
 
-``mfdsl train SPEC --dry-run`` prints it without training or writing anything; a real run
-writes the same record to ``plan.json`` in its run folder. For a paper model the plan lists
-every place where the resolved recipe differs from the official training
+:func:`resolve_plan` is the one resolver. ``mfdsl train --dry-run`` prints its result
+without training or writing anything; a real run is built from it (the trainer derives
+nothing itself) and writes the same record to ``plan.json``. For a paper model the plan
+lists every place where the resolved recipe differs from the official training
 (:mod:`mfdsl.runner.official`).
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from .. import runs
-from ..ir import ModelSpec, RecipeSpec
+from ..ir import ModelSpec, RecipeSpec, with_overrides
+from .device_plan import DevicePlan, resolve_device_plan
 from .errors import DataError, RunError
 from .official import official_recipe
 from .optim import optimizer_args
-from .options import (EMBEDDED_MAX_BATCH, BatchPlan, TrainOptions, plan_batches, recipe_as_dict,
+from .options import (CROP_SCALE_MIN, EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan,
+                      TrainOptions, apply_recipe_overrides, plan_batches, recipe_as_dict,
                       scaled_lr)
+from .run_data import DataPlan
 from .schedule import Schedule, schedule_for
 
 # Erasing as the official applies it: timm's RandomErasing(0.25, mode='pixel', max_count=1)
 # on the GPU, after mixup/cutmix.
 ERASING_MODE, ERASING_COUNT = "pixel", 1
-# The official fine-tunes start from the 224 ImageNet-1K release of the named model.
+# A plan lists the lr of every step only when asked, and never more than this many.
+MAX_LISTED_STEPS = 10_000_000
 
 
-def plan_steps(recipe: RecipeSpec, opts: TrainOptions, world_size: int, dataset_size: int,
-               embedded: bool) -> Tuple[BatchPlan, int, int, List[str]]:
-    """(batch plan, micro-batches per epoch per process, optimizer steps per epoch, notes).
+@dataclass(frozen=True)
+class BestSelection:
+    """Which validation figure picks the best checkpoint: with EMA, the EMA model's top-1
+    (as the official train.py does; ``best.ema.safetensors`` then holds those weights)."""
 
-    Each process gets ceil(N / world) samples and drops its last partial micro-batch; an
-    epoch is the whole accumulation rounds that fit (timm's loader with drop_last)."""
-    notes: List[str] = []
-    global_batch = opts.batch_size
-    if (embedded and global_batch is None and opts.per_device_batch is None
-            and opts.accum is None and recipe.batch_size > EMBEDDED_MAX_BATCH):
-        notes.append(f"note: embedded dataset: global batch {recipe.batch_size} -> "
-                     f"{EMBEDDED_MAX_BATCH} (set --batch-size to change)")
-        global_batch = EMBEDDED_MAX_BATCH
-    plan = plan_batches(world_size, recipe.batch_size, global_batch, opts.per_device_batch,
-                        opts.accum)
-    per_rank = math.ceil(dataset_size / world_size)
-    micro = per_rank // plan.per_device
-    steps = micro // plan.accum
-    if steps < 1:
-        raise DataError(f"the training set ({dataset_size} images) is smaller than one global "
-                        f"batch ({plan.global_batch}); lower --batch-size")
-    return plan, micro, steps, notes
+    ema: bool
+
+    @property
+    def metric(self) -> str:
+        """The key in a validation result."""
+        return "ema_top1" if self.ema else "top1"
+
+    @property
+    def label(self) -> str:
+        return "EMA top-1" if self.ema else "top-1"
+
+    @property
+    def stem(self) -> str:
+        """The best checkpoint's file stem."""
+        return runs.BEST + (".ema" if self.ema else "")
 
 
-def resolve_precision(recipe: RecipeSpec, opts: TrainOptions, device_type: str) -> str:
-    """fp32, bf16 or fp16 (autocast), as the device plan of a run on ``device_type`` has it."""
-    from .device_plan import resolve_device_plan
+@dataclass
+class RunPlan:
+    """The resolved run. The schedule is the lr of every step (``schedule.lr_at``)."""
 
-    return resolve_device_plan(torch.device(device_type), recipe, amp=opts.amp,
-                               amp_dtype=opts.amp_dtype, compile=False).dtype
+    spec: ModelSpec  # the recipe's overrides and the run's input size applied
+    data: DataPlan
+    device: DevicePlan
+    world_size: int
+    batch: BatchPlan
+    micro_per_epoch: int  # micro-batches per epoch per process
+    schedule: Schedule
+    optimizer: Dict[str, Any]
+    crop_scale_min: float
+    hflip: float
+    best: BestSelection
+    init: Dict[str, Any]
+    official: Optional[Dict[str, Any]]
+    deviations: List[Dict[str, Any]]
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def recipe(self) -> RecipeSpec:
+        assert self.spec.recipe is not None
+        return self.spec.recipe
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.schedule.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total_steps
+
+    @property
+    def total_epochs(self) -> int:
+        return self.schedule.total_epochs
+
+    @property
+    def lr(self) -> float:
+        """The peak lr: the recipe's, scaled to the global batch."""
+        return self.schedule.base_lr
+
+    @property
+    def mixup_active(self) -> bool:
+        return self.recipe.mixup > 0 or self.recipe.cutmix > 0
+
+    def augmentation(self) -> Dict[str, Any]:
+        r, mixing = self.recipe, self.mixup_active
+        return {
+            "randaugment": r.randaugment, "train_interpolation": r.train_interpolation,
+            "crop_scale_min": self.crop_scale_min, "hflip": self.hflip, "mixup": r.mixup,
+            "cutmix": r.cutmix, "mixup_switch_prob": r.mixup_switch_prob if mixing else None,
+            "mixup_mode": "batch" if mixing else None, "random_erasing": r.random_erasing,
+            "random_erasing_mode": ERASING_MODE, "random_erasing_count": ERASING_COUNT,
+            "random_erasing_applied": "on the device, to the mixed batch",
+        }
+
+    def to_json(self, lr_per_step: bool = False) -> Dict[str, Any]:
+        """The record ``plan.json`` and ``--dry-run --json`` hold. ``lr_per_step``: add
+        the lr of every step (refused past :data:`MAX_LISTED_STEPS`)."""
+        r, s = self.recipe, self.schedule
+        out: Dict[str, Any] = {
+            "model": self.spec.name, "spec": self.spec.source, "data": self.data.to_json(),
+            "world_size": self.world_size, "device": self.device.device.type,
+            "global_batch": self.batch.global_batch, "per_device_batch": self.batch.per_device,
+            "accum": self.batch.accum, "steps_per_epoch": s.steps_per_epoch,
+            "epochs": r.epochs, "cooldown_epochs": r.cooldown_epochs,
+            "total_epochs": s.total_epochs, "total_steps": s.total_steps,
+            "planned_steps": s.planned_steps, "warmup_steps": s.warmup_steps, "lr": self.lr,
+            "schedule": dict(s.state_dict(), text=s.describe()),
+            "lr_milestones": s.milestones(),
+            "optimizer": self.optimizer, "augmentation": self.augmentation(),
+            "regularisation": {"drop_path": r.drop_path, "head_dropout": r.head_dropout,
+                               "weight_decay": r.weight_decay,
+                               "label_smoothing": r.label_smoothing, "clip_grad": r.clip_grad},
+            "ema": {"decay": r.ema} if r.ema else None,
+            "best_selected_by": self.best.label, "precision": self.device.dtype,
+            "device_plan": {"channels_last": self.device.channels_last,
+                            "compile": self.device.compile,
+                            "variants": list(self.device.variants)},
+            "init_from": self.init, "img_size": [int(v) for v in self.spec.img_size],
+            "recipe": recipe_as_dict(r), "official": self.official,
+            "deviations_from_official": self.deviations, "notes": self.notes,
+        }
+        if lr_per_step:
+            if s.total_steps > MAX_LISTED_STEPS:
+                raise RunError(f"--lr-per-step: the run has {s.total_steps} steps; a list of "
+                               f"more than {MAX_LISTED_STEPS} is not written (the schedule "
+                               "record gives the lr of any step)")
+            out["lr_per_step"] = s.lrs()
+        return out
+
+    def summary(self) -> str:
+        """The plan for a reader (the dry run without --json)."""
+        s, b = self.schedule, self.batch
+        steps = f"steps: {s.steps_per_epoch} per epoch x {s.total_epochs} epochs " \
+                f"({self.recipe.epochs} + {self.recipe.cooldown_epochs} cooldown) = " \
+                f"{s.planned_steps}"
+        if s.total_steps < s.planned_steps:
+            steps = (f"steps: {s.total_steps} (--max-steps; the schedule's {s.planned_steps} "
+                     f"= {s.steps_per_epoch} per epoch x {s.total_epochs} epochs, compressed "
+                     "into them)")
+        init = self.init
+        lines: List[str] = [
+            f"model {self.spec.name} ({self.spec.source or 'no file'}) at "
+            f"{self.spec.img_size[0]}x{self.spec.img_size[1]}",
+            f"data: {self.data.describe()}",
+            f"devices: {self.world_size} process(es) on {self.device.device.type}; precision "
+            f"{self.device.dtype}",
+            "batch: " + b.describe(),
+            steps,
+            f"lr: {s.describe()}; first {s.lr_at(0):.6g}, peak {s.peak():.6g}, last "
+            f"{s.lr_at(s.total_steps - 1):.6g}",
+            "optimizer: " + self.optimizer["name"] + " " + ", ".join(
+                f"{k}={v}" for k, v in self.optimizer["args"].items()),
+            "augmentation: " + ", ".join(f"{k}={v}" for k, v in self.augmentation().items()),
+            "regularisation: " + ", ".join(f"{k}={v}" for k, v in
+                                           self.to_json()["regularisation"].items()),
+            "ema: " + (f"decay {self.recipe.ema}" if self.recipe.ema else "off")
+            + f"; best checkpoint by {self.best.label}",
+            "init: " + (f"{init['kind']} {init['source']}" if init["source"] else "random"),
+        ]
+        if self.official is None:
+            lines.append("official recipe: none (not a paper model)")
+        elif not self.deviations:
+            lines.append("official recipe: followed in every item")
+        else:
+            lines.append(f"deviations from the official recipe ({len(self.deviations)}):")
+            lines += [f"  {d['item']}: official {d['official']}, this run {d['this_run']}"
+                      for d in self.deviations]
+        return "\n".join(lines + self.notes)
+
+    def deviation_lines(self) -> List[str]:
+        """One line per deviation from the official recipe (for the start of a run's log)."""
+        if not self.deviations:
+            return []
+        return [f"note: {self.spec.name}: this run deviates from the official recipe in "
+                f"{len(self.deviations)} item(s) (plan.json lists them):"] + [
+            f"  {d['item']}: official {d['official']}, this run {d['this_run']}"
+            for d in self.deviations]
+
+
+def run_spec(spec: ModelSpec, opts: TrainOptions, prior: Any = None) -> ModelSpec:
+    """The spec a run trains: the command line's recipe values applied, and the input size
+    (a resumed run's ``prior`` context wins: it keeps its input size and eval transform)."""
+    spec = apply_recipe_overrides(spec, opts.recipe_overrides)
+    if prior is not None:
+        return prior.apply(spec)
+    if opts.img_size is not None:
+        spec = with_overrides(spec, img_size=tuple(opts.img_size))
+    return spec
 
 
 def finetune_source(name: str) -> str:
@@ -71,16 +219,18 @@ def finetune_source(name: str) -> str:
                            hint=f"; a zoo model's name means its {DEFAULT_TAG} release").ref
 
 
-def resolve_init(recipe: RecipeSpec, opts: TrainOptions) -> Dict[str, Any]:
+def resolve_init(recipe: RecipeSpec, opts: TrainOptions, resuming: bool) -> Dict[str, Any]:
     """Where the starting weights come from. A fine-tune recipe (``finetune_from``) with
     no weights given is refused unless the user asked for random init (--from-scratch)."""
-    if opts.resume is not None:
+    if opts.init_from and opts.inherit:
+        raise RunError("--init-from and --inherit both set the starting weights; give one")
+    if resuming:
         return {"kind": "resume", "source": opts.resume}
     if opts.init_from:
         return {"kind": "init_from", "source": opts.init_from}
     if opts.inherit:
         return {"kind": "inherit", "source": list(opts.inherit)}
-    if recipe.finetune_from and not getattr(opts, "from_scratch", False):
+    if recipe.finetune_from and not opts.from_scratch:
         return {"kind": "finetune_from", "source": finetune_source(recipe.finetune_from),
                 "finetune_from": recipe.finetune_from}
     if recipe.finetune_from:
@@ -88,77 +238,6 @@ def resolve_init(recipe: RecipeSpec, opts: TrainOptions) -> Dict[str, Any]:
                 "note": f"--from-scratch: random init although the recipe fine-tunes "
                         f"{recipe.finetune_from}"}
     return {"kind": "random", "source": None}
-
-
-@dataclass
-class RunPlan:
-    """The resolved run. ``lr_per_step`` holds the lr of every optimizer step, in order."""
-
-    model: str
-    spec: Optional[str]
-    dataset_size: int
-    data: str
-    world_size: int
-    device: str
-    global_batch: int
-    per_device_batch: int
-    accum: int
-    steps_per_epoch: int
-    epochs: int
-    cooldown_epochs: int
-    total_epochs: int
-    total_steps: int
-    warmup_steps: int
-    lr: float
-    schedule: Dict[str, Any]
-    lr_per_step: List[float]
-    optimizer: Dict[str, Any]
-    augmentation: Dict[str, Any]
-    regularisation: Dict[str, Any]
-    ema: Optional[Dict[str, Any]]
-    precision: str
-    init_from: Dict[str, Any]
-    img_size: List[int]
-    recipe: Dict[str, Any]
-    official: Optional[Dict[str, Any]]
-    deviations_from_official: List[Dict[str, Any]]
-    notes: List[str] = field(default_factory=list)
-
-    def to_json(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        """The plan for a reader (the dry run without --json)."""
-        lines: List[str] = [
-            f"model {self.model} ({self.spec or 'no file'}) at {self.img_size[0]}x"
-            f"{self.img_size[1]}",
-            f"data: {self.data}, {self.dataset_size} training images",
-            f"devices: {self.world_size} process(es) on {self.device}; precision "
-            f"{self.precision}",
-            f"batch: global {self.global_batch} = {self.per_device_batch} per device x "
-            f"{self.accum} accumulation x {self.world_size}",
-            f"steps: {self.steps_per_epoch} per epoch x {self.total_epochs} epochs "
-            f"({self.epochs} + {self.cooldown_epochs} cooldown) = {self.total_steps}",
-            f"lr: {self.schedule['text']}; first {self.lr_per_step[0]:.6g}, peak "
-            f"{max(self.lr_per_step):.6g}, last {self.lr_per_step[-1]:.6g}",
-            "optimizer: " + self.optimizer["name"] + " " + ", ".join(
-                f"{k}={v}" for k, v in self.optimizer["args"].items()),
-            "augmentation: " + ", ".join(f"{k}={v}" for k, v in self.augmentation.items()),
-            "regularisation: " + ", ".join(f"{k}={v}" for k, v in self.regularisation.items()),
-            "ema: " + (f"decay {self.ema['decay']}, best checkpoint by "
-                       f"{self.ema['selects_best_by']}" if self.ema else "off"),
-            "init: " + (f"{self.init_from['kind']} {self.init_from['source']}"
-                        if self.init_from["source"] else "random"),
-        ]
-        if self.official is None:
-            lines.append("official recipe: none (not a paper model)")
-        elif not self.deviations_from_official:
-            lines.append("official recipe: followed in every item")
-        else:
-            lines.append(f"deviations from the official recipe ({len(self.deviations_from_official)}):")
-            lines += [f"  {d['item']}: official {d['official']}, this run {d['this_run']}"
-                      for d in self.deviations_from_official]
-        return "\n".join(lines + self.notes)
 
 
 def _plain(v: Any) -> Any:
@@ -182,43 +261,57 @@ def deviations(resolved: Dict[str, Any], official: Optional[Dict[str, Any]]
     return out
 
 
-def build_plan(spec: ModelSpec, opts: TrainOptions, *, dataset_size: int, world_size: int,
-               device_type: str, data: str, embedded: bool = False,
-               crop_scale_min: Optional[float] = None,
-               precision: Optional[str] = None) -> RunPlan:
-    """Resolve a run of ``spec`` (its recipe with the CLI's overrides already applied).
-    ``precision``: what the run resolved (a real run passes its own), else derived here."""
+def _batches(recipe: RecipeSpec, opts: TrainOptions, world_size: int, data: DataPlan
+             ) -> "tuple[BatchPlan, int, List[str]]":
+    """(batch plan, micro-batches per epoch per process, notes). Each process gets
+    ceil(N / world) samples and drops its last partial micro-batch; an epoch is the whole
+    accumulation rounds that fit (timm's loader with drop_last)."""
+    notes: List[str] = []
+    global_batch = opts.batch_size
+    if (data.embedded and global_batch is None and opts.per_device_batch is None
+            and opts.accum is None and recipe.batch_size > EMBEDDED_MAX_BATCH):
+        notes.append(f"note: embedded dataset: global batch {recipe.batch_size} -> "
+                     f"{EMBEDDED_MAX_BATCH} (set --batch-size to change)")
+        global_batch = EMBEDDED_MAX_BATCH
+    plan = plan_batches(world_size, recipe.batch_size, global_batch, opts.per_device_batch,
+                        opts.accum)
+    micro = math.ceil(data.train_images / world_size) // plan.per_device
+    if micro // plan.accum < 1:
+        raise DataError(f"the training set ({data.train_images} images) is smaller than one "
+                        f"global batch ({plan.global_batch}); lower --batch-size")
+    return plan, micro, notes
+
+
+def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_size: int,
+                 device: torch.device, resuming: bool = False) -> RunPlan:
+    """The plan of a run of ``spec`` (see :func:`run_spec`) over ``data`` in ``world_size``
+    processes on ``device``; ``resuming``: it continues a checkpoint."""
     r = spec.recipe if spec.recipe is not None else RecipeSpec()
+    spec = with_overrides(spec, recipe=r)
+    if world_size < 1:
+        raise RunError(f"--world-size must be >= 1, got {world_size}")
     if opts.max_steps is not None and opts.max_steps < 1:
         raise RunError("--max-steps must be >= 1")
-    batch, _, steps_per_epoch, notes = plan_steps(r, opts, world_size, dataset_size, embedded)
-    lr = scaled_lr(r, batch.global_batch)
-    sched: Schedule = schedule_for(r, lr, steps_per_epoch, opts.max_steps)
-    opt_args = optimizer_args(r, lr)
-    if precision is None:
-        precision = resolve_precision(r, opts, device_type)
-    init = resolve_init(r, opts)
+    crop_min = (opts.crop_scale_min if opts.crop_scale_min is not None
+                else EMBEDDED_CROP_SCALE_MIN if data.embedded else CROP_SCALE_MIN)
+    if not 0 < crop_min <= 1:
+        raise RunError(f"--crop-scale-min must be in (0, 1], got {crop_min}")
+    batch, micro, notes = _batches(r, opts, world_size, data)
+    if (r.mixup > 0 or r.cutmix > 0) and batch.per_device % 2:
+        raise RunError(f"mixup/cutmix need an even per-device batch, got {batch.per_device}"
+                       " (change --batch-size/--per-device-batch, or --no-mixup --no-cutmix)")
+    sched = schedule_for(r, scaled_lr(r, batch.global_batch), micro // batch.accum,
+                         opts.max_steps)
+    device_plan = resolve_device_plan(device, r, amp=opts.amp, amp_dtype=opts.amp_dtype,
+                                      channels_last=opts.channels_last, compile=opts.compile)
+    opt_args = optimizer_args(r, sched.base_lr)
+    init = resolve_init(r, opts, resuming)
     if "note" in init:
         notes.append("note: " + init["note"])
-    mixing = r.mixup > 0 or r.cutmix > 0
-    augmentation = {
-        "randaugment": r.randaugment, "train_interpolation": r.train_interpolation,
-        "crop_scale_min": crop_scale_min if crop_scale_min is not None
-        else (opts.crop_scale_min if opts.crop_scale_min is not None else 0.08),
-        "hflip": opts.hflip, "mixup": r.mixup, "cutmix": r.cutmix,
-        "mixup_switch_prob": r.mixup_switch_prob if mixing else None,
-        "mixup_mode": "batch" if mixing else None, "random_erasing": r.random_erasing,
-        "random_erasing_mode": ERASING_MODE, "random_erasing_count": ERASING_COUNT,
-        "random_erasing_applied": "on the device, to the mixed batch",
-    }
-    regularisation = {"drop_path": r.drop_path, "head_dropout": r.head_dropout,
-                      "weight_decay": r.weight_decay, "label_smoothing": r.label_smoothing,
-                      "clip_grad": r.clip_grad}
-    ema = ({"decay": r.ema, "selects_best_by": "ema top-1"} if r.ema else None)
-    img = [int(s) for s in spec.img_size]
+    img = [int(v) for v in spec.img_size]
     resolved = {
         "img_size": img, "epochs": r.epochs, "cooldown_epochs": r.cooldown_epochs,
-        "global_batch": batch.global_batch, "lr": lr, "optimizer": r.optimizer,
+        "global_batch": batch.global_batch, "lr": sched.base_lr, "optimizer": r.optimizer,
         "eps": opt_args.get("eps"), "betas": _plain(opt_args.get("betas")),
         "weight_decay": r.weight_decay, "sched": r.sched, "sched_unit": r.sched_unit,
         "warmup_mode": r.warmup_mode, "warmup_epochs": r.warmup_epochs,
@@ -227,89 +320,50 @@ def build_plan(spec: ModelSpec, opts: TrainOptions, *, dataset_size: int, world_
         "mixup": r.mixup, "cutmix": r.cutmix, "mixup_switch_prob": r.mixup_switch_prob,
         "randaugment": r.randaugment, "random_erasing": r.random_erasing,
         "train_interpolation": r.train_interpolation, "clip_grad": r.clip_grad,
-        "precision": precision, "ema": r.ema,
+        "precision": device_plan.dtype, "ema": r.ema,
         "init_from": (init.get("finetune_from") if init["kind"] == "finetune_from"
                       else init["source"] or "random"),
     }
     official = official_recipe(spec.name)
     devs = deviations(resolved, official)
-    if opts.max_steps is not None and opts.max_steps < sched.planned_steps:
-        devs_note = {"item": "total_steps", "official": sched.planned_steps,
-                     "this_run": sched.total_steps}
-        if official is not None:
-            devs.append(devs_note)
+    if official is not None and sched.total_steps < sched.planned_steps:
+        devs.append({"item": "total_steps", "official": sched.planned_steps,
+                     "this_run": sched.total_steps})
     return RunPlan(
-        model=spec.name, spec=spec.source, dataset_size=dataset_size, data=data,
-        world_size=world_size, device=device_type, global_batch=batch.global_batch,
-        per_device_batch=batch.per_device, accum=batch.accum, steps_per_epoch=steps_per_epoch,
-        epochs=r.epochs, cooldown_epochs=r.cooldown_epochs, total_epochs=sched.total_epochs,
-        total_steps=sched.total_steps, warmup_steps=sched.warmup_steps, lr=lr,
-        schedule=dict(sched.state_dict(), text=sched.describe()), lr_per_step=sched.lrs(),
+        spec=spec, data=data, device=device_plan, world_size=world_size, batch=batch,
+        micro_per_epoch=micro, schedule=sched,
         optimizer={"name": r.optimizer, "args": {k: _plain(v) for k, v in opt_args.items()},
                    "no_weight_decay": "1-D params (norm weights, biases, scales)"},
-        augmentation=augmentation, regularisation=regularisation, ema=ema,
-        precision=precision, init_from=init, img_size=img, recipe=recipe_as_dict(r),
-        official=official, deviations_from_official=devs, notes=notes)
+        crop_scale_min=crop_min, hflip=opts.hflip, best=BestSelection(bool(r.ema)),
+        init=init, official=official, deviations=devs, notes=notes)
 
 
-def _dry_run_device(device: str) -> str:
+def _dry_run_device(device: str) -> torch.device:
     if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device.split(":")[0]
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device.split(":")[0])
 
 
 def dry_run(spec: ModelSpec, opts: TrainOptions, dataset_size: Optional[int] = None,
             world_size: Optional[int] = None) -> RunPlan:
-    """The plan of ``mfdsl train`` with these options, reading nothing but the spec (and
-    the --data folder's file list when no ``dataset_size`` is given) and writing nothing."""
+    """The plan of ``mfdsl train`` with these options, reading nothing but the spec and the
+    --data folder's file lists (the same opening and checks as the real run), and writing
+    nothing. ``dataset_size`` stands in for the data."""
     from ..api import check_spec
-    from ..ir import with_overrides
-    from .options import apply_recipe_overrides
+    from .run_data import open_run_data
 
-    spec = apply_recipe_overrides(spec, opts.recipe_overrides)
-    if opts.img_size is not None:
-        spec = with_overrides(spec, img_size=tuple(opts.img_size))
+    spec = run_spec(spec, opts)
     check_spec(spec)
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size < 1:
-        raise RunError(f"--world-size must be >= 1, got {world_size}")
-    embedded = opts.data is None
     if dataset_size is not None:
         if dataset_size < 1:
             raise RunError(f"--dataset-size must be >= 1, got {dataset_size}")
-        data = "--dataset-size"
-    elif embedded:
-        from ..data.tinyshapes import CLASSES, DEFAULT_TRAIN_PER_CLASS
-
-        dataset_size = len(CLASSES) * DEFAULT_TRAIN_PER_CLASS
-        data = "the built-in TinyShapes data"
+        data = DataPlan("--dataset-size", "--dataset-size", "--dataset-size", None,
+                        dataset_size, None, None)
     else:
-        from ..data.layout import detect_layout, open_source
-
-        # Any form --data may take (folder, parquet or tar shards), read as training reads it.
-        layout = detect_layout(opts.data, (opts.train_split, opts.val_split))
-        source = open_source(layout, opts.train_split)
-        if source is None:
-            raise DataError(f"--data {opts.data}: no '{opts.train_split}' split")
-        dataset_size = len(source)
-        data = layout.where(opts.train_split) or opts.data
-    # The embedded data's smaller crops apply only where no size stands in for the data.
-    crop_min = (opts.crop_scale_min if opts.crop_scale_min is not None
-                else 0.35 if embedded and data.startswith("the built-in") else 0.08)
-    return build_plan(spec, opts, dataset_size=dataset_size, world_size=world_size,
-                      device_type=_dry_run_device(opts.device), data=data,
-                      embedded=embedded and data.startswith("the built-in"),
-                      crop_scale_min=crop_min)
-
-
-def deviation_lines(plan: RunPlan) -> List[str]:
-    """One line per deviation from the official recipe (for the start of a run's log)."""
-    if not plan.deviations_from_official:
-        return []
-    return [f"note: {plan.model}: this run deviates from the official recipe in "
-            f"{len(plan.deviations_from_official)} item(s) (plan.json lists them):"] + [
-        f"  {d['item']}: official {d['official']}, this run {d['this_run']}"
-        for d in plan.deviations_from_official]
+        data = open_run_data(opts.data, opts.train_split, opts.val_split,
+                             num_classes=spec.num_classes, generate=False).plan
+    return resolve_plan(spec, opts, data, world_size=world_size,
+                        device=_dry_run_device(opts.device),
+                        resuming=opts.resume not in (None, "auto"))

@@ -14,7 +14,7 @@ A schedule is a pure function of the optimizer step, so resuming needs only the 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -108,8 +108,24 @@ class Schedule:
             1 + math.cos(math.pi * t / span))
 
     def lrs(self) -> List[float]:
-        """The lr of every optimizer step, in order."""
+        """The lr of every optimizer step, in order (``total_steps`` floats: ask only when
+        they are wanted; :meth:`peak` and :meth:`milestones` are bounded)."""
         return [self.lr_at(s) for s in range(self.total_steps)]
+
+    def peak(self) -> float:
+        """The largest lr of the run. The warmup rises linearly and the cosine (or constant)
+        after it never rises, so the peak is at the warmup's last step or the first after."""
+        w = self.warmup_steps
+        steps = {0, max(0, w - 1), min(w, self.total_steps - 1)}
+        return max(self.lr_at(s) for s in steps)
+
+    def milestones(self) -> List[Dict[str, Any]]:
+        """The lr at the first step of each epoch and at the warmup's end: one entry per
+        epoch, so a 3000-epoch plan stays small whatever the steps per epoch."""
+        marks = sorted({min(e * self.steps_per_epoch, self.total_steps - 1)
+                        for e in range(self.total_epochs)} | {min(self.warmup_steps,
+                                                                  self.total_steps - 1)})
+        return [{"step": s, "lr": self.lr_at(s)} for s in marks if s < self.total_steps]
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         lr = self.lr_at(step)
@@ -119,6 +135,11 @@ class Schedule:
 
     def state_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Dict[str, Any]) -> "Schedule":
+        """The schedule a plan's ``schedule`` record (``plan.json``) describes."""
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
 
     def describe(self) -> str:
         if self.kind == "constant":
