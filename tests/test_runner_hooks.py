@@ -6,10 +6,11 @@ from typing import List, Tuple
 
 import pytest
 
-from conftest import SPECS, run, two_class_folder
+from conftest import SPECS, two_class_folder
 from mfdsl.runner import hooks as H
 from mfdsl.runner.errors import RunError
-from mfdsl.runner.train import Trainer
+from mfdsl.runner import api
+from mfdsl.runner.loop import Loop
 
 
 class Recorder(H.Hook):
@@ -32,33 +33,16 @@ class Recorder(H.Hook):
         self.events.append(("close",))
 
 
-@pytest.fixture
-def recorded(monkeypatch):
-    rec = Recorder()
-    seen = {}
-    fit = Trainer.fit
-
-    def fit_with_recorder(self):
-        seen["hooks"] = [type(h).__name__ for h in self.hooks]
-        self.hooks.append(rec)
-        return fit(self)
-
-    monkeypatch.setattr(Trainer, "fit", fit_with_recorder)
-    return rec, seen
-
-
 @pytest.mark.slow  # a real 12-step run with validation and checkpoints (~3 s here)
-def test_hooks_see_every_step_and_reads_happen_only_where_asked(tmp_path, recorded):
-    rec, seen = recorded
+def test_hooks_see_every_step_and_reads_happen_only_where_asked(tmp_path):
+    rec = Recorder()
     data = two_class_folder(tmp_path / "data", 12)  # 24 images, batch 4: 6 steps an epoch
     out = tmp_path / "r"
-    code, text = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", out,
-                     "--epochs", "2", "--warmup-epochs", "0", "--workers", "0",
-                     "--no-tensorboard", "--batch-size", "4", "--log-every", "3",
-                     "--ckpt-every", "4", "--no-progress")
-    assert code == 0, text
-    assert seen["hooks"] == ["TestFaults", "Preemption", "Progress", "Validation",
-                             "TrainMetrics", "Checkpoints", "TestKill"]
+    # Hooks are given to the loop from outside (the Python API), not patched in.
+    summary = api.train(SPECS / "demo_tiny.mf", hooks=[rec], data=str(data), output=str(out),
+                        workers=0, tensorboard=False, batch_size=4, log_every=3,
+                        ckpt_every=4, progress=False, recipe={"epochs": 2, "warmup_epochs": 0})
+    assert summary["steps"] == 12
     ends = [e for e in rec.events if e[0] == "step_end"]
     assert [e[1] for e in ends] == list(range(1, 13))
     # Log steps (every 3rd, and the last) and mid-epoch checkpoints (4, 8): nothing else.
@@ -80,18 +64,32 @@ def test_hooks_see_every_step_and_reads_happen_only_where_asked(tmp_path, record
     assert any("00000008" in n or n.endswith("-8.safetensors") for n in ckpts), ckpts
 
 
-def test_the_loop_closes_its_hooks_when_a_step_fails(tmp_path, recorded, monkeypatch):
-    rec, _ = recorded
+def test_a_runs_hooks_are_listed_in_their_order():
+    from types import SimpleNamespace
+
+    from mfdsl.runner.train import RunLog, run_hooks
+
+    hooks = run_hooks(SimpleNamespace(), SimpleNamespace(), SimpleNamespace(is_main=True),
+                      SimpleNamespace(progress=False, eval_every=1, log_every=1, ckpt_every=0),
+                      SimpleNamespace(latest=None), None, None, None, "out",
+                      RunLog("out", False), H.TestFaults(True))
+    assert [type(h).__name__ for h in hooks] == [
+        "TestFaults", "Preemption", "Progress", "Validation", "TrainMetrics", "Checkpoints",
+        "TestKill"]
+
+
+def test_the_loop_closes_its_hooks_when_a_step_fails(tmp_path, monkeypatch):
+    rec = Recorder()
     data = two_class_folder(tmp_path / "data", 4)
 
     def boom(self, it):
         raise RunError("a step failed")
 
-    monkeypatch.setattr(Trainer, "_train_step", boom)
-    code, text = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", tmp_path / "r",
-                     "--epochs", "1", "--warmup-epochs", "0", "--workers", "0",
-                     "--no-tensorboard", "--batch-size", "4", "--no-progress")
-    assert code == 2 and "a step failed" in text
+    monkeypatch.setattr(Loop, "step", boom)
+    with pytest.raises(RunError, match="a step failed"):
+        api.train(SPECS / "demo_tiny.mf", hooks=[rec], data=str(data),
+                  output=str(tmp_path / "r"), workers=0, tensorboard=False, batch_size=4,
+                  progress=False, recipe={"epochs": 1, "warmup_epochs": 0})
     assert rec.events[-1] == ("close",)
 
 
@@ -110,11 +108,10 @@ def test_the_bar_of_a_run_cut_short_ends_where_the_run_does(monkeypatch):
             pass
 
     monkeypatch.setattr(tqdm, "tqdm", Bar)
-    t = SimpleNamespace(opts=SimpleNamespace(progress=True), env=SimpleNamespace(is_main=True),
-                        steps_per_epoch=46, total_epochs=1, total_steps=4,
-                        plan=SimpleNamespace(accum=1), state=SimpleNamespace(micro=0, step=0))
-    H.Progress(t).epoch_start(0)
+    plan = SimpleNamespace(steps_per_epoch=46, total_epochs=1, total_steps=4,
+                           batch=SimpleNamespace(accum=1))
+    H.Progress(True, plan, SimpleNamespace(micro=0, step=0), print).epoch_start(0)
     assert made == {"total": 4, "initial": 0}  # --max-steps 4 inside a 46-step epoch
-    t.total_steps, t.state = 100, SimpleNamespace(micro=10, step=56)  # resumed mid-epoch
-    H.Progress(t).epoch_start(1)
+    plan.total_steps = 100
+    H.Progress(True, plan, SimpleNamespace(micro=10, step=56), print).epoch_start(1)  # resumed
     assert made == {"total": 46, "initial": 10}

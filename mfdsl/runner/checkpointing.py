@@ -63,6 +63,13 @@ def atomic_save_weights(tensors: Dict[str, torch.Tensor], path: str,
 
 
 # --------------------------------------------------------------------------- RNG states
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (each rank its own ``seed``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def capture_rng() -> Dict[str, Any]:
     """python/numpy/torch(/cuda) RNG states as tensors and plain values."""
     version, internal, gauss = random.getstate()
@@ -202,12 +209,12 @@ class CheckpointWriter:
         self.keep_recent = max(0, keep_recent)
         self.context = context
         self._written: set = set()  # stems this writer made (for writers without a context)
-        fsio.ensure_folder(folder)
 
     def save(self, step: int, epoch: int, weights: Dict[str, torch.Tensor],
              state: Dict[str, Any], is_best: bool,
              ema_weights: Optional[Dict[str, torch.Tensor]] = None) -> str:
         """Write the pair for ``step``; returns its stem (before pruning)."""
+        fsio.ensure_folder(self.folder)
         stem = os.path.join(self.folder, f"ckpt-{step:08d}")
         meta: Dict[str, Any] = {"step": step, "epoch": epoch, "format": "mfdsl"}
         if self.context is not None:

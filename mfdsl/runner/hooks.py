@@ -1,7 +1,9 @@
 """What the training loop does around its steps, as hooks.
 
-:meth:`mfdsl.runner.train.Trainer.fit` only runs optimizer steps and epochs. Around them it
-calls every hook, in the order the trainer lists them:
+:class:`mfdsl.runner.loop.Loop` only runs optimizer steps and epochs. Around them it
+calls every hook it is given, in their order (:func:`mfdsl.runner.train.run_hooks` lists a
+run's; a caller of :func:`mfdsl.runner.api.train` may add its own). Each hook is given
+what it acts on (the plan, the state, a function to call), never the whole run:
 
 * ``step_start(step)`` before each optimizer step (a step boundary: a stop is honoured here);
 * ``step_end(at)`` after it; a hook that needs the step records on the host at that step (a
@@ -18,11 +20,15 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..data.dataset import UnreadableImages
 from .metrics import format_duration
-from .preemption import stop_at_boundary
+
+if TYPE_CHECKING:
+    from .metrics import MetricsLog
+    from .plan import RunPlan
+    from .state import TrainState
 
 # Test hooks (docs/training.md), read from the environment when a run starts: SIGKILL the
 # process right after optimizer step N (after that step's checkpoint, if any); make the loss
@@ -85,11 +91,9 @@ class Hook:
 class Progress(Hook):
     """The progress bar of each epoch (on a terminal, rank 0), else a line per log step."""
 
-    def __init__(self, trainer: Any) -> None:
-        self.t = trainer
-        shown = trainer.opts.progress
-        self.enabled = (shown if shown is not None else sys.stderr.isatty()) \
-            and trainer.env.is_main
+    def __init__(self, enabled: bool, plan: "RunPlan", state: "TrainState",
+                 log: Callable[[str], None]) -> None:
+        self.enabled, self.plan, self.state, self.log = enabled, plan, state, log
         self.bar: Any = None
 
     def epoch_start(self, epoch: int) -> None:
@@ -97,25 +101,29 @@ class Progress(Hook):
             return
         from tqdm import tqdm
 
-        t = self.t
-        done = t.state.micro // t.plan.accum
+        p, st = self.plan, self.state
+        done = st.micro // p.batch.accum
         # A run cut short (--max-steps) ends inside this epoch: the bar ends where it does.
-        total = min(t.steps_per_epoch, done + t.total_steps - t.state.step)
-        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{t.total_epochs}",
+        total = min(p.steps_per_epoch, done + p.total_steps - st.step)
+        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{p.total_epochs}",
                         unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def step_end(self, at: StepEnd) -> None:
         if self.bar is not None:
             self.bar.update(1)
 
+    def writer(self) -> Optional[Callable[[str], None]]:
+        """How a log line is printed without breaking the bar (None: plainly)."""
+        return self.bar.write if self.bar is not None else None
+
     def show(self, at: StepEnd, loss: float, img_s: float, eta_s: float) -> None:
         """A log step's figures: on the bar, or as a line."""
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{at.lr:.2e}", img_s=f"{img_s:.0f}")
             return
-        t = self.t
-        t.log(f"epoch {at.epoch + 1}/{t.total_epochs} step {at.step}/{t.total_steps}"
-              f" loss {loss:.4f} lr {at.lr:.3e} {img_s:.0f} img/s eta {format_duration(eta_s)}")
+        p = self.plan
+        self.log(f"epoch {at.epoch + 1}/{p.total_epochs} step {at.step}/{p.total_steps}"
+                 f" loss {loss:.4f} lr {at.lr:.3e} {img_s:.0f} img/s eta {format_duration(eta_s)}")
 
     def epoch_end(self, end: EpochEnd) -> None:
         self.close()
@@ -130,13 +138,14 @@ class TrainMetrics(Hook):
     """The ``train`` rows (mean loss over the window since the last log step, lr, gradient
     norm, throughput) and the ``epoch`` rows of metrics.jsonl / TensorBoard."""
 
-    def __init__(self, trainer: Any, progress: Progress) -> None:
-        self.t = trainer
-        self.progress = progress
-        self.every = max(1, trainer.opts.log_every)
+    def __init__(self, metrics: "MetricsLog", progress: Progress, plan: "RunPlan",
+                 state: "TrainState", every: int, log: Callable[[str], None]) -> None:
+        self.metrics, self.progress, self.plan, self.state = metrics, progress, plan, state
+        self.every = max(1, every)
+        self.log = log
 
     def epoch_start(self, epoch: int) -> None:
-        self.known = set(self.t.state.unreadable.files)
+        self.known = set(self.state.unreadable.files)
         self.epoch_sum, self.epoch_n = 0.0, 0
         self._new_window()
 
@@ -144,7 +153,7 @@ class TrainMetrics(Hook):
         self.win_sum, self.win_n, self.win_t = 0.0, 0, time.perf_counter()
 
     def reads_at(self, at: StepEnd) -> bool:
-        return at.step % self.every == 0 or at.step == self.t.total_steps
+        return at.step % self.every == 0 or at.step == self.plan.total_steps
 
     def step_end(self, at: StepEnd) -> None:
         if at.reads is not None:
@@ -154,51 +163,55 @@ class TrainMetrics(Hook):
             self.win_n += at.reads.n
         if not self.reads_at(at):
             return
-        t = self.t
         now = time.perf_counter()
         steps = max(1, self.win_n)
-        img_s = t.plan.global_batch * steps / max(now - self.win_t, 1e-9)
+        img_s = self.plan.batch.global_batch * steps / max(now - self.win_t, 1e-9)
         loss = self.win_sum / self.win_n if self.win_n else math.nan
         grad_norm = at.reads.grad_norm if at.reads is not None else math.nan
-        t.metrics.write("train", at.step, epoch=at.epoch, loss=loss, lr=at.lr,
-                        grad_norm=grad_norm, img_s=img_s)
-        self.progress.show(at, loss, img_s, (t.total_steps - at.step) * (now - self.win_t) / steps)
+        self.metrics.write("train", at.step, epoch=at.epoch, loss=loss, lr=at.lr,
+                           grad_norm=grad_norm, img_s=img_s)
+        self.progress.show(at, loss, img_s,
+                           (self.plan.total_steps - at.step) * (now - self.win_t) / steps)
         self._new_window()
 
     def epoch_end(self, end: EpochEnd) -> None:
-        t, st = self.t, self.t.state
+        st = self.state
         self.epoch_sum += end.reads.loss_sum
         self.epoch_n += end.reads.n
         n_bad = len(end.unreadable)
-        t.metrics.write("epoch", st.step, epoch=end.epoch + 1, complete=end.complete,
-                        train_loss=self.epoch_sum / self.epoch_n if self.epoch_n else math.nan,
-                        skipped_images=n_bad,
-                        val_top1=st.last_val["top1"] if st.last_val_step == st.step else None)
+        self.metrics.write(
+            "epoch", st.step, epoch=end.epoch + 1, complete=end.complete,
+            train_loss=self.epoch_sum / self.epoch_n if self.epoch_n else math.nan,
+            skipped_images=n_bad,
+            val_top1=st.last_val["top1"] if st.last_val_step == st.step else None)
         if n_bad:
-            t.log(f"epoch {end.epoch + 1}: skipped {end.unreadable.describe()}; "
-                  f"{len(set(end.unreadable.files) - self.known)} new, "
-                  f"{len(st.unreadable)} in the run")
+            self.log(f"epoch {end.epoch + 1}: skipped {end.unreadable.describe()}; "
+                     f"{len(set(end.unreadable.files) - self.known)} new, "
+                     f"{len(st.unreadable)} in the run")
 
 
 class Validation(Hook):
-    """Validate after every ``--eval-every`` complete epochs and at the end of the run."""
+    """Validate after every ``--eval-every`` complete epochs and where the run ends (also
+    inside an epoch, cut by --max-steps), so the last checkpoint can be the best."""
 
-    def __init__(self, trainer: Any) -> None:
-        self.t = trainer
+    def __init__(self, validate: Callable[[], Any], plan: "RunPlan", state: "TrainState",
+                 every: int) -> None:
+        self.validate, self.plan, self.state = validate, plan, state
+        self.every = max(1, every)
 
     def epoch_end(self, end: EpochEnd) -> None:
-        t, st = self.t, self.t.state
-        if end.complete and (st.epoch % max(1, t.opts.eval_every) == 0
-                             or st.epoch == t.total_epochs or st.step >= t.total_steps):
-            t.validate()
+        st, p = self.state, self.plan
+        if st.step >= p.total_steps or (end.complete and (
+                st.epoch % self.every == 0 or st.epoch == p.total_epochs)):
+            self.validate()
 
 
 class Checkpoints(Hook):
     """A checkpoint every ``--ckpt-every`` steps inside an epoch, and at each epoch's end."""
 
-    def __init__(self, trainer: Any) -> None:
-        self.t = trainer
-        self.every = trainer.opts.ckpt_every
+    def __init__(self, save: Callable[[], None], plan: "RunPlan", state: "TrainState",
+                 every: int) -> None:
+        self.save, self.plan, self.state, self.every = save, plan, state, every
 
     def reads_at(self, at: StepEnd) -> bool:
         # The records are read first, so the non-finite policy has judged every step saved.
@@ -206,22 +219,22 @@ class Checkpoints(Hook):
 
     def step_end(self, at: StepEnd) -> None:
         if self.reads_at(at):
-            self.t.save()
+            self.save()
 
     def epoch_end(self, end: EpochEnd) -> None:
-        if end.complete or self.t.state.step >= self.t.total_steps:
-            self.t.save()
+        if end.complete or self.state.step >= self.plan.total_steps:
+            self.save()
 
 
 class Preemption(Hook):
     """A scheduler's stop signal: checkpoint at this boundary and stop
     (:mod:`mfdsl.runner.preemption`)."""
 
-    def __init__(self, trainer: Any) -> None:
-        self.t = trainer
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self.stop = stop
 
     def step_start(self, step: int) -> None:
-        stop_at_boundary(self.t)
+        self.stop()
 
 
 def _env_int(name: str) -> Optional[int]:
@@ -235,8 +248,8 @@ class TestFaults(Hook):
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, trainer: Any) -> None:
-        self.t = trainer
+    def __init__(self, is_main: bool) -> None:
+        self.is_main = is_main
         self.nan_at = _env_int(NAN_ENV)
         step, _, sig = os.environ.get(SIGNAL_ENV, "").partition(":")
         self.signal_at = int(step) if step else None
@@ -247,7 +260,7 @@ class TestFaults(Hook):
         return self.nan_at == step
 
     def step_start(self, step: int) -> None:
-        if self.signal_at == step and self.t.env.is_main:
+        if self.signal_at == step and self.is_main:
             os.kill(os.getpid(), self.signal)
 
 
@@ -258,7 +271,7 @@ class TestKill(Hook):
 
     __test__ = False
 
-    def __init__(self, trainer: Any) -> None:
+    def __init__(self) -> None:
         self.at = _env_int(KILL_ENV)
 
     def reads_at(self, at: StepEnd) -> bool:

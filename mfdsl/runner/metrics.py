@@ -37,32 +37,37 @@ class MetricsLog:
     """Appends records to ``metrics.jsonl``, epoch rows to ``epochs.csv`` and scalars to
     TensorBoard (if installed). Only the main rank writes."""
 
-    def __init__(self, folder: str, enabled: bool, tensorboard: bool = True,
-                 resume_step: Optional[int] = None) -> None:
+    def __init__(self, folder: str, enabled: bool, tensorboard: bool = True) -> None:
         self.folder = folder
         self.enabled = enabled
+        self.tensorboard = tensorboard
         self.jsonl = os.path.join(folder, runs.METRICS_FILE)
         self.csv = os.path.join(folder, runs.EPOCHS_FILE)
         self.tb = None
-        if not enabled:
-            return
-        os.makedirs(folder, exist_ok=True)
+
+    def open(self, resume_step: Optional[int] = None) -> "MetricsLog":
+        """Start the files: a new run's afresh (the folder was checked), a resumed run's
+        cut back to ``resume_step``."""
+        if not self.enabled:
+            return self
+        os.makedirs(self.folder, exist_ok=True)
         if resume_step is None:
             for p in (self.jsonl, self.csv):
                 if os.path.lexists(p):
-                    os.unlink(p)  # a new run (the folder was checked): a link itself only
+                    os.unlink(p)  # a link itself only
         else:
             self._truncate_after(resume_step)
-        if tensorboard:
+        if self.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                tb_dir = os.path.join(folder, runs.TENSORBOARD_DIR)
+                tb_dir = os.path.join(self.folder, runs.TENSORBOARD_DIR)
                 fsio.ensure_folder(tb_dir)
                 self.tb = SummaryWriter(tb_dir)
             except Exception as exc:  # tensorboard missing or broken: the JSONL still has it all
                 print(f"note: TensorBoard logging off ({exc.__class__.__name__}: {exc})",
                       file=sys.stderr)
+        return self
 
     def _truncate_after(self, step: int) -> None:
         """Drop records a killed run logged after the checkpoint it resumes from."""

@@ -94,29 +94,30 @@ def stop_requested(watch: Optional[StopWatch], env: Any) -> Optional[str]:
     return names[0] if names else None
 
 
-def stop_at_boundary(trainer: Any) -> None:
+def stop_at_boundary(watch: Optional[StopWatch], env: Any, st: Any,
+                     save: Callable[[], None], latest: Callable[[], Optional[str]],
+                     output: str, log: Callable[[str], None]) -> None:
     """At a step boundary: if a stop was asked for, checkpoint (unless this step just was)
     and raise PreemptedRun (InterruptedRun for SIGINT) on every rank."""
-    if trainer.env.distributed and trainer.state.step % DISTRIBUTED_CHECK_EVERY:
+    if env.distributed and st.step % DISTRIBUTED_CHECK_EVERY:
         return
-    name = stop_requested(getattr(trainer, "stop_watch", None), trainer.env)
+    name = stop_requested(watch, env)
     if name is None:
         return
     # Imported only on a stop: this function runs at every step boundary.
-    from .checkpointing import WEIGHTS_EXT, find_latest
+    from .checkpointing import WEIGHTS_EXT
     from .errors import InterruptedRun
 
-    st = trainer.state
     if st.last_saved_step != st.step:
-        trainer.save()
-    latest = find_latest(trainer.ckpt_dir) if trainer.env.is_main else None
-    where = f"{latest}{WEIGHTS_EXT}" if latest else "(none)"
+        save()
+    stem = latest() if env.is_main else None
+    where = f"{stem}{WEIGHTS_EXT}" if stem else "(none)"
     msg = (f"stopped by {name} at step {st.step} (epoch {st.epoch + 1}); checkpoint {where}; "
-           f"continue with --resume auto -o {trainer.output}")
+           f"continue with --resume auto -o {output}")
     err: RunError = InterruptedRun(msg) if name == "SIGINT" else PreemptedRun(
         msg + f" (exit code {EXIT_PREEMPTED}: requeue)")
-    err.quiet = not trainer.env.is_main
-    trainer.log(f"{name}: stopping at the step boundary after step {st.step}")
+    err.quiet = not env.is_main
+    log(f"{name}: stopping at the step boundary after step {st.step}")
     raise err
 
 
