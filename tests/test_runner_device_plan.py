@@ -77,3 +77,38 @@ def test_train_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, mon
     used = variants_in_use(lowered[0])
     assert used and set(used) <= set(variants_for("cuda", False))
     assert "pointwise_conv1x1" not in used
+
+
+def test_eval_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, monkeypatch):
+    """Eval, like train: one lowering, with the variants of the device plan it resolved
+    (not the CPU's first and others chosen again when preparing)."""
+    from safetensors.torch import save_file
+
+    from conftest import solid_folder
+    from mfdsl.api import build_model, load_spec
+    from mfdsl.runner import api
+
+    spec = load_spec(str(SPECS / "demo_tiny.mf"))
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(spec).state_dict().items()},
+              str(weights))
+    data = solid_folder(tmp_path / "data", 1, {f"c{i}": 20 * i for i in range(10)})
+    lowered = []
+    real_lower = mfdsl.lower.lower
+
+    def counting(spec, target="cpu", variants=None):
+        model = real_lower(spec, target, variants)
+        if next(model.parameters()).device.type != "meta":
+            lowered.append(model)
+        return model
+
+    monkeypatch.setattr(mfdsl.lower, "lower", counting)
+    import mfdsl.runner.device_plan as dp
+
+    monkeypatch.setattr(dp, "variants_for", lambda device, compiled: variants_for("cuda", False))
+    res = api.evaluate(str(weights), spec, data=str(data), workers=0)
+    assert res["images"] == 10
+    assert len(lowered) == 1
+    used = variants_in_use(lowered[0])
+    assert used and set(used) <= set(variants_for("cuda", False))
+    assert "pointwise_conv1x1" not in used

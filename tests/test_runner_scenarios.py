@@ -270,7 +270,7 @@ def test_eval_missing_data(trained, tmp_path):
 def test_eval_root_without_the_split_is_not_taken_for_classes(trained, tmp_path):
     _images(tmp_path / "d" / "train" / "a", 2, 10)
     code, out = run("eval", DEMO, "--workers", "0", "--data", tmp_path / "d", "-c", trained)
-    assert code == 2 and "no 'val' folder" in out and "--split" in out
+    assert code == 2 and "no 'val' split" in out and "--split" in out
 
 
 def test_eval_folder_without_checkpoints(data, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from mfdsl import runs
 from mfdsl.runner.errors import RunError
-from mfdsl.runner.evaluate import resolve_checkpoint_path
+from mfdsl.runner.eval_run import resolve_checkpoint_path
 from mfdsl.runner.plan import finetune_source
 from mfdsl.weights.inherit import InheritError, open_source
 from mfdsl.weights.sources import DEFAULT_TAG, FILE, RELEASE, RUN, resolve_weights

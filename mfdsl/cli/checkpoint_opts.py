@@ -14,7 +14,7 @@ def checkpoint_path_cb(ctx: click.Context, param: click.Parameter,
     if value is None or not os.path.isdir(value):
         return value
     from ..runner.errors import RunError
-    from ..runner.evaluate import resolve_checkpoint_path
+    from ..runner.eval_run import resolve_checkpoint_path
 
     try:
         return resolve_checkpoint_path(value)

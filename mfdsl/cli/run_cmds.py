@@ -400,7 +400,7 @@ def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optiona
     transform is resize, centre crop (crop_pct), interpolation, mean/std (with
     --pretrained, the release's).
     """
-    from ..runner.evaluate import run_evaluation
+    from ..runner.eval_run import run_evaluation
 
     _launch_if_asked(nproc_per_node)
     if (checkpoint is None) == (pretrained is None):
