@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run, smooth_cosine_lr
+from conftest import run, smooth_cosine_lr, tiny_mf
 from mfdsl.ir import RecipeSpec
-from mfdsl.runner.schedule import schedule_for
+from mfdsl.runner.schedule import Schedule, schedule_for
 from mfdsl.data.transforms import BatchPreprocess, PendingErasing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,21 +107,30 @@ def test_erasing_fills_the_mixed_batch_with_each_samples_noise() -> None:
 
 # --- real runs ------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_real_run_writes_the_dry_run_plan_and_ema_selects_best(data, tmp_path) -> None:
+def test_real_run_is_its_dry_run_plan_step_for_step_and_ema_selects_best(data, tmp_path
+                                                                         ) -> None:
     out = tmp_path / "run"
-    args = ["--data", data, *FAST, "--ema", "0.9"]
+    args = ["--data", data, *FAST, "--ema", "0.9", "--epochs", "2", "--warmup-epochs", "1",
+            "--log-every", "1"]
     code, text = run("train", DEMO, *args, "-o", out)
     assert code == 0, text
     plan = json.loads((out / "plan.json").read_text())
     code, dry = run("train", DEMO, *args, "--dry-run", "--json")
     assert code == 0, dry
-    dry_plan = json.loads(dry)
-    for key in ("steps_per_epoch", "total_steps", "lr_per_step", "optimizer", "global_batch",
-                "ema", "precision", "init_from", "deviations_from_official"):
-        assert plan[key] == dry_plan[key], key
-    assert plan["ema"] == {"decay": 0.9, "selects_best_by": "ema top-1"}
+    assert json.loads(dry) == plan  # the dry run is the plan the run was built from
+    # ... and the run did what it planned: the lr of every step, the steps, the batch.
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    used = [r["lr"] for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(
+        range(1, plan["total_steps"] + 1))
+    assert used == Schedule.from_record(plan["schedule"]).lrs()
+    assert used[0] < used[plan["warmup_steps"]]  # a warmup was planned and run
+    recipe = json.loads((out / "recipe.json").read_text())["resolved"]
+    assert (recipe["global_batch"], recipe["total_steps"]) == (plan["global_batch"],
+                                                               plan["total_steps"])
+    assert plan["ema"] == {"decay": 0.9} and plan["best_selected_by"] == "EMA top-1"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["best_selected_by"] == "EMA top-1"
+    assert summary["best_selected_by"] == plan["best_selected_by"]
     assert summary["best_checkpoint"].endswith("best.ema.safetensors")
     assert Path(summary["best_checkpoint"]).exists()
     assert {"top1", "ema_top1"} <= set(summary["final_val"])
@@ -200,3 +209,66 @@ def test_attention_heads_compute_what_timm_computes(dim: int, heads: int) -> Non
     with torch.no_grad():
         want = ref(x.reshape(2, 16, dim)).reshape(2, 4, 4, dim)  # timm's takes (B, N, C)
         assert torch.allclose(mine(x), want, atol=1e-5, rtol=1e-5)
+
+
+# --- the plan as a new user meets it (issue: the new paths, tried as a new user would) -----
+def test_a_huge_dry_run_is_described_not_enumerated() -> None:
+    """A schedule of billions of steps is a record of its shape (one entry per epoch), not
+    a list of every step's lr; the lr of any step is still exact from that record."""
+    import time
+
+    t0 = time.perf_counter()
+    code, out = run("train", "specs/caformer_s18.mf", "--dry-run", "--json",
+                    "--dataset-size", 10**11)
+    assert code == 0, out
+    assert time.perf_counter() - t0 < 60
+    assert len(out) < 200_000
+    plan = json.loads(out)
+    assert "lr_per_step" not in plan and plan["total_steps"] > 10**9
+    sched = Schedule.from_record(plan["schedule"])
+    assert len(plan["lr_milestones"]) <= plan["total_epochs"] + 1
+    for mark in plan["lr_milestones"]:
+        assert sched.lr_at(mark["step"]) == mark["lr"]
+
+
+def test_a_max_steps_plan_says_it_is_shortened() -> None:
+    code, out = run("train", "specs/caformer_s18.mf", "--dry-run", "--dataset-size",
+                    1281167, "--max-steps", 100)
+    assert code == 0, out
+    line = next(x for x in out.splitlines() if x.startswith("steps:"))
+    assert line.startswith("steps: 100 (--max-steps;") and "96720" in line, line
+
+
+def test_the_dry_run_refuses_the_data_the_run_refuses(tmp_path) -> None:
+    """The dry run opens --data as training does: more classes than the head, and a val
+    class that training lacks, are refused by both with one message."""
+    from conftest import solid_folder
+
+    spec = tmp_path / "t.mf"
+    spec.write_text(tiny_mf())  # 3 classes
+    many = solid_folder(tmp_path / "many", 1, {f"c{i}": 20 * i for i in range(4)})
+    odd = solid_folder(tmp_path / "odd", 2, {"a": 10, "b": 200})
+    (odd / "val" / "zzz").mkdir()
+    Image.new("RGB", (20, 20)).save(odd / "val" / "zzz" / "0.png")
+    for data, want in ((many, "4 classes but the spec's head has num_classes 3"),
+                       (odd, "zzz")):
+        code, dry = run("train", spec, "--data", data, "--dry-run")
+        assert code == 2 and want in dry, dry
+        code, real = run("train", spec, "--data", data, "-o", tmp_path / "r", "--workers",
+                         "0", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "2")
+        assert code == 2 and want in real, real
+        assert dry.splitlines()[-1] == real.splitlines()[-1]
+        assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_run_shorter_than_an_epoch_validates_and_keeps_its_best(data, tmp_path) -> None:
+    """The end of a run cut by --max-steps is validated before its last checkpoint, so the
+    final figure can be the best, and a run shorter than an epoch has a best at all."""
+    out = tmp_path / "r"
+    code, text = run("train", DEMO, "--data", data, *FAST, "--max-steps", "2", "-o", out)
+    assert code == 0, text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped_at_max_steps" and summary["steps"] == 2
+    assert summary["best_top1"] == summary["final_val"]["top1"]
+    assert Path(summary["best_checkpoint"]).exists()

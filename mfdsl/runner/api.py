@@ -1,0 +1,77 @@
+"""The runner from Python: plan a run, train it, evaluate a checkpoint - what ``mfdsl
+train`` and ``mfdsl eval`` do, for code that drives many runs (a sweep, a notebook).
+
+    from mfdsl.runner import api
+
+    plan = api.plan_run("specs/demo_tiny.mf", data="/data/tiny", max_steps=100)
+    print(plan.summary(), plan.total_steps, plan.schedule.lr_at(10))
+    summary = api.train("specs/demo_tiny.mf", data="/data/tiny", output="runs/a",
+                        max_steps=100, recipe={"lr": 1e-3})
+    result = api.evaluate("runs/a", data="/data/tiny")
+
+Options are :class:`mfdsl.runner.options.TrainOptions` fields by name (``recipe``: recipe
+fields to override); an unknown name is a :class:`~mfdsl.runner.errors.RunError`, as every
+refusal is (a :class:`mfdsl.errors.UserError`: its ``exit_code`` is the CLI's).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+from ..ir import ModelSpec
+from .errors import RunError
+from .hooks import Hook
+from .options import TrainOptions
+from .plan import RunPlan
+
+SpecLike = Union[str, "os.PathLike[str]", ModelSpec]
+
+
+def load(spec: SpecLike) -> ModelSpec:
+    """A spec file (``.mf`` or ``.yaml``) read and checked, or a :class:`ModelSpec` as is."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    from ..api import load_spec
+
+    return load_spec(os.fspath(spec))
+
+
+def options(recipe: Optional[Mapping[str, Any]] = None, **kw: Any) -> TrainOptions:
+    """Run options from keyword arguments, checked by name."""
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise RunError(f"unknown run option(s) {', '.join(unknown)}; the options are "
+                       f"{', '.join(sorted(known - {'recipe_overrides'}))}")
+    if recipe:
+        kw["recipe_overrides"] = dict(recipe)
+    if kw.get("img_size") is not None and isinstance(kw["img_size"], int):
+        kw["img_size"] = (kw["img_size"], kw["img_size"])
+    return TrainOptions(**kw)
+
+
+def plan_run(spec: SpecLike, *, dataset_size: Optional[int] = None,
+             world_size: Optional[int] = None, **kw: Any) -> RunPlan:
+    """The plan ``train`` would run (``mfdsl train --dry-run``): reads the spec and the data's
+    file lists, writes nothing. ``dataset_size`` stands in for the data."""
+    from .plan import dry_run
+
+    return dry_run(load(spec), options(**kw), dataset_size, world_size)
+
+
+def train(spec: SpecLike, *, hooks: Sequence[Hook] = (), **kw: Any) -> Dict[str, Any]:
+    """Train ``spec`` (``mfdsl train``) and return its summary (``summary.json``).
+    ``hooks``: :class:`~mfdsl.runner.hooks.Hook` objects the loop calls after the run's
+    own."""
+    from .train import run_training
+
+    return run_training(load(spec), options(**kw), hooks)
+
+
+def evaluate(checkpoint: str, spec: Optional[SpecLike] = None, **kw: Any) -> Dict[str, Any]:
+    """Top-1/top-5/loss of ``checkpoint`` (a run folder or weights file; ``mfdsl eval``)
+    over ``data``'s split (keywords as ``mfdsl eval``'s options)."""
+    from .eval_run import run_evaluation
+
+    return run_evaluation(load(spec) if spec is not None else None, checkpoint, **kw)
