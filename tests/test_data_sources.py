@@ -22,7 +22,7 @@ from mfdsl.data.layout import LayoutError, detect_layout, open_source
 from mfdsl.data.sources import UnknownClassError
 from mfdsl.data.tarshards import TarShardSource
 from mfdsl.data.transforms import SeededPipeline, ToUint8Tensor
-from mfdsl.data.writers import folder_to_forms, write_tar_split
+from mfdsl.data.writers import folder_to_forms, write_parquet_split, write_tar_split
 from mfdsl.runner.errors import DataError
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
@@ -276,3 +276,44 @@ def test_folder_manifest_is_reused_while_valid_and_rescanned_after_a_change(tmp_
     (root / "train" / WNIDS[2] / "new.JPEG").write_bytes(b"x")
     d = open_source(detect_layout(str(root)), "train")
     assert len(d) == len(a) + 1
+
+
+def _split_items(forms, n=6):
+    return [(Path(forms["folder"], "train", WNIDS[0], f"{WNIDS[0]}_{i:04d}.JPEG").read_bytes(),
+             0, f"{i}.JPEG") for i in range(n)]
+
+
+def test_a_shard_split_with_missing_shards_is_refused(forms, tmp_path):
+    """An interrupted download must not train on part of the data: -of-N names must all be
+    there, a numbered series must have no gap, and mixed counts or series are refused."""
+    items = _split_items(forms)
+    pq_root = tmp_path / "pq"
+    write_parquet_split(items, str(pq_root), "train", WNIDS, per_shard=2)  # -of-00003
+    write_parquet_split(items, str(pq_root), "validation", WNIDS, per_shard=6)
+    (pq_root / "data" / "train-00001-of-00003.parquet").unlink()
+    lay = detect_layout(str(pq_root))
+    with pytest.raises(DataError, match=r"train split .* 2 of 3 shards present") as e:
+        open_source(lay, "train")
+    assert "train-00001-of-00003.parquet" in e.value.message
+    assert len(open_source(lay, "val")) == 6  # the complete split is still usable
+    # The last shard missing is seen too: the names say how many there are.
+    (pq_root / "data" / "train-00002-of-00003.parquet").unlink()
+    with pytest.raises(DataError, match="1 of 3 shards present"):
+        open_source(detect_layout(str(pq_root)), "train")
+    # Shards of two downloads (different counts) are not one split.
+    write_parquet_split(items, str(pq_root), "train", WNIDS, per_shard=3)  # -of-00002
+    with pytest.raises(DataError, match="different counts"):
+        open_source(detect_layout(str(pq_root)), "train")
+
+    tar_root = tmp_path / "tar"
+    write_tar_split(items, str(tar_root), "train", per_shard=2)  # 0000 0001 0002
+    os.replace(tar_root / "imagenet1k-train-0002.tar", tar_root / "imagenet1k-train-0003.tar")
+    with pytest.raises(DataError, match=r"3 of 4 shards present \(numbered 0000 to 0003\)"
+                       ) as e:
+        open_source(detect_layout(str(tar_root)), "train")
+    assert "missing imagenet1k-train-0002.tar" in e.value.message
+    os.replace(tar_root / "imagenet1k-train-0003.tar", tar_root / "other-train-0002.tar")
+    with pytest.raises(DataError, match="mixes shard series"):
+        open_source(detect_layout(str(tar_root)), "train")
+    os.replace(tar_root / "other-train-0002.tar", tar_root / "imagenet1k-train-0002.tar")
+    assert len(open_source(detect_layout(str(tar_root)), "train")) == 6
