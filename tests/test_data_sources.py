@@ -257,6 +257,7 @@ def test_folder_manifest_is_reused_while_valid_and_rescanned_after_a_change(tmp_
     import mfdsl.data.folder as folder
 
     monkeypatch.setenv("MFDSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(folder, "SETTLED_S", 0.0)  # the utime below is a change (ctime)
     root = _tree(tmp_path / "d", 3, 1)
     old = 1_600_000_000
     for d, _, _ in os.walk(root):
@@ -317,3 +318,53 @@ def test_a_shard_split_with_missing_shards_is_refused(forms, tmp_path):
         open_source(detect_layout(str(tar_root)), "train")
     os.replace(tar_root / "other-train-0002.tar", tar_root / "imagenet1k-train-0002.tar")
     assert len(open_source(detect_layout(str(tar_root)), "train")) == 6
+
+
+def test_folder_manifest_sees_a_removal_behind_a_restored_mtime(tmp_path, monkeypatch):
+    """rsync -t (or any utime) puts a folder's mtime back after a file was removed: the
+    cached index must not be used (the change time moved), and no lock file is left."""
+    import mfdsl.data.folder as folder
+
+    monkeypatch.setenv("MFDSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(folder, "SETTLED_S", 0.0)
+    root = _tree(tmp_path / "d", 3, 1)
+    a = open_source(detect_layout(str(root)), "train")
+    cls = root / "train" / WNIDS[0]
+    st = os.stat(cls)
+    (cls / f"{WNIDS[0]}_0001.JPEG").unlink()
+    os.utime(cls, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(cls).st_mtime_ns == st.st_mtime_ns
+    b = open_source(detect_layout(str(root)), "train")
+    assert len(b) == len(a) - 1
+    assert not any(n.endswith("_0001.JPEG") and WNIDS[0] in n
+                   for n, _ in b.index.pairs())
+    cache = tmp_path / "cache"
+    assert list(cache.rglob("*.npz")) and not list(cache.rglob("*.lock"))
+
+
+def test_build_lock_excludes_and_leaves_no_lock_file(tmp_path):
+    """The lock file is removed on release; a waiter that then holds the removed file takes
+    the lock again, so two holders never overlap."""
+    import threading
+    import time
+
+    from mfdsl.data.manifest import build_lock
+
+    path = str(tmp_path / "x.npz")
+    inside, overlaps = [0], []
+
+    def work():
+        for _ in range(20):
+            with build_lock(path):
+                inside[0] += 1
+                overlaps.append(inside[0] > 1)
+                time.sleep(0.0005)
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(overlaps) == 80 and not any(overlaps)
+    assert os.listdir(tmp_path) == []
