@@ -368,3 +368,19 @@ def test_build_lock_excludes_and_leaves_no_lock_file(tmp_path):
         t.join()
     assert len(overlaps) == 80 and not any(overlaps)
     assert os.listdir(tmp_path) == []
+
+
+def test_shards_out_of_the_folders_order_are_noted(forms, tmp_path):
+    """The same images train the same run in any form only in the folder's reading order
+    (class by class): shards stored otherwise say so when opened."""
+    srcs = {k: open_source(detect_layout(forms[k]), "train") for k in ("parquet", "tar")}
+    assert not any("class by class" in n for s in srcs.values() for n in s.notes)
+    items = [(Path(forms["folder"], "train", w, f"{w}_{i:04d}.JPEG").read_bytes(), c, "x")
+             for i in range(3) for c, w in enumerate(WNIDS)]  # classes interleaved
+    write_parquet_split(items, str(tmp_path / "pq"), "train", WNIDS, per_shard=4)
+    write_tar_split(items, str(tmp_path / "tar"), "train", per_shard=4, classes=WNIDS)
+    for kind in ("pq", "tar"):
+        for classes in (None, WNIDS):
+            src = open_source(detect_layout(str(tmp_path / kind)), "train", classes)
+            note = [n for n in src.notes if "class by class" in n]
+            assert note and f"sample 3 is class {WNIDS[0]!r}, after {WNIDS[2]!r}" in note[0], kind
