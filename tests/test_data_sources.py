@@ -22,7 +22,7 @@ from mfdsl.data.layout import LayoutError, detect_layout, open_source
 from mfdsl.data.sources import UnknownClassError
 from mfdsl.data.tarshards import TarShardSource
 from mfdsl.data.transforms import SeededPipeline, ToUint8Tensor
-from mfdsl.data.writers import folder_to_forms, write_tar_split
+from mfdsl.data.writers import folder_to_forms, write_parquet_split, write_tar_split
 from mfdsl.runner.errors import DataError
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
@@ -257,6 +257,7 @@ def test_folder_manifest_is_reused_while_valid_and_rescanned_after_a_change(tmp_
     import mfdsl.data.folder as folder
 
     monkeypatch.setenv("MFDSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(folder, "SETTLED_S", 0.0)  # the utime below is a change (ctime)
     root = _tree(tmp_path / "d", 3, 1)
     old = 1_600_000_000
     for d, _, _ in os.walk(root):
@@ -276,3 +277,110 @@ def test_folder_manifest_is_reused_while_valid_and_rescanned_after_a_change(tmp_
     (root / "train" / WNIDS[2] / "new.JPEG").write_bytes(b"x")
     d = open_source(detect_layout(str(root)), "train")
     assert len(d) == len(a) + 1
+
+
+def _split_items(forms, n=6):
+    return [(Path(forms["folder"], "train", WNIDS[0], f"{WNIDS[0]}_{i:04d}.JPEG").read_bytes(),
+             0, f"{i}.JPEG") for i in range(n)]
+
+
+def test_a_shard_split_with_missing_shards_is_refused(forms, tmp_path):
+    """An interrupted download must not train on part of the data: -of-N names must all be
+    there, a numbered series must have no gap, and mixed counts or series are refused."""
+    items = _split_items(forms)
+    pq_root = tmp_path / "pq"
+    write_parquet_split(items, str(pq_root), "train", WNIDS, per_shard=2)  # -of-00003
+    write_parquet_split(items, str(pq_root), "validation", WNIDS, per_shard=6)
+    (pq_root / "data" / "train-00001-of-00003.parquet").unlink()
+    lay = detect_layout(str(pq_root))
+    with pytest.raises(DataError, match=r"train split .* 2 of 3 shards present") as e:
+        open_source(lay, "train")
+    assert "train-00001-of-00003.parquet" in e.value.message
+    assert len(open_source(lay, "val")) == 6  # the complete split is still usable
+    # The last shard missing is seen too: the names say how many there are.
+    (pq_root / "data" / "train-00002-of-00003.parquet").unlink()
+    with pytest.raises(DataError, match="1 of 3 shards present"):
+        open_source(detect_layout(str(pq_root)), "train")
+    # Shards of two downloads (different counts) are not one split.
+    write_parquet_split(items, str(pq_root), "train", WNIDS, per_shard=3)  # -of-00002
+    with pytest.raises(DataError, match="different counts"):
+        open_source(detect_layout(str(pq_root)), "train")
+
+    tar_root = tmp_path / "tar"
+    write_tar_split(items, str(tar_root), "train", per_shard=2)  # 0000 0001 0002
+    os.replace(tar_root / "imagenet1k-train-0002.tar", tar_root / "imagenet1k-train-0003.tar")
+    with pytest.raises(DataError, match=r"3 of 4 shards present \(numbered 0000 to 0003\)"
+                       ) as e:
+        open_source(detect_layout(str(tar_root)), "train")
+    assert "missing imagenet1k-train-0002.tar" in e.value.message
+    os.replace(tar_root / "imagenet1k-train-0003.tar", tar_root / "other-train-0002.tar")
+    with pytest.raises(DataError, match="mixes shard series"):
+        open_source(detect_layout(str(tar_root)), "train")
+    os.replace(tar_root / "other-train-0002.tar", tar_root / "imagenet1k-train-0002.tar")
+    assert len(open_source(detect_layout(str(tar_root)), "train")) == 6
+
+
+def test_folder_manifest_sees_a_removal_behind_a_restored_mtime(tmp_path, monkeypatch):
+    """rsync -t (or any utime) puts a folder's mtime back after a file was removed: the
+    cached index must not be used (the change time moved), and no lock file is left."""
+    import mfdsl.data.folder as folder
+
+    monkeypatch.setenv("MFDSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(folder, "SETTLED_S", 0.0)
+    root = _tree(tmp_path / "d", 3, 1)
+    a = open_source(detect_layout(str(root)), "train")
+    cls = root / "train" / WNIDS[0]
+    st = os.stat(cls)
+    (cls / f"{WNIDS[0]}_0001.JPEG").unlink()
+    os.utime(cls, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(cls).st_mtime_ns == st.st_mtime_ns
+    b = open_source(detect_layout(str(root)), "train")
+    assert len(b) == len(a) - 1
+    assert not any(n.endswith("_0001.JPEG") and WNIDS[0] in n
+                   for n, _ in b.index.pairs())
+    cache = tmp_path / "cache"
+    assert list(cache.rglob("*.npz")) and not list(cache.rglob("*.lock"))
+
+
+def test_build_lock_excludes_and_leaves_no_lock_file(tmp_path):
+    """The lock file is removed on release; a waiter that then holds the removed file takes
+    the lock again, so two holders never overlap."""
+    import threading
+    import time
+
+    from mfdsl.data.manifest import build_lock
+
+    path = str(tmp_path / "x.npz")
+    inside, overlaps = [0], []
+
+    def work():
+        for _ in range(20):
+            with build_lock(path):
+                inside[0] += 1
+                overlaps.append(inside[0] > 1)
+                time.sleep(0.0005)
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(overlaps) == 80 and not any(overlaps)
+    assert os.listdir(tmp_path) == []
+
+
+def test_shards_out_of_the_folders_order_are_noted(forms, tmp_path):
+    """The same images train the same run in any form only in the folder's reading order
+    (class by class): shards stored otherwise say so when opened."""
+    srcs = {k: open_source(detect_layout(forms[k]), "train") for k in ("parquet", "tar")}
+    assert not any("class by class" in n for s in srcs.values() for n in s.notes)
+    items = [(Path(forms["folder"], "train", w, f"{w}_{i:04d}.JPEG").read_bytes(), c, "x")
+             for i in range(3) for c, w in enumerate(WNIDS)]  # classes interleaved
+    write_parquet_split(items, str(tmp_path / "pq"), "train", WNIDS, per_shard=4)
+    write_tar_split(items, str(tmp_path / "tar"), "train", per_shard=4, classes=WNIDS)
+    for kind in ("pq", "tar"):
+        for classes in (None, WNIDS):
+            src = open_source(detect_layout(str(tmp_path / kind)), "train", classes)
+            note = [n for n in src.notes if "class by class" in n]
+            assert note and f"sample 3 is class {WNIDS[0]!r}, after {WNIDS[2]!r}" in note[0], kind

@@ -22,7 +22,10 @@ from .sources import Source
 # The split names each form uses; ``val`` and ``validation`` name the same split.
 SPLIT_ALIASES = {"val": ("val", "validation"), "validation": ("validation", "val")}
 _TAR_SHARD = re.compile(r"^(?P<prefix>.*?)-?(?P<split>[A-Za-z0-9]+)-(?P<num>\d+)\.tar$")
-_PARQUET_SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_]+?)-\d+(-of-\d+)?\.parquet$")
+_PARQUET_SHARD = re.compile(
+    r"^(?P<split>[A-Za-z0-9_]+?)-(?P<num>\d+)(-of-(?P<total>\d+))?\.parquet$")
+# Missing shards named in a refusal (the rest are counted).
+SHOW_MISSING = 5
 
 
 class LayoutError(DataError):
@@ -127,13 +130,82 @@ def _what(layout: DataLayout) -> str:
                                      for n, v in sorted(layout.splits.items()))
 
 
+def check_shard_series(kind: str, split: str, files: Sequence[str]) -> None:
+    """Refuse a split whose shard names show that shards are missing (an interrupted
+    download would otherwise train on part of the data, silently).
+
+    Names that declare a count (``train-00000-of-00294.parquet``) must all declare the same
+    one, N, and be exactly the shards 0 .. N-1. Numbered names without a count (the tar form,
+    ``NAME-train-NNNN.tar``) must be one series (one ``NAME``), each number once, running
+    from 0 (or 1) to the highest without a gap; a missing last shard cannot be told from its
+    names."""
+    pattern = _TAR_SHARD if kind == "tar" else _PARQUET_SHARD
+    parsed = [(f, pattern.match(os.path.basename(f))) for f in files]
+    where = os.path.dirname(files[0]) if files else ""
+    head = f"the {split} split ({where}/{_shard_pattern(kind, split)})"
+    if kind == "tar":
+        prefixes = sorted({m.group("prefix") for _, m in parsed if m})
+        if len(prefixes) > 1:
+            raise DataError(f"{head} mixes shard series {', '.join(repr(p) for p in prefixes)}:"
+                            " keep one series per split (move the others to another folder)")
+    # The count each name declares (None: no -of-N).
+    counts = {int(m["total"]) if m.groupdict().get("total") else None for _, m in parsed if m}
+    if len(counts) > 1:
+        said = ", ".join(f"-of-{c}" for c in sorted(c for c in counts if c is not None))
+        raise DataError(f"{head}: the shard names declare different counts ({said}"
+                        f"{' and none' if None in counts else ''}): shards of different "
+                        "downloads or versions are mixed; keep one set")
+    total = next(iter(counts), None)
+    by_num: Dict[int, str] = {}
+    for f, m in parsed:
+        if m is None:
+            continue
+        num = int(m.group("num"))
+        if num in by_num:
+            raise DataError(f"{head}: shards {os.path.basename(by_num[num])} and "
+                            f"{os.path.basename(f)} have the same number; keep one")
+        by_num[num] = f
+    if not by_num:
+        return
+    sample = pattern.match(os.path.basename(by_num[min(by_num)]))
+    width = len(sample.group("num"))
+    if total is not None:
+        expected = range(total)
+        beyond = sorted(n for n in by_num if n >= total)
+        if beyond:
+            raise DataError(f"{head}: shard {os.path.basename(by_num[beyond[0]])} is numbered "
+                            f"beyond its declared count (shards 0 .. {total - 1})")
+    else:
+        expected = range(min(min(by_num), 1), max(by_num) + 1)
+    missing = [n for n in expected if n not in by_num]
+    if not missing:
+        return
+    name = os.path.basename(by_num[min(by_num)])
+    a, b = sample.span("num")
+
+    def named(n: int) -> str:
+        return f"{name[:a]}{n:0{width}d}{name[b:]}"
+
+    shown = ", ".join(named(n) for n in missing[:SHOW_MISSING]) + (
+        f" and {len(missing) - SHOW_MISSING} more" if len(missing) > SHOW_MISSING else "")
+    declared = (f"the names declare {total}" if total is not None else
+                f"numbered {expected[0]:0{width}d} to {expected[-1]:0{width}d}")
+    raise DataError(
+        f"{head}: {len(by_num)} of {len(expected)} shards present ({declared}); missing "
+        f"{shown}. An interrupted download? Fetch the missing shards (to train on some "
+        "shards on purpose, link them into another folder numbered from 0, without a count)")
+
+
 def open_source(layout: DataLayout, split: str, classes: Optional[Sequence[str]] = None
                 ) -> Optional[Source]:
-    """The source of ``split`` in ``layout`` (None if the layout has no such split)."""
+    """The source of ``split`` in ``layout`` (None if the layout has no such split); a
+    shard split with missing shards is refused (:func:`check_shard_series`)."""
     name = layout.find(split)
     if name is None:
         return None
     files = layout.splits[name]
+    if layout.kind != "folder":
+        check_shard_series(layout.kind, name, files)
     if layout.kind == "folder":
         from .folder import FolderSource
 

@@ -1,7 +1,7 @@
 """Cached indexes ("manifests"): numpy arrays + JSON metadata in one ``.npz``, written
 atomically, built under a file lock so that the ranks of one machine scan a dataset once
 (the first builds, the others wait and read it), and reused by later runs while their
-validation (the caller's: folder or shard sizes and modification times) holds."""
+validation (the caller's: folder times, shard sizes and modification times) holds."""
 from __future__ import annotations
 
 import contextlib
@@ -25,23 +25,46 @@ def cache_path(kind: str, *key: str) -> str:
 @contextlib.contextmanager
 def build_lock(path: str) -> Iterator[None]:
     """An exclusive lock on ``path + '.lock'`` (none if it cannot be made: then every
-    process builds its own, which is only slower)."""
-    fd = None
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except (OSError, ImportError):
-        if fd is not None:
-            os.close(fd)
-        fd = None
+    process builds its own, which is only slower). The lock file is removed on release, so
+    that the cache does not keep one per dataset ever indexed."""
+    lock = path + ".lock"
+    fd = _acquire(lock)
     try:
         yield
     finally:
         if fd is not None:
+            # Removed while still held: a process waiting on this file gets it once it is
+            # unlinked, sees that the path no longer names it and takes the lock again.
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
             os.close(fd)  # closing releases the lock
+
+
+def _acquire(lock: str) -> Optional[int]:
+    """A descriptor holding ``flock`` on the file that ``lock`` names now, or None."""
+    try:
+        import fcntl
+
+        os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+    except (OSError, ImportError):
+        return None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock
+            os.close(fd)
+            return None
+        try:
+            held, now = os.fstat(fd), os.stat(lock)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return fd
+        except OSError:  # removed by the holder we waited for
+            pass
+        os.close(fd)
 
 
 def save(path: str, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> bool:

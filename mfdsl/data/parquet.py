@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..runner.errors import DataError
-from .sources import Source, remap_labels, shard_class_names
+from .sources import Source, remap_labels, shard_class_names, stored_order_note
 
 # Rows decoded at a time when reading a row group: a sample costs the pages up to its batch
 # (not the whole group, ~11 MB for 100 ImageNet JPEGs); the following rows of the batch
@@ -87,9 +87,10 @@ class ParquetSource(Source):
                             "samples")
         all_labels = np.concatenate(labels)
         own, note = shard_class_names(root, names, int(all_labels.max()) + 1)
+        order = stored_order_note(own, all_labels)
         self.classes, self.labels, self.missing_classes = remap_labels(
             root, own, all_labels, classes)
-        self.notes = [note] if classes is None else []
+        self.notes = ([note] if classes is None else []) + ([order] if order else [])
         self.rg_start = np.zeros(len(rg_rows) + 1, np.int64)
         np.cumsum(np.asarray(rg_rows, np.int64), out=self.rg_start[1:])
         self.rg_file = np.asarray(rg_file, np.int32)

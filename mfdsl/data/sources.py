@@ -133,6 +133,30 @@ def shard_class_names(root: str, metadata_names: Optional[List[str]], n_labels: 
         "one name per line, to name them)")
 
 
+def stored_order_note(own: List[str], labels: np.ndarray) -> Optional[str]:
+    """A note if a shard split's samples are not stored class by class in sorted class-name
+    order, the folder form's reading order (``labels``: indices into ``own``).
+
+    A run reads sample i as the i-th stored sample (the sampler's permutation, each
+    sample's augmentation seed and the unreadable-image replacement follow that order), so
+    such shards give other batches than the same images in folder form. Class order is
+    necessary, not sufficient: within a class the folder reads files by name, and a
+    shard's own names are not compared here (parquet would need its path column read)."""
+    if len(labels) < 2:
+        return None
+    rank = np.empty(len(own), np.int64)
+    rank[sorted(range(len(own)), key=own.__getitem__)] = np.arange(len(own))
+    r = rank[labels]
+    back = np.flatnonzero(r[1:] < r[:-1])
+    if not len(back):
+        return None
+    i = int(back[0]) + 1
+    return (f"samples are not stored class by class (sample {i} is class {own[labels[i]]!r}, "
+            f"after {own[labels[i - 1]]!r}): batches follow the stored order, so this run is "
+            "not bitwise the one these images give in folder form (docs/training.md, the "
+            "three forms)")
+
+
 def remap_labels(root: str, own: List[str], labels: np.ndarray,
                  classes: Optional[Sequence[str]]) -> Tuple[List[str], np.ndarray, List[str]]:
     """Labels re-expressed as positions in ``classes`` (a run's class list), and the listed

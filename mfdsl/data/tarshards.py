@@ -26,7 +26,7 @@ import numpy as np
 
 from ..runner.errors import DataError
 from .index import NameIndexBuilder
-from .sources import Source, remap_labels, shard_class_names
+from .sources import Source, remap_labels, shard_class_names, stored_order_note
 
 INDEX_VERSION = 1
 MAX_OPEN_SHARDS = 64  # per process; well under the usual 1024 open files
@@ -188,9 +188,11 @@ class TarShardSource(Source):
         self.shard, self.offset, self.size = index["shard"], index["offset"], index["size"]
         self.keys, self.key_offsets = index["keys"], index["key_offsets"]
         own, note = shard_class_names(root, None, int(index["labels"].max()) + 1)
+        order = stored_order_note(own, index["labels"])
         self.classes, self.labels, self.missing_classes = remap_labels(
             root, own, index["labels"], classes)
-        self.notes = [how] + ([note] if classes is None else []) + list(index["notes"])[:5]
+        self.notes = ([how] + ([note] if classes is None else []) + ([order] if order else [])
+                      + list(index["notes"])[:5])
         self._fds: Dict[str, Any] = {}
 
     def __getstate__(self) -> Dict[str, Any]:
