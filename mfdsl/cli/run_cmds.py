@@ -9,12 +9,10 @@ from typing import Any, Dict, NoReturn, Optional, Tuple
 
 import click
 
-from ..errors import CommandError, SpecError, UserError
+from ..errors import EXIT_INTERRUPTED, CommandError, SpecError, UserError
+from ..runner.options import EvalOptions, TrainOptions, options_of
 from .app import main, report
 from .common import check_at_img_size, parse_img_size
-
-# More loader processes than cores only adds contention (and a DataLoader warning).
-_DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 _EXIT_SPEC = 2
 
@@ -40,7 +38,7 @@ def _run_guarded(fn, *args, **kw) -> Any:
             sys.exit(err.exit_code)
         report(err, "" if isinstance(err, SpecError) else _rank_prefix())
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("interrupted", EXIT_INTERRUPTED)
 
 
 def _launch_if_asked(nproc: Optional[int]) -> None:
@@ -180,99 +178,111 @@ def _recipe_options(f):
     return f
 
 
-@main.command("train")
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Path(), default=None,
-              help="Dataset folder: an ImageFolder tree (train/<class>/*, val/<class>/*), a "
-                   "Hugging Face parquet folder (data/train-*.parquet, data/validation-*) or "
-                   "WebDataset shards (*-train-NNNN.tar, *-validation-NNNN.tar). Default: the "
-                   "built-in TinyShapes dataset (generated offline).")
-@click.option("--train-split", default="train", show_default=True)
-@click.option("--val-split", default="val", show_default=True)
-@click.option("--val-samples", type=click.IntRange(min=1), default=None,
-              help="Validate on this many images spread evenly over the val split (quick "
-                   "runs; the score is not the full split's). Default: all.")
-@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
-              help="Run folder. Default: runs/<model name>.")
-@_recipe_options
-@click.option("--per-device-batch", type=int, help="Micro-batch per process.")
-@click.option("--accum", type=int, help="Gradient accumulation steps.")
-@click.option("--img-size", help="Training/eval image size, e.g. 224 or 256x192 "
-                                 "(default: the spec's input size).")
-@click.option("--no-flip", is_flag=True, help="No random horizontal flip.")
-@click.option("--crop-scale-min", type=float, help="Smallest RandomResizedCrop area fraction "
-                                                   "(default 0.08; 0.35 on the embedded data).")
-@click.option("--init-from", help="Start from these weights: a checkpoint file (mfdsl, timm or "
-                                  "official) or a release name, e.g. "
-                                  "caformer_s18.sail_in22k_ft_in1k (fetched via the HF cache).")
-@click.option("--inherit", multiple=True, metavar="[PARTS=]SOURCE",
-              help="Copy trained parts from SOURCE (release name, run folder or checkpoint) "
-                   "where role, kind and shape match; PARTS like stage0-1,head. Repeatable; "
-                   "see docs/training.md.")
-@click.option("--inherit-depth", type=click.Choice(["first", "repeat"]), default="first",
-              show_default=True, help="Deeper target stages: extra blocks new, or the "
-                                      "source's blocks repeated cyclically.")
-@click.option("--workers", type=int, default=_DEFAULT_WORKERS, show_default=True,
-              help="DataLoader worker processes per training process (default: CPU cores, "
-                   "at most 8).")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
-@click.option("--resume", help="Continue from a checkpoint: a .safetensors/.state.pt file, a "
-                               "run folder, or 'auto' (the latest in --output).")
-@click.option("--overwrite", is_flag=True,
-              help="Start a new run in an --output folder that holds an earlier run: its run "
-                   "files (checkpoints, metrics, run.json ...) are removed first.")
-@click.option("--allow-recipe-change", is_flag=True,
-              help="With --resume: let recipe values differ from the run's (refused "
-                   "otherwise); each change is recorded with its step in "
-                   "recipe_changes.jsonl.")
-@click.option("--wait-for-lock", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
-              help="If another run holds the --output folder, wait up to this long for it "
-                   "to end (a requeued job) instead of stopping at once.")
-@click.option("--max-steps", type=int, help="Stop after this many optimizer steps (the "
-                                            "schedule is compressed to fit).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--compile/--no-compile", default=None, help="torch.compile (default: on CUDA).")
-@click.option("--channels-last/--no-channels-last", default=None,
-              help="channels_last memory format (default: on CUDA).")
-@click.option("--amp/--no-amp", default=None,
-              help="Autocast (default: the recipe's amp, on CUDA only).")
-@click.option("--amp-dtype", type=click.Choice(["bfloat16", "float16"]), default="bfloat16",
-              show_default=True)
-@click.option("--nan-policy", type=click.Choice(["skip", "stop"]), default="skip",
-              show_default=True, help="On a non-finite loss: skip the step, or stop (exit 3).")
-@click.option("--nan-max-consecutive", type=click.IntRange(min=1), default=5, show_default=True,
-              help="With skip: stop after this many non-finite steps in a row.")
-@click.option("--keep-recent", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Periodic checkpoints kept besides last and best.")
-@click.option("--ckpt-every", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Also checkpoint every N optimizer steps (0: at epoch ends only).")
-@click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Optimizer steps between log lines / metric records.")
-@click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between "
-                                                                            "validations.")
-@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
-              help="Start this many processes (one per device) on this machine, like "
-                   "torchrun --standalone; a failing process's message is the only one.")
-@click.option("--tensorboard/--no-tensorboard", default=True, show_default=True)
-@click.option("--progress/--no-progress", default=None,
-              help="tqdm progress bar (default: when stderr is a terminal).")
-@click.option("--grad-checkpointing/--no-grad-checkpointing", default=False, show_default=True,
-              help="Recompute each block's activations in backward instead of keeping them: "
-                   "the same gradients, less activation memory, ~1/3 more compute.")
-@click.option("--from-scratch", is_flag=True,
-              help="Start from random weights although the recipe names finetune_from.")
-@click.option("--dry-run", is_flag=True,
-              help="Print the run plan (batch plan, lr at every step, optimizer, "
-                   "augmentation, EMA, precision, init, deviations from the official recipe) "
-                   "without training or writing anything.")
-@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-@click.option("--dataset-size", type=int, default=None,
-              help="With --dry-run: plan for this many training images instead of --data.")
-@click.option("--world-size", type=int, default=None,
-              help="With --dry-run: plan for this many processes (default: --nproc-per-node,"
-                   " else 1).")
-def train_cmd(spec: str, **kw: Any) -> None:
-    """Train SPEC on an ImageFolder dataset (or the built-in one), single process or
+class _OptionValueError(click.BadParameter):
+    """A value outside its option's field, worded as every range error: ``--world-size
+    must be >= 1, got 0 (hint: allowed: >= 1)``."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+class _FieldType(click.ParamType):
+    """An option's value: read as its field's type, then checked against the field
+    (``checks.values.check_value``) under the option's spelling."""
+
+    def __init__(self, meta: Any) -> None:
+        from ..fields import FLOAT, INT, SIZE
+
+        self.meta = meta
+        self.name = {INT: "integer", FLOAT: "float", SIZE: "size"}.get(meta.type, "text")
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from ..checks.values import check_value
+        from ..fields import FLOAT, INT, SIZE
+
+        meta = self.meta
+        if isinstance(value, str):
+            try:
+                if meta.type == INT:
+                    value = int(value)
+                elif meta.type == FLOAT:
+                    value = float(value)
+            except ValueError:
+                pass  # check_value words it: "--workers must be an integer, got 'a'"
+            if meta.type == SIZE:
+                value = parse_img_size(value, minimum=int(meta.min or 1))
+        try:
+            return check_value(meta, value, meta.name_flag, None)
+        except SpecError as err:
+            raise _OptionValueError(err.message + (f" (hint: {err.hint})" if err.hint else ""),
+                                    ctx=ctx, param=param) from None
+
+
+def _click_option(name: str, meta: Any, default: Any) -> Any:
+    """The click option of one run option, from its metadata alone."""
+    from ..fields import BOOL
+
+    decls = ([meta.short] if meta.short else []) + [meta.flag, name]
+    kw: Dict[str, Any] = {"help": meta.doc, "metavar": meta.metavar}
+    if meta.type == BOOL:
+        kw.update(default=default, is_flag=True)
+    elif meta.flag_value is not None:
+        kw.update(flag_value=meta.flag_value, default=default)
+    else:
+        kw["default"] = None if meta.multiple else default
+        if meta.bare_value is not None:
+            kw.update(is_flag=False, flag_value=meta.bare_value)
+        if meta.choices:
+            kw["type"] = click.Choice(list(meta.choices))
+        elif meta.path:
+            kw["type"] = click.Path(file_okay=meta.path != "dir", dir_okay=meta.path != "file")
+        elif meta.type != "str":
+            kw["type"] = _FieldType(meta)
+        kw["multiple"] = meta.multiple
+    if meta.default_text is not None:
+        kw["show_default"] = meta.default_text
+    elif default is not None and not meta.multiple and meta.flag_value is None:
+        kw["show_default"] = True
+    return click.option(*decls, **kw)
+
+
+def _run_options(cls: type, *, after: Optional[str] = None, insert: Any = None):
+    """The click options of every flagged field of ``cls`` (runner.options metadata), in
+    field order; ``insert`` (a decorator: the recipe options) goes after field ``after``."""
+    from ..runner.options import options_of
+
+    def deco(f):
+        parts = []
+        for name, meta, default in options_of(cls):
+            if meta.flag:
+                parts.append(_click_option(name, meta, default))
+            if name == after:
+                parts.append(insert)
+        for part in reversed(parts):
+            f = part(f)
+        return f
+    return deco
+
+
+def _options_from(cls: type, kw: Dict[str, Any], **filled: Any) -> Any:
+    """``cls`` from the command's keyword arguments (its flagged fields) and ``filled``."""
+    from ..runner.options import options_of
+
+    values = {name: tuple(kw[name]) if meta.multiple else kw[name]
+              for name, meta, _ in options_of(cls) if meta.flag}
+    return cls(**values, **filled)
+
+
+def _help(doc: str, command: str) -> str:
+    """A run command's help: its text, then its exit codes from the one table."""
+    import inspect
+
+    from ..errors import exit_codes_help
+
+    return inspect.cleandoc(doc) + "\n\n" + exit_codes_help(command)
+
+
+_TRAIN_HELP = """Train SPEC on an ImageFolder dataset (or the built-in one), single process or
     under torchrun (one process per device).
 
     \b
@@ -280,31 +290,26 @@ def train_cmd(spec: str, **kw: Any) -> None:
       mfdsl train specs/demo_tiny.mf
       mfdsl train specs/caformer_s18.mf --data /datasets/imagenet --per-device-batch 128
       torchrun --nproc_per_node 8 -m mfdsl.runner train specs/caformer_s18.mf --data ...
-    Exit codes: 0 done, 2 bad spec/options/data/checkpoint, 3 stopped on non-finite loss.
     """
-    from ..runner.options import TrainOptions
 
-    dry = kw.pop("dry_run")
-    nproc = kw.pop("nproc_per_node")
-    dry_only = [f"--{n.replace('_', '-')}" for n in ("as_json", "dataset_size", "world_size")
-                if kw.get(n) not in (None, False)]
-    if dry_only and not dry:
-        _fail(f"{', '.join(dry_only).replace('--as-json', '--json')} only go(es) with "
-              "--dry-run", 2)
-    if not dry:
-        _launch_if_asked(nproc)
+
+@main.command("train", help=_help(_TRAIN_HELP, "train"))
+@click.argument("spec", type=click.Path(dir_okay=False))
+@_run_options(TrainOptions, after="output", insert=_recipe_options)
+def train_cmd(spec: str, **kw: Any) -> None:
+    dry_only = [meta.name_flag for name, meta, _ in options_of(TrainOptions)
+                if meta.dry_run_only and kw[name] not in (None, False)]
+    if dry_only and not kw["dry_run"]:
+        _fail(f"{', '.join(dry_only)} only go(es) with --dry-run", 2)
+    if not kw["dry_run"]:
+        _launch_if_asked(kw["nproc_per_node"])
     kw["betas"] = _parse_betas(kw.get("betas"))
-    try:
-        img_size = parse_img_size(kw.get("img_size"), minimum=8)
-    except click.BadParameter as err:
-        err.param_hint = "'--img-size'"  # parse_img_size does not know the option's name
-        raise
     parsed = _run_guarded(_load_spec, spec)
-    if img_size is not None:
+    if kw["img_size"] is not None:
         # Only the size's own errors are reported here; the spec's others come, located,
         # from build_model.
         try:
-            check_at_img_size(parsed, img_size)
+            check_at_img_size(parsed, kw["img_size"])
         except SpecError as err:
             if err.line is None:
                 raise
@@ -313,31 +318,12 @@ def train_cmd(spec: str, **kw: Any) -> None:
         _fail(f"--no-amp and --amp-dtype {kw['amp_dtype']} contradict each other; give one", 2)
     overrides = _recipe_overrides(kw)
     _check_overrides(parsed, overrides)
-    opts = TrainOptions(
-        data=kw["data"], train_split=kw["train_split"], val_split=kw["val_split"],
-        output=kw["output"] or _output_for_resume(kw["resume"]),
-        batch_size=kw["batch_size"], per_device_batch=kw["per_device_batch"],
-        accum=kw["accum"], img_size=img_size, workers=kw["workers"], seed=kw["seed"],
-        resume=kw["resume"], overwrite=kw["overwrite"], max_steps=kw["max_steps"],
-        device=kw["device"],
-        compile=kw["compile"], channels_last=kw["channels_last"], amp=kw["amp"],
-        amp_dtype=kw["amp_dtype"], hflip=0.0 if kw["no_flip"] else 0.5,
-        crop_scale_min=kw["crop_scale_min"],
-        nan_policy=kw["nan_policy"], nan_max_consecutive=kw["nan_max_consecutive"],
-        keep_recent=kw["keep_recent"], ckpt_every=kw["ckpt_every"],
-        log_every=kw["log_every"], eval_every=kw["eval_every"],
-        tensorboard=kw["tensorboard"], progress=kw["progress"], argv=tuple(sys.argv),
-        val_samples=kw["val_samples"],
-        recipe_overrides=overrides, init_from=kw["init_from"],
-        inherit=tuple(kw["inherit"]), inherit_depth=kw["inherit_depth"],
-        grad_checkpointing=kw["grad_checkpointing"],
-        allow_recipe_change=kw["allow_recipe_change"], wait_for_lock=kw["wait_for_lock"],
-        from_scratch=kw["from_scratch"],
-    )
-    if opts.workers < 0:
-        _fail("--workers must be >= 0", 2)
-    if dry:
-        _dry_run(parsed, opts, kw["dataset_size"], kw["world_size"] or nproc, kw["as_json"])
+    opts = _options_from(TrainOptions, kw, batch_size=kw["batch_size"], argv=tuple(sys.argv),
+                         recipe_overrides=overrides)
+    opts.output = opts.output or _output_for_resume(opts.resume)
+    if opts.dry_run:
+        _dry_run(parsed, opts, opts.dataset_size, opts.world_size or opts.nproc_per_node,
+                 opts.as_json)
         return
     from ..runner.train import run_training
 
@@ -355,44 +341,7 @@ def _dry_run(spec, opts, dataset_size: Optional[int], world_size: Optional[int],
         click.echo(plan.summary())
 
 
-@main.command("eval")
-@click.argument("spec", type=click.Path(dir_okay=False), required=False)
-@click.option("--checkpoint", "-c", type=click.Path(),
-              help="Weights: a run folder (its last checkpoint), an mfdsl .safetensors, or a "
-                   "timm/official checkpoint (then SPEC is needed).")
-@click.option("--pretrained", is_flag=False, flag_value="default", default=None,
-              metavar="[TAG|NAME]",
-              help="SPEC's released ImageNet weights (default tag for its size), or a tag "
-                   "(sail_in22k_ft_in1k) or release name; fetched via the Hugging Face cache.")
-@click.option("--data", type=click.Path(), default=None,
-              help="ImageFolder root (its --split sub-folder is used if present), or a "
-                   "parquet or tar shard folder (its --split shards). Default: "
-                   "the built-in TinyShapes val split.")
-@click.option("--split", default="val", show_default=True)
-@click.option("--img-size", help="Evaluate at this size instead of the run's (e.g. 224 or "
-                                 "256x192).")
-@click.option("--crop-pct", type=float, help="Centre-crop fraction instead of the run's.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--workers", type=int, default=_DEFAULT_WORKERS, show_default=True,
-              help="DataLoader worker processes.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on CUDA).")
-@click.option("--channels-last/--no-channels-last", default=None)
-@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
-              help="Start this many processes (one per device) on this machine, like "
-                   "torchrun --standalone; a failing process's message is the only one.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--val-samples", type=click.IntRange(min=1), default=None,
-              help="Evaluate only this many images, spread evenly over the split.")
-@click.option("--progress/--no-progress", default=None,
-              help="tqdm progress bar (default: when stderr is a terminal and not --json).")
-def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optional[str],
-             data: Optional[str], split: str,
-             img_size: Optional[str], crop_pct: Optional[float], batch_size: int,
-             workers: int, device: str, amp: Optional[bool], channels_last: Optional[bool],
-             nproc_per_node: Optional[int], as_json: bool, val_samples: Optional[int],
-             progress: Optional[bool]) -> None:
-    """Evaluate CHECKPOINT (or SPEC's released weights, --pretrained): top-1, top-5, loss
+_EVAL_HELP = """Evaluate CHECKPOINT (or SPEC's released weights, --pretrained): top-1, top-5, loss
     and images/s.
 
     A checkpoint from an mfdsl run knows its model, input size, eval transform and class
@@ -400,26 +349,31 @@ def eval_cmd(spec: Optional[str], checkpoint: Optional[str], pretrained: Optiona
     transform is resize, centre crop (crop_pct), interpolation, mean/std (with
     --pretrained, the release's).
     """
+
+
+@main.command("eval", help=_help(_EVAL_HELP, "eval"))
+@click.argument("spec", type=click.Path(dir_okay=False), required=False)
+@_run_options(EvalOptions)
+def eval_cmd(spec: Optional[str], **kw: Any) -> None:
     from ..runner.evaluate import run_evaluation
 
-    _launch_if_asked(nproc_per_node)
-    if (checkpoint is None) == (pretrained is None):
+    o = _options_from(EvalOptions, kw)
+    _launch_if_asked(o.nproc_per_node)
+    if (o.checkpoint is None) == (o.pretrained is None):
         _fail("give one of --checkpoint and --pretrained", 2)
-    if pretrained is not None and spec is None:
+    if o.pretrained is not None and spec is None:
         _fail("--pretrained needs SPEC (the zoo spec whose released weights to use)", 2)
-    try:
-        size = parse_img_size(img_size, minimum=8)
-    except click.BadParameter as err:
-        err.param_hint = "'--img-size'"
-        raise
     parsed = _run_guarded(_load_spec, spec) if spec else None
-    if pretrained is not None:
-        parsed, checkpoint = _run_guarded(_pretrained_source, parsed, pretrained)
-    quiet = as_json or os.environ.get("RANK") not in (None, "0")
-    res = _run_guarded(run_evaluation, parsed, checkpoint, data, split, batch_size, workers,
-                       device, amp, "bfloat16", channels_last, size, crop_pct,
-                       None if quiet else (lambda m: click.echo(m, err=True)), val_samples,
-                       (sys.stderr.isatty() and not as_json) if progress is None else progress)
+    checkpoint = o.checkpoint
+    if o.pretrained is not None:
+        parsed, checkpoint = _run_guarded(_pretrained_source, parsed, o.pretrained)
+    quiet = o.as_json or os.environ.get("RANK") not in (None, "0")
+    progress = (sys.stderr.isatty() and not o.as_json) if o.progress is None else o.progress
+    res = _run_guarded(run_evaluation, parsed, checkpoint, o.data, o.split, o.batch_size,
+                       o.workers, o.device, o.amp, o.amp_dtype, o.channels_last, o.img_size,
+                       o.crop_pct, None if quiet else (lambda m: click.echo(m, err=True)),
+                       o.val_samples, progress)
+    as_json = o.as_json
     if os.environ.get("RANK") not in (None, "0"):
         return
     paths = res.pop("skipped_paths")
