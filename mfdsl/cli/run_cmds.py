@@ -316,8 +316,15 @@ def train_cmd(spec: str, **kw: Any) -> None:
     if kw["amp"] is False and click.get_current_context().get_parameter_source(
             "amp_dtype") == click.core.ParameterSource.COMMANDLINE:
         _fail(f"--no-amp and --amp-dtype {kw['amp_dtype']} contradict each other; give one", 2)
+    for given in (["--init-from"] if kw["init_from"] else []) + (["--inherit"] if kw["inherit"]
+                                                                 else []):
+        if kw["from_scratch"]:
+            _fail(f"--from-scratch and {given} contradict each other (random weights, or "
+                  "these); give one", 2)
     overrides = _recipe_overrides(kw)
     _check_overrides(parsed, overrides)
+    if "finetune_from" not in overrides:
+        parsed = _finetune_beside_spec(parsed)
     opts = _options_from(TrainOptions, kw, batch_size=kw["batch_size"], argv=tuple(sys.argv),
                          recipe_overrides=overrides)
     opts.output = opts.output or _output_for_resume(opts.resume)
@@ -328,6 +335,25 @@ def train_cmd(spec: str, **kw: Any) -> None:
     from ..runner.train import run_training
 
     _run_guarded(run_training, parsed, opts)
+
+
+def _finetune_beside_spec(spec):
+    """The spec with its recipe's relative ``finetune_from`` path resolved against the spec
+    file's folder when it is there (--finetune-from on the command line is the working
+    directory's)."""
+    from ..ir import with_overrides
+    from ..weights.sources import spec_relative
+
+    name = spec.recipe.finetune_from if spec.recipe is not None else None
+    if not name:
+        return spec
+    path, folder = spec_relative(name, spec.source)
+    if folder is None:
+        return spec
+    if os.environ.get("RANK") in (None, "0"):
+        click.echo(f"note: finetune_from {name}: resolved against the spec's folder {folder}",
+                   err=True)
+    return with_overrides(spec, recipe=with_overrides(spec.recipe, finetune_from=path))
 
 
 def _dry_run(spec, opts, dataset_size: Optional[int], world_size: Optional[int],

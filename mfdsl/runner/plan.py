@@ -74,6 +74,7 @@ def finetune_source(name: str) -> str:
 def resolve_init(recipe: RecipeSpec, opts: TrainOptions) -> Dict[str, Any]:
     """Where the starting weights come from. A fine-tune recipe (``finetune_from``) with
     no weights given is refused unless the user asked for random init (--from-scratch)."""
+    from ..weights.sources import cache_note
     if opts.resume is not None:
         return {"kind": "resume", "source": opts.resume}
     if opts.init_from:
@@ -82,7 +83,7 @@ def resolve_init(recipe: RecipeSpec, opts: TrainOptions) -> Dict[str, Any]:
         return {"kind": "inherit", "source": list(opts.inherit)}
     if recipe.finetune_from and not getattr(opts, "from_scratch", False):
         return {"kind": "finetune_from", "source": finetune_source(recipe.finetune_from),
-                "finetune_from": recipe.finetune_from}
+                "finetune_from": recipe.finetune_from, **cache_note(recipe.finetune_from)}
     if recipe.finetune_from:
         return {"kind": "random", "source": None,
                 "note": f"--from-scratch: random init although the recipe fine-tunes "
