@@ -2,7 +2,51 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
+
+# The exit codes of the commands, one table: the error classes take their code from these
+# names, and ``--help`` and the docs list the table (:func:`exit_codes_help`).
+EXIT_DONE = 0
+EXIT_COMPILER = 1  # torch.compile (inductor, Triton) failed, or an internal error: cli.app
+EXIT_USAGE = 2  # bad input: UserError, click's usage errors
+EXIT_NONFINITE = 3  # runner.errors.NonFiniteLossError
+EXIT_WRITE = 74  # EX_IOERR: fsio.WriteError
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: runner.preemption.PreemptedRun
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell's: runner.errors.InterruptedRun
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """One exit code: what it means and the run commands that may end with it."""
+
+    code: int
+    meaning: str
+    commands: Tuple[str, ...]
+
+
+_RUN = ("train", "eval")
+EXIT_CODES: Tuple[ExitCode, ...] = (
+    ExitCode(EXIT_DONE, "done", _RUN),
+    ExitCode(EXIT_COMPILER, "torch.compile failed (--no-compile runs eagerly), or a bug in mfdsl",
+             _RUN),
+    ExitCode(EXIT_USAGE, "bad spec, option, data or checkpoint; run folder locked by another "
+             "run", _RUN),
+    ExitCode(EXIT_NONFINITE, "stopped on a non-finite loss", ("train",)),
+    ExitCode(EXIT_WRITE, "a write failed (disk full, quota, read-only, I/O error)", _RUN),
+    ExitCode(EXIT_PREEMPTED, "stopped by SIGTERM/SIGUSR1 after a checkpoint (requeue; --resume "
+             "auto)", ("train",)),
+    ExitCode(EXIT_INTERRUPTED, "interrupted (Ctrl-C)", _RUN),
+)
+
+
+def exit_codes_of(command: str) -> Tuple[ExitCode, ...]:
+    return tuple(e for e in EXIT_CODES if command in e.commands)
+
+
+def exit_codes_help(command: str) -> str:
+    """The exit codes of ``command`` as a block of a click help text (kept as written)."""
+    rows = [f"  {e.code:<4} {e.meaning}" for e in exit_codes_of(command)]
+    return "\b\nExit codes:\n" + "\n".join(rows)
 
 
 @dataclass(frozen=True)
@@ -25,7 +69,7 @@ class UserError(Exception):
     its message and exit code.
     """
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def render(self) -> str:
         """The message shown to the user."""
@@ -37,7 +81,7 @@ class CommandError(UserError):
     nothing to do, an output it may not or cannot write. ``exit_code`` is the one the
     command documents (2 for bad arguments, 1 for a failed write or check)."""
 
-    def __init__(self, message: str, exit_code: int = 2) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 

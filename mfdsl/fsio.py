@@ -22,7 +22,7 @@ import os
 import stat
 import tempfile
 from typing import Callable, Iterable, Optional, Union
-from .errors import UserError
+from .errors import EXIT_WRITE, UserError
 
 OUTPUT = "output"
 INTERNAL = "internal"
@@ -44,7 +44,7 @@ class WriteError(UserError, OSError):
     """A write failed on the file system's side (full disk, quota, read-only, I/O error);
     ``str()`` is the whole message: the file, the reason, and what was kept."""
 
-    exit_code = 74  # EX_IOERR: distinct from a refused input (2), so scripts can tell
+    exit_code = EXIT_WRITE  # EX_IOERR: distinct from a refused input (2), so scripts can tell
 
     def __init__(self, message: str, errno_: Optional[int] = None) -> None:
         super().__init__(message)

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 import click
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import EXIT_COMPILER, EXIT_INTERRUPTED, EXIT_USAGE, UserError
 
 
 def report(err: UserError, prefix: str = "") -> NoReturn:
@@ -31,22 +31,22 @@ class _Group(click.Group):
             raise
         except KeyboardInterrupt:
             click.echo("mfdsl: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("MFDSL_DEBUG"):
                 raise
             if isinstance(exc, (OSError, ValueError)):
                 click.echo(f"error: {exc}", err=True)
-                sys.exit(2)
+                sys.exit(EXIT_USAGE)
             if _is_compile_failure(exc):
                 first = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
                 click.echo(f"error: torch.compile failed in {type(exc).__name__}: {first}\n"
                            "(a compiler failure, not an error in the spec: run again with "
                            "--no-compile, or set MFDSL_DEBUG=1 for the traceback)", err=True)
-                sys.exit(1)
+                sys.exit(EXIT_COMPILER)
             click.echo(f"mfdsl: internal error: {type(exc).__name__}: {exc}\n"
                        "(set MFDSL_DEBUG=1 for the traceback)", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_COMPILER)  # an internal error shares the compiler's code
 
 
 def _is_compile_failure(exc: BaseException) -> bool:

@@ -1,4 +1,5 @@
-"""The language docs' tables, generated from the IR's field metadata.
+"""The docs' tables, generated from the IR's field metadata, the run options' metadata
+(:mod:`mfdsl.runner.options`) and the exit codes (:data:`mfdsl.errors.EXIT_CODES`).
 
 ``python -m mfdsl.emit.docs --write`` rewrites the parts of ``docs/*.md`` between
 ``<!-- generated: NAME -->`` and ``<!-- end generated -->``; a test checks they are up to
@@ -11,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..ir import (BOOL, COUNT, FLOAT, FLOATS, INT, STR, EvalSpec, LimitsSpec, RecipeSpec,
-                  Setting, StageSpec, call_data, settings_of)
+from ..ir import (BOOL, COUNT, FLOAT, FLOATS, INT, SIZE, STR, EvalSpec, LimitsSpec,
+                  RecipeSpec, Setting, StageSpec, call_data, settings_of)
 
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
 _BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end generated -->)", re.S)
@@ -75,13 +76,79 @@ def settings_table(cls: type, names: Optional[List[str]] = None, mf_key: bool = 
     return "\n".join(rows) + "\n"
 
 
+def _option_value_text(meta: Any) -> str:
+    """What a run option takes: `flag`, a type with its range, or its choices."""
+    if meta.type == BOOL or meta.flag_value is not None:
+        return "switch" if "/" in meta.flag else "flag"
+    if meta.choices:
+        return ", ".join(f"`{c}`" for c in meta.choices)
+    if meta.type == SIZE:
+        text = "size (`224`, `256x192`)"
+    elif meta.path:
+        text = "path"
+    elif meta.metavar:
+        text = "`" + meta.metavar.replace("|", "\\|") + "`"
+    else:
+        text = {INT: "integer", FLOAT: "number", STR: "text"}.get(meta.type, meta.type)
+    rng = meta.range_text()
+    if rng:
+        text += f", {rng}" + (" each side" if meta.type == SIZE else "")
+    if meta.multiple:
+        text += ", repeatable"
+    if meta.bare_value is not None:
+        text += f"; alone: `{meta.bare_value}`"
+    return text
+
+
+def _option_default_text(meta: Any, default: Any) -> str:
+    if meta.default_text is not None:
+        return meta.default_text
+    if default is None or default == () or meta.flag_value is not None:
+        return ""
+    if meta.type == BOOL:
+        on, _, off = meta.flag.partition("/")
+        return f"`{on if default else off}`" if off else ""
+    return f"`{_plain(default)}`"
+
+
+def options_table(cls: type) -> str:
+    """Markdown table of the command-line options of a run options class
+    (:mod:`mfdsl.runner.options`): option, value, default, meaning."""
+    from ..runner.options import options_of
+
+    rows = ["| option | value | default | meaning |", "|---|---|---|---|"]
+    for _, meta, default in options_of(cls):
+        if not meta.flag:
+            continue
+        flag = f"`{meta.short}`, `{meta.flag}`" if meta.short else f"`{meta.flag}`"
+        doc = meta.doc + (" Only with `--dry-run`." if meta.dry_run_only
+                          and "--dry-run" not in meta.doc else "")
+        rows.append(f"| {flag} | {_option_value_text(meta)} | "
+                    f"{_option_default_text(meta, default)} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def exit_codes_table() -> str:
+    """The run commands' exit codes (:data:`mfdsl.errors.EXIT_CODES`)."""
+    from ..errors import EXIT_CODES
+
+    rows = ["| exit code | meaning | commands |", "|---|---|---|"]
+    rows += [f"| {e.code} | {e.meaning} | {', '.join(e.commands)} |" for e in EXIT_CODES]
+    return "\n".join(rows) + "\n"
+
+
 def tables() -> Dict[str, str]:
+    from ..runner.options import EvalOptions, TrainOptions
+
     stage = [n for n, _, _ in settings_of(StageSpec) if n not in ("depth", "width")]
     return {
         "stage-settings": settings_table(StageSpec, stage),
         "eval": settings_table(EvalSpec),
         "limits": settings_table(LimitsSpec),
         "train": settings_table(RecipeSpec),
+        "train-options": options_table(TrainOptions),
+        "eval-options": options_table(EvalOptions),
+        "exit-codes": exit_codes_table(),
     }
 
 

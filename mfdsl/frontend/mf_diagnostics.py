@@ -161,6 +161,10 @@ CHARACTER_HINTS: Dict[str, str] = {
     ":": "settings are written `key value`, without ':'",
     ";": "put each setting on its own line (or separate them with spaces)",
 }
+# A word holding one of these is a path written without quotes (finetune_from runs/x):
+# the hint quotes the whole word for the user.
+PATH_CHARACTERS = "/\\"
+PATH_HINT = 'a path is text: quote it, like this: "{word}"'
 
 
 def _variants(example: str) -> List[str]:
@@ -195,6 +199,10 @@ def syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
         if ch in "\"'":
             return SpecError("this string is not closed on its line", loc,
                              hint=f"add the closing {ch}")
+        whole = _word_around(text, pos)
+        if any(c in whole for c in PATH_CHARACTERS):
+            return SpecError(f"unexpected '{ch}' in '{whole}': a path must be quoted", loc,
+                             hint=PATH_HINT.format(word=whole))
         if ch in "-+." and pos > 0 and (text[pos - 1].isalnum() or text[pos - 1] == "_"):
             start = pos
             while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_-+."):
@@ -234,6 +242,14 @@ def syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
                          hint=_token_hint(exc, Token("$END", ""), expected, text, loc))
     return SpecError(f"cannot parse the spec: {exc}",
                      Loc(path, getattr(exc, "line", 1) or 1, getattr(exc, "column", 1) or 1))
+
+
+def _word_around(text: str, pos: int) -> str:
+    """The whitespace-delimited word ``pos`` falls in (a path, a name with a dot)."""
+    start = pos
+    while start > 0 and not text[start - 1].isspace() and text[start - 1] not in "([{,=\"'":
+        start -= 1
+    return text[start:pos] + _word_at(text, pos)
 
 
 def _word_at(text: str, pos: int) -> str:

@@ -37,27 +37,32 @@ def load(spec: SpecLike) -> ModelSpec:
     return load_spec(os.fspath(spec))
 
 
-def options(recipe: Optional[Mapping[str, Any]] = None, **kw: Any) -> TrainOptions:
-    """Run options from keyword arguments, checked by name."""
-    known = {f.name for f in dataclasses.fields(TrainOptions)}
+def _checked(cls: Any, kw: Dict[str, Any]) -> Any:
+    """``cls(**kw)``, every name known (the values are checked where a run starts)."""
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(kw) - known)
     if unknown:
-        raise RunError(f"unknown run option(s) {', '.join(unknown)}; the options are "
-                       f"{', '.join(sorted(known - {'recipe_overrides'}))}")
+        raise RunError(f"unknown option(s) {', '.join(unknown)}; the options are "
+                       f"{', '.join(sorted(known - {'recipe_overrides', 'argv'}))}")
+    if isinstance(kw.get("img_size"), int):
+        kw["img_size"] = (kw["img_size"], kw["img_size"])
+    return cls(**kw)
+
+
+def options(recipe: Optional[Mapping[str, Any]] = None, **kw: Any) -> TrainOptions:
+    """Run options from keyword arguments, checked by name."""
     if recipe:
         kw["recipe_overrides"] = dict(recipe)
-    if kw.get("img_size") is not None and isinstance(kw["img_size"], int):
-        kw["img_size"] = (kw["img_size"], kw["img_size"])
-    return TrainOptions(**kw)
+    return _checked(TrainOptions, kw)
 
 
-def plan_run(spec: SpecLike, *, dataset_size: Optional[int] = None,
-             world_size: Optional[int] = None, **kw: Any) -> RunPlan:
+def plan_run(spec: SpecLike, **kw: Any) -> RunPlan:
     """The plan ``train`` would run (``mfdsl train --dry-run``): reads the spec and the data's
-    file lists, writes nothing. ``dataset_size`` stands in for the data."""
+    file lists, writes nothing. ``dataset_size=N`` stands in for the data, ``world_size``
+    for the processes."""
     from .plan import dry_run
 
-    return dry_run(load(spec), options(**kw), dataset_size, world_size)
+    return dry_run(load(spec), options(**kw))
 
 
 def train(spec: SpecLike, *, hooks: Sequence[Hook] = (), **kw: Any) -> Dict[str, Any]:
@@ -71,7 +76,9 @@ def train(spec: SpecLike, *, hooks: Sequence[Hook] = (), **kw: Any) -> Dict[str,
 
 def evaluate(checkpoint: str, spec: Optional[SpecLike] = None, **kw: Any) -> Dict[str, Any]:
     """Top-1/top-5/loss of ``checkpoint`` (a run folder or weights file; ``mfdsl eval``)
-    over ``data``'s split (keywords as ``mfdsl eval``'s options)."""
+    over ``data``'s split; keywords are :class:`~mfdsl.runner.options.EvalOptions` fields."""
     from .eval_run import run_evaluation
+    from .options import EvalOptions
 
-    return run_evaluation(load(spec) if spec is not None else None, checkpoint, **kw)
+    return run_evaluation(load(spec) if spec is not None else None, checkpoint,
+                          _checked(EvalOptions, kw))

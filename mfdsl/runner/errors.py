@@ -1,13 +1,13 @@
 """Errors the runner reports to the user as one clear message and an exit code."""
 from __future__ import annotations
 
-from ..errors import UserError
+from ..errors import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_USAGE, UserError
 
 
 class RunError(UserError):
     """A problem with the run's inputs (data folder, options, checkpoint); exit code 2."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
     # True on the ranks of a distributed run that stay silent because another rank
     # reports the same failure.
     quiet = False
@@ -33,11 +33,11 @@ class DataError(RunError):
 class NonFiniteLossError(RunError):
     """Training produced a non-finite loss or gradient and the policy says stop; exit code 3."""
 
-    exit_code = 3
+    exit_code = EXIT_NONFINITE
 
 
 class InterruptedRun(RunError):
     """The user stopped training (Ctrl-C / SIGINT); exit code 130 like a shell's."""
 
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED
 

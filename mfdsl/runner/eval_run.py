@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ..ir import ModelSpec, with_overrides
 from .errors import DataError, RunError
 from .run_folder import RunContext
+
+if TYPE_CHECKING:
+    from .options import EvalOptions
 
 
 @dataclass
@@ -48,8 +51,6 @@ def resolve_eval(spec: Optional[ModelSpec], checkpoint: str, data: Optional[str]
     from .run_data import open_eval_split
     from .run_folder import checkpoint_context
 
-    if crop_pct is not None and not 0 < crop_pct <= 1:
-        raise RunError(f"--crop-pct must be in (0, 1], got {crop_pct}")
     path = resolve_checkpoint_path(checkpoint)
     if not os.path.exists(path):
         raise RunError(f"--checkpoint {checkpoint}: no such file")
@@ -105,18 +106,12 @@ def _check_folder_classes(plan: EvalPlan, say: Callable[[str], None]) -> None:
         f"folder names of {plan.source.root}")
 
 
-def run_evaluation(spec: Optional[ModelSpec], checkpoint: str, data: Optional[str] = None,
-                   split: str = "val", batch_size: int = 128, workers: int = 4,
-                   device: str = "auto", amp: Optional[bool] = None,
-                   amp_dtype: str = "bfloat16", channels_last: Optional[bool] = None,
-                   img_size: Optional[Tuple[int, int]] = None,
-                   crop_pct: Optional[float] = None,
-                   log: Optional[Callable[[str], None]] = None,
-                   val_samples: Optional[int] = None, progress: bool = False
+def run_evaluation(spec: Optional[ModelSpec], checkpoint: str, opts: "EvalOptions",
+                   log: Optional[Callable[[str], None]] = None, progress: bool = False
                    ) -> Dict[str, Any]:
     """Load ``checkpoint`` (mfdsl, timm or official layout) into the model and evaluate it
-    on ``data``/``split`` (or ``data`` itself if it has no such sub-folder; the embedded
-    dataset's val split if ``data`` is None).
+    on ``opts.data``'s ``opts.split`` (or ``data`` itself if it has no such sub-folder; the
+    embedded dataset's val split if ``data`` is None).
 
     A checkpoint of an mfdsl run carries its context (``run_folder.RunContext``): the model
     fingerprint (``spec``, if given, must build that model), the input size and eval
@@ -136,19 +131,19 @@ def run_evaluation(spec: Optional[ModelSpec], checkpoint: str, data: Optional[st
     from .distributed import barrier, checked_alike_on_every_rank, setup, teardown
     from .evaluate import evaluate
 
+    from .options import check_options
+
     with checked_alike_on_every_rank():
-        if batch_size < 1:
-            raise RunError("--batch-size must be >= 1")
-        if val_samples is not None and val_samples < 1:
-            raise RunError(f"--val-samples must be >= 1, got {val_samples}")
-        plan = resolve_eval(spec, checkpoint, data, split, img_size=img_size,
-                            crop_pct=crop_pct, say=log or (lambda msg: None))
-    env = setup(device)
+        check_options(opts)
+        plan = resolve_eval(spec, checkpoint, opts.data, opts.split, img_size=opts.img_size,
+                            crop_pct=opts.crop_pct, say=log or (lambda msg: None))
+    env = setup(opts.device)
     try:
         # The device decisions train makes too (one resolver), for evaluation: eager; the
         # model is lowered once, with this plan's speed variants.
-        dp = resolve_device_plan(env.device, plan.spec.recipe, amp=amp, amp_dtype=amp_dtype,
-                                 channels_last=channels_last, compile=False, training=False)
+        dp = resolve_device_plan(env.device, plan.spec.recipe, amp=opts.amp,
+                                 amp_dtype=opts.amp_dtype, channels_last=opts.channels_last,
+                                 compile=False, training=False)
         model = build_model(plan.spec, variants=dp.variants)
         with checked_alike_on_every_rank():
             try:
@@ -162,11 +157,11 @@ def run_evaluation(spec: Optional[ModelSpec], checkpoint: str, data: Optional[st
         prepared = compile_for_target(model.eval(), mode=dp.mode, variants="keep",
                                       **dp.target())
         sampler = ShardSampler(len(dataset), env.rank, env.world_size,
-                               spread_subset(len(dataset), val_samples))
-        loader = make_loader(dataset, sampler, batch_size, workers, 0, drop_last=False,
-                             pin_memory=env.device.type == "cuda")
+                               spread_subset(len(dataset), opts.val_samples))
+        loader = make_loader(dataset, sampler, opts.batch_size, opts.workers, 0,
+                             drop_last=False, pin_memory=env.device.type == "cuda")
         res = evaluate(prepared, loader, env, progress=progress and env.is_main,
-                       desc=f"eval {split}")
+                       desc=f"eval {opts.split}")
         barrier(env)  # ranks tear the process group down together
     finally:
         teardown()

@@ -22,8 +22,8 @@ from .errors import DataError, RunError
 from .official import official_recipe
 from .optim import optimizer_args
 from .options import (CROP_SCALE_MIN, EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan,
-                      TrainOptions, apply_recipe_overrides, plan_batches, recipe_as_dict,
-                      scaled_lr)
+                      TrainOptions, apply_recipe_overrides, check_options, plan_batches,
+                      recipe_as_dict, scaled_lr)
 from .run_data import DataPlan
 from .schedule import Schedule, schedule_for
 
@@ -211,7 +211,8 @@ def run_spec(spec: ModelSpec, opts: TrainOptions, prior: Any = None) -> ModelSpe
 
 def finetune_source(name: str) -> str:
     """What ``finetune_from NAME`` starts from: an existing checkpoint file, a run folder's
-    best (else last) checkpoint, a release name, or a zoo model's ImageNet-1K release."""
+    best (else last) checkpoint, a release name, or a zoo model's ImageNet-1K release (a
+    relative path: the working directory's; see :func:`resolve_init` for the spec's)."""
     from ..weights.sources import DEFAULT_TAG, require_weights
 
     return require_weights(name, "finetune_from", RunError, run_stems=(runs.BEST, runs.LAST),
@@ -219,11 +220,15 @@ def finetune_source(name: str) -> str:
                            hint=f"; a zoo model's name means its {DEFAULT_TAG} release").ref
 
 
-def resolve_init(recipe: RecipeSpec, opts: TrainOptions, resuming: bool) -> Dict[str, Any]:
+def resolve_init(spec: ModelSpec, opts: TrainOptions, resuming: bool) -> Dict[str, Any]:
     """Where the starting weights come from. A fine-tune recipe (``finetune_from``) with
-    no weights given is refused unless the user asked for random init (--from-scratch)."""
-    if opts.init_from and opts.inherit:
-        raise RunError("--init-from and --inherit both set the starting weights; give one")
+    no weights given is refused unless the user asked for random init (--from-scratch).
+    A relative ``finetune_from`` written in the spec file is looked for in the spec's
+    folder first, as an include would be (``--finetune-from``: the working directory)."""
+    from ..weights.sources import cache_note, spec_relative
+
+    recipe = spec.recipe
+    assert recipe is not None
     if resuming:
         return {"kind": "resume", "source": opts.resume}
     if opts.init_from:
@@ -231,8 +236,16 @@ def resolve_init(recipe: RecipeSpec, opts: TrainOptions, resuming: bool) -> Dict
     if opts.inherit:
         return {"kind": "inherit", "source": list(opts.inherit)}
     if recipe.finetune_from and not opts.from_scratch:
-        return {"kind": "finetune_from", "source": finetune_source(recipe.finetune_from),
-                "finetune_from": recipe.finetune_from}
+        name, folder = recipe.finetune_from, None
+        if "finetune_from" not in opts.recipe_overrides:
+            name, folder = spec_relative(name, spec.source)
+        if folder is not None:
+            return {"kind": "finetune_from", "source": finetune_source(name),
+                    "finetune_from": recipe.finetune_from,
+                    "note": f"finetune_from {recipe.finetune_from}: resolved against the "
+                            f"spec's folder {folder}"}
+        return {"kind": "finetune_from", "source": finetune_source(name),
+                "finetune_from": recipe.finetune_from, **cache_note(name)}
     if recipe.finetune_from:
         return {"kind": "random", "source": None,
                 "note": f"--from-scratch: random init although the recipe fine-tunes "
@@ -286,16 +299,11 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
                  device: torch.device, resuming: bool = False) -> RunPlan:
     """The plan of a run of ``spec`` (see :func:`run_spec`) over ``data`` in ``world_size``
     processes on ``device``; ``resuming``: it continues a checkpoint."""
+    check_options(opts)  # what the command line checks, for a caller from Python too
     r = spec.recipe if spec.recipe is not None else RecipeSpec()
     spec = with_overrides(spec, recipe=r)
-    if world_size < 1:
-        raise RunError(f"--world-size must be >= 1, got {world_size}")
-    if opts.max_steps is not None and opts.max_steps < 1:
-        raise RunError("--max-steps must be >= 1")
     crop_min = (opts.crop_scale_min if opts.crop_scale_min is not None
                 else EMBEDDED_CROP_SCALE_MIN if data.embedded else CROP_SCALE_MIN)
-    if not 0 < crop_min <= 1:
-        raise RunError(f"--crop-scale-min must be in (0, 1], got {crop_min}")
     batch, micro, notes = _batches(r, opts, world_size, data)
     if (r.mixup > 0 or r.cutmix > 0) and batch.per_device % 2:
         raise RunError(f"mixup/cutmix need an even per-device batch, got {batch.per_device}"
@@ -305,7 +313,7 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
     device_plan = resolve_device_plan(device, r, amp=opts.amp, amp_dtype=opts.amp_dtype,
                                       channels_last=opts.channels_last, compile=opts.compile)
     opt_args = optimizer_args(r, sched.base_lr)
-    init = resolve_init(r, opts, resuming)
+    init = resolve_init(spec, opts, resuming)
     if "note" in init:
         notes.append("note: " + init["note"])
     img = [int(v) for v in spec.img_size]
@@ -344,23 +352,21 @@ def _dry_run_device(device: str) -> torch.device:
     return torch.device(device.split(":")[0])
 
 
-def dry_run(spec: ModelSpec, opts: TrainOptions, dataset_size: Optional[int] = None,
-            world_size: Optional[int] = None) -> RunPlan:
+def dry_run(spec: ModelSpec, opts: TrainOptions) -> RunPlan:
     """The plan of ``mfdsl train`` with these options, reading nothing but the spec and the
     --data folder's file lists (the same opening and checks as the real run), and writing
-    nothing. ``dataset_size`` stands in for the data."""
+    nothing. ``opts.dataset_size`` stands in for the data; ``opts.world_size`` (else
+    ``--nproc-per-node``, else torchrun's) for the processes."""
     from ..api import check_spec
     from .run_data import open_run_data
 
     spec = run_spec(spec, opts)
     check_spec(spec)
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if dataset_size is not None:
-        if dataset_size < 1:
-            raise RunError(f"--dataset-size must be >= 1, got {dataset_size}")
+    world_size = (opts.world_size or opts.nproc_per_node
+                  or int(os.environ.get("WORLD_SIZE", "1")))
+    if opts.dataset_size is not None:
         data = DataPlan("--dataset-size", "--dataset-size", "--dataset-size", None,
-                        dataset_size, None, None)
+                        opts.dataset_size, None, None)
     else:
         data = open_run_data(opts.data, opts.train_split, opts.val_split,
                              num_classes=spec.num_classes, generate=False).plan

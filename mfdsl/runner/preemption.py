@@ -25,9 +25,9 @@ import signal
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import runs
+from ..errors import EXIT_PREEMPTED
 from .errors import RunError
 
-EXIT_PREEMPTED = 75
 _STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 

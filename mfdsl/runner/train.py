@@ -29,7 +29,7 @@ from .hooks import (Checkpoints, Hook, Preemption, Progress, TestFaults, TestKil
                     TrainMetrics, Validation)
 from .loop import Loop, NonFinitePolicy
 from .metrics import MetricsLog
-from .options import TrainOptions
+from .options import TrainOptions, check_options
 from .output import Console
 from .parts import Parts, build_parts, load_start_weights, lower_model, train_loader, val_loader
 from .plan import RunPlan, resolve_plan, run_spec
@@ -203,8 +203,7 @@ def run_training(spec: ModelSpec, opts: TrainOptions, hooks: Sequence[Hook] = ()
                  ) -> Dict[str, Any]:
     """Set up the process group (if under torchrun), train, tear down. Returns the summary.
     ``hooks``: more hooks for the loop, after the run's own."""
-    if opts.nan_policy not in ("skip", "stop"):
-        raise RunError(f"--nan-policy must be skip or stop, got {opts.nan_policy}")
+    check_options(opts)  # before the run folder is locked: a bad option touches nothing
     # One writer per run folder: the (global) rank-0 process locks it for the run's life,
     # before the folder is checked, so nothing can change between check and first write.
     lock = None

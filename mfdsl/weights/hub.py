@@ -140,6 +140,17 @@ def hub_cache_dir() -> str:
     return os.path.join(os.path.expanduser(xdg), "huggingface", "hub")
 
 
+def cached_path(release: Release) -> Optional[str]:
+    """The release's file in the hub cache, or None when it is not there (nothing is
+    downloaded or asked online)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    found = try_to_load_from_cache(release.repo_id, release.filename, cache_dir=hub_cache_dir())
+    return found if isinstance(found, str) and os.path.isfile(found) else None
+
+
 def fetch(release: Union[Release, str], *, offline: Optional[bool] = None) -> str:
     """Path of the release's file in the hub cache, downloaded if needed, verified."""
     if isinstance(release, str):

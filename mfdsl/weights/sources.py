@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from .. import runs
 from ..ir import ModelSpec
 from .releases import DEFAULT_TAG, RELEASES, Release, zoo_model_of
 
 FILE, RUN, RELEASE = "file", "run", "release"
-__all__ = ["DEFAULT_TAG", "FILE", "RUN", "RELEASE", "WeightsSource", "refusal",
-           "require_weights", "resolve_weights"]
+__all__ = ["DEFAULT_TAG", "FILE", "RUN", "RELEASE", "WeightsSource", "cache_note", "refusal",
+           "require_weights", "resolve_weights", "spec_relative"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,15 @@ def refusal(option: str, arg: str, found: Optional[WeightsSource],
     if found is not None and found.kind == RUN and found.path is None:
         want = " or ".join(f"{runs.CHECKPOINTS_DIR}/{s}{runs.WEIGHTS_EXT}" for s in run_stems)
         return f"{option} {arg}: a folder without {want} (a run folder is expected)"
+    where = ""
+    if not os.path.isabs(arg) and (os.sep in arg or "/" in arg or arg.startswith(".")):
+        where = f" in {os.getcwd()} (the working directory)"
     if releases:
-        return (f"{option} {arg}: no such file or folder, and not a known release name "
+        return (f"{option} {arg}: no such file or folder{where}, and not a known release name "
                 "(expected a weights file, a run folder, or a release from `mfdsl weights "
                 "list`)")
-    return f"{option} {arg}: no such file or folder (expected a weights file or a run folder)"
+    return (f"{option} {arg}: no such file or folder{where} (expected a weights file or a run "
+            "folder)")
 
 
 def require_weights(arg: str, option: str, error: Callable[[str], Exception], *,
@@ -91,3 +95,38 @@ def require_weights(arg: str, option: str, error: Callable[[str], Exception], *,
     if found is None or (found.path is None and found.release is None):
         raise error(refusal(option, arg, found, run_stems, releases) + hint)
     return found
+
+
+def cache_note(arg: str, default_tag: Optional[str] = DEFAULT_TAG) -> Dict[str, str]:
+    """``{"note": ...}`` when ``arg`` names a release (as :func:`resolve_weights` reads it;
+    a zoo model's name means its ``default_tag`` release) whose file is not in the Hugging
+    Face cache: the run will download it, or, offline, stop when it loads it. Else ``{}``.
+    Asks nothing online: a dry run can say it before the run finds out."""
+    found = resolve_weights(arg, default_tag=default_tag)
+    release = found.release if found is not None else None
+    if release is None:
+        return {}
+    from .hub import cached_path, hub_cache_dir, hub_offline
+
+    if cached_path(release) is not None:
+        return {}
+    if hub_offline():
+        return {"note": f"{release.name} is not in the Hugging Face cache ({hub_cache_dir()}) "
+                        "and HF_HUB_OFFLINE is set: the run will stop when it loads the "
+                        f"weights; run once with network access to download {release.url}"}
+    return {"note": f"{release.name} is not in the Hugging Face cache ({hub_cache_dir()}): "
+                    f"the run downloads it first ({release.url})"}
+
+
+def spec_relative(arg: str, spec_source: Optional[str]) -> Tuple[str, Optional[str]]:
+    """``finetune_from ARG`` written in the spec file ``spec_source``: a relative path that
+    exists in the spec file's folder means that file or folder, as an include would (the
+    folder comes first, then the working directory). Returns (the path to use, the folder
+    it was resolved against, or None when ``arg`` is used as written)."""
+    if not spec_source or os.path.isabs(arg) or arg in RELEASES:
+        return arg, None
+    folder = os.path.dirname(os.path.abspath(spec_source))
+    candidate = os.path.normpath(os.path.join(folder, arg))
+    if os.path.exists(candidate) and os.path.abspath(arg) != candidate:
+        return candidate, folder
+    return arg, None
