@@ -11,7 +11,8 @@ import click
 
 from ..errors import CommandError, SpecError, UserError
 from .app import main, report
-from .common import check_at_img_size, parse_img_size
+from ..pipeline import check_at_img_size
+from .common import parse_img_size
 
 # More loader processes than cores only adds contention (and a DataLoader warning).
 _DEFAULT_WORKERS = min(8, os.cpu_count() or 1)

@@ -203,7 +203,7 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
             if ctx is not None and img_size != tuple(ctx.img_size):
                 say(f"note: --img-size {img_size[0]}x{img_size[1]} overrides the run's "
                     f"{ctx.img_size[0]}x{ctx.img_size[1]}")
-            from ..cli.common import check_at_img_size
+            from ..pipeline import check_at_img_size
 
             check_at_img_size(spec, img_size)  # a size the model cannot take: a located error
             spec = with_overrides(spec, img_size=img_size)

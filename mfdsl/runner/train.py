@@ -35,7 +35,7 @@ from .options import (EMBEDDED_CROP_SCALE_MIN, BatchPlan, TrainOptions, apply_re
                       recipe_as_dict, scaled_lr)
 from .. import fsio, runs
 from . import recipe_history
-from .batch_stats import check_training_batch
+from ..analysis.batch_stats import check_training_batch
 from .output import Console
 from .hooks import (Checkpoints, EpochEnd, Preemption, Progress, Reads, StepEnd, TestFaults,
                     TestKill, TrainMetrics, Validation)
