@@ -13,6 +13,7 @@ from ..errors import CommandError, SpecError, UserError
 from .app import main, report
 from ..pipeline import check_at_img_size
 from .common import parse_img_size
+from ..runs import STATE_EXT, WEIGHTS_EXT
 
 # More loader processes than cores only adds contention (and a DataLoader warning).
 _DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -217,8 +218,8 @@ def _recipe_options(f):
               help="DataLoader worker processes per training process (default: CPU cores, "
                    "at most 8).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
-@click.option("--resume", help="Continue from a checkpoint: a .safetensors/.state.pt file, a "
-                               "run folder, or 'auto' (the latest in --output).")
+@click.option("--resume", help=f"Continue from a checkpoint: a {WEIGHTS_EXT}/{STATE_EXT} "
+                               "file, a run folder, or 'auto' (the latest in --output).")
 @click.option("--overwrite", is_flag=True,
               help="Start a new run in an --output folder that holds an earlier run: its run "
                    "files (checkpoints, metrics, run.json ...) are removed first.")
@@ -359,7 +360,7 @@ def _dry_run(spec, opts, dataset_size: Optional[int], world_size: Optional[int],
 @main.command("eval")
 @click.argument("spec", type=click.Path(dir_okay=False), required=False)
 @click.option("--checkpoint", "-c", type=click.Path(),
-              help="Weights: a run folder (its last checkpoint), an mfdsl .safetensors, or a "
+              help=f"Weights: a run folder (its last checkpoint), an mfdsl {WEIGHTS_EXT}, or a "
                    "timm/official checkpoint (then SPEC is needed).")
 @click.option("--pretrained", is_flag=False, flag_value="default", default=None,
               metavar="[TAG|NAME]",

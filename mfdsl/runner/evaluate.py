@@ -151,8 +151,9 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
     """
     import os
 
+    from .. import runs
     from ..api import build_model
-    from ..fingerprint import model_fingerprint, short
+    from ..fingerprint import model_fingerprint
     from ..ir import with_overrides
     from .distributed import setup, teardown
     from .errors import DataError, RunError
@@ -176,7 +177,7 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
         ckpt_path = resolve_checkpoint_path(checkpoint)
         if not os.path.exists(ckpt_path):
             raise RunError(f"--checkpoint {checkpoint}: no such file")
-        ctx = checkpoint_context(ckpt_path) if ckpt_path.endswith(".safetensors") else None
+        ctx = checkpoint_context(ckpt_path) if ckpt_path.endswith(runs.WEIGHTS_EXT) else None
         if ctx is None:
             if spec is None:
                 raise RunError(f"--checkpoint {checkpoint} carries no run context (not from an "
@@ -185,12 +186,8 @@ def run_evaluation(spec: Any, checkpoint: str, data: Any = None, split: str = "v
             if spec is None:
                 spec = ctx.load_spec(ckpt_path + " (run spec)")
             else:
-                fp = model_fingerprint(spec)
-                if fp != ctx.model:
-                    raise RunError(f"{spec.source or 'the spec'} builds a different model "
-                                   f"(fingerprint {short(fp)}) than {ckpt_path} was trained as "
-                                   f"({short(ctx.model)}); evaluate the run without a SPEC, or "
-                                   "give the run's own spec.mf" + ctx.difference(spec))
+                ctx.check_model(spec, f"{ckpt_path} was trained as", "evaluate the run "
+                                "without a SPEC, or give the run's own spec.mf")
                 if (tuple(spec.img_size) != tuple(ctx.img_size) and img_size is None) or any(
                         getattr(spec.eval, k) != (tuple(v) if isinstance(v, list) else v)
                         for k, v in ctx.eval.items()):

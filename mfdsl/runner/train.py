@@ -704,7 +704,7 @@ class Trainer:
             "best_top1": st.best_top1 if st.best_top1 >= 0 else None,
             "best_selected_by": "EMA top-1" if self.ema is not None else "top-1",
             "best_checkpoint": (os.path.join(self.ckpt_dir, runs.BEST + (
-                ".ema" if self.ema is not None else "") + ckpt.WEIGHTS_EXT)
+                runs.EMA if self.ema is not None else "") + ckpt.WEIGHTS_EXT)
                 if st.best_top1 >= 0 else None),
             "skipped_images": len(st.unreadable),
             "skipped_image_fetches": st.unreadable.attempts(),
