@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 from ..ir import ModelSpec, RecipeSpec, with_overrides
 from .errors import RunError
@@ -119,6 +119,11 @@ def scaled_lr(recipe: RecipeSpec, global_batch: int) -> float:
 
 
 _RECIPE_FIELDS = {f.name for f in dataclasses.fields(RecipeSpec)} - {"locs"}
+
+
+def recipe_field_names() -> Set[str]:
+    """The names of the recipe's fields (what ``recipe_overrides`` may name)."""
+    return set(_RECIPE_FIELDS)
 
 
 def apply_recipe_overrides(spec: ModelSpec, overrides: Dict[str, Any]) -> ModelSpec:

@@ -57,7 +57,8 @@ class Trainer:
                                [spec.source, opts.init_from])
         self.out_plan = plan
         self._setup_data_roots()
-        spec = apply_recipe_overrides(spec, opts.recipe_overrides)
+        spec = apply_recipe_overrides(spec, recipe_history.resume_overrides(
+            plan.resume_stem, plan.output, opts.recipe_overrides))  # the run's current recipe
         if plan.prior is not None:
             # A resumed run keeps its context: input size and eval transform.
             spec = plan.prior.apply(spec)
