@@ -1,4 +1,6 @@
-"""The one exception every invalid spec raises, and its source location."""
+"""The errors mfdsl reports to the user (one `UserError` base with an exit code): an invalid
+spec with its source location, a command's refusal, and a run's bad inputs (`RunError`,
+`DataError`: raised by the data package and the runner alike)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -84,6 +86,32 @@ class CommandError(UserError):
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RunError(UserError):
+    """A problem with the run's inputs (data folder, options, checkpoint); exit code 2."""
+
+    exit_code = EXIT_USAGE
+    # True on the ranks of a distributed run that stay silent because another rank
+    # reports the same failure.
+    quiet = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def render(self) -> str:
+        message = self.message
+        # An error raised inside a DataLoader worker comes back with the worker's traceback
+        # in its text: keep the error's own last line.
+        if "Original Traceback" in message:
+            last = message.strip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        return f"error: {message}"
+
+
+class DataError(RunError):
+    """The dataset cannot be used (missing, empty, or no decodable image nearby)."""
 
 
 class SpecError(UserError):

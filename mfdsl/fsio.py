@@ -19,6 +19,7 @@ file (a FIFO would block, ``/dev/zero`` would never end) and bound its size.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from typing import Callable, Iterable, Optional, Union
@@ -26,6 +27,25 @@ from .errors import EXIT_WRITE, UserError
 
 OUTPUT = "output"
 INTERNAL = "internal"
+
+# The temporary files of atomic writes lie hidden next to their target: write_atomic_with
+# writes ".<name>.<8 random characters>.tmp<ext>" (mkstemp), link_atomic makes
+# ".<name>.<pid>.lnk". temporary_target reads such a name back (the one parser).
+TMP_MARK = ".tmp"
+LINK_MARK = ".lnk"
+_TEMPORARY = re.compile(r"\.(?P<base>.+)\.(?:[a-z0-9_]{8}" + re.escape(TMP_MARK)
+                        + r"(?:\.[A-Za-z0-9]+)?|[0-9]+" + re.escape(LINK_MARK) + ")")
+
+
+def _temporary_prefix(target_name: str) -> str:
+    return f".{target_name}."
+
+
+def temporary_target(name: str) -> Optional[str]:
+    """The name of the file a temporary file of an atomic write was for
+    (``.run.json.k2j4h_x9.tmp.json`` -> ``run.json``); None for any other name."""
+    m = _TEMPORARY.fullmatch(name)
+    return m.group("base") if m else None
 
 
 class UnsafePathError(UserError, OSError):
@@ -197,7 +217,8 @@ def write_atomic_with(path: str, write: Callable[[str], None], *, links: str = O
     existed = os.path.lexists(target)
     # The real extension last: writers that pick a format from the name still work.
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(base), suffix=TMP_MARK + ext,
+                                   dir=folder)
     except OSError as exc:
         raise (write_failure(exc, target, existed) or exc) from None
     os.close(fd)
@@ -243,7 +264,8 @@ def link_atomic(src: str, dst: str) -> None:
 
     write_target(dst, INTERNAL)
     folder = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.lnk")
+    tmp = os.path.join(folder, f"{_temporary_prefix(os.path.basename(dst))}{os.getpid()}"
+                               f"{LINK_MARK}")
     if os.path.lexists(tmp):
         os.unlink(tmp)
     try:

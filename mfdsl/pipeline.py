@@ -5,13 +5,13 @@ use this one, so nothing imports the API from below."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
 from .checks import check
 from .errors import SpecError
-from .ir import ModelSpec
+from .ir import ModelSpec, with_overrides
 from .plugins import load_plugins
 from .size_limits import check_size_limits
 
@@ -73,6 +73,24 @@ def check_spec(spec: SpecLike, *, size_limits: bool = True) -> ModelSpec:
     if size_limits:
         check_size_limits(spec)
     return spec
+
+
+def check_at_img_size(spec: ModelSpec, img_size: Optional[Tuple[int, int]]) -> ModelSpec:
+    """Check ``spec``, at ``img_size`` if one was given on the command line (``--img-size``).
+
+    An error located at the file's `input` line is re-attributed to --img-size (with no
+    source line): the file says something else, so pointing there would mislead.
+    """
+    if img_size is None:
+        return check_spec(spec)
+    written = spec.loc("img_size")
+    try:
+        return check_spec(with_overrides(spec, img_size=img_size))
+    except SpecError as err:
+        if err.loc is not None and err.loc == written:
+            raise SpecError(f"--img-size {img_size[0]}x{img_size[1]}: {err.message}",
+                            path=err.path, hint=err.hint) from None
+        raise
 
 
 def lower_checked(spec: SpecLike, target: str = "cpu", *, check_sizes: bool = True,

@@ -45,19 +45,51 @@ MANIFEST_FILE = ".mfdsl-files.json"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 
-# Checkpoint pairs in checkpoints/: <stem> + WEIGHTS_EXT and <stem> + STATE_EXT.
-WEIGHTS_EXT = ".safetensors"
+# Checkpoint pairs in checkpoints/: <stem> + WEIGHTS_EXT and <stem> + STATE_EXT, and with
+# EMA the EMA weights, <stem> + EMA + WEIGHTS_EXT. The stem is a periodic checkpoint's,
+# PERIODIC + the step in 8 digits (periodic_stem, periodic_step), or LAST or BEST.
+WEIGHTS_EXT = ".safetensors"  # also the one spelling of the safetensors file extension
 STATE_EXT = ".state.pt"
+EMA = ".ema"
 LAST = "last"
 BEST = "best"
-# The names of the files a run writes in checkpoints/.
-CHECKPOINT_NAME_RE = re.compile(r"^(ckpt-\d+|last|best)(\.ema)?\.(safetensors|state\.pt)$")
+PERIODIC = "ckpt-"
+# A run's last weights, relative to its folder (what a run folder given as weights means).
+LAST_WEIGHTS = os.path.join(CHECKPOINTS_DIR, LAST + WEIGHTS_EXT)
+_PERIODIC_STEP = re.compile(re.escape(PERIODIC) + r"([0-9]+)")
 
 # Everything a run writes at the top of its folder (what --overwrite may clear).
 RUN_ENTRIES = (RUN_FILE, "spec.mf", "spec.yaml", SPEC_REPR_FILE, RECIPE_FILE,
                ENVIRONMENT_FILE, METRICS_FILE, EPOCHS_FILE, SUMMARY_FILE, CURVES_FILE,
                SKIPPED_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR, RECIPE_CHANGES_FILE,
                LOG_FILE, PLAN_FILE)
+
+
+def periodic_stem(step: int) -> str:
+    """The stem of the periodic checkpoint of ``step``: ``ckpt-00000012``."""
+    return f"{PERIODIC}{step:08d}"
+
+
+def checkpoint_stem(name: str) -> Optional[str]:
+    """The checkpoint a file name in checkpoints/ belongs to (``ckpt-<step>``, ``last`` or
+    ``best``: its weights, EMA weights or state file), None for any other name."""
+    for ext in (EMA + WEIGHTS_EXT, WEIGHTS_EXT, STATE_EXT):
+        if name.endswith(ext):
+            stem = name[: -len(ext)]
+            return stem if stem in (LAST, BEST) or _PERIODIC_STEP.fullmatch(stem) else None
+    return None
+
+
+def is_checkpoint_file(name: str) -> bool:
+    """Whether ``name`` is the name of a file a run writes in checkpoints/."""
+    return checkpoint_stem(name) is not None
+
+
+def periodic_step(name: str) -> Optional[int]:
+    """The step of a periodic checkpoint named by ``name`` (its stem ``ckpt-<step>`` or one
+    of its files), None for anything else (``last``, ``best``, other files)."""
+    m = _PERIODIC_STEP.fullmatch(checkpoint_stem(name) or name)
+    return int(m.group(1)) if m else None
 
 
 def checkpoints_dir(folder: str) -> str:

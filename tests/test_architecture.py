@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, Set, Tuple
 
 import pytest
 
@@ -28,19 +28,20 @@ def _modules() -> Dict[str, Path]:
     return mods
 
 
-def import_graph() -> Dict[str, Set[str]]:
-    """Module -> the mfdsl modules it imports, counting imports inside functions.
+def imports() -> List[Tuple[str, Path, int, str]]:
+    """(module, its file, line, imported mfdsl module) for every import of every module,
+    counting imports inside functions.
 
-    ``from pkg import sub`` depends on ``pkg.sub``; the package itself only when a name
-    (not a module) is taken from it. Python imports parent packages first in any case.
+    ``from pkg import sub`` imports ``pkg.sub``; the package itself only when a name (not a
+    module) is taken from it. Python imports parent packages first in any case.
     """
     mods = _modules()
-    graph: Dict[str, Set[str]] = {}
+    found: List[Tuple[str, Path, int, str]] = []
     for name, path in mods.items():
         is_pkg = path.name == "__init__.py"
         base = name.split(".") if is_pkg else name.split(".")[:-1]
-        deps: Set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            deps: Set[str] = set()
             if isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -53,7 +54,16 @@ def import_graph() -> Dict[str, Set[str]]:
                 deps.update(subs)
                 if not all(s in mods for s in subs):
                     deps.add(src)
-        graph[name] = {d for d in deps if d in mods and d != name}
+            found += [(name, path, node.lineno, d) for d in sorted(deps)
+                      if d in mods and d != name]
+    return found
+
+
+def import_graph() -> Dict[str, Set[str]]:
+    """Module -> the mfdsl modules it imports, counting imports inside functions."""
+    graph: Dict[str, Set[str]] = {name: set() for name in _modules()}
+    for name, _, _, dep in imports():
+        graph[name].add(dep)
     return graph
 
 
@@ -109,13 +119,98 @@ def test_registry_imports_nothing_of_mfdsl_but_the_leaf_fields_module():
     assert graph["mfdsl.fields"] == set()
 
 
-# Modules (or packages: every module below) and what they must not import: imports run
-# downwards, from the CLI through the runner and the benchmarks to the compiler.
+# --- the package floors -----------------------------------------------------------------
+# The one order of mfdsl's packages and top-level modules, lowest first. A module imports
+# only from its own package or from a floor below its own (never sideways, never up), so
+# the packages form no loop. "__init__" is mfdsl/__init__.py (the public facade);
+# "__main__" the entry modules (mfdsl/__main__.py, mfdsl/runner/__main__.py: what
+# `python -m` and torchrun run), which nothing imports.
+FLOORS = [
+    ("errors", "fields", "runs", "resources", "paper_table"),  # import nothing of mfdsl
+    ("fsio", "ir", "registry", "data"),
+    ("ckptformats", "fingerprint", "layers"),
+    ("checks", "model", "passes", "plugins", "schema"),
+    ("frontend", "lower", "run_options"),
+    ("analysis", "emit"),
+    ("size_limits", "summary", "draw"),
+    ("pipeline",),
+    ("weights",),
+    ("api",),
+    ("__init__", "target", "compare", "timm"),
+    ("bench", "runner"),
+    ("cli",),
+    ("__main__",),
+]
+
+
+def home(module: str) -> str:
+    """The package or top-level module of mfdsl a module belongs to (its FLOORS name)."""
+    if module.endswith("__main__"):
+        return "__main__"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def floor_of(name: str) -> int:
+    return next(i for i, floor in enumerate(FLOORS) if name in floor)
+
+
+def climbing(found) -> List[str]:
+    """Each import (from ``imports()``) of a package on the same floor or above, named by
+    file:line and both packages with their floors."""
+    bad = []
+    for module, path, line, dep in found:
+        a, b = home(module), home(dep)
+        if a != b and floor_of(b) >= floor_of(a):
+            way = "sideways" if floor_of(b) == floor_of(a) else "upwards"
+            bad.append(f"{path.relative_to(ROOT)}:{line}: {module} (package {a}, floor "
+                       f"{floor_of(a)}) imports {dep} (package {b}, floor {floor_of(b)}), "
+                       f"{way}")
+    return bad
+
+
+def test_every_package_has_one_floor():
+    named = [n for floor in FLOORS for n in floor]
+    assert len(named) == len(set(named)), "named twice in FLOORS"
+    homes = {home(m) for m in _modules()}
+    assert homes == set(named), (f"missing from FLOORS: {sorted(homes - set(named))}; "
+                                 f"in FLOORS but not in mfdsl: {sorted(set(named) - homes)}")
+
+
+def test_no_import_climbs_above_its_floor():
+    bad = climbing(imports())
+    assert not bad, ("imports above the importer's floor (tests/test_architecture.FLOORS); "
+                     "move the fact down to the lowest package that needs it:\n"
+                     + "\n".join(bad))
+
+
+def test_the_floor_check_names_a_climbing_import():
+    path = PKG / "data" / "dataset.py"
+    found = [("mfdsl.data.dataset", path, 26, "mfdsl.runner.errors"),
+             ("mfdsl.data.dataset", path, 27, "mfdsl.errors"),
+             ("mfdsl.cli.app", PKG / "cli" / "app.py", 3, "mfdsl.runner.train")]
+    assert climbing(found) == [
+        "mfdsl/data/dataset.py:26: mfdsl.data.dataset (package data, floor 1) imports "
+        "mfdsl.runner.errors (package runner, floor 11), upwards"]
+
+
+def package_graph() -> Dict[str, Set[str]]:
+    """Package (or top-level module) -> the others its modules import."""
+    graph: Dict[str, Set[str]] = {home(m): set() for m in _modules()}
+    for module, _, _, dep in imports():
+        if home(dep) != home(module):
+            graph[home(module)].add(home(dep))
+    return graph
+
+
+def test_no_package_level_import_cycles():
+    found = cycles(package_graph())
+    assert not found, "package circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+# Modules inside a package and what they must not import, finer than the floors: the
+# training step and the device plan stay free of the CLI, the passes and the data.
 NOT_BELOW = {
-    "mfdsl.passes": ("mfdsl.target", "mfdsl.bench", "mfdsl.runner", "mfdsl.cli"),
-    "mfdsl.target": ("mfdsl.bench", "mfdsl.runner", "mfdsl.cli"),
-    "mfdsl.bench": ("mfdsl.runner", "mfdsl.cli"),
-    "mfdsl.weights": ("mfdsl.runner", "mfdsl.cli"),
     "mfdsl.runner.step": ("mfdsl.cli", "mfdsl.passes", "mfdsl.target", "mfdsl.data",
                           "mfdsl.bench"),
     "mfdsl.runner.device_plan": ("mfdsl.cli", "mfdsl.passes", "mfdsl.target", "mfdsl.bench"),

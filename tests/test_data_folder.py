@@ -23,7 +23,7 @@ from mfdsl.data.transforms import (BatchPreprocess, HorizontalFlip, PendingErasi
                                      RandomErasing, SeededPipeline, ToNormalizedTensor,
                                      ToUint8Tensor, _patch_posterize, eval_transform,
                                      train_transform)
-from mfdsl.runner.errors import DataError
+from mfdsl.errors import DataError
 from mfdsl.data.dataset import (ResumableDistributedSampler, ShardSampler,
                                       SkippingImageFolder, UnknownClassError,
                                       UnreadableImages, collate, make_loader,

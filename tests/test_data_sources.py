@@ -23,7 +23,7 @@ from mfdsl.data.sources import UnknownClassError
 from mfdsl.data.tarshards import TarShardSource
 from mfdsl.data.transforms import SeededPipeline, ToUint8Tensor
 from mfdsl.data.writers import folder_to_forms, write_parquet_split, write_tar_split
-from mfdsl.runner.errors import DataError
+from mfdsl.errors import DataError
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 

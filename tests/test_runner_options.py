@@ -14,7 +14,7 @@ from conftest import run
 from mfdsl.cli.run_cmds import eval_cmd, train_cmd
 from mfdsl.fields import FLOAT, INT
 from mfdsl.ir import RecipeSpec, settings_of
-from mfdsl.runner.options import EvalOptions, TrainOptions, check_options, options_of
+from mfdsl.run_options import EvalOptions, TrainOptions, check_options, options_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "specs" / "demo_tiny.mf"

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..checks import check
 from ..ir import ModelSpec, with_overrides
+from .batch_stats import check_training_batch
 from .counting import meta_model, param_counts
 from .labels import call_label, human, human_bytes, mixer_label
 from .macs import OpCount, count_graph, node_macs
@@ -124,8 +125,6 @@ def analyse(spec: ModelSpec, batch: int = 1, dtype: Union[str, torch.dtype] = "f
     params, frozen = _params_by_part(model, len(spec.stages))
 
     train_model = meta_model(spec).to(torch_dtype)
-    from ..runner.batch_stats import check_training_batch
-
     check_training_batch(train_model, batch, "--batch")  # the measured step is a training one
     saved = measure_saved(train_model, x.to(torch_dtype), spec.num_classes)
     act = {}

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .. import runs
 from ..errors import UserError
 
 __all__ = [
@@ -41,7 +42,7 @@ _CONTAINER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module
 # Prefixes added by DDP, torch.compile and Lightning-style wrappers.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
-_SAFETENSORS_EXT = (".safetensors",)
+_SAFETENSORS_EXT = (runs.WEIGHTS_EXT,)
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 _PICKLE_MAGIC = b"\x80"  # torch's legacy format: a pickle stream (protocol >= 2)
 # What torch's weights-only unpickler says for a byte that is no pickle opcode at all:
@@ -212,7 +213,7 @@ def _read_torch(path: str, map_location: Union[str, torch.device]) -> Any:
             raise CheckpointError(
                 f"{path}: refused: the checkpoint needs pickled Python code to load{what}. "
                 "mfdsl only loads plain tensors (torch.load weights_only=True); re-save the "
-                "weights as a plain state dict or as .safetensors"
+                f"weights as a plain state dict or as {runs.WEIGHTS_EXT}"
             ) from None
         raise CheckpointError(_not_valid(path, exc)) from None
     except Exception as exc:  # truncated zip, garbage bytes, unsupported legacy data

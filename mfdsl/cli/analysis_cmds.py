@@ -10,7 +10,8 @@ import click
 from ..errors import CommandError
 from .app import main, report
 from .checkpoint_opts import checkpoint_path_cb
-from .common import check_at_img_size, parse_img_size
+from ..pipeline import check_at_img_size
+from .common import parse_img_size
 from .. import fsio
 from ..errors import SpecError
 from ..ir import ModelSpec

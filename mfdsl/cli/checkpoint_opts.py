@@ -13,12 +13,12 @@ def checkpoint_path_cb(ctx: click.Context, param: click.Parameter,
     ``mfdsl eval``; a file passes through."""
     if value is None or not os.path.isdir(value):
         return value
+    from ..runs import LAST_WEIGHTS
     from ..runner.errors import RunError
     from ..runner.eval_run import resolve_checkpoint_path
 
     try:
         return resolve_checkpoint_path(value)
     except RunError:
-        raise click.BadParameter(f"{value} is a directory with no checkpoints/"
-                                 "last.safetensors (give a run folder or a weights "
-                                 "file)") from None
+        raise click.BadParameter(f"{value} is a directory with no {LAST_WEIGHTS} (give a run "
+                                 "folder or a weights file)") from None

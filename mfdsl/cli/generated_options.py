@@ -1,6 +1,6 @@
 """Command-line options generated from metadata: one per recipe setting that declares a
 flag (:class:`mfdsl.ir.Setting`, ``cli``/``cli_off``) and one per run option
-(:class:`mfdsl.runner.options.RunOption`). A new recipe field or run option needs no edit
+(:class:`mfdsl.run_options.RunOption`). A new recipe field or run option needs no edit
 here; ``cli/run_cmds.py`` only applies these to its commands."""
 from __future__ import annotations
 
@@ -146,9 +146,9 @@ def _click_option(name: str, meta: Any, default: Any) -> Any:
 
 
 def _run_options(cls: type, *, after: Optional[str] = None, insert: Any = None):
-    """The click options of every flagged field of ``cls`` (runner.options metadata), in
+    """The click options of every flagged field of ``cls`` (run_options metadata), in
     field order; ``insert`` (a decorator: the recipe options) goes after field ``after``."""
-    from ..runner.options import options_of
+    from ..run_options import options_of
 
     def deco(f):
         parts = []
@@ -165,7 +165,7 @@ def _run_options(cls: type, *, after: Optional[str] = None, insert: Any = None):
 
 def _options_from(cls: type, kw: Dict[str, Any], **filled: Any) -> Any:
     """``cls`` from the command's keyword arguments (its flagged fields) and ``filled``."""
-    from ..runner.options import options_of
+    from ..run_options import options_of
 
     values = {name: tuple(kw[name]) if meta.multiple else kw[name]
               for name, meta, _ in options_of(cls) if meta.flag}

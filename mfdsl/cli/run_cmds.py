@@ -10,9 +10,9 @@ from typing import Any, Dict, NoReturn, Optional
 import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, SpecError, UserError
-from ..runner.options import EvalOptions, TrainOptions, options_of
+from ..run_options import EvalOptions, TrainOptions, options_of
 from .app import main, report
-from .common import check_at_img_size
+from ..pipeline import check_at_img_size
 from .generated_options import _options_from, _parse_betas, _recipe_options, _run_options
 
 _EXIT_SPEC = EXIT_USAGE

@@ -23,7 +23,7 @@ from torch.utils.data import default_collate
 
 from .transforms import (BatchPreprocess, PendingErasing, SeededPipeline,  # noqa: F401
                          caller_rngs_preserved, eval_transform, train_transform)
-from ..runner.errors import DataError
+from ..errors import DataError
 from .folder import IMG_EXTENSIONS, FolderScan, scan_image_folder  # noqa: F401
 from .depth import to_rgb8
 from .sources import Source, UnknownClassError, show_path  # noqa: F401

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..runner.errors import DataError
+from ..errors import DataError
 from . import manifest
 from .index import NameIndex, NameIndexBuilder
 from .sources import Source, UnknownClassError, read_file, show_path

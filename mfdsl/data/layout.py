@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from ..runner.errors import DataError
+from ..errors import DataError
 from .sources import Source
 
 # The split names each form uses; ``val`` and ``validation`` name the same split.

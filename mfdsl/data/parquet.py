@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..runner.errors import DataError
+from ..errors import DataError
 from .sources import Source, remap_labels, shard_class_names, stored_order_note
 
 # Rows decoded at a time when reading a row group: a sample costs the pages up to its batch

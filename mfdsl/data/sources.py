@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..runner.errors import DataError
+from ..errors import DataError
 
 
 class UnknownClassError(DataError):

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..runner.errors import DataError
+from ..errors import DataError
 from .index import NameIndexBuilder
 from .sources import Source, remap_labels, shard_class_names, stored_order_note
 

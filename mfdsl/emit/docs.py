@@ -1,5 +1,5 @@
 """The docs' tables, generated from the IR's field metadata, the run options' metadata
-(:mod:`mfdsl.runner.options`) and the exit codes (:data:`mfdsl.errors.EXIT_CODES`).
+(:mod:`mfdsl.run_options`) and the exit codes (:data:`mfdsl.errors.EXIT_CODES`).
 
 ``python -m mfdsl.emit.docs --write`` rewrites the parts of ``docs/*.md`` between
 ``<!-- generated: NAME -->`` and ``<!-- end generated -->``; a test checks they are up to
@@ -113,8 +113,8 @@ def _option_default_text(meta: Any, default: Any) -> str:
 
 def options_table(cls: type) -> str:
     """Markdown table of the command-line options of a run options class
-    (:mod:`mfdsl.runner.options`): option, value, default, meaning."""
-    from ..runner.options import options_of
+    (:mod:`mfdsl.run_options`): option, value, default, meaning."""
+    from ..run_options import options_of
 
     rows = ["| option | value | default | meaning |", "|---|---|---|---|"]
     for _, meta, default in options_of(cls):
@@ -138,7 +138,7 @@ def exit_codes_table() -> str:
 
 
 def tables() -> Dict[str, str]:
-    from ..runner.options import EvalOptions, TrainOptions
+    from ..run_options import EvalOptions, TrainOptions
 
     stage = [n for n, _, _ in settings_of(StageSpec) if n not in ("depth", "width")]
     return {

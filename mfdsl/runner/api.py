@@ -9,7 +9,7 @@ train`` and ``mfdsl eval`` do, for code that drives many runs (a sweep, a notebo
                         max_steps=100, recipe={"lr": 1e-3})
     result = api.evaluate("runs/a", data="/data/tiny")
 
-Options are :class:`mfdsl.runner.options.TrainOptions` fields by name (``recipe``: recipe
+Options are :class:`mfdsl.run_options.TrainOptions` fields by name (``recipe``: recipe
 fields to override); an unknown name is a :class:`~mfdsl.runner.errors.RunError`, as every
 refusal is (a :class:`mfdsl.errors.UserError`: its ``exit_code`` is the CLI's).
 """
@@ -22,7 +22,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from ..ir import ModelSpec
 from .errors import RunError
 from .hooks import Hook
-from .options import TrainOptions
+from ..run_options import TrainOptions
 from .plan import RunPlan
 
 SpecLike = Union[str, "os.PathLike[str]", ModelSpec]
@@ -76,9 +76,9 @@ def train(spec: SpecLike, *, hooks: Sequence[Hook] = (), **kw: Any) -> Dict[str,
 
 def evaluate(checkpoint: str, spec: Optional[SpecLike] = None, **kw: Any) -> Dict[str, Any]:
     """Top-1/top-5/loss of ``checkpoint`` (a run folder or weights file; ``mfdsl eval``)
-    over ``data``'s split; keywords are :class:`~mfdsl.runner.options.EvalOptions` fields."""
+    over ``data``'s split; keywords are :class:`~mfdsl.run_options.EvalOptions` fields."""
     from .eval_run import run_evaluation
-    from .options import EvalOptions
+    from ..run_options import EvalOptions
 
     return run_evaluation(load(spec) if spec is not None else None, checkpoint,
                           _checked(EvalOptions, kw))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -31,9 +30,6 @@ from ..ckptformats.train_state import (STATE_EXT, STATE_FORMAT, WEIGHTS_EXT, rea
                                        read_weights, weights_meta)
 from ..ckptformats.weights import CheckpointError
 from .errors import RunError
-
-_CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
-
 
 # --------------------------------------------------------------------------- atomic files
 # Every file goes through mfdsl.fsio (temporary file in the same folder, fsync, rename);
@@ -127,9 +123,10 @@ def list_periodic(folder: str) -> List[Tuple[int, str]]:
         return []
     found = []
     for name in os.listdir(folder):
-        m = _CKPT_RE.match(name)
-        if m:
-            found.append((int(m.group(1)), os.path.join(folder, name[: -len(WEIGHTS_EXT)])))
+        stem = name[: -len(WEIGHTS_EXT)] if name.endswith(WEIGHTS_EXT) else ""
+        step = runs.periodic_step(stem)
+        if step is not None:
+            found.append((step, os.path.join(folder, stem)))
     return sorted(found, reverse=True)
 
 
@@ -215,13 +212,13 @@ class CheckpointWriter:
              ema_weights: Optional[Dict[str, torch.Tensor]] = None) -> str:
         """Write the pair for ``step``; returns its stem (before pruning)."""
         fsio.ensure_folder(self.folder)
-        stem = os.path.join(self.folder, f"ckpt-{step:08d}")
+        stem = os.path.join(self.folder, runs.periodic_stem(step))
         meta: Dict[str, Any] = {"step": step, "epoch": epoch, "format": "mfdsl"}
         if self.context is not None:
             meta["run"] = self.context
         atomic_save_weights(weights, stem + WEIGHTS_EXT, meta)
         if ema_weights is not None:
-            atomic_save_weights(ema_weights, stem + ".ema" + WEIGHTS_EXT, dict(meta, ema=True))
+            atomic_save_weights(ema_weights, stem + runs.EMA + WEIGHTS_EXT, dict(meta, ema=True))
         atomic_torch_save(dict(state, format=STATE_FORMAT, step=step, epoch=epoch),
                           stem + STATE_EXT)
         self._written.add(stem)
@@ -229,7 +226,7 @@ class CheckpointWriter:
         for name in targets:
             dst = os.path.join(self.folder, name)
             if ema_weights is not None:
-                fsio.link_atomic(stem + ".ema" + WEIGHTS_EXT, dst + ".ema" + WEIGHTS_EXT)
+                fsio.link_atomic(stem + runs.EMA + WEIGHTS_EXT, dst + runs.EMA + WEIGHTS_EXT)
             fsio.link_atomic(stem + WEIGHTS_EXT, dst + WEIGHTS_EXT)
             fsio.link_atomic(stem + STATE_EXT, dst + STATE_EXT)
         self.prune()
@@ -246,6 +243,6 @@ class CheckpointWriter:
     def prune(self) -> None:
         mine = [stem for _, stem in list_periodic(self.folder) if self._ours(stem)]
         for stem in mine[self.keep_recent:]:
-            for ext in (STATE_EXT, ".ema" + WEIGHTS_EXT, WEIGHTS_EXT):
+            for ext in (STATE_EXT, runs.EMA + WEIGHTS_EXT, WEIGHTS_EXT):
                 if os.path.lexists(stem + ext):
                     os.unlink(stem + ext)

@@ -13,12 +13,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
+from .. import runs
 from ..ir import ModelSpec, with_overrides
 from .errors import DataError, RunError
 from .run_folder import RunContext
 
 if TYPE_CHECKING:
-    from .options import EvalOptions
+    from ..run_options import EvalOptions
 
 
 @dataclass
@@ -47,14 +48,13 @@ def resolve_eval(spec: Optional[ModelSpec], checkpoint: str, data: Optional[str]
                  crop_pct: Optional[float] = None, say: Callable[[str], None]) -> EvalPlan:
     """The eval plan of ``checkpoint`` (with ``spec``, which must build its model, or the
     run's own) over ``data``'s ``split``. Reads file lists and metadata only."""
-    from ..fingerprint import model_fingerprint, short
     from .run_data import open_eval_split
     from .run_folder import checkpoint_context
 
     path = resolve_checkpoint_path(checkpoint)
     if not os.path.exists(path):
         raise RunError(f"--checkpoint {checkpoint}: no such file")
-    ctx = checkpoint_context(path) if path.endswith(".safetensors") else None
+    ctx = checkpoint_context(path) if path.endswith(runs.WEIGHTS_EXT) else None
     if ctx is None and spec is None:
         raise RunError(f"--checkpoint {checkpoint} carries no run context (not from an "
                        "mfdsl run): give the SPEC it was made for")
@@ -62,12 +62,8 @@ def resolve_eval(spec: Optional[ModelSpec], checkpoint: str, data: Optional[str]
         spec = ctx.load_spec(path + " (run spec)")
     elif ctx is not None:
         assert spec is not None
-        fp = model_fingerprint(spec)
-        if fp != ctx.model:
-            raise RunError(f"{spec.source or 'the spec'} builds a different model "
-                           f"(fingerprint {short(fp)}) than {path} was trained as "
-                           f"({short(ctx.model)}); evaluate the run without a SPEC, or "
-                           "give the run's own spec.mf" + ctx.difference(spec))
+        ctx.check_model(spec, f"{path} was trained as", "evaluate the run without a SPEC, "
+                        "or give the run's own spec.mf")
         if (tuple(spec.img_size) != tuple(ctx.img_size) and img_size is None) or any(
                 getattr(spec.eval, k) != (tuple(v) if isinstance(v, list) else v)
                 for k, v in ctx.eval.items()):
@@ -77,7 +73,7 @@ def resolve_eval(spec: Optional[ModelSpec], checkpoint: str, data: Optional[str]
         spec = ctx.apply(spec)
     assert spec is not None
     if img_size is not None:
-        from ..cli.common import check_at_img_size
+        from ..pipeline import check_at_img_size
 
         if ctx is not None and tuple(img_size) != tuple(ctx.img_size):
             say(f"note: --img-size {img_size[0]}x{img_size[1]} overrides the run's "
@@ -131,7 +127,7 @@ def run_evaluation(spec: Optional[ModelSpec], checkpoint: str, opts: "EvalOption
     from .distributed import barrier, checked_alike_on_every_rank, setup, teardown
     from .evaluate import evaluate
 
-    from .options import check_options
+    from ..run_options import check_options
 
     with checked_alike_on_every_rank():
         check_options(opts)

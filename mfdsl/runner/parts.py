@@ -48,7 +48,7 @@ class Parts:
 def lower_model(plan: RunPlan) -> nn.Module:
     """The plan's model, lowered once with the speed variants its device runs."""
     from ..api import build_model
-    from .batch_stats import check_training_batch
+    from ..analysis.batch_stats import check_training_batch
 
     if plan.spec.in_chans != 3:
         raise RunError(f"image data gives RGB images; the spec wants {plan.spec.in_chans} "

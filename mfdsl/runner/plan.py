@@ -21,8 +21,9 @@ from .device_plan import DevicePlan, resolve_device_plan
 from .errors import DataError, RunError
 from .official import official_recipe
 from .optim import optimizer_args
-from .options import (CROP_SCALE_MIN, EMBEDDED_CROP_SCALE_MIN, EMBEDDED_MAX_BATCH, BatchPlan,
-                      TrainOptions, apply_recipe_overrides, check_options, plan_batches,
+from ..run_options import (CROP_SCALE_MIN, EMBEDDED_CROP_SCALE_MIN, TrainOptions,
+                           check_options)
+from .options import (EMBEDDED_MAX_BATCH, BatchPlan, apply_recipe_overrides, plan_batches,
                       recipe_as_dict, scaled_lr)
 from .run_data import DataPlan
 from .schedule import Schedule, schedule_for
@@ -53,7 +54,7 @@ class BestSelection:
     @property
     def stem(self) -> str:
         """The best checkpoint's file stem."""
-        return runs.BEST + (".ema" if self.ema else "")
+        return runs.BEST + (runs.EMA if self.ema else "")
 
 
 @dataclass
@@ -198,12 +199,20 @@ class RunPlan:
             for d in self.deviations]
 
 
-def run_spec(spec: ModelSpec, opts: TrainOptions, prior: Any = None) -> ModelSpec:
-    """The spec a run trains: the command line's recipe values applied, and the input size
-    (a resumed run's ``prior`` context wins: it keeps its input size and eval transform)."""
-    spec = apply_recipe_overrides(spec, opts.recipe_overrides)
-    if prior is not None:
-        return prior.apply(spec)
+def run_spec(spec: ModelSpec, opts: TrainOptions, out: Any = None) -> ModelSpec:
+    """The spec a run trains: the recipe with the command line's values and, on a resume
+    (``out``: the run folder's :class:`~mfdsl.runner.run_folder.OutputPlan`), the changes the
+    run recorded; the input size (a resumed run keeps its context: input size and eval
+    transform)."""
+    from .recipe_history import resume_overrides
+
+    if out is not None:
+        overrides = resume_overrides(out.resume_stem, out.output, opts.recipe_overrides)
+    else:
+        overrides = opts.recipe_overrides
+    spec = apply_recipe_overrides(spec, overrides)
+    if out is not None and out.prior is not None:
+        return out.prior.apply(spec)
     if opts.img_size is not None:
         spec = with_overrides(spec, img_size=tuple(opts.img_size))
     return spec
@@ -359,8 +368,13 @@ def dry_run(spec: ModelSpec, opts: TrainOptions) -> RunPlan:
     ``--nproc-per-node``, else torchrun's) for the processes."""
     from ..api import check_spec
     from .run_data import open_run_data
+    from .run_folder import plan_output
 
-    spec = run_spec(spec, opts)
+    # A resume is planned as it will run: the run's recorded recipe changes and context
+    # (reading the run folder, as the run does before it writes anything).
+    out = (plan_output(spec, opts.output, opts.resume, False, opts.img_size,
+                       [spec.source, opts.init_from]) if opts.resume is not None else None)
+    spec = run_spec(spec, opts, out)
     check_spec(spec)
     world_size = (opts.world_size or opts.nproc_per_node
                   or int(os.environ.get("WORLD_SIZE", "1")))
@@ -372,4 +386,4 @@ def dry_run(spec: ModelSpec, opts: TrainOptions) -> RunPlan:
                              num_classes=spec.num_classes, generate=False).plan
     return resolve_plan(spec, opts, data, world_size=world_size,
                         device=_dry_run_device(opts.device),
-                        resuming=opts.resume not in (None, "auto"))
+                        resuming=out is not None and out.resume_stem is not None)

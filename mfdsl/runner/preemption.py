@@ -20,11 +20,10 @@ signal and the kill must exceed one step plus one checkpoint write (torchrun's l
 from __future__ import annotations
 
 import os
-import re
 import signal
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .. import runs
+from .. import fsio, runs
 from ..errors import EXIT_PREEMPTED
 from .errors import RunError
 
@@ -122,10 +121,7 @@ def stop_at_boundary(watch: Optional[StopWatch], env: Any, st: Any,
 
 
 # --------------------------------------------------------------------------- leftovers
-# fsio.write_atomic_with: mkstemp(prefix=".<name>.", suffix=".tmp<ext>") -> 8 random chars;
-# fsio.link_atomic: ".<name>.<pid>.lnk".
-_TMP_RE = re.compile(r"^\.(?P<base>.+)\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
-_LNK_RE = re.compile(r"^\.(?P<base>.+)\.\d+\.lnk$")
+# The temporary files' names are fsio's (fsio.temporary_target reads them).
 
 
 def leftover_temporaries(folder: str, owned: Callable[[str, bool], bool]) -> List[str]:
@@ -137,9 +133,9 @@ def leftover_temporaries(folder: str, owned: Callable[[str, bool], bool]) -> Lis
         if not os.path.isdir(sub) or os.path.islink(sub):
             continue
         for name in os.listdir(sub):
-            m = _TMP_RE.match(name) or _LNK_RE.match(name)
+            target = fsio.temporary_target(name)
             path = os.path.join(sub, name)
-            if m and owned(m.group("base"), in_ckpt) and os.path.isfile(path) \
+            if target is not None and owned(target, in_ckpt) and os.path.isfile(path) \
                     and not os.path.islink(path):
                 out.append(path)
     return sorted(out)

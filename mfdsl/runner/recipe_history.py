@@ -7,6 +7,12 @@ seed, crop scale, flip) against the run's effective recipe: ``recipe.json`` with
 recorded change applied. A difference is refused, naming each one, unless
 ``--allow-recipe-change`` is given; then the change and the step it takes effect at are
 appended to ``recipe_changes.jsonl`` (one JSON object a line, never rewritten).
+
+What a resume trains with is the run's current recipe: a recipe field a recorded change
+set keeps its changed value unless the command line gives it again
+(:func:`resume_overrides`), so the plain requeue command (``mfdsl train SPEC -o RUN
+--resume auto``) continues the run as it was last changed, and only a new difference (the
+spec file edited, an option given with another value) is refused.
 """
 from __future__ import annotations
 
@@ -59,12 +65,47 @@ def effective(folder: str) -> Optional[Dict[str, Dict[str, Any]]]:
     if base is None:
         return None
     cur = {"recipe": dict(base.get("recipe") or {}), "resolved": dict(base.get("resolved") or {})}
+    for key, new in changed_since_start(folder).items():
+        part, _, name = key.partition(".")
+        if part in cur:
+            cur[part][name] = new
+    return cur
+
+
+def changed_since_start(folder: str) -> Dict[str, Any]:
+    """"recipe.X"/"resolved.Y" -> the value the recorded changes left it at (only the
+    names some change set), oldest change first, the last one winning."""
+    out: Dict[str, Any] = {}
     for rec in read_changes(folder):
         for key, (_, new) in rec["changes"].items():
-            part, _, name = key.partition(".")
-            if part in cur:
-                cur[part][name] = new
-    return cur
+            out[key] = new
+    return out
+
+
+def history_folder(resume_stem: str, output: str) -> str:
+    """The run folder whose recipe a resume from ``resume_stem`` continues."""
+    from .run_folder import run_folder_of
+
+    return run_folder_of(resume_stem + runs.WEIGHTS_EXT) or output
+
+
+def resume_overrides(resume_stem: Optional[str], output: str, given: Dict[str, Any]
+                     ) -> Dict[str, Any]:
+    """The recipe overrides a run trains with: ``given`` (the command line's), and, on a
+    resume, each recipe field a recorded change set, at its changed value, unless
+    ``given`` names it: the run's current recipe, not the one it started with."""
+    if resume_stem is None:
+        return dict(given)
+    from .options import recipe_field_names
+
+    fields = recipe_field_names()
+    out = {}
+    for key, value in changed_since_start(history_folder(resume_stem, output)).items():
+        part, _, name = key.partition(".")
+        if part == "recipe" and name in fields and name not in given:
+            out[name] = tuple(value) if isinstance(value, list) else value
+    out.update(given)
+    return out
 
 
 def _norm(v: Any) -> Any:
@@ -103,6 +144,12 @@ _LABELS = {"resolved.global_batch": "global batch", "resolved.lr": "lr scaled to
            "resolved.nan_policy": "--nan-policy"}
 
 
+# The compared values a run option sets (the rest follow from the recipe, which a resume
+# takes from the run: resume_overrides).
+_OPTIONS = ("resolved.global_batch", "resolved.total_steps", "resolved.seed",
+            "resolved.crop_scale_min", "resolved.hflip", "resolved.nan_policy")
+
+
 def _label(key: str) -> str:
     return _LABELS.get(key, key.split(".", 1)[1])
 
@@ -116,10 +163,20 @@ def check_resume(folder: str, new: Dict[str, Dict[str, Any]], allow: bool
     diff = differences(old, new)
     if diff and not allow:
         lines = "\n".join(f"  {_label(k)}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        # A run option (not a recipe field) a recorded change set, back at the value the run
+        # started with: this command left out the option that changed it.
+        changed = changed_since_start(folder)
+        started = _read_json(os.path.join(folder, RECIPE_FILE)) or {}
+        dropped = [k for k, (_, b) in diff.items() if k in changed and k in _OPTIONS
+                   and _norm(b) == _norm((started.get("resolved") or {}).get(
+                       k.partition(".")[2]))]
+        again = (f"; {', '.join(_label(k) for k in dropped)} was changed with "
+                 f"--allow-recipe-change (recorded in {CHANGES_FILE}): give that option "
+                 "again" if dropped else "")
         raise RunError(f"--resume: the run in {folder} was trained with another recipe; a "
                        f"resumed run keeps its recipe. Differences (run -> now):\n{lines}\n"
                        "Resume without these options, or pass --allow-recipe-change to change "
-                       f"them from this step on (recorded in {CHANGES_FILE})")
+                       f"them from this step on (recorded in {CHANGES_FILE}){again}")
     return diff
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -36,8 +35,6 @@ from .errors import RunError
 RUN_FILE = runs.RUN_FILE
 RUN_FORMAT = "mfdsl-run"
 RUN_ENTRIES = runs.RUN_ENTRIES  # the file names: mfdsl.runs
-# What a run writes inside checkpoints/ (and the temporary files of its atomic writes).
-_CKPT_FILE_RE = re.compile(runs.CHECKPOINT_NAME_RE.pattern + r"|^\..*\.(tmp.*|lnk)$")
 _MAX_RUN_JSON = 64 * 1024 * 1024
 
 
@@ -95,6 +92,19 @@ class RunContext:
                       mean=tuple(self.eval["mean"]), std=tuple(self.eval["std"]))
         ev.locs = dict(spec.eval.locs)
         return with_overrides(spec, img_size=tuple(self.img_size), eval=ev)
+
+    def check_model(self, spec: ModelSpec, than: str, advice: str) -> None:
+        """Refuse (RunError) ``spec`` unless it builds the model this run trained, by the
+        fingerprint: the one check and wording of that refusal (resume, weights, eval).
+        ``than`` names the run's side ("the run being resumed", "X was trained as");
+        ``advice`` says what to give instead; where the models differ is appended."""
+        from ..fingerprint import model_fingerprint, short
+
+        fp = model_fingerprint(spec)
+        if fp != self.model:
+            raise RunError(f"{spec.source or 'the spec'} builds a different model (fingerprint "
+                           f"{short(fp)}) than {than} (fingerprint {short(self.model)}); "
+                           f"{advice}" + self.difference(spec))
 
     def difference(self, spec: ModelSpec) -> str:
         """":\n<lines>" naming where ``spec``'s model differs from the run's ("" if unknown)."""
@@ -219,7 +229,7 @@ def recorded_run_files(folder: str) -> Optional[List[str]]:
 
     ck = runs.checkpoints_dir(folder)
     if os.path.isdir(ck) and not os.path.islink(ck) and any(
-            _CKPT_FILE_RE.match(n) and n.endswith(runs.WEIGHTS_EXT)
+            runs.is_checkpoint_file(n) and n.endswith(runs.WEIGHTS_EXT)
             and weights_meta(os.path.join(ck, n)) is not None for n in os.listdir(ck)):
         return [runs.CHECKPOINTS_DIR]
     return None
@@ -230,6 +240,15 @@ def foreign_entries(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[s
     entries = earlier_run_entries(folder, inputs)
     owned = recorded_run_files(folder) or []
     return [e for e in entries if e not in owned]
+
+
+def _ours_in_checkpoints(name: str) -> bool:
+    """What a run writes inside checkpoints/, and the temporary files of its atomic writes."""
+    return runs.is_checkpoint_file(name) or fsio.temporary_target(name) is not None
+
+
+def _ours_in_tensorboard(name: str) -> bool:
+    return name.startswith("events.out.")
 
 
 def clear_run(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
@@ -246,10 +265,10 @@ def clear_run(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
             os.unlink(path)  # a link itself, never its target
             removed.append(name)
             continue
-        pattern = _CKPT_FILE_RE if name == runs.CHECKPOINTS_DIR else re.compile(r"^events\.out\.")
+        ours = _ours_in_checkpoints if name == runs.CHECKPOINTS_DIR else _ours_in_tensorboard
         for entry in os.listdir(path):
             p = os.path.join(path, entry)
-            if pattern.match(entry) and (os.path.islink(p) or os.path.isfile(p)):
+            if ours(entry) and (os.path.islink(p) or os.path.isfile(p)):
                 os.unlink(p)
         removed.append(name + "/")
         try:
@@ -259,14 +278,11 @@ def clear_run(folder: str, inputs: Iterable[Optional[str]] = ()) -> List[str]:
     return removed
 
 
-_CKPT_NAME_RE = runs.CHECKPOINT_NAME_RE
-
-
 def is_run_file(name: str, in_checkpoints: bool) -> bool:
     """Whether ``name`` is a file a run writes (at the top of its folder, or in
     checkpoints/): the targets whose interrupted writes may be cleaned up."""
     if in_checkpoints:
-        return bool(_CKPT_NAME_RE.match(name))
+        return runs.is_checkpoint_file(name)
     return name in RUN_ENTRIES or name in (runs.INHERITANCE_FILE, MANIFEST)
 
 
@@ -362,7 +378,7 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
     ``checkpointing.resolve_resume``.
     """
     from . import checkpointing as ckpt
-    from ..fingerprint import model_fingerprint, short
+    from ..fingerprint import short
 
     out = output or os.path.join("runs", spec.name)  # the default parent folder, not a file
     ins = [os.path.abspath(p) for p in inputs if p]
@@ -393,11 +409,11 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
             step = ckpt.pair_step(stem) or 0
             folder = os.path.dirname(stem)
             newer = [n for n in ckpt.checkpoint_files(folder)
-                     if (m := re.match(r"^ckpt-(\d+)\.", n)) and int(m.group(1)) > step]
+                     if (s1 := runs.periodic_step(n)) is not None and s1 > step]
             # Newer pairs that are intact would be overwritten (same step names) or pruned
             # by the resumed run: refuse, naming them.
             intact = sorted({(s2, os.path.basename(c)) for c in
-                             [os.path.join(folder, n.split(".")[0]) for n in newer]
+                             [os.path.join(folder, runs.checkpoint_stem(n)) for n in newer]
                              + [os.path.join(folder, runs.LAST), os.path.join(folder, runs.BEST)]
                              if (s2 := ckpt.pair_step(c)) is not None and s2 > step})
             if intact and os.path.abspath(folder) == os.path.abspath(
@@ -421,13 +437,8 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
                            f"to (id {prior.run_id[:12]}); resuming there would overwrite it: "
                            "choose another --output")
     if prior is not None:
-        fp = model_fingerprint(spec)
-        if fp != prior.model:
-            where = spec.source or "the spec"
-            raise RunError(f"{where} builds a different model (fingerprint {short(fp)}) than "
-                           f"the run being resumed (fingerprint {short(prior.model)}); resume "
-                           f"with the run's own spec, {os.path.join(out, runs.SPEC_FILE)}"
-                           + prior.difference(spec))
+        prior.check_model(spec, "the run being resumed", "resume with the run's own spec, "
+                          + os.path.join(out, runs.SPEC_FILE))
         if img_size is not None and tuple(img_size) != tuple(prior.img_size):
             raise RunError(f"--img-size {img_size[0]}x{img_size[1]}: the run was trained at "
                            f"{prior.img_size[0]}x{prior.img_size[1]}; a resumed run keeps its "
@@ -438,16 +449,10 @@ def plan_output(spec: ModelSpec, output: Optional[str], resume: Optional[str],
 def check_weights_model(spec: ModelSpec, weights_path: str) -> Optional[RunContext]:
     """The run context of ``weights_path`` (None for weights without one), after checking
     that ``spec`` builds the model they were trained as (RunError if not)."""
-    from ..fingerprint import model_fingerprint, short
-
     if not weights_path.endswith(runs.WEIGHTS_EXT) or not os.path.isfile(weights_path):
         return None
     ctx = checkpoint_context(weights_path)
     if ctx is not None:
-        fp = model_fingerprint(spec)
-        if fp != ctx.model:
-            raise RunError(f"{spec.source or 'the spec'} builds a different model (fingerprint "
-                           f"{short(fp)}) than {weights_path} was trained as "
-                           f"({short(ctx.model)}); use the run's own spec.mf"
-                           + ctx.difference(spec))
+        ctx.check_model(spec, f"{weights_path} was trained as",
+                        f"use the run's own {runs.SPEC_FILE}")
     return ctx

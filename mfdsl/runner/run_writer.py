@@ -16,7 +16,8 @@ from .. import fsio, runs
 from . import recipe_history
 from .distributed import DistEnv
 from .metrics import plot_curves
-from .options import TrainOptions, recipe_as_dict
+from ..run_options import TrainOptions
+from .options import recipe_as_dict
 from .parts import Parts
 from .plan import RunPlan
 from .run_folder import MANIFEST, OutputPlan, RunContext, environment, record_run_files, \

@@ -29,7 +29,7 @@ from .hooks import (Checkpoints, Hook, Preemption, Progress, TestFaults, TestKil
                     TrainMetrics, Validation)
 from .loop import Loop, NonFinitePolicy
 from .metrics import MetricsLog
-from .options import TrainOptions, check_options
+from ..run_options import TrainOptions, check_options
 from .output import Console
 from .parts import Parts, build_parts, load_start_weights, lower_model, train_loader, val_loader
 from .plan import RunPlan, resolve_plan, run_spec
@@ -132,7 +132,7 @@ def build_run(spec: ModelSpec, opts: TrainOptions, env: DistEnv, out: OutputPlan
     """Everything a run needs, built from its plan before the first step."""
     log = RunLog(out.output, env.is_main)
     prior = out.prior
-    spec = run_spec(spec, opts, prior)
+    spec = run_spec(spec, opts, out)
     ckpt.seed_everything(opts.seed + env.rank)
     if opts.data is None:
         if env.is_main:

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch.nn as nn
 
+from .. import runs
 from ..ckptformats.weights import CheckpointError, LoadReport, load_checkpoint
 from ..ir import ModelSpec
 from .hub import (WeightsError, apply_release_context, check_fits, fetch, hub_cache_dir,
@@ -33,7 +34,7 @@ def load_weights(model: nn.Module, source: str, spec: Optional[ModelSpec] = None
             check_fits(found.release, spec, purpose="init")
         return load_release(model, found.release)
     if found is not None and found.kind == RUN and found.path is None:
-        raise CheckpointError(f"{source}: a folder without checkpoints/last.safetensors "
+        raise CheckpointError(f"{source}: a folder without {runs.LAST_WEIGHTS} "
                               "(give a run folder, a weights file or a release name)")
     # A file, or a name that is nothing: load_checkpoint says which ("no such file").
     return load_checkpoint(model, found.path if found is not None else source)

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from ..runs import WEIGHTS_EXT
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IN22K_CLASSES = 21841
@@ -80,7 +82,7 @@ def _build() -> Dict[str, Release]:
             model = f"{family}_{size}"
             for tag in tags:
                 r = _from_tag(model, tag, repo_id=f"timm/{model}.{tag}",
-                              filename="model.safetensors", layout="timm")
+                              filename="model" + WEIGHTS_EXT, layout="timm")
                 table[r.name] = r
     for family in _OFFICIAL_FAMILIES:
         for size in _SIZES[family]:
