@@ -407,3 +407,42 @@ def test_test_files_mirror_the_packages():
     astray = [t.name for t in tests
               if not any(t.stem[5:] == h or t.stem[5:].startswith(h + "_") for h in homes)]
     assert len(tests) > 40 and not astray, astray
+
+
+# The runner's classes stay small: one concern each (the issue "the runner's central hall":
+# a Trainer of 27 methods and 56 attributes held every concern of a run).
+MAX_METHODS, MAX_ATTRIBUTES = 12, 20
+
+
+def _class_sizes(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        methods = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   and not (n.name.startswith("__") and n.name.endswith("__"))
+                   and not any(isinstance(d, ast.Name) and d.id == "property"
+                               for d in n.decorator_list)]
+        attrs = {n.target.id for n in node.body
+                 if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+        for n in ast.walk(node):
+            if (isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+                    and isinstance(n.value, ast.Name) and n.value.id == "self"):
+                attrs.add(n.attr)
+        yield node.name, node.lineno, len(methods), len(attrs)
+
+
+def test_no_runner_class_holds_too_much():
+    big = [f"{path.relative_to(ROOT)}:{line}: {name} has {m} methods and {a} attributes"
+           for path in sorted((ROOT / "mfdsl" / "runner").glob("*.py"))
+           for name, line, m, a in _class_sizes(path)
+           if m > MAX_METHODS or a > MAX_ATTRIBUTES]
+    assert not big, ("split these classes by concern (at most "
+                     f"{MAX_METHODS} methods, {MAX_ATTRIBUTES} attributes):\n" + "\n".join(big))
+
+
+def test_the_class_size_check_sees_a_big_class(tmp_path):
+    body = "".join(f"    def m{i}(self):\n        self.a{i} = {i}\n" for i in range(13))
+    (tmp_path / "big.py").write_text("class Big:\n" + body)
+    [(name, _, methods, attrs)] = list(_class_sizes(tmp_path / "big.py"))
+    assert (name, methods, attrs) == ("Big", 13, 13)

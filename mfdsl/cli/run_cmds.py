@@ -11,6 +11,7 @@ import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, SpecError, UserError
 from ..run_options import EvalOptions, TrainOptions, options_of
+from ..runner.launch import launched_rank
 from .app import main, report
 from ..pipeline import check_at_img_size
 from .generated_options import _options_from, _parse_betas, _recipe_options, _run_options
@@ -19,8 +20,8 @@ _EXIT_SPEC = EXIT_USAGE
 
 
 def _rank_prefix() -> str:
-    rank = os.environ.get("RANK")
-    return f"[rank {rank}] " if rank not in (None, "0") else ""
+    rank = launched_rank()
+    return f"[rank {rank}] " if rank else ""
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -34,8 +35,7 @@ def _run_guarded(fn, *args, **kw) -> Any:
     except UserError as err:
         # Every rank of a torchrun job reads the same spec: rank 0 alone reports it; a
         # run error marked quiet is reported by another rank.
-        if getattr(err, "quiet", False) or (isinstance(err, SpecError)
-                                            and os.environ.get("RANK") not in (None, "0")):
+        if getattr(err, "quiet", False) or (isinstance(err, SpecError) and launched_rank()):
             sys.exit(err.exit_code)
         report(err, "" if isinstance(err, SpecError) else _rank_prefix())
     except KeyboardInterrupt:
@@ -206,12 +206,12 @@ def eval_cmd(spec: Optional[str], **kw: Any) -> None:
     checkpoint = o.checkpoint
     if o.pretrained is not None:
         parsed, checkpoint = _run_guarded(_pretrained_source, parsed, o.pretrained)
-    quiet = o.as_json or os.environ.get("RANK") not in (None, "0")
+    quiet = o.as_json or launched_rank() != 0
     progress = (sys.stderr.isatty() and not o.as_json) if o.progress is None else o.progress
     res = _run_guarded(run_evaluation, parsed, checkpoint, o,
                        None if quiet else (lambda m: click.echo(m, err=True)), progress)
     as_json = o.as_json
-    if os.environ.get("RANK") not in (None, "0"):
+    if launched_rank() != 0:
         return
     paths = res.pop("skipped_paths")
     if as_json:

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import RunError
+from .launch import launched_rank, launched_world_size
 
 
 @dataclass
@@ -46,8 +47,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 def setup(device_name: str) -> DistEnv:
     """Join the torchrun process group if WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world, rank = launched_world_size(), launched_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local_rank)
     if device.type == "cuda":
@@ -124,6 +124,6 @@ def checked_alike_on_every_rank() -> Iterator[None]:
     try:
         yield
     except RunError as exc:
-        if int(os.environ.get("RANK", "0")) != 0:
+        if launched_rank() != 0:
             exc.quiet = True
         raise

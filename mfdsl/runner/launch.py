@@ -18,6 +18,17 @@ def under_launcher() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
+def launched_rank() -> int:
+    """This process's global rank as its launcher (torchrun) set it, known before any
+    process group exists: the one place "is this rank 0" is read from the environment."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher started (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def without_option(argv: Sequence[str], option: str = OPTION) -> List[str]:
     """``argv`` less ``option N`` / ``option=N`` (the workers must not launch again)."""
     out: List[str] = []

@@ -9,7 +9,6 @@ lists every place where the resolved recipe differs from the official training
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -367,6 +366,7 @@ def dry_run(spec: ModelSpec, opts: TrainOptions) -> RunPlan:
     nothing. ``opts.dataset_size`` stands in for the data; ``opts.world_size`` (else
     ``--nproc-per-node``, else torchrun's) for the processes."""
     from ..api import check_spec
+    from .launch import launched_world_size
     from .run_data import open_run_data
     from .run_folder import plan_output
 
@@ -377,7 +377,7 @@ def dry_run(spec: ModelSpec, opts: TrainOptions) -> RunPlan:
     spec = run_spec(spec, opts, out)
     check_spec(spec)
     world_size = (opts.world_size or opts.nproc_per_node
-                  or int(os.environ.get("WORLD_SIZE", "1")))
+                  or launched_world_size())
     if opts.dataset_size is not None:
         data = DataPlan("--dataset-size", "--dataset-size", "--dataset-size", None,
                         opts.dataset_size, None, None)

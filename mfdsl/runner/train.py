@@ -24,6 +24,7 @@ from . import recipe_history
 from .checkpointer import Checkpointer, FailedImages
 from .distributed import DistEnv, agree_on_failure, barrier, checked_alike_on_every_rank, \
     setup, teardown
+from .launch import launched_rank
 from .errors import InterruptedRun, RunError
 from .hooks import (Checkpoints, Hook, Preemption, Progress, TestFaults, TestKill,
                     TrainMetrics, Validation)
@@ -207,7 +208,7 @@ def run_training(spec: ModelSpec, opts: TrainOptions, hooks: Sequence[Hook] = ()
     # One writer per run folder: the (global) rank-0 process locks it for the run's life,
     # before the folder is checked, so nothing can change between check and first write.
     lock = None
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launched_rank() == 0:
         lock = RunLock(opts.output or os.path.join("runs", spec.name)).acquire(
             " ".join(opts.argv or sys.argv), wait=opts.wait_for_lock)
     watch = None
