@@ -71,19 +71,25 @@ def eps(dtype: DType) -> float:
     return torch.finfo(_NAMES.get(dtype, dtype)).eps
 
 
-def rel_tolerance(dtype: DType, k: int, steps: int = 1, safety: float = SAFETY) -> float:
+def rel_tolerance(dtype: DType, k: int, steps: int = 1, safety: float = SAFETY,
+                  accumulate: Optional[DType] = None) -> float:
     """The largest difference, relative to the reference's largest magnitude, that two
     correct computations of ``steps`` chained length-``k`` reductions in ``dtype`` may
-    show (the module's docstring derives it)."""
+    show (the module's docstring derives it). ``accumulate``: the dtype the sums run in
+    when it is wider (bf16 autocast sums in fp32): then the rounding of the operands and
+    results to ``dtype`` is one independent error per product, which stays ``eps(dtype)``
+    of the result whatever K, and the sums add ``eps(accumulate) * sqrt(K)``."""
     if k < 1 or steps < 1:
         raise ValueError(f"k and steps are at least 1 (k={k}, steps={steps})")
-    return safety * math.sqrt(steps) * eps(dtype) * math.sqrt(k)
+    per_step = (eps(dtype) * math.sqrt(k) if accumulate is None
+                else eps(dtype) + eps(accumulate) * math.sqrt(k))
+    return safety * math.sqrt(steps) * per_step
 
 
 def tolerance(dtype: DType, k: int, magnitude: Union[float, torch.Tensor] = 1.0, steps: int = 1,
-              safety: float = SAFETY) -> Dict[str, float]:
+              safety: float = SAFETY, accumulate: Optional[DType] = None) -> Dict[str, float]:
     """``dict(atol=..., rtol=...)`` for ``torch.testing.assert_close`` / ``allclose``."""
-    rtol = rel_tolerance(dtype, k, steps, safety)
+    rtol = rel_tolerance(dtype, k, steps, safety, accumulate)
     if isinstance(magnitude, torch.Tensor):
         magnitude = magnitude.detach().item()
     return dict(rtol=rtol, atol=rtol * float(magnitude))
@@ -97,12 +103,12 @@ def rel_max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, k: int, steps: int = 1,
                  dtype: Optional[DType] = None, safety: float = SAFETY,
-                 msg: Optional[str] = None) -> None:
+                 accumulate: Optional[DType] = None, msg: Optional[str] = None) -> None:
     """``torch.testing.assert_close`` with :func:`tolerance` of ``expected``'s dtype (or
     ``dtype``: the compute dtype, for an fp32 result of a bf16 computation) and largest
     magnitude."""
     dtype = dtype or expected.dtype
     magnitude = expected.detach().abs().max().item() if expected.numel() else 0.0
-    tol = tolerance(dtype, k, magnitude, steps, safety)
+    tol = tolerance(dtype, k, magnitude, steps, safety, accumulate)
     torch.testing.assert_close(actual, expected, **tol, check_dtype=False,
                                msg=(lambda m: f"{msg}: {m}" if msg else m))
