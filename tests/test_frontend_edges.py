@@ -22,6 +22,7 @@ from mfdsl.registry import MAP, POOLED, register_norm, registry
 
 from conftest import ROOT, cli, error_of as spec_error_of, write
 from conftest import mf_file as mf
+from tolerances import assert_close, tolerance
 
 
 def spec_file(tmp_path: Path, body: str, name: str = "t.mf") -> Path:
@@ -49,7 +50,8 @@ def test_head_norms_are_per_image_in_eval(tmp_path, lines):
     with torch.no_grad():
         together = model(x)
         alone = torch.cat([model(x[i:i + 1]) for i in range(6)])
-    assert torch.allclose(together, alone, atol=1e-5), (together - alone).abs().max()
+    # widths up to 32 (MLP head hidden 4 x 32), ~8 chained products
+    assert_close(alone, together, k=128, steps=8)
 
 
 def test_modified_layernorm_on_a_vector_normalises_each_sample():
@@ -58,8 +60,9 @@ def test_modified_layernorm_on_a_vector_normalises_each_sample():
     n = ModifiedLayerNorm(8)
     x = torch.randn(4, 8) * 3 + 1
     y = n(x)
-    assert torch.allclose(y.mean(1), torch.zeros(4), atol=1e-5)
-    assert torch.allclose(y[1:2], n(x[1:2]), atol=1e-6)
+    # reductions over the 8 channels: the mean, the variance, then the mean of y
+    torch.testing.assert_close(y.mean(1), torch.zeros(4), **tolerance(torch.float32, 8, y.abs().max(), 3))
+    assert_close(n(x[1:2]), y[1:2], k=8, steps=2)
 
 
 def test_batchnorm_head_trains_on_batches(tmp_path):

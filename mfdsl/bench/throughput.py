@@ -17,6 +17,12 @@ order: the caller's ``peak_tflops``; on a GPU of known name computing in bf16 / 
 the data sheet's dense tensor-core peak; otherwise the matrix-product throughput measured
 on this machine in the compute dtype (:func:`measured_matmul_tflops`), so that on a CPU
 an MFU near 100% says the step runs as fast as this machine multiplies large matrices.
+
+That measurement is sized by a time budget, not a fixed n: a CPU without native bf16
+(AVX2 only) multiplies bf16 at ~1.5 GFLOP/s, where one 2048^3 product takes ~11 s and the
+old fixed 22 products ran for minutes. n doubles from 64 while the next size's product
+(8x the work) would still fit in a fraction of the budget (or until n = 2048, where large
+products reach their plateau), then the products are timed until the budget is spent.
 """
 from __future__ import annotations
 
@@ -91,37 +97,75 @@ def gpu_peak_tflops(name: str) -> Optional[float]:
     return None
 
 
-def measured_matmul_tflops(device: str, dtype: str, n: int = 2048, rounds: int = 5) -> float:
-    """Dense matrix-product throughput of this machine, TFLOP/s: the best of ``rounds``
-    timings of an n x n x n product in ``dtype`` on ``device`` (torch's current CPU
-    threads), taken as a GEMM and as a channels-last 1x1 convolution (models run both, and
-    on a CPU either may be the faster kernel)."""
-    from ..target.prepare import DTYPES
+# The matrix-product peak's time budget (seconds, allocation and warm-up included), the
+# largest n it grows to, and the share of the budget one product of the chosen size may
+# take (growth costs ~4.6x that: two warm and two timed calls per size, a geometric sum).
+PEAK_BUDGET_S = 3.0
+PEAK_MAX_N = 2048
+PEAK_PRODUCT_SHARE = 1 / 8
+PEAK_ROUNDS = 5  # timings per product once the size is reached, budget allowing
 
-    dt = DTYPES[dtype]
+
+def _products(device: str, dt: torch.dtype, n: int) -> Tuple[Callable[[], Any], ...]:
+    """An n x n x n product as a GEMM and as a channels-last 1x1 convolution."""
     a = torch.randn(n, n, device=device).to(dt)
     b = torch.randn(n, n, device=device).to(dt)
     img = a.t().reshape(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)
     kernel = b[:, :, None, None].contiguous(memory_format=torch.channels_last)
-    best = float("inf")
+    return (lambda: torch.mm(a, b)), (lambda: F.conv2d(img, kernel))
+
+
+def measured_matmul_tflops(device: str, dtype: str, budget_s: float = PEAK_BUDGET_S,
+                           max_n: int = PEAK_MAX_N) -> Tuple[float, int]:
+    """(TFLOP/s, n): the dense matrix-product throughput of this machine, the best timing
+    of an n x n x n product in ``dtype`` on ``device`` (torch's current CPU threads), taken
+    as a GEMM and as a channels-last 1x1 convolution (models run both, and on a CPU either
+    may be the faster kernel).
+
+    The whole measurement takes about ``budget_s`` whatever the CPU: n doubles from 64
+    while a product of the next size (8x the work) would take at most
+    ``PEAK_PRODUCT_SHARE`` of the budget, and stops at ``max_n``; the products of the size
+    reached are then timed again while the budget lasts (every call is checked against it
+    before it starts), at most ``PEAK_ROUNDS`` times. Only a CPU so slow that one 64^3 product overruns the budget by
+    itself runs over."""
+    from ..target.prepare import DTYPES
+
+    dt = DTYPES[dtype]
+    start = time.perf_counter()
+    one_call = budget_s * PEAK_PRODUCT_SHARE
+    n = 64
     with torch.inference_mode():
-        for fn in (lambda: torch.mm(a, b), lambda: F.conv2d(img, kernel)):
-            fn()  # the first call picks kernels and allocates
-            for _ in range(rounds):
-                best = min(best, seconds_per_call(fn, 2, device))
-    return 2 * n ** 3 / best / 1e12
+        while True:
+            fns = _products(device, dt, n)
+            times = []
+            for fn in fns:
+                fn()  # the first call picks kernels and allocates
+                times.append(seconds_per_call(fn, 1, device))
+            if n * 2 > max_n or 8 * max(times) > one_call:
+                break
+            n *= 2
+        best = min(times)
+        slowest = max(times)
+        for _ in range(PEAK_ROUNDS - 1):  # the growth's last timing was the first round
+            if time.perf_counter() - start + 2 * slowest > budget_s:
+                break
+            for fn in fns:
+                best = min(best, seconds_per_call(fn, 1, device))
+    return 2 * n ** 3 / best / 1e12, n
 
 
-def mfu_peak(device: str, dtype: str,
-             override: Optional[float] = None) -> Tuple[float, str]:
-    """(peak TFLOP/s, where it comes from) for MFU; see the module's docstring."""
+def mfu_peak(device: str, dtype: str, override: Optional[float] = None,
+             budget_s: float = PEAK_BUDGET_S) -> Tuple[float, str]:
+    """(peak TFLOP/s, where it comes from) for MFU; see the module's docstring.
+    ``budget_s``: the wall time a measured peak may take."""
     if override:
         return override, "given"
     if device == "cuda" and dtype in ("bf16", "fp16"):
         sheet = gpu_peak_tflops(torch.cuda.get_device_name())
         if sheet:
             return sheet, "data sheet, dense bf16/fp16"
-    return measured_matmul_tflops(device, dtype), f"measured {dtype} GEMM / 1x1 conv"
+    tflops, n = measured_matmul_tflops(device, dtype, budget_s)
+    return tflops, f"measured {dtype} GEMM / 1x1 conv, n={n}"
 
 
 def timm_name_for(spec_name: str) -> Optional[str]:
@@ -264,12 +308,14 @@ def run_benchmark(
     memory: bool = True,
     macs: Optional[int] = None,
     peak_tflops: Optional[float] = None,
+    peak_budget_s: float = PEAK_BUDGET_S,
     drop_path_rate: float = 0.0,
     head_dropout: float = 0.0,
     log: Callable[[str], None] = lambda s: None,
 ) -> Dict[str, Any]:
     """Measure every (implementation, mode, task); returns a JSON-able report.
 
+    ``peak_budget_s``: the wall time the measured MFU peak may take (module docstring).
     ``drop_path_rate`` / ``head_dropout``: the spec's (what ``build_mfdsl`` builds), given
     to timm's twin too, so that both training steps do the same work."""
     from ..target.prepare import compile_for_target
@@ -332,7 +378,7 @@ def run_benchmark(
         for case in cases:
             for task in tasks:
                 results[(case.impl, case.mode, task)].peak_mib = _measure_memory(case, task)
-    peak, peak_source = (mfu_peak(device, dtype, peak_tflops) if macs else (None, None))
+    peak, peak_source = (mfu_peak(device, dtype, peak_tflops, peak_budget_s) if macs else (None, None))
     if peak:
         for res in results.values():
             flops = macs * (6 if res.task == "train" else 2) * res.img_s
