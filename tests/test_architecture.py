@@ -4,6 +4,7 @@ of the IR."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -446,3 +447,29 @@ def test_the_class_size_check_sees_a_big_class(tmp_path):
     (tmp_path / "big.py").write_text("class Big:\n" + body)
     [(name, _, methods, attrs)] = list(_class_sizes(tmp_path / "big.py"))
     assert (name, methods, attrs) == ("Big", 13, 13)
+
+
+# A tolerance in a test is derived (tests/tolerances.py: dtype and reduction size), or says
+# on its line or just above why another one is right ("# tolerance: ..."), so that no
+# comparison holds only on the CPU it was written on.
+_PICKED = re.compile(r"\b(atol|rtol|rel|abs)\s*=\s*[0-9.]+(e-?[0-9]+)?\b")
+
+
+def picked_tolerances(text: str) -> List[int]:
+    """Line numbers of hand-picked tolerances without a ``# tolerance:`` reason near."""
+    lines = text.splitlines()
+    return [i + 1 for i, line in enumerate(lines) if _PICKED.search(line.split("#")[0])
+            and not any("# tolerance:" in lines[j] for j in range(max(0, i - 3), i + 1))]
+
+
+def test_every_picked_tolerance_says_why():
+    bad = [f"tests/{p.name}:{n}" for p in sorted((ROOT / "tests").glob("test_*.py"))
+           for n in picked_tolerances(p.read_text(encoding="utf-8"))]
+    assert not bad, ("use tests/tolerances.py (derived from dtype and reduction size), or "
+                     "say why on the line above ('# tolerance: ...'):\n" + "\n".join(bad))
+
+
+def test_the_tolerance_check_finds_an_unexplained_one():
+    # tolerance: (the texts below are the check's input, not comparisons)
+    assert picked_tolerances("x = 1\nassert_close(a, b, atol=1e-5, rtol=1e-5)\n") == [2]
+    assert picked_tolerances("# tolerance: elementwise\nassert_close(a, b, atol=1e-6)\n") == []

@@ -330,6 +330,7 @@ def test_crop_and_randaugment_are_timms() -> None:
         np.random.seed(seed)
         want = timms(img)
         # Normalising in one pass rounds differently from ToTensor + Normalize.
+        # tolerance: elementwise (no reduction): one fp32 rounding of a value in [-3, 3]
         torch.testing.assert_close(_finished(ours(img, seed)), want, rtol=0, atol=2e-6)
 
 
@@ -437,6 +438,7 @@ def test_device_normalisation_equals_the_per_sample_float_path(device: str) -> N
         for channels_last in (False, True):  # the model's
             got = BatchPreprocess(MEAN, STD, device, channels_last)(batch)
             assert got.dtype == torch.float32 and got.device.type == device
+            # tolerance: elementwise normalisation, one fp32 rounding of values in [-3, 3]
             torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-6)
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             assert got.is_contiguous(memory_format=fmt)
@@ -502,6 +504,7 @@ def test_eval_pipeline_equals_timms_float_transform(tmp_path: Path) -> None:
                                           is_training=False).transforms)
     for s in range(4):
         img = _photo(s, (37, 29))
+        # tolerance: elementwise (no reduction): one fp32 rounding of a value in [-3, 3]
         torch.testing.assert_close(_finished(ours(img), *ours.normalize), old(img),
                                    rtol=0, atol=2e-6)
     root = _classes(tmp_path / "d", n=5)
@@ -512,4 +515,5 @@ def test_eval_pipeline_equals_timms_float_transform(tmp_path: Path) -> None:
            for tf in (ours, old)]
     assert res[0]["images"] == res[1]["images"] == 9 and res[0]["skipped_images"] == 1
     assert res[0]["top1"] == res[1]["top1"]
+    # tolerance: the same model on the same images; only the mean's summation order differs
     assert res[0]["loss"] == pytest.approx(res[1]["loss"], rel=1e-5)

@@ -100,6 +100,7 @@ def test_cuda_defaults_ddp_train_resume_and_eval(tmp_path: Path) -> None:
     assert res["images"] == 15 and "cuda" in res.get("device", "cuda")
     # bf16 autocast in both; one image's worth of top-1 at most
     assert abs(res["top1"] - final["top1"]) <= 100 / 15 + 1e-6
+    # tolerance: bf16 autocast on both sides (eps 7.8e-3) through a whole model
     assert res["loss"] == pytest.approx(final["loss"], rel=2e-2, abs=2e-2)
 
 

@@ -56,6 +56,7 @@ def test_cpu_eager_matches_and_keeps_state_dict() -> None:
     sd = opt.state_dict()
     assert list(sd) == list(ref_sd)
     for k in sd:
+        # tolerance: none: the same optimizer state, compared exactly
         torch.testing.assert_close(sd[k], ref_sd[k], rtol=0, atol=0)
     assert summary["mode"] == "eager" and summary["target"] == "cpu"
     assert any("channels_last" in a for a in summary["applied"])

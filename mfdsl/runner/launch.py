@@ -1,4 +1,5 @@
-"""``mfdsl train|eval --nproc-per-node N``: one process per device on this machine.
+"""Launching: ``mfdsl train|eval --nproc-per-node N`` (one process per device on this
+machine), and what a launched process reads of its launcher (rank, world size).
 
 torchrun's launcher raises (and prints the traceback of) ``ChildFailedError`` whenever a
 worker exits non-zero, even when that worker already said why in one line. Starting the
@@ -52,7 +53,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from .preemption import EXIT_PREEMPTED
+    from ..errors import EXIT_PREEMPTED
 
     # SLURM's early warning (SIGUSR1) must reach the workers like SIGTERM does: the
     # launcher forwards the signals it handles, and dies of the others.
