@@ -50,15 +50,13 @@ def check_global_pool(global_pool: str) -> str:
 
 class TimmContract:
     """Mixin for :class:`mfdsl.model.MetaFormer` (needs ``stem``, ``stages``, ``head``,
-    ``spec``, ``feature_info``, ``num_features``, ``num_classes``, ``pretrained_cfg``)."""
+    ``spec``, ``feature_info``, ``num_features``, ``num_classes``, ``pretrained_cfg``).
 
-    stem: nn.Module
-    stages: nn.Sequential
-    head: nn.Module
-    feature_info: List[Dict[str, Any]]
-    num_features: int
-    num_classes: int
-    pretrained_cfg: Dict[str, Any]
+    No class-level annotations of those: ``torch.jit.script`` reads a module's class
+    annotations as attribute types, and ``nn.Module`` is not one it knows."""
+
+    # a property TorchScript would otherwise compile (its dict holds tuples and strings)
+    __jit_unused_properties__ = ["default_cfg"]
 
     # --- timm's aliases --------------------------------------------------------------------
     @property
