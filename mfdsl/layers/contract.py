@@ -40,6 +40,14 @@ def take_indices(num: int, indices: Indices) -> Tuple[List[int], int]:
     return taken, max(taken)
 
 
+def classifier_path(fc: nn.Module, prefix: str = "head.fc") -> str:
+    """timm's ``pretrained_cfg["classifier"]`` for the classifier module ``fc`` at
+    ``prefix``: the last Linear in it, the one that gives the class scores (``head.fc`` for
+    a Linear head; ``head.fc.fc2`` for the MLP head, as in timm's MetaFormer cfgs)."""
+    linears = [n for n, m in fc.named_modules() if isinstance(m, nn.Linear)]
+    return ".".join(p for p in (prefix, linears[-1] if linears else "") if p)
+
+
 def check_global_pool(global_pool: str) -> str:
     if global_pool not in GLOBAL_POOLS:
         raise ValueError(f"unknown global_pool {global_pool!r}; expected one of "
