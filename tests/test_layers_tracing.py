@@ -111,8 +111,9 @@ def test_every_speed_variant_traces_and_scripts(variant: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("file", ZOO)
 def test_every_zoo_spec_traces_and_scripts(file: str) -> None:
-    """Each zoo spec at one block per stage (the components and their arguments as
+    """Each zoo spec at one block per listed mixer (the components and their arguments as
     written; depth changes no layer), with the CPU target's speed variants."""
     spec = load_spec(zoo_dir() / file)
-    spec = with_overrides(spec, stages=[with_overrides(s, depth=1) for s in spec.stages])
+    spec = with_overrides(spec, stages=[with_overrides(s, depth=len(s.mixers))
+                                        for s in spec.stages])
     check_graph_tools(build_model(spec, target="cpu"), image(spec, batch=1))
