@@ -108,11 +108,8 @@ def lower(spec: ModelSpec, target: str = "cpu",
         stages.append(Stage(ds, blocks))
         prev = st.width
     ctx = BuildContext(prev, res[-1], len(spec.stages) - 1, 0, target, position=POOLED)
-    head = ClassifierHead(
-        make_component("norm", spec.output_norm, ctx),
-        make_component("head", spec.head, ctx, num_classes=spec.num_classes,
-                       dropout=spec.head_dropout),
-    )
+    head = ClassifierHead(make_component("norm", spec.output_norm, ctx),
+                          make_classifier(spec, spec.num_classes, target))
     model = MetaFormer(spec, stem, stages, head)
     model.make_classifier = ClassifierMaker(spec, target)
     init_weights(model)
@@ -120,6 +117,16 @@ def lower(spec: ModelSpec, target: str = "cpu",
     # (same parameters, same maths) replace them here.
     select_variants(model, variants_for(target) if variants is None else variants)
     return model
+
+
+def make_classifier(spec: ModelSpec, num_classes: int, target: str = "cpu") -> nn.Module:
+    """The spec's head kind for ``num_classes``, on the pooled features of its last stage
+    (not initialised; built on the current default device)."""
+    last = len(spec.stages) - 1
+    ctx = BuildContext(spec.stages[last].width, spec.stage_resolutions()[last], last, 0,
+                       target, position=POOLED)
+    return make_component("head", spec.head, ctx, num_classes=num_classes,
+                          dropout=spec.head_dropout)
 
 
 class ClassifierMaker:

@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 
 from .ir import ModelSpec
-from .layers.contract import TimmContract, check_global_pool
+from .layers.contract import TimmContract, check_global_pool, classifier_path
+
+FIRST_CONV = "stem.conv"  # timm's pretrained_cfg["first_conv"]: the stem's convolution
 
 
 class ClassifierHead(nn.Module):
@@ -46,6 +48,18 @@ class ClassifierHead(nn.Module):
         return [("norm", self.fc)]
 
 
+def spec_pretrained_cfg(spec: ModelSpec, fc: nn.Module) -> Dict[str, Any]:
+    """timm's pretrained cfg of a model built from ``spec`` with the classifier ``fc``: the
+    spec's input and eval settings, where the stem conv and the classifier are."""
+    ev = spec.eval
+    return dict(
+        input_size=(spec.in_chans, *spec.img_size), crop_pct=ev.crop_pct,
+        interpolation=ev.interpolation, mean=tuple(ev.mean), std=tuple(ev.std),
+        num_classes=spec.num_classes, pool_size=tuple(spec.stage_resolutions()[-1]),
+        first_conv=FIRST_CONV, classifier=classifier_path(fc), architecture=spec.name,
+    )
+
+
 class MetaFormer(TimmContract, nn.Module):
     """A MetaFormer built from a spec. Internally channels-last; the public tensors are
     NCHW like timm's (``forward_features`` and the feature maps are (B, C, H, W) views).
@@ -69,13 +83,7 @@ class MetaFormer(TimmContract, nn.Module):
                 dict(num_chs=spec.stages[i].width, reduction=reduction // max(h, 1),
                      module=f"stages.{i}")
             )
-        ev = spec.eval
-        self.pretrained_cfg: Dict[str, Any] = dict(
-            input_size=(spec.in_chans, *spec.img_size), crop_pct=ev.crop_pct,
-            interpolation=ev.interpolation, mean=tuple(ev.mean), std=tuple(ev.std),
-            num_classes=spec.num_classes, pool_size=tuple(spec.stage_resolutions()[-1]),
-            first_conv="stem.conv", classifier="head.fc", architecture=spec.name,
-        )
+        self.pretrained_cfg: Dict[str, Any] = spec_pretrained_cfg(spec, head.fc)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) image -> (B, C, h, w) last feature map (before the head)."""

@@ -61,7 +61,10 @@ def check_contract(model: nn.Module, x: torch.Tensor) -> None:
                 "first_conv", "classifier"):
         assert key in cfg, key
     assert cfg["first_conv"] + ".weight" in model.state_dict()
-    assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
+    # timm's cfg names the Linear that gives the class scores, inside the classifier
+    scores = model.get_submodule(cfg["classifier"])
+    assert isinstance(scores, nn.Linear) and scores.out_features == model.num_classes
+    assert any(scores is m for m in model.get_classifier().modules())
     assert cfg["input_size"][0] == model.in_chans
 
     logits = model(x)
@@ -220,6 +223,23 @@ def twins() -> Tuple[nn.Module, nn.Module, torch.Tensor]:
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("timm_name,spec_file", [
+    ("caformer_s18", "caformer_s18.mf"),            # MLP head: head.fc.fc2
+    ("poolformerv2_s12", "poolformerv2_s12.mf"),    # Linear head: head.fc
+])
+def test_pretrained_cfg_names_the_layers_timms_does(timm_name: str, spec_file: str) -> None:
+    """first_conv and classifier as timm's own cfg for the same model, read off the built
+    model (timm loads pretrained weights by these names)."""
+    from mfdsl.pipeline import load_spec
+
+    with torch.device("meta"):
+        model = build_model(load_spec(SPECS / spec_file), check_sizes=False)
+    want = timm.models.get_pretrained_cfg(timm_name)
+    assert model.pretrained_cfg["classifier"] == want.classifier
+    assert model.pretrained_cfg["first_conv"] == want.first_conv
+    assert model.pretrained_cfg["pool_size"] == want.pool_size
+
+
 def test_every_method_matches_timm(twins) -> None:
     ref, model, x = twins
     assert ref(x).std(-1).min() > 1e-2  # outputs that could tell a wrong method apart

@@ -135,6 +135,101 @@ def test_register_a_bad_spec_is_a_located_error(tmp_path: Path) -> None:
     assert "bad.mf:3" in str(err.value)
 
 
+def test_register_names_the_model_after_its_model_line(tmp_path: Path) -> None:
+    """The docs' rule: ``mfdsl_<model name>``, whatever the file is called, the same name a
+    ModelSpec of it gets."""
+    src = (SPECS / "hybrid_tiny_attn.mf").read_text().replace(
+        "model hybrid_tiny_attn", "model line_name")
+    path = tmp_path / "file_name.mf"
+    path.write_text(src)
+    assert mt.register(path) == "mfdsl_line_name" == mt.register(load_spec(path))
+    assert not timm.is_model("mfdsl_file_name")
+    # the zoo's names are its models' names too
+    for p in SPECS.glob("*.mf"):
+        assert timm.is_model(mt.PREFIX + load_spec(p).name)
+
+
+def test_register_refuses_a_name_timm_has() -> None:
+    before = timm.models.model_entrypoint("resnet50")
+    with pytest.raises(ValueError, match="'resnet50' is already a timm model.*overwrite=True"):
+        mt.register(SPECS / "hybrid_tiny_attn.mf", "resnet50")
+    assert timm.models.model_entrypoint("resnet50") is before
+    assert timm.models.get_pretrained_cfg("resnet50").architecture == "resnet50"
+    # on purpose it replaces it; timm's own entry point is put back after
+    try:
+        assert mt.register(SPECS / "hybrid_tiny_attn.mf", "resnet50", overwrite=True)
+        assert timm.models.model_entrypoint("resnet50").__module__ == "mfdsl.timm"
+    finally:
+        mt._SOURCES.pop("resnet50", None)
+        mt.default_cfgs.pop("resnet50", None)
+        timm.models.register_model(before)
+    assert timm.models.model_entrypoint("resnet50") is before
+
+
+def test_in_chans_adapts_mean_std_and_stem() -> None:
+    """in_chans as timm's models take it: the zoo's 3-value eval mean no longer refuses 1."""
+    from timm.data import resolve_data_config
+
+    for n, mean in ((1, (0.449,)), (4, (0.485, 0.456, 0.406, 0.485))):
+        m = timm.create_model("mfdsl_hybrid_tiny_attn", in_chans=n).eval()
+        assert m.in_chans == n and m.stem.conv.in_channels == n
+        assert m.pretrained_cfg["input_size"] == (n, 64, 64)
+        assert m.pretrained_cfg["mean"] == pytest.approx(mean)
+        assert tuple(m.spec.eval.mean) == pytest.approx(mean)
+        assert len(m.pretrained_cfg["std"]) == n
+        assert len(resolve_data_config(model=m)["mean"]) == n
+        assert m(torch.randn(2, n, 64, 64)).shape == (2, 10)
+    with pytest.raises(ValueError, match="in_chans must be an int >= 1"):
+        timm.create_model("mfdsl_hybrid_tiny_attn", in_chans=0)
+
+
+def test_stem_weight_adapted_as_timms_adapt_input_conv() -> None:
+    from timm.models import adapt_input_conv
+
+    w = torch.randn(8, 3, 7, 7, generator=torch.Generator().manual_seed(0))
+    for n in (1, 2, 3, 4, 7):
+        torch.testing.assert_close(mt.adapt_stem_weight(w, n), adapt_input_conv(n, w))
+
+
+def test_pretrained_cfg_and_overlay_describe_the_model_not_its_weights() -> None:
+    m = timm.create_model("mfdsl_hybrid_tiny_attn",
+                          pretrained_cfg_overlay=dict(mean=(0.5, 0.5, 0.5), crop_pct=0.9))
+    assert m.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) and m.pretrained_cfg["crop_pct"] == 0.9
+    for kw in (dict(pretrained_cfg_overlay=dict(file="x.pth")),
+               dict(pretrained_cfg=dict(hf_hub_id="someone/weights"))):
+        with pytest.raises(ValueError, match="release table"):
+            timm.create_model("mfdsl_hybrid_tiny_attn", **kw)
+
+
+# --- timm's pretrained-cfg registry ---------------------------------------------------------
+
+def test_pretrained_cfgs_are_in_timms_registry() -> None:
+    """Tools that enumerate timm's pretrained models see the released mfdsl ones, with
+    their twins' facts (timm's caformer_s18 splits into our 224 and 384 specs)."""
+    listed = set(timm.list_pretrained("mfdsl_*"))
+    for twin in ("caformer_s18", "poolformerv2_s12", "convformer_s18"):
+        for size, pick in (("", lambda t: not t.endswith("_384")),
+                           ("_384", lambda t: t.endswith("_384"))):
+            tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{twin}.*")
+                    if pick(n.split(".", 1)[1])]
+            for tag in tags:
+                ours = timm.models.get_pretrained_cfg(f"mfdsl_{twin}{size}.{tag}")
+                theirs = timm.models.get_pretrained_cfg(f"{twin}.{tag}")
+                assert f"mfdsl_{twin}{size}.{tag}" in listed
+                assert ours.architecture == f"mfdsl_{twin}{size}" and ours.tag == tag
+                for key in ("hf_hub_id", "input_size", "num_classes", "mean", "std",
+                            "crop_pct", "interpolation", "first_conv", "classifier",
+                            "pool_size"):
+                    assert getattr(ours, key) == getattr(theirs, key), (twin, tag, key)
+    # the default cfg is the release pretrained=True loads
+    assert timm.models.get_pretrained_cfg("mfdsl_caformer_s18").tag == "sail_in1k"
+    assert "mfdsl_identityformer_s12.sail_in1k" in listed  # released outside timm
+    # a spec without releases has a cfg, and no weights
+    cfg = timm.models.get_pretrained_cfg("mfdsl_hybrid_tiny_attn")
+    assert cfg is not None and not cfg.has_weights and cfg.input_size == (3, 64, 64)
+    assert not any(n.startswith("mfdsl_hybrid") for n in listed)
+
+
 # --- pretrained: mfdsl's released-weights table, offline -----------------------------------
 
 # (the offline hub fixture `hub` is in conftest.py)
@@ -176,5 +271,12 @@ def test_pretrained_from_the_cache_equals_timm(hub: Path, tmp_path: Path) -> Non
                               out_indices=(3,)).eval()
     with torch.no_grad():
         assert rel_max_diff(feats(x)[0], ref.forward_features(x)) < TOL
-    with pytest.raises(ValueError, match="in_chans"):
-        timm.create_model("mfdsl_poolformerv2_s12", pretrained=True, in_chans=1)
+    # another channel count: the release loads, the stem is adapted as timm adapts its own
+    for n in (1, 4):
+        ours = timm.create_model("mfdsl_poolformerv2_s12", pretrained=True, in_chans=n).eval()
+        theirs = timm.create_model("poolformerv2_s12", pretrained=True, in_chans=n,
+                                   pretrained_cfg_overlay=dict(state_dict=ref.state_dict()))
+        torch.testing.assert_close(ours.stem.conv.weight, theirs.stem.conv.weight)
+        xn = torch.randn(1, n, 64, 64)
+        with torch.no_grad():
+            assert rel_max_diff(ours(xn), theirs.eval()(xn)) < TOL

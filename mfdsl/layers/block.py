@@ -36,7 +36,7 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep)
         return x * mask.div_(keep)
 
     def extra_repr(self) -> str:
@@ -132,16 +132,19 @@ class BlockAddcmul(Block):
     """Why: ``torch.addcmul`` makes one pass over memory where ``x * s + y`` makes two."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _residual(x, self.drop_path1(self.token_mixer(self.norm1(x))),
-                      self.res_scale1, self.layer_scale1)
-        x = _residual(x, self.drop_path2(self.mlp(self.norm2(x))),
-                      self.res_scale2, self.layer_scale2)
+        # an absent scale is an nn.Identity without ``scale`` (hasattr: static in TorchScript)
+        res1 = self.res_scale1.scale if hasattr(self.res_scale1, "scale") else None
+        ls1 = self.layer_scale1.scale if hasattr(self.layer_scale1, "scale") else None
+        res2 = self.res_scale2.scale if hasattr(self.res_scale2, "scale") else None
+        ls2 = self.layer_scale2.scale if hasattr(self.layer_scale2, "scale") else None
+        x = _residual(x, self.drop_path1(self.token_mixer(self.norm1(x))), res1, ls1)
+        x = _residual(x, self.drop_path2(self.mlp(self.norm2(x))), res2, ls2)
         return x
 
 
-def _residual(x: torch.Tensor, y: torch.Tensor, res: nn.Module, ls: nn.Module) -> torch.Tensor:
-    res_s = res.scale if isinstance(res, Scale) else None
-    ls_s = ls.scale if isinstance(ls, Scale) else None
+def _residual(x: torch.Tensor, y: torch.Tensor, res_s: Optional[torch.Tensor],
+              ls_s: Optional[torch.Tensor]) -> torch.Tensor:
+    """res_s * x + ls_s * y, an absent scale (None) being 1."""
     if ls_s is None:
         return x + y if res_s is None else torch.addcmul(y, x, res_s)
     return torch.addcmul(x if res_s is None else x * res_s, y, ls_s)
@@ -190,7 +193,7 @@ class Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+        if not (self.grad_checkpointing and torch.is_grad_enabled()) or torch.jit.is_scripting():
             return self.blocks(x)
         # Keep only each block's input; recompute the block in backward. Non-reentrant
         # checkpointing replays the RNG state, so drop-path masks are the same twice.

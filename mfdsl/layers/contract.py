@@ -40,6 +40,14 @@ def take_indices(num: int, indices: Indices) -> Tuple[List[int], int]:
     return taken, max(taken)
 
 
+def classifier_path(fc: nn.Module, prefix: str = "head.fc") -> str:
+    """timm's ``pretrained_cfg["classifier"]`` for the classifier module ``fc`` at
+    ``prefix``: the last Linear in it, the one that gives the class scores (``head.fc`` for
+    a Linear head; ``head.fc.fc2`` for the MLP head, as in timm's MetaFormer cfgs)."""
+    linears = [n for n, m in fc.named_modules() if isinstance(m, nn.Linear)]
+    return ".".join(p for p in (prefix, linears[-1] if linears else "") if p)
+
+
 def check_global_pool(global_pool: str) -> str:
     if global_pool not in GLOBAL_POOLS:
         raise ValueError(f"unknown global_pool {global_pool!r}; expected one of "
@@ -50,15 +58,13 @@ def check_global_pool(global_pool: str) -> str:
 
 class TimmContract:
     """Mixin for :class:`mfdsl.model.MetaFormer` (needs ``stem``, ``stages``, ``head``,
-    ``spec``, ``feature_info``, ``num_features``, ``num_classes``, ``pretrained_cfg``)."""
+    ``spec``, ``feature_info``, ``num_features``, ``num_classes``, ``pretrained_cfg``).
 
-    stem: nn.Module
-    stages: nn.Sequential
-    head: nn.Module
-    feature_info: List[Dict[str, Any]]
-    num_features: int
-    num_classes: int
-    pretrained_cfg: Dict[str, Any]
+    No class-level annotations of those: ``torch.jit.script`` reads a module's class
+    annotations as attribute types, and ``nn.Module`` is not one it knows."""
+
+    # a property TorchScript would otherwise compile (its dict holds tuples and strings)
+    __jit_unused_properties__ = ["default_cfg"]
 
     # --- timm's aliases --------------------------------------------------------------------
     @property

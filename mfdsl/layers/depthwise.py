@@ -105,4 +105,7 @@ class DepthwiseConv2dShiftBackward(DepthwiseConv2d):
     Eager, the k * k sums are k * k passes over memory (1.9x slower): compiled only."""
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # no autograd.Function there: the same conv, ATen's backward
+            return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation,
+                            self.groups)
         return _DepthwiseConvShiftBackward.apply(x, weight, self.bias, self.kernel_size[0])

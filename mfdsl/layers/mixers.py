@@ -77,14 +77,21 @@ class Pooling(nn.Module):
         self.pool_size = pool_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xc = _nchw(x)
-        if xc.is_cuda:
-            # CUDA's avg_pool2d backward gives wrong input gradients for a channels-last
-            # input with padding (pytorch/pytorch#188344; errors of order 1 with torch 2.11
-            # on an H100, eager and compiled); its NCHW kernel is right.
-            xc = xc.contiguous()
-        y = F.avg_pool2d(xc, self.pool_size, 1, self.pool_size // 2, count_include_pad=False)
-        return _nhwc(y) - x
+        return _nhwc(avg_pool_same(_nchw(x), self.pool_size)) - x
+
+
+def avg_pool_same(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``AvgPool2d(k, stride 1, padding k // 2, count_include_pad=False)`` of NCHW ``x``."""
+    if x.is_cuda:
+        # CUDA's avg_pool2d backward gives wrong input gradients for a channels-last
+        # input with padding (pytorch/pytorch#188344; errors of order 1 with torch 2.11
+        # on an H100, eager and compiled); its NCHW kernel is right.
+        x = x.contiguous()
+    return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
+
+
+# The device test above is not part of a traced graph: torch.fx records the call whole.
+torch.fx.wrap("avg_pool_same")
 
 
 @speed_variant("pooling_as_depthwise_conv", Pooling,
@@ -100,11 +107,10 @@ class PoolingAsDepthwiseConv(Pooling):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, pad = self.pool_size, self.pool_size // 2
         xc = _nchw(x)
-        chans, (h, w) = xc.shape[1], xc.shape[-2:]
-        ones = torch.ones(chans, 1, k, k, dtype=xc.dtype, device=xc.device)
+        chans, h, w = xc.shape[1], xc.shape[2], xc.shape[3]
+        ones = xc.new_ones([chans, 1, k, k])
         window_sum = F.conv2d(xc, ones, None, 1, pad, 1, chans)
-        count = F.conv2d(torch.ones(1, 1, h, w, dtype=xc.dtype, device=xc.device),
-                         ones[:1], None, 1, pad)
+        count = F.conv2d(xc.new_ones([1, 1, h, w]), ones[:1], None, 1, pad)
         # the division on the (B, H, W, C) views, as every elementwise op of the blocks:
         # compiled, its gradient then comes out channels-last for the conv's backward
         return _nhwc(window_sum) / _nhwc(count) - x

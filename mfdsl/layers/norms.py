@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MAP, POOLED, BuildContext, Param, register_norm
-from .aten_ops import group_norm_1
+from . import aten_ops  # noqa: F401  (defines torch.ops.mfdsl.group_norm_1)
 from .variants import speed_variant
 
 _EPS = Param("eps", float, 1e-6, min=0.0, max=1.0, min_exclusive=True, doc="added to the variance")
@@ -48,13 +48,7 @@ class ModifiedLayerNorm(LayerNorm):
     one group), then a per-channel affine."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # statistics over every dim but the batch: (H, W, C) on a feature map, C on the
-        # pooled (B, C) vector of a head; never across the batch
-        y = F.layer_norm(x, x.shape[1:], None, None, self.eps)
-        y = y * self.weight
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        return modified_layer_norm(x, self.weight, self.bias, self.eps)
 
     def without_affine(self) -> nn.Module:
         return NormalizeOnly(self.dim, self.eps, joint=True)
@@ -68,10 +62,7 @@ class ModifiedLayerNormGroupNorm(ModifiedLayerNorm):
     are free. Measured on CPU eager: ~2x faster than layer_norm over (H, W, C) then * w."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            return super().forward(x)
-        return F.group_norm(x.permute(0, 3, 1, 2), 1, self.weight, self.bias,
-                            self.eps).permute(0, 2, 3, 1)
+        return group_norm_nhwc(x, self.weight, self.bias, self.eps)
 
 
 @speed_variant("modified_layernorm_groupnorm_op", ModifiedLayerNorm,
@@ -83,14 +74,45 @@ class ModifiedLayerNormGroupNormOp(ModifiedLayerNorm):
     (mfdsl/layers/aten_ops.py) the ATen forward and backward run inside the graph."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            return super().forward(x)
-        # in the parameters' dtype: a bf16 input (autocast) is normalised in float32, at
-        # least as precisely as the reference's layer_norm, and the output is float32 as
-        # the reference's (after its float32 affine)
-        y = group_norm_1(x.permute(0, 3, 1, 2).to(self.weight.dtype), self.weight, self.bias,
-                         self.eps)[0]
-        return y.permute(0, 2, 3, 1)
+        return group_norm_op_nhwc(x, self.weight, self.bias, self.eps)
+
+
+def modified_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                        eps: float) -> torch.Tensor:
+    """Statistics over every dim but the batch ((H, W, C) on a feature map, C on the
+    pooled (B, C) vector of a head; never across the batch), then the per-channel affine."""
+    y = F.layer_norm(x, x.shape[1:], None, None, eps)
+    y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def group_norm_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    eps: float) -> torch.Tensor:
+    """:func:`modified_layer_norm` of a (B, H, W, C) ``x`` as GroupNorm(1) of its NCHW view."""
+    if x.dim() != 4:
+        return modified_layer_norm(x, weight, bias, eps)
+    return F.group_norm(x.permute(0, 3, 1, 2), 1, weight, bias, eps).permute(0, 2, 3, 1)
+
+
+def group_norm_op_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       eps: float) -> torch.Tensor:
+    """:func:`group_norm_nhwc` through the opaque ``mfdsl::group_norm_1`` op."""
+    if x.dim() != 4:
+        return modified_layer_norm(x, weight, bias, eps)
+    # in the parameters' dtype: a bf16 input (autocast) is normalised in float32, at
+    # least as precisely as the reference's layer_norm, and the output is float32 as
+    # the reference's (after its float32 affine). Called through torch.ops, which
+    # TorchScript resolves (aten_ops.group_norm_1 is the same op).
+    y = torch.ops.mfdsl.group_norm_1(x.permute(0, 3, 1, 2).to(weight.dtype), weight, bias,
+                                     eps)[0]
+    return y.permute(0, 2, 3, 1)
+
+
+# The rank tests above are not part of a traced graph: torch.fx records these calls whole.
+torch.fx.wrap("group_norm_nhwc")
+torch.fx.wrap("group_norm_op_nhwc")
 
 
 class NormalizeOnly(nn.Module):
@@ -113,10 +135,25 @@ class NormalizeOnly(nn.Module):
 
 
 class BatchNorm(nn.BatchNorm2d):
-    """BatchNorm over (B, H, W) per channel, for channels-last input."""
+    """BatchNorm over (B, H, W) per channel, for channels-last input.
+
+    ``nn.BatchNorm2d.forward`` written out for the (B, C, H, W) view: TorchScript has no
+    ``super()``, and torch.fx would trace its rank check, a test on a traced value."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # a cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        # running statistics are updated only in training, read only when not batch_stats
+        update = not self.training or self.track_running_stats
+        y = F.batch_norm(x.permute(0, 3, 1, 2),
+                         self.running_mean if update else None,
+                         self.running_var if update else None,
+                         self.weight, self.bias, batch_stats, factor, self.eps)
+        return y.permute(0, 2, 3, 1)
 
 
 @register_norm("layernorm", _EPS, _BIAS, doc="LayerNorm over channels (weight; optional bias)",

@@ -39,7 +39,18 @@ class Conv1x1Pointwise(Pointwise):
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor,
                bias: Optional[torch.Tensor]) -> torch.Tensor:
-        if x.dim() != 4:
-            return F.linear(x, weight, bias)
-        y = F.conv2d(x.permute(0, 3, 1, 2), weight[:, :, None, None], bias)
-        return y.permute(0, 2, 3, 1)
+        return linear_as_conv1x1(x, weight, bias)
+
+
+def linear_as_conv1x1(x: torch.Tensor, weight: torch.Tensor,
+                      bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` of a (B, H, W, C) ``x`` as a 1x1 convolution of its
+    NCHW view; of another rank, ``F.linear`` itself."""
+    if x.dim() != 4:
+        return F.linear(x, weight, bias)
+    y = F.conv2d(x.permute(0, 3, 1, 2), weight[:, :, None, None], bias)
+    return y.permute(0, 2, 3, 1)
+
+
+# The rank test above is not part of a traced graph: torch.fx records the call whole.
+torch.fx.wrap("linear_as_conv1x1")
