@@ -52,6 +52,18 @@ class MfSpaceSyntax:
         return Interpreter(self.path).model(self.kw_loc, self.name, body)
 
 
+    def choice_sites(self) -> List[Tuple[Optional[str], List[Loc], Loc,
+                                         Optional[Tuple[int, int]]]]:
+        """Per choice: its ``$name`` (or None), its alternatives' locations, its location
+        and its ``{lo..hi}`` range (or None)."""
+        return [(c.name, [a.loc for a in c.node.alternatives], c.node.loc, c.node.range)
+                for c in self.choices]
+
+    def budget_sites(self) -> List[Tuple[str, Any, Any, Any, Loc, Optional[Loc]]]:
+        return [(b.metric, b.low, b.high, b.at, b.loc, b.at_loc) for b in
+                budget_items(self.require)]
+
+
 def first_space_node(item: Any) -> Any:
     """The first choice, reference, definition or ``require`` in ``item``, or None."""
     found: List[Any] = []
