@@ -9,7 +9,7 @@ a one-point space.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
 from ..errors import Loc
@@ -23,7 +23,7 @@ METRICS = ("params", "macs", "train_memory")
 @dataclass(frozen=True)
 class Alternative:
     values: Tuple[Any, ...]  # the IR value at each place of its choice
-    loc: Loc
+    loc: Loc = field(compare=False)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Choice:
     name: str
     places: Tuple[Path, ...]
     alternatives: Tuple[Alternative, ...]
-    loc: Loc
+    loc: Loc = field(compare=False)
     tied: bool = False
     range: Optional[Tuple[int, int]] = None  # written {lo..hi}
     form: str = "value"  # value | depth | width: how the .mf text writes it
@@ -47,7 +47,7 @@ class Budget:
     metric: str
     low: Optional[int]
     high: Optional[int]
-    loc: Loc
+    loc: Loc = field(compare=False)
     batch: Optional[int] = None
 
     def holds(self, value: int) -> bool:
