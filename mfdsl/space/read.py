@@ -34,13 +34,11 @@ def load_space(path: Union[str, "os.PathLike[str]"]) -> Space:
     path = os.fspath(path)
     text, ext = read_spec_text(path)
     if ext != ".mf":
-        from ..frontend.yaml_space import parse_yaml_space
+        raise SpecError("design spaces are read from .mf files only (YAML spaces are not "
+                        "supported yet)", path=path, hint="write the space as .mf")
+    from ..frontend.mf import parse_mf_space
 
-        front = parse_yaml_space(text, path)
-    else:
-        from ..frontend.mf import parse_mf_space
-
-        front = parse_mf_space(text, path)
+    front = parse_mf_space(text, path)
     space = space_of(front.build, front.choice_sites(), budgets_of(front.budget_sites()))
     space.source = path
     space.base.source = path
