@@ -79,7 +79,7 @@ def _plot(figures: dict, space, output: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CommandError("-o needs matplotlib", hint="pip install matplotlib") from None
+        raise CommandError("-o needs matplotlib (pip install matplotlib)") from None
     from ..fsio import write_atomic_with
 
     metrics = [m for m, v in figures.items() if v]
@@ -117,8 +117,8 @@ def sample_cmd(space_file: str, count: int, seed: int, output: str, overwrite: b
 
     space = load_space(space_file)
     if os.path.lexists(os.path.join(output, "manifest.json")) and not overwrite:
-        raise CommandError(f"{output} already holds a sample (manifest.json)",
-                           hint="choose another folder, or pass --overwrite")
+        raise CommandError(f"{output} already holds a sample (manifest.json): choose another "
+                           "folder, or pass --overwrite")
     candidates = sample(space, count, seed, max_draws=max_draws)
     manifest = write_sample(space, candidates, seed, output, overwrite=overwrite)
     click.echo(f"wrote {len(candidates)} candidates and {manifest}")

@@ -36,8 +36,8 @@ def write_sample(space: Space, candidates: List[Candidate], seed: int, folder: s
     earlier sample unless ``overwrite``. Returns the manifest's path."""
     manifest_path = os.path.join(folder, MANIFEST)
     if os.path.lexists(manifest_path) and not overwrite:
-        raise CommandError(f"{folder} already holds a sample ({MANIFEST})",
-                           hint="choose another folder, or pass --overwrite")
+        raise CommandError(f"{folder} already holds a sample ({MANIFEST}): choose another "
+                           "folder, or pass --overwrite")
     ensure_folder(folder)
     rows: List[Dict[str, Any]] = []
     for i, cand in enumerate(candidates):

@@ -52,7 +52,7 @@ def enumerate_picks(space: Space, limit: int = ENUMERATE_MAX) -> Iterator[Tuple[
     """Every assignment, in order; CommandError when there are more than ``limit``."""
     if space.size > limit:
         raise CommandError(f"the space has {space.size:,} assignments, too many to enumerate "
-                           f"(at most {limit:,})", hint="sample it instead")
+                           f"(at most {limit:,}); sample it instead")
     return itertools.product(*(range(len(c.alternatives)) for c in space.choices))
 
 
