@@ -9,7 +9,7 @@ exactly as its spec.
 from __future__ import annotations
 
 import re
-from typing import Any, List
+from typing import Any, Dict, List, Sequence
 
 from ..emit.mf import _call_text, _count_text, format_value, setting_text, to_mf
 from ..ir import Call, call_data, setting_of
@@ -28,6 +28,12 @@ def value_data(v: Any) -> Any:
     if isinstance(v, tuple):
         return list(v)
     return v
+
+
+def assignment(space: Space, picks: Sequence[int]) -> Dict[str, Any]:
+    """``{choice name: the value it took}`` as plain data (for the manifest)."""
+    return {c.name: value_data(c.alternatives[p].values[0]) for c, p in
+            zip(space.choices, picks)}
 
 
 def value_text(space: Space, place: Path, v: Any) -> str:

@@ -11,7 +11,7 @@ from ..errors import CommandError
 from ..fsio import ensure_folder, write_atomic
 from ..ir import with_overrides
 from .ir import Space
-from .resolve import assignment
+from .emit import assignment
 from .sample import Candidate
 
 MANIFEST = "manifest.json"

@@ -1,7 +1,7 @@
 """One assignment of a space -> a plain ModelSpec (the IR of one model)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Sequence
 
 from ..errors import Loc
 from ..ir import ModelSpec, with_overrides
@@ -17,14 +17,6 @@ def resolve(space: Space, picks: Sequence[int]) -> ModelSpec:
         for place, value in zip(choice.places, alt.values):
             spec = set_at(spec, place, value, alt.loc)
     return spec
-
-
-def assignment(space: Space, picks: Sequence[int]) -> Dict[str, Any]:
-    """``{choice name: the value it took}`` as plain data (for the manifest)."""
-    from .emit import value_data
-
-    return {c.name: value_data(c.alternatives[p].values[0]) for c, p in
-            zip(space.choices, picks)}
 
 
 def get_at(node: Any, path: Path) -> Any:

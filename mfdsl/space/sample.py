@@ -144,7 +144,7 @@ def _distinct_ok(space: Space) -> int:
 
 
 def _picks_text(space: Space, picks: Sequence[int]) -> str:
-    from .resolve import assignment
+    from .emit import assignment
 
     return ", ".join(f"{k}={v}" for k, v in assignment(space, picks).items())
 
