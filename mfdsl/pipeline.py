@@ -25,6 +25,22 @@ MAX_SPEC_BYTES = 4 * 1024 * 1024
 def load_spec(path: Union[str, "os.PathLike[str]"]) -> ModelSpec:
     """Parse a ``.mf`` or ``.yaml``/``.yml`` file into the IR (syntax and schema only)."""
     path = os.fspath(path)
+    text, ext = read_spec_text(path)
+    if ext == ".mf":
+        from .frontend.mf import parse_mf
+
+        spec = parse_mf(text, path)
+    else:
+        from .frontend.yaml_spec import parse_yaml
+
+        spec = parse_yaml(text, path)
+    spec.source = path
+    return spec
+
+
+def read_spec_text(path: str) -> Tuple[str, str]:
+    """The text of a ``.mf`` or ``.yaml``/``.yml`` file and its extension; SpecError if it
+    cannot be read as one."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".mf", ".yaml", ".yml"):
         raise SpecError(f"unknown spec file type '{ext or path}'", path=path,
@@ -50,17 +66,7 @@ def load_spec(path: Union[str, "os.PathLike[str]"]) -> ModelSpec:
 
         raise SpecError("the file is not valid UTF-8 text", Loc(path, line, col)) from None
     # Editors on Windows start UTF-8 files with a byte-order mark; it is not content.
-    text = text[1:] if text.startswith("\ufeff") else text
-    if ext == ".mf":
-        from .frontend.mf import parse_mf
-
-        spec = parse_mf(text, path)
-    else:
-        from .frontend.yaml_spec import parse_yaml
-
-        spec = parse_yaml(text, path)
-    spec.source = path
-    return spec
+    return (text[1:] if text.startswith("\ufeff") else text), ext
 
 
 def check_spec(spec: SpecLike, *, size_limits: bool = True) -> ModelSpec:

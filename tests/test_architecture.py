@@ -135,7 +135,7 @@ FLOORS = [
     ("analysis", "emit"),
     ("size_limits", "summary", "draw"),
     ("pipeline",),
-    ("weights",),
+    ("space", "weights"),
     ("api",),
     ("__init__", "target", "compare", "timm"),
     ("bench", "runner"),

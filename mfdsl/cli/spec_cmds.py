@@ -276,6 +276,10 @@ def _canonical(path: str) -> "tuple[str, str]":
     from ..api import MAX_SPEC_BYTES
     from ..fsio import read_regular
 
+    if _format_of(path) == "mf":
+        space_text = _space_canonical(path)
+        if space_text is not None:
+            return space_text
     spec = load_spec(path)  # a non-regular or oversized file is refused here
     original = read_regular(path, MAX_SPEC_BYTES, "spec file").decode("utf-8")
     if _format_of(path) == "mf":
@@ -288,6 +292,22 @@ def _canonical(path: str) -> "tuple[str, str]":
     if first.startswith("# yaml-language-server:") and "$schema=" in first:
         ref = first.split("$schema=", 1)[1].strip()  # keep the user's own schema reference
     return original, _emit(spec, "yaml", os.path.dirname(path), schema_ref=ref)
+
+
+def _space_canonical(path: str) -> "Optional[tuple[str, str]]":
+    """(file text, canonical form) of a design space; None for a plain spec."""
+    from ..frontend.mf import parse_mf_space
+    from ..pipeline import read_spec_text
+
+    original, _ = read_spec_text(path)
+    syntax = parse_mf_space(original, path)
+    if not syntax.choices and syntax.require is None:
+        return None
+    from ..emit.mf import with_header
+    from ..space.emit import to_mf_space
+    from ..space.read import load_space
+
+    return original, with_header(original, to_mf_space(load_space(path)))
 
 
 def _comments(text: str) -> list:

@@ -81,6 +81,11 @@ def format_mf(text: str, path: str) -> str:
     """
     from ..frontend.mf import parse_mf
 
+    return with_header(text, to_mf(parse_mf(text, path)))
+
+
+def with_header(text: str, out: str) -> str:
+    """``out`` under the comment lines above ``model`` in ``text``."""
     header: List[str] = []
     for line in text.splitlines():
         stripped = line.strip()
@@ -92,7 +97,6 @@ def format_mf(text: str, path: str) -> str:
             break
     while header and not header[-1]:
         header.pop()
-    out = to_mf(parse_mf(text, path))
     return ("\n".join(header) + "\n" + out) if header else out
 
 

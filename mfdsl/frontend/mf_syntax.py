@@ -74,6 +74,62 @@ class Block:
     end: Loc
 
 
+# --- design spaces (docs/spaces.md) ---------------------------------------------------
+
+@dataclass
+class ChoiceNode:
+    """``{a | b}``, ``x{2..4}``, ``@{48, 64}``: alternatives standing where one value
+    stands. ``form`` is where it was written (value, depth or width); ``range`` keeps
+    ``(lo, hi)`` when it was written ``{lo..hi}``, so printers can keep that form."""
+
+    alternatives: List[Any]
+    form: str  # value | depth | width
+    loc: Loc
+    end: Loc
+    range: Optional[Tuple[int, int]] = None
+
+
+@dataclass
+class RefNode:
+    """``$w``, ``x$d``, ``@$w``: the value a named choice takes."""
+
+    name: str
+    form: str  # value | depth | width
+    loc: Loc
+    end: Loc
+
+
+@dataclass
+class Definition:
+    """``$w = {64, 96}``: a choice with a name, tying every place that writes ``$w``."""
+
+    name: str
+    choice: ChoiceNode
+    loc: Loc
+
+
+@dataclass
+class Budget:
+    """One budget of a ``require`` line: ``params <= 30M``, ``macs 3.8G..4.4G``,
+    ``train_memory <= 12G at batch 128``. ``low``/``high`` are None when open."""
+
+    metric: str
+    low: Optional[Any]
+    high: Optional[Any]
+    at: Optional[Tuple[str, Any]]  # (word, value) of `at batch 128`
+    loc: Loc
+    at_loc: Optional[Loc] = None
+
+
+@dataclass
+class Require:
+    budgets: List[Budget]
+    loc: Loc
+
+
+# The largest integer range {lo..hi} a choice may span.
+MAX_RANGE = 10_000
+
 Item = Union[Atom, Width, CallNode, TupleNode, ListNode, Block]
 
 
@@ -130,16 +186,80 @@ class ToSyntax(Transformer):
 
     def block(self, children: list) -> Block:
         lb, rb = children[0], children[-1]
-        lines = [c for c in children[1:-1] if isinstance(c, Line)]
+        lines = [Line([c]) if isinstance(c, (Definition, Require)) else c
+                 for c in children[1:-1] if isinstance(c, (Line, Definition, Require))]
         return Block(lines, _tok_loc(self.path, lb), _tok_end(self.path, rb))
 
     def line(self, children: list) -> Line:
         return Line(list(children))
 
-    def width(self, children: list) -> Width:
+    def width(self, children: list) -> Any:
         at, num = children
+        if isinstance(num, ChoiceNode):
+            num.form = "width"
+            num.loc = _tok_loc(self.path, at)
+            return num
+        if num.type == "REF":
+            return RefNode(str(num)[1:], "width", _tok_loc(self.path, at),
+                           _tok_end(self.path, num))
         _bounded(str(num), _tok_loc(self.path, num))
         return Width(int(num), _tok_loc(self.path, at), _tok_end(self.path, num))
+
+    def _choice(self, children: list, form: str) -> ChoiceNode:
+        first, last = children[0], children[-1]
+        loc, end = _tok_loc(self.path, first), _tok_end(self.path, last)
+        inner = children[1:-1]
+        if len(inner) == 1 and isinstance(inner[0], Token) and inner[0].type == "RANGE":
+            lo, hi = _integer_range(str(inner[0]), _tok_loc(self.path, inner[0]))
+            rloc, rend = _tok_loc(self.path, inner[0]), _tok_end(self.path, inner[0])
+            alts = [Atom("int", v, str(v), rloc, rend) for v in range(lo, hi + 1)]
+            return ChoiceNode(alts, form, loc, end, (lo, hi))
+        alts = [c for c in inner if not isinstance(c, Token)]
+        return ChoiceNode(alts, form, loc, end)
+
+    def choice(self, children: list) -> ChoiceNode:
+        return self._choice(children, "value")
+
+    def choice_set(self, children: list) -> ChoiceNode:
+        return self._choice(children, "value")
+
+    def depth_choice(self, children: list) -> Any:
+        if len(children) == 1:  # x$d
+            tok = children[0]
+            return RefNode(str(tok)[2:], "depth", _tok_loc(self.path, tok),
+                           _tok_end(self.path, tok))
+        return self._choice(children, "depth")
+
+    def ref(self, children: list) -> RefNode:
+        (tok,) = children
+        return RefNode(str(tok)[1:], "value", _tok_loc(self.path, tok), _tok_end(self.path, tok))
+
+    def definition(self, children: list) -> Definition:
+        ref, _eq, choice = children
+        return Definition(str(ref)[1:], choice, _tok_loc(self.path, ref))
+
+    def budget(self, children: list) -> Budget:
+        name, rest = children[0], children[1:]
+        loc = _tok_loc(self.path, name)
+        at = at_loc = None
+        if len(rest) >= 3 and isinstance(rest[-3], Token) and rest[-3].type == "NAME":
+            at = (f"{rest[-3]} {rest[-2]}", rest[-1])
+            at_loc = _tok_loc(self.path, rest[-3])
+            rest = rest[:-3]
+        op = rest[0]
+        if op.type == "RANGE":
+            lo_text, hi_text = str(op).split("..")
+            rloc = _tok_loc(self.path, op)
+            low, high = _si_number(lo_text, rloc), _si_number(hi_text, rloc)
+        elif op.type == "LE":
+            low, high = None, rest[1]
+        else:
+            low, high = rest[1], None
+        return Budget(str(name), low, high, at, loc, at_loc)
+
+    def require(self, children: list) -> Require:
+        return Require([c for c in children if isinstance(c, Budget)],
+                       _tok_loc(self.path, children[0]))
 
     def atom(self, children: list) -> Atom:
         (tok,) = children
@@ -195,6 +315,32 @@ class ToSyntax(Transformer):
         items = [c for c in children[1:-1] if not isinstance(c, Token)]
         return ListNode(items, _tok_loc(self.path, children[0]),
                         _tok_end(self.path, children[-1]))
+
+
+def _integer_range(text: str, loc: Loc) -> Tuple[int, int]:
+    lo_text, hi_text = text.split("..")
+    if not (lo_text.isdigit() and hi_text.isdigit()):
+        raise SpecError(f"a range of choices takes integers, got '{text}'", loc,
+                        hint="list other values: {1e-3, 2e-3}")
+    _bounded(text, loc)
+    lo, hi = int(lo_text), int(hi_text)
+    if hi < lo:
+        raise SpecError(f"the range {text} is empty: {lo} is above {hi}", loc,
+                        hint=f"write {{{hi}..{lo}}}")
+    if hi - lo + 1 > MAX_RANGE:
+        raise SpecError(f"the range {text} has {hi - lo + 1} values, more than {MAX_RANGE}",
+                        loc, hint="a choice lists the values worth trying")
+    return lo, hi
+
+
+def _si_number(text: str, loc: Loc) -> Atom:
+    """One end of a budget window (``3.8G``) as the atom the reader expects."""
+    _bounded(text, loc)
+    if text[-1] in SI_SUFFIX:
+        return Atom("si", Decimal(text[:-1]) * SI_SUFFIX[text[-1]], text, loc, loc)
+    if text.isdigit():
+        return Atom("int", int(text), text, loc, loc)
+    return Atom("float", float(text), text, loc, loc)
 
 
 # No setting takes a number this long; Python also refuses to read ints past 4300 digits.
