@@ -107,3 +107,16 @@ def test_analyse_reports_the_correlations_of_the_held_out():
     assert corr["params"]["spearman"] == pytest.approx(0.5)
     assert corr["params"]["kendall"] == pytest.approx(1 / 3)
     assert [p["fraction"] for p in rep["edf"]] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_refusals_are_clear_errors(tmp_path):
+    from conftest import run
+
+    (tmp_path / "empty").mkdir()
+    code, text = run("sweep", tmp_path / "empty", "-o", tmp_path / "S")
+    assert code == 2 and "no candidate specs" in text
+    code, text = run("compare", tmp_path / "empty", "--edf", "-o", tmp_path / "E")
+    assert code == 2 and "not a sweep folder" in text
+    (tmp_path / "c.mf").write_text("model c {}\n")
+    code, text = run("sweep", tmp_path, "-o", tmp_path / "S", "--check-ranking", "2")
+    assert code == 2 and "--check-epochs" in text
