@@ -139,6 +139,7 @@ FLOORS = [
     ("api",),
     ("__init__", "target", "compare", "timm"),
     ("bench", "runner"),
+    ("sweep",),
     ("cli",),
     ("__main__",),
 ]

@@ -6,7 +6,7 @@ commands to it (they import ``app``, never this package, so there is no import c
 from __future__ import annotations
 
 from . import (analysis_cmds, bench_cmds, compare_cmds, run_cmds,  # noqa: F401 - add commands
-               space_cmds, spec_cmds, weights_cmds)
+               space_cmds, spec_cmds, sweep_cmds, weights_cmds)
 from .app import main
 
 __all__ = ["main"]

@@ -1,7 +1,7 @@
 """``mfdsl compare``: top-1 against MACs, parameters and measured throughput."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import click
 
@@ -24,8 +24,16 @@ from .app import main
               help="Models are timed side by side in this many rounds (median kept).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite earlier output files.")
+@click.option("--edf", is_flag=True, help="ITEMS is one sweep folder (mfdsl sweep): its error "
+              "EDF with a bootstrap band, Pareto fronts and rank correlations, as edf.png, "
+              "edf.csv, edf.json.")
+@click.option("--normalize", type=click.Choice(["params", "macs"]), default=None,
+              help="With --edf: weigh candidates so each complexity range counts alike.")
+@click.option("--bootstrap", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="With --edf: resamples of the bootstrap band.")
 def compare_cmd(items: Sequence[str], output: str, paper: bool, throughput: bool, batch: int,
-                seconds: float, rounds: int, device: str, force: bool) -> None:
+                seconds: float, rounds: int, device: str, force: bool, edf: bool,
+                normalize: Optional[str], bootstrap: int) -> None:
     """Compare SPEC files, zoo model names and RUN folders: one table, a PNG of top-1
     against MACs / parameters / throughput with the Pareto front per dataset, and the data
     as CSV and JSON.
@@ -37,6 +45,10 @@ def compare_cmd(items: Sequence[str], output: str, paper: bool, throughput: bool
     """
     from ..compare import check_outputs, compare, plot, table, to_csv, to_json, write_outputs
 
+    if edf:
+        return _edf(items, output, force, normalize, bootstrap)
+    if normalize:
+        raise click.UsageError("--normalize is an option of --edf")
     if not items and not paper:
         raise click.UsageError("name at least one SPEC or RUN (or --paper)")
     # A CompareError is reported by the click group (cli.app.report).
@@ -57,3 +69,18 @@ def compare_cmd(items: Sequence[str], output: str, paper: bool, throughput: bool
         click.echo(f"note: accuracies come from {len(datasets)} datasets "
                    f"({', '.join(datasets)}); each has its own Pareto front")
     click.echo("wrote " + ", ".join(written))
+
+
+def _edf(items: Sequence[str], output: str, force: bool, normalize: Optional[str],
+         bootstrap: int) -> None:
+    from ..compare import check_outputs, write_outputs
+    from ..sweep import edf, results
+
+    if len(items) != 1:
+        raise click.UsageError("--edf takes one SWEEP folder (written by mfdsl sweep)")
+    check_outputs(output, ("edf.csv", "edf.json", "edf.png"), overwrite=force)
+    report = edf.analyse(results.read(items[0]), normalize, bootstrap)
+    click.echo(edf.table(report))
+    files = {"edf.csv": edf.to_csv(report).encode(), "edf.json": edf.to_json(report).encode(),
+             "edf.png": edf.plot(report)}
+    click.echo("wrote " + ", ".join(write_outputs(output, files, overwrite=force)))
