@@ -70,8 +70,8 @@ def sweep_cmd(candidates: str, data: Optional[str], sweep: str, epochs: int,
     cands = read_candidates(candidates)
     settings = Settings([c.name for c in cands], epochs, halving, check_ranking,
                         check_epochs if check_ranking else None, seed, list(inherit), data)
-    train_kw = {"data": data, "seed": seed, "device": device, "val_samples": val_samples,
-                "tensorboard": False, "progress": False}
+    train_kw = dict(data=data, seed=seed, device=device, val_samples=val_samples,
+                    tensorboard=False, progress=False)
     if data_workers is not None:
         train_kw["workers"] = data_workers
     if dry_run:
