@@ -50,36 +50,46 @@ def test_bad_amp_dtype_is_a_run_error():
         resolve_device_plan(CPU, None, amp_dtype="int8")
 
 
-@pytest.mark.slow  # a whole (one-step) training run in-process: ~5 s on 2 cores
-def test_train_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, monkeypatch):
-    lowered = []
+@pytest.fixture
+def lowered(monkeypatch):
+    """The models lowered while the test runs, with a device plan that names CUDA eager's
+    variants (no pointwise_conv1x1): a model that runs them shows the plan's choice was
+    kept, not made again for the CPU."""
+    import mfdsl.runner.device_plan as dp
+
+    models = []
     real_lower = mfdsl.lower.lower
 
     def counting(spec, target="cpu", variants=None):
         model = real_lower(spec, target, variants)
         # The size check measures a shape-only sample on the meta device; that is no model.
         if next(model.parameters()).device.type != "meta":
-            lowered.append(model)
+            models.append(model)
         return model
 
     monkeypatch.setattr(mfdsl.lower, "lower", counting)
-    # A plan naming another device's variants (CUDA eager: no pointwise_conv1x1) shows
-    # that the model runs the plan's choice, not one made again for the CPU.
-    import mfdsl.runner.device_plan as dp
-
     monkeypatch.setattr(dp, "variants_for", lambda device, compiled: variants_for("cuda", False))
+    return models
+
+
+def _lowered_once_with_the_plans_variants(models) -> None:
+    assert len(models) == 1
+    used = variants_in_use(models[0])
+    assert used and set(used) <= set(variants_for("cuda", False))
+    assert "pointwise_conv1x1" not in used
+
+
+@pytest.mark.slow  # a whole (one-step) training run in-process: ~5 s on 2 cores
+def test_train_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, lowered):
     data = two_class_folder(tmp_path / "data", 4)
     code, out = run("train", SPECS / "demo_tiny.mf", "--data", data, "-o", tmp_path / "r",
                     "--max-steps", "1", "--epochs", "1", "--warmup-epochs", "0",
                     "--workers", "0", "--no-tensorboard", "--batch-size", "4")
     assert code == 0, out
-    assert len(lowered) == 1
-    used = variants_in_use(lowered[0])
-    assert used and set(used) <= set(variants_for("cuda", False))
-    assert "pointwise_conv1x1" not in used
+    _lowered_once_with_the_plans_variants(lowered)
 
 
-def test_eval_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, monkeypatch):
+def test_eval_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, lowered):
     """Eval, like train: one lowering, with the variants of the device plan it resolved
     (not the CPU's first and others chosen again when preparing)."""
     from safetensors.torch import save_file
@@ -93,22 +103,7 @@ def test_eval_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, monk
     save_file({k: v.contiguous() for k, v in build_model(spec).state_dict().items()},
               str(weights))
     data = solid_folder(tmp_path / "data", 1, {f"c{i}": 20 * i for i in range(10)})
-    lowered = []
-    real_lower = mfdsl.lower.lower
-
-    def counting(spec, target="cpu", variants=None):
-        model = real_lower(spec, target, variants)
-        if next(model.parameters()).device.type != "meta":
-            lowered.append(model)
-        return model
-
-    monkeypatch.setattr(mfdsl.lower, "lower", counting)
-    import mfdsl.runner.device_plan as dp
-
-    monkeypatch.setattr(dp, "variants_for", lambda device, compiled: variants_for("cuda", False))
+    lowered.clear()  # the weights' own model above is not the evaluation's
     res = api.evaluate(str(weights), spec, data=str(data), workers=0)
     assert res["images"] == 10
-    assert len(lowered) == 1
-    used = variants_in_use(lowered[0])
-    assert used and set(used) <= set(variants_for("cuda", False))
-    assert "pointwise_conv1x1" not in used
+    _lowered_once_with_the_plans_variants(lowered)

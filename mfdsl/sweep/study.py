@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from .. import fsio, runs
 from ..runner.hooks import Hook
+from ..runner.metrics import read_jsonl
 from . import results as results_file
 from .candidates import Candidate
 from .errors import SweepError
@@ -151,14 +152,9 @@ class StopAt(Hook):
 def val_top1_at(folder: str, epochs: int) -> float:
     """The top-1 validated after ``epochs`` complete epochs (metrics.jsonl)."""
     found = None
-    with open(os.path.join(folder, runs.METRICS_FILE), encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("kind") == "val" and rec.get("epoch") == epochs:
-                found = float(rec["top1"])
+    for rec in read_jsonl(os.path.join(folder, runs.METRICS_FILE)):
+        if rec.get("kind") == "val" and rec.get("epoch") == epochs:
+            found = float(rec["top1"])
     if found is None:
         raise SweepError(f"{folder}: no validation after epoch {epochs} in metrics.jsonl")
     return found
