@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from mfdsl.run_options import CROP_SCALE_MIN
 from mfdsl.ir import RecipeSpec  # noqa: E402
 from mfdsl.data.transforms import (BatchPreprocess, _patch_posterize,  # noqa: E402
                                      caller_rngs_preserved, train_transform)
@@ -79,7 +80,8 @@ def write_imagenet_like(root: str, n: int, classes: int = 10, seed: int = 0) -> 
 def mfdsl_loader(root: str, size: int, batch: int) -> Callable[[int], Iterable]:
     """mfdsl's training input: the loader, then the device-side batch step (here on the
     CPU, in this process), as ``Trainer._train_step`` runs them."""
-    tf = train_transform(RecipeSpec(), (size, size), MEAN, STD)  # the paper's recipe
+    # the paper's recipe
+    tf = train_transform(RecipeSpec(), (size, size), MEAN, STD, crop_scale_min=CROP_SCALE_MIN)
     ds = SkippingImageFolder(root, tf)
     prep = BatchPreprocess.for_transform(tf, "cpu", channels_last=False)
     made = [0]
@@ -103,7 +105,8 @@ def per_sample_cpu(root: str, size: int, passes: int, batch: int
     machine slows both alike."""
     from timm.data import ImageDataset
 
-    ours = SkippingImageFolder(root, train_transform(RecipeSpec(), (size, size), MEAN, STD))
+    ours = SkippingImageFolder(root, train_transform(RecipeSpec(), (size, size), MEAN, STD,
+                                                     crop_scale_min=CROP_SCALE_MIN))
     loader = timm_loader(root, size, 1, prefetcher=True)(0)
     theirs: ImageDataset = loader.loader.dataset  # with the transform create_loader gave it
     their_collate = loader.loader.collate_fn

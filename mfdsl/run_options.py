@@ -161,8 +161,8 @@ class TrainOptions:
                           "0.5).", FLOAT, min=0, max=1, flag="--no-flip", flag_value=0.0)
     crop_scale_min: Optional[float] = option(
         None, f"Smallest RandomResizedCrop area fraction (default {CROP_SCALE_MIN}; "
-        f"{EMBEDDED_CROP_SCALE_MIN} on the embedded data).", FLOAT, min=0, min_exclusive=True, max=1, optional=True,
-        flag="--crop-scale-min")
+        f"{EMBEDDED_CROP_SCALE_MIN} on the embedded data).", FLOAT, min=0, min_exclusive=True,
+        max=1, optional=True, flag="--crop-scale-min")
     init_from: Optional[str] = option(
         None, "Start from these weights: a checkpoint file (mfdsl, timm or official) or a "
         "release name, e.g. caformer_s18.sail_in22k_ft_in1k (fetched via the HF cache).",

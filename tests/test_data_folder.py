@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mfdsl.run_options import CROP_SCALE_MIN
 from mfdsl import ir
 from mfdsl.data.transforms import (BatchPreprocess, HorizontalFlip, PendingErasing,
                                      RandomErasing, SeededPipeline, ToNormalizedTensor,
@@ -214,7 +215,8 @@ def test_corrupt_files_of_every_kind_are_skipped_and_counted_in_workers(tmp_path
     _png_bomb(root / "b" / "00_bomb.png")
     (root / "b" / "01_text.jpg").write_text("not an image")
     (root / "b" / "01_trunc.png").write_bytes(good.read_bytes()[:40])
-    ds = SkippingImageFolder(str(root), train_transform(ir.RecipeSpec(), (16, 16), MEAN, STD))
+    ds = SkippingImageFolder(str(root), train_transform(ir.RecipeSpec(), (16, 16), MEAN, STD,
+                                                        crop_scale_min=CROP_SCALE_MIN))
     sampler = ResumableDistributedSampler(ds, 1, 0, seed=0)
     log = UnreadableImages("train")
     n = 0
@@ -271,7 +273,8 @@ def _finished(out, mean=MEAN, std=STD, channels_last: bool = False) -> torch.Ten
 
 
 def test_pipeline_is_per_sample_deterministic_and_leaves_global_rngs_alone() -> None:
-    tf = train_transform(ir.RecipeSpec(random_erasing=1.0), (32, 32), MEAN, STD)
+    tf = train_transform(ir.RecipeSpec(random_erasing=1.0), (32, 32), MEAN, STD,
+                         crop_scale_min=CROP_SCALE_MIN)
     img = _photo()
     torch_state, py_state = torch.get_rng_state(), random.getstate()
     np_state = np.random.get_state()
@@ -296,7 +299,7 @@ def test_every_recipe_variant_leaves_torch_global_rng_alone() -> None:
             for interp in ("random", "bicubic", "bilinear"):
                 tf = train_transform(ir.RecipeSpec(randaugment=ra, random_erasing=re,
                                                    train_interpolation=interp), (24, 24),
-                                     MEAN, STD, hflip=0.5)
+                                     MEAN, STD, hflip=0.5, crop_scale_min=CROP_SCALE_MIN)
                 state = torch.get_rng_state()
                 for s in range(5):
                     tf(img, s)
@@ -366,7 +369,8 @@ def test_batches_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
         for i in range(6):
             (root / c).mkdir(parents=True, exist_ok=True)
             _photo(i + (10 if c == "b" else 0), (40, 30)).save(root / c / f"{i}.jpg", quality=90)
-    ds = SkippingImageFolder(str(root), train_transform(ir.RecipeSpec(), (24, 24), MEAN, STD))
+    ds = SkippingImageFolder(str(root), train_transform(ir.RecipeSpec(), (24, 24), MEAN, STD,
+                                                        crop_scale_min=CROP_SCALE_MIN))
 
     def batches(workers: int):
         s = ResumableDistributedSampler(ds, 1, 0, seed=5)
@@ -465,7 +469,8 @@ def test_erasing_depends_on_the_sample_alone(tmp_path: Path, device: str) -> Non
 
     def per_sample(batch: int, workers: int, epoch: int, channels_last: bool = False):
         ds = SkippingImageFolder(str(root), train_transform(recipe, (24, 24), MEAN, STD,
-                                                            channels_last=channels_last))
+                                                            channels_last=channels_last,
+                                                            crop_scale_min=CROP_SCALE_MIN))
         s = ResumableDistributedSampler(ds, 1, 0, seed=3)
         s.set_position(epoch)
         order = [i for i, _, _ in s]

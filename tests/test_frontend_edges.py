@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from mfdsl.run_options import CROP_SCALE_MIN
 from mfdsl.api import build_model, check_spec, load_spec
 from mfdsl.data.augment import AugmentError, parse_augment
 from mfdsl.errors import SpecError
@@ -254,7 +255,7 @@ def test_valid_augment_strings_run_in_the_training_pipeline(text):
     parse_augment(text)
     recipe = SimpleNamespace(randaugment=text, train_interpolation="bicubic",
                              random_erasing=0.0)
-    tf = train_transform(recipe, (32, 32), (0.5,) * 3, (0.5,) * 3)
+    tf = train_transform(recipe, (32, 32), (0.5,) * 3, (0.5,) * 3, crop_scale_min=CROP_SCALE_MIN)
     random.seed(0)
     img = Image.new("RGB", (40, 40), (120, 30, 200))
     for _ in range(300):

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from mfdsl.run_options import CROP_SCALE_MIN
 from mfdsl import ir
 from mfdsl.cli import main
 from mfdsl.runner import checkpointing as ckpt
@@ -212,7 +213,7 @@ def test_paper_randaugment_never_crashes_on_max_posterize() -> None:
 
     assert _posterize(Image.new("RGB", (4, 4), (200, 10, 10)), 0).getpixel((0, 0)) == (0, 0, 0)
     tf = train_transform(ir.RecipeSpec(randaugment="rand-m10-mstd0.5-inc1"), (16, 16),
-                         (0.5,) * 3, (0.5,) * 3)
+                         (0.5,) * 3, (0.5,) * 3, crop_scale_min=CROP_SCALE_MIN)
     img = Image.new("RGB", (16, 16), (100, 50, 200))
     torch.manual_seed(0)
     for _ in range(400):

@@ -361,11 +361,11 @@ def _kind(t: Any) -> str:
 
 
 def train_transform(recipe: Any, img_size: Tuple[int, int], mean: Sequence[float],
-                    std: Sequence[float], hflip: float = 0.5,
-                    crop_scale_min: float = 0.08, channels_last: bool = False
-                    ) -> SeededPipeline:
+                    std: Sequence[float], hflip: float = 0.5, *,
+                    crop_scale_min: float, channels_last: bool = False) -> SeededPipeline:
     """The recipe's training augmentation; RandomResizedCrop keeps between
-    ``crop_scale_min`` and all of the image's area (aspect 3/4..4/3). The workers' part:
+    ``crop_scale_min`` (the run's: :data:`mfdsl.run_options.CROP_SCALE_MIN` by default) and
+    all of the image's area (aspect 3/4..4/3). The workers' part:
     it ends in uint8 images (laid out for a ``channels_last`` run or not) and erasing
     rectangles; :class:`BatchPreprocess` normalises and erases."""
     from timm.data.auto_augment import (augment_and_mix_transform, auto_augment_transform,

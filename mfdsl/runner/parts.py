@@ -71,7 +71,8 @@ def build_parts(plan: RunPlan, data: RunData, env: DistEnv, model: nn.Module, *,
     ev = spec.eval
     # The workers lay the uint8 images out as the model runs (no transposing later).
     train_set = SourceDataset(data.train, train_transform(
-        r, spec.img_size, ev.mean, ev.std, plan.hflip, plan.crop_scale_min, dp.channels_last))
+        r, spec.img_size, ev.mean, ev.std, plan.hflip, crop_scale_min=plan.crop_scale_min,
+        channels_last=dp.channels_last))
     val_set = (SourceDataset(data.val, eval_transform(model, dp.channels_last))
                if data.val is not None else None)
     if grad_checkpointing:  # before compiling: dynamo traces the checkpoints
