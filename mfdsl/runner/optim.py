@@ -29,9 +29,9 @@ def _optimizer_class(name: str) -> type:
     if name == "adamw":
         return torch.optim.AdamW
     if name == "lamb":
-        from timm.optim import Lamb
+        from .lamb import ForeachLamb  # timm's Lamb's update in a fixed number of ops
 
-        return Lamb
+        return ForeachLamb
     if name == "sgd":
         return torch.optim.SGD
     raise RunError(f"unknown optimizer '{name}' (adamw, lamb or sgd)")
@@ -39,7 +39,8 @@ def _optimizer_class(name: str) -> type:
 
 def default_eps(name: str) -> float:
     """The eps the optimizer class uses when none is passed (what the official train.py
-    leaves in place: timm's Lamb 1e-6, torch's AdamW 1e-8), read from the class itself."""
+    leaves in place: timm's Lamb 1e-6, as ForeachLamb, torch's AdamW 1e-8), read from the
+    class itself."""
     import inspect
 
     return float(inspect.signature(_optimizer_class(name).__init__).parameters["eps"].default)
@@ -59,8 +60,9 @@ def optimizer_args(recipe: RecipeSpec, lr: float) -> Dict[str, Any]:
     if name == "lamb":
         import inspect
 
-        # timm's Lamb clips the global gradient norm inside the optimizer (max_grad_norm),
-        # and corrects bias by default; named here so a plan shows every argument.
+        # LAMB (timm's, and ForeachLamb with its defaults) clips the global gradient norm
+        # inside the optimizer (max_grad_norm) and corrects bias by default; named here so
+        # a plan shows every argument.
         params = inspect.signature(_optimizer_class(name).__init__).parameters
         for extra in ("bias_correction", "max_grad_norm", "trust_clip", "always_adapt"):
             if extra in params:
@@ -69,7 +71,9 @@ def optimizer_args(recipe: RecipeSpec, lr: float) -> Dict[str, Any]:
 
 
 def create_optimizer(model: nn.Module, recipe: RecipeSpec, lr: float) -> torch.optim.Optimizer:
-    """AdamW (torch), LAMB (timm) or SGD with Nesterov momentum (torch), per the recipe."""
+    """AdamW (torch, fused), LAMB (ForeachLamb: timm's update, foreach ops) or SGD with
+    Nesterov momentum (torch; its default foreach path on CUDA, the per-tensor loop on
+    CPU), per the recipe."""
     groups = param_groups(model, recipe.weight_decay)
     args = optimizer_args(recipe, lr)
     args.pop("weight_decay")  # per group

@@ -4,13 +4,14 @@ A step is forward/backward over ``accum`` micro-batches, gradient clipping, the 
 (through the fp16 loss scaler when there is one) and the EMA. A non-finite loss or gradient
 is found on the device and the step is skipped there too, with no host round trip:
 
-* optimizers with torch's fused ``found_inf`` path (fused AdamW) are handed the flag, and
-  their kernels leave weights, moments and step counts as they were;
-* any other optimizer (timm's LAMB, SGD) steps, and then every tensor it changed on the
+* optimizers with a ``found_inf`` path (torch's fused AdamW, the runner's LAMB,
+  ``runner.lamb.ForeachLamb``) are handed the flag, and leave weights, moments and step
+  counts as they were;
+* any other optimizer (SGD, timm's Lamb) steps, and then every tensor it changed on the
   device is put back with ``torch.where(skip, before, after)``. Host-side step counters
-  (LAMB's per-group ``step`` when training on a GPU) cannot be put back without reading
-  the flag; :func:`uncount_skipped_steps` takes the skipped steps off them when the records
-  are next read, so the bias correction counts a skipped step only until then.
+  (timm's Lamb's per-group ``step`` when training on a GPU) cannot be put back without
+  reading the flag; :func:`uncount_skipped_steps` takes the skipped steps off them when the
+  records are next read, so the bias correction counts a skipped step only until then.
 
 What the loop needs to know (was the step counted non-finite, skipped, its loss and
 gradient norm) stays on the device in a :class:`StepLog` until a log step or a checkpoint
@@ -107,7 +108,7 @@ def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
     """``optimizer.step()`` where ``skip`` (a 0-dim bool tensor on the device) is False, and
     no change to the weights or the optimizer's device state where it is True."""
     if getattr(optimizer, "_step_supports_amp_scaling", False):
-        # Fused kernels skip the update and undo their step counts themselves.
+        # Fused kernels (and ForeachLamb) skip the update and their step counts themselves.
         optimizer.grad_scale = None
         optimizer.found_inf = skip.to(torch.float32)
         try:

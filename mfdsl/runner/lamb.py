@@ -1,0 +1,168 @@
+"""LAMB with timm's semantics in a fixed number of multi-tensor operations per step.
+
+The reference is ``timm.optim.Lamb`` (the official recipe's optimizer); :class:`ForeachLamb`
+computes the same update (tests/test_runner_lamb.py holds it to 1e-12 in float64):
+
+* the global gradient norm over every group, clipped at ``max_grad_norm``: ``g / clip``
+  with ``clip = max(1, norm / max_grad_norm)``;
+* Adam moments with bias correction, ``u = m_hat / (sqrt(v_hat) + eps) + wd * p``;
+* the trust ratio ``|p| / |u|`` (1 where either norm is 0, at most 1 with ``trust_clip``)
+  on groups with weight decay, and on the others only with ``always_adapt``;
+* ``p -= lr * ratio * u``.
+
+How: the clip factor and trust ratios are 0-dim tensors computed from ``torch._foreach_norm``;
+the moments and the Adam direction come from torch's fused Adam kernel, run with ``lr=-1``
+on a buffer that starts at ``wd * p``, so that the buffer ends as ``u``. Each operation
+covers a whole group, so a step issues the same few dozen operations whatever the number
+of tensors, and reads nothing on the host: the step count is a float32 tensor on the
+parameters' device (``group["step"]``, as timm names it).
+
+A step given ``found_inf`` (set as an attribute, the way torch's GradScaler and
+``runner.step.masked_step`` hand it to fused optimizers) is skipped on the device: the
+kernel leaves the moments, the step sizes are zero and the step count does not advance.
+The gradients are divided by the clip factor in place (as a loss scaler's ``unscale_``
+leaves them unscaled); the update is built in scratch buffers the size of the parameters,
+kept between steps.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+
+class ForeachLamb(torch.optim.Optimizer):
+    """timm's Lamb (grad averaging on, no caution, coupled weight decay) over foreach ops."""
+
+    _step_supports_amp_scaling = True  # takes ``grad_scale`` / ``found_inf`` itself
+
+    def __init__(self, params: Any, lr: float = 1e-3, bias_correction: bool = True,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.01, max_grad_norm: Optional[float] = 1.0,
+                 trust_clip: bool = False, always_adapt: bool = False) -> None:
+        for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            if value < 0.0:
+                raise ValueError(f"invalid {name}: {value}")
+        defaults = dict(lr=lr, bias_correction=bias_correction, betas=tuple(betas), eps=eps,
+                        weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                        trust_clip=trust_clip, always_adapt=always_adapt)
+        super().__init__(params, defaults)
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """As torch's, with each group's step count copied onto its parameters' device
+        (timm's Lamb saves it on the CPU; both load each other's files)."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            if "step" in group:
+                group["step"] = torch.as_tensor(group["step"]).to(
+                    _device(group), torch.float32, copy=True)
+
+    def _tensors(self, group: Dict[str, Any]) -> Tuple[List[torch.Tensor], ...]:
+        """The group's parameters with a gradient, their gradients and moments (the moments
+        are created, as zeros, on a parameter's first step)."""
+        params, grads, exp_avgs, exp_avg_sqs = [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("ForeachLamb does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+        return params, grads, exp_avgs, exp_avg_sqs
+
+    def _clip_divisor(self, grads: List[torch.Tensor],
+                      grad_scale: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """What the gradients are divided by: the global-norm clip factor (timm:
+        ``max(1, |g| / max_grad_norm)`` over all groups), times a loss scaler's scale."""
+        max_norm = self.defaults["max_grad_norm"]
+        if max_norm is None or not grads:
+            return grad_scale
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if grad_scale is None:
+            return (norm / max_norm).clamp_(min=1.0)
+        return (norm / grad_scale / max_norm).clamp_(min=1.0) * grad_scale
+
+    def _scratch(self, index: int, params: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Buffers shaped like ``params`` for the update, kept between steps (not state):
+        a fresh list each step would cost an allocation of the model's size."""
+        buffers = self.__dict__.setdefault("_update_buffers", {})
+        kept = buffers.get(index)
+        if kept is None or len(kept) != len(params) or any(
+                b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
+                or b.stride() != p.stride() for b, p in zip(kept, params)):
+            kept = buffers[index] = [torch.empty_like(p) for p in params]
+        return kept
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One LAMB step of every group; skipped on the device when ``self.found_inf`` is
+        set and nonzero."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale: Optional[torch.Tensor] = getattr(self, "grad_scale", None)
+        found_inf: Optional[torch.Tensor] = getattr(self, "found_inf", None)
+        lists = [self._tensors(group) for group in self.param_groups]
+        divisor = self._clip_divisor([g for _, grads, _, _ in lists for g in grads], grad_scale)
+        for i, (group, tensors) in enumerate(zip(self.param_groups, lists)):
+            if "step" not in group:
+                group["step"] = torch.zeros((), dtype=torch.float32, device=_device(group))
+            # Counted whether or not the group has gradients, as timm does.
+            group["step"].add_(1 if found_inf is None else 1 - found_inf)
+            if tensors[0]:
+                update = self._scratch(i, tensors[0])
+                _lamb_group(group, *tensors, update, divisor=divisor, found_inf=found_inf)
+        return loss
+
+
+def _device(group: Dict[str, Any]) -> torch.device:
+    return group["params"][0].device if group["params"] else torch.device("cpu")
+
+
+def trust_ratio(w_norm: torch.Tensor, u_norm: torch.Tensor, trust_clip: bool) -> torch.Tensor:
+    """timm's trust ratio ``|w| / |u|``, 1 where either norm is 0; at most 1 with
+    ``trust_clip`` (LAMBC)."""
+    ratio = torch.where(w_norm > 0, torch.where(u_norm > 0, w_norm / u_norm, 1.0), 1.0)
+    return ratio.clamp_(max=1.0) if trust_clip else ratio
+
+
+def _lamb_group(group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor],
+                exp_avgs: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor],
+                update: List[torch.Tensor], *, divisor: Optional[torch.Tensor],
+                found_inf: Optional[torch.Tensor]) -> None:
+    """One group's update (its step count already advanced), ``update`` its scratch buffers."""
+    beta1, beta2 = group["betas"]
+    wd = group["weight_decay"]
+    if divisor is not None:
+        torch._foreach_div_(grads, divisor)  # in place: a new list would cost an allocation
+    # The kernel reads the step count to correct the moments' bias; 1 - beta ** inf = 1
+    # turns the correction off.
+    step = group["step"] if group["bias_correction"] else torch.full_like(group["step"],
+                                                                          float("inf"))
+    torch._foreach_zero_(update)
+    if wd != 0:
+        torch._foreach_add_(update, params, alpha=wd)  # wd * p, + the Adam direction below
+    torch._fused_adam_(update, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
+                       lr=-1.0, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
+                       amsgrad=False, maximize=False, grad_scale=None, found_inf=found_inf)
+    lr = group["lr"]
+    if wd != 0 or group["always_adapt"]:
+        ratios = trust_ratio(torch.stack(torch._foreach_norm(params)),
+                             torch.stack(torch._foreach_norm(update)), group["trust_clip"])
+        sizes = ratios * -lr
+        if found_inf is not None:
+            sizes = torch.where(found_inf > 0, 0.0, sizes)
+        torch._foreach_addcmul_(params, update, sizes.unbind(0))
+    else:  # one op order with or without found_inf, so that masked_step equals step
+        size = torch.full((), -lr, dtype=params[0].dtype, device=params[0].device)
+        if found_inf is not None:
+            size = torch.where(found_inf > 0, 0.0, size)
+        torch._foreach_mul_(update, size)
+        torch._foreach_add_(params, update)
