@@ -82,17 +82,19 @@ def test_train_beats_chance_eval_reproduces_and_skips_corrupt(tmp_path: Path) ->
 
 
 # ----------------------------------------------------------------------------- resume / NaN
-@pytest.fixture(scope="module")
-def resume_setup(tmp_path_factory):
+@pytest.fixture(scope="module", params=["adamw", "lamb"])
+def resume_setup(request, tmp_path_factory):
     """Data + spec with every augmentation on (RandAugment, mixup/cutmix, random erasing,
-    drop path) so that resuming must restore every RNG stream; 2 epochs x 4 steps."""
+    drop path) so that resuming must restore every RNG stream; 2 epochs x 4 steps. Once
+    with each optimizer the runner implements its own way (fused AdamW, the foreach LAMB:
+    their non-finite skip and state round trip differ)."""
     tmp = tmp_path_factory.mktemp("resume")
     data = write_colour_folder(tmp / "data", n_train=11, n_val=4)  # 33 -> 4 batches of 8
     # An unreadable file: its accounting must survive the SIGKILL + resume too.
     (data / "train" / "c1_green" / "zz_bad.png").write_bytes(b"")
     spec = write_spec(tmp / "aug.mf", tiny_spec(
         name="aug", randaugment="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0,
-        random_erasing=0.25, drop_path=0.1, label_smoothing=0.1))
+        random_erasing=0.25, drop_path=0.1, label_smoothing=0.1, optimizer=request.param))
     common = ["--data", str(data), "--ckpt-every", "3", "--keep-recent", "10",
               "--log-every", "1"]
     ref = tmp / "ref"
