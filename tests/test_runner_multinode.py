@@ -44,9 +44,26 @@ def two_ranks(setup):
     """An uninterrupted 2-process run with a checkpoint every 2 steps (all kept)."""
     root, spec, data = setup
     out = root / "two"
-    p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, *CKPTS, "--nproc-per-node", "2")
+    p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, *CKPTS, "--nproc-per-node", "2",
+              env=recording(root / "two-samples"))
     assert p.returncode == 0, p.stderr[-3000:]
     return out
+
+
+def recording(folder: Path) -> dict:
+    """The environment of a run whose ranks record the samples of each step in ``folder``."""
+    folder.mkdir()
+    return runner_env(MFDSL_TEST_RECORD_SAMPLES=str(folder))
+
+
+def samples_per_step(folder: Path) -> dict:
+    """step -> the sorted sample indices every rank drew for it."""
+    steps: dict = {}
+    for f in folder.glob("rank*.txt"):
+        for line in f.read_text().splitlines():
+            step, index = map(int, line.split())
+            steps.setdefault(step, []).append(index)
+    return {s: sorted(v) for s, v in steps.items()}
 
 
 def older_copy(run: Path, dst: Path, step: int) -> Path:
@@ -100,3 +117,27 @@ def test_ranks_that_can_read_rank_0s_pick_adopt_it_and_resume_exactly(setup, two
     a = weights(two_ranks / "checkpoints" / "last.safetensors")
     b = weights(out / "checkpoints" / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- item 2
+@pytest.mark.slow
+def test_a_resume_at_another_world_size_sees_the_same_samples_per_step(setup, two_ranks,
+                                                                       tmp_path):
+    root, spec, data = setup
+    two = samples_per_step(root / "two-samples")
+    assert sorted(two) == [1, 2, 3, 4, 5, 6] and all(len(v) == 4 for v in two.values())
+    # Uninterrupted at 4 processes (1 per device): the same block of the order per step.
+    four_out = tmp_path / "four"
+    p = mfdsl("train", spec, "--data", data, "-o", four_out, *QUIET, *CKPTS,
+              "--nproc-per-node", "4", env=recording(tmp_path / "four-samples"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert samples_per_step(tmp_path / "four-samples") == two
+    # Stopped at 4 processes after step 2, resumed at 2; and the reverse, after step 4.
+    for src, step, nproc in ((four_out, 2, 2), (two_ranks, 4, 4)):
+        out = older_copy(src, tmp_path / f"from-{nproc}", step)
+        rec = tmp_path / f"resumed-{nproc}"
+        p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, *CKPTS, "--resume", "auto",
+                  "--nproc-per-node", nproc, env=recording(rec))
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert f"the run continues at sample {4 * step} of epoch 1" in p.stdout, p.stdout
+        assert samples_per_step(rec) == {s: v for s, v in two.items() if s > step}
