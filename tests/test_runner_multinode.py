@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +144,93 @@ def test_a_resume_at_another_world_size_sees_the_same_samples_per_step(setup, tw
         assert p.returncode == 0, p.stderr[-3000:]
         assert f"the run continues at sample {4 * step} of epoch 1" in p.stdout, p.stdout
         assert samples_per_step(rec) == {s: v for s, v in two.items() if s > step}
+
+
+# --------------------------------------------------------------------------- item 3
+def test_the_launchers_environment_is_read_from_torchrun_srun_or_mpirun(monkeypatch):
+    from mfdsl.runner import launch
+    from mfdsl.runner.errors import RunError
+
+    for names in launch.LAUNCHERS.values():
+        for n in names:
+            monkeypatch.delenv(n, raising=False)
+    for n in ("SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS", "SLURM_JOB_ID", "SLURM_JOB_NODELIST",
+              "SLURM_NODELIST", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(n, raising=False)
+    assert (launch.launcher(), launch.launched_rank(), launch.launched_world_size()) == (None, 0, 1)
+    # A batch script outside srun is no task of a step: no launcher.
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert launch.launcher() is None and launch.launched_world_size() == 1
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert (launch.launcher(), launch.launched_rank(), launch.launched_world_size(),
+            launch.launched_local_rank()) == ("slurm", 5, 8, 1)
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-09,12],cpu1")
+    monkeypatch.setenv("SLURM_JOB_ID", "4321")
+    assert launch.rendezvous() == ("gpu07", 29500 + 4321)
+    monkeypatch.setenv("MASTER_PORT", "1234")
+    assert launch.rendezvous() == ("gpu07", 1234)
+    # torchrun's variables win (torchrun inside an allocation).
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert (launch.launcher(), launch.launched_rank(), launch.launched_local_rank()) == (
+        "torchrun", 2, 0)
+    for n in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "MASTER_PORT"):
+        monkeypatch.delenv(n)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3")
+    assert (launch.launcher(), launch.launched_rank(), launch.launched_world_size(),
+            launch.launched_local_rank()) == ("openmpi", 3, 4, 3)
+    with pytest.raises(RunError, match="MASTER_ADDR and MASTER_PORT is not set"):
+        launch.rendezvous()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_four_srun_tasks_form_one_job_and_stop_with_one_checkpoint_on_sigusr1(setup, tmp_path):
+    root, spec, data = setup
+    out = tmp_path / "slurm"
+    port = free_port()
+    procs = []
+    for rank in range(4):
+        env = runner_env(SLURM_PROCID=str(rank), SLURM_NTASKS="4", SLURM_LOCALID=str(rank),
+                         SLURM_STEP_ID="0", SLURM_JOB_ID="77", SLURM_JOB_NODELIST="localhost",
+                         MASTER_PORT=str(port))
+        for n in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+            env.pop(n, None)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "mfdsl", "train", str(spec), "--data", str(data), "-o",
+             str(out), *QUIET, "--epochs", "100000", "--ckpt-every", "2", "--keep-recent", "2"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        deadline = time.time() + 240
+        last = out / "checkpoints" / "last.safetensors"
+        while not last.exists() and time.time() < deadline and all(
+                p.poll() is None for p in procs):
+            time.sleep(0.2)
+        assert last.exists(), [p.poll() for p in procs]
+        for p in procs:  # srun --signal / scancel -s USR1 signal every task
+            os.kill(p.pid, signal.SIGUSR1)
+        texts = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert [p.returncode for p in procs] == [75] * 4, texts[0][-3000:]
+    text = "".join(texts)
+    assert "x4;" in texts[0], texts[0][-3000:]  # one job of 4 processes
+    assert text.count("stopped by SIGUSR1 at step") == 1, text[-3000:]
+    assert "Traceback" not in text
+    from mfdsl.runner import checkpointing as ckpt
+
+    stopped = int(text.split("stopped by SIGUSR1 at step ")[1].split()[0])
+    assert ckpt.pair_step(str(out / "checkpoints" / "last")) == stopped
