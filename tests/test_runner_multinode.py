@@ -234,3 +234,50 @@ def test_four_srun_tasks_form_one_job_and_stop_with_one_checkpoint_on_sigusr1(se
 
     stopped = int(text.split("stopped by SIGUSR1 at step ")[1].split()[0])
     assert ckpt.pair_step(str(out / "checkpoints" / "last")) == stopped
+
+
+# --------------------------------------------------------------------------- item 4
+def test_the_lock_takes_over_from_an_earlier_incarnation_of_the_same_job_only(
+        tmp_path, monkeypatch):
+    import json
+
+    from mfdsl.runner import run_lock
+
+    for n in ("SLURM_JOB_ID", "SLURM_STEP_ID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(n, raising=False)
+    # A live holder on another host (flock not shared there): a requeued SLURM job or a
+    # rank 0 moved to another node carries the same job id in its record.
+    rec = {"host": "other-node-7", "pid": 4242, "start": "99", "since": time.time(),
+           "command": "mfdsl train x.mf", "job": "slurm:123.0"}
+    (tmp_path / ".mfdsl-lock").write_text(json.dumps(rec))
+    with pytest.raises(run_lock.RunLocked, match="job slurm:123.0"):
+        run_lock.RunLock(str(tmp_path)).acquire()  # no job: a second writer
+    monkeypatch.setenv("SLURM_JOB_ID", "124")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    with pytest.raises(run_lock.RunLocked):
+        run_lock.RunLock(str(tmp_path)).acquire()  # another job
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    lock = run_lock.RunLock(str(tmp_path)).acquire()
+    try:
+        assert any("earlier incarnation of this job" in n and "other-node-7" in n
+                   for n in lock.notes), lock.notes
+        assert json.loads((tmp_path / ".mfdsl-lock").read_text())["job"] == "slurm:123.0"
+        # An elastic restart whose predecessor's flock is still held (here: by `lock`).
+        monkeypatch.delenv("SLURM_JOB_ID")
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "rdzv-9")
+        with pytest.raises(run_lock.RunLocked, match="job slurm:123.0"):
+            run_lock.RunLock(str(tmp_path)).acquire()
+    finally:
+        lock.release()
+    first = run_lock.RunLock(str(tmp_path)).acquire()
+    try:
+        again = run_lock.RunLock(str(tmp_path)).acquire()  # the same rendezvous id
+        try:
+            monkeypatch.setenv("TORCHELASTIC_RUN_ID", "rdzv-10")
+            with pytest.raises(run_lock.RunLocked, match="job torchrun:rdzv-9"):
+                run_lock.RunLock(str(tmp_path)).acquire()
+        finally:
+            again.release()
+    finally:
+        first.release()
+    assert not (tmp_path / ".mfdsl-lock").exists()

@@ -70,6 +70,17 @@ def launched_local_rank() -> int:
     return int(os.environ[LAUNCHERS[name][2]])
 
 
+def job_id() -> Optional[str]:
+    """The identity of the job this process belongs to, the same in every incarnation of
+    it: SLURM's job and step id (a requeued job keeps both), or torchrun's rendezvous id
+    (``--rdzv-id``; kept over an elastic restart). None outside such a job."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        return f"slurm:{job}.{os.environ.get('SLURM_STEP_ID', 'batch')}"
+    run = os.environ.get("TORCHELASTIC_RUN_ID")
+    return f"torchrun:{run}" if run else None
+
+
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list: ``gpu[07-09,12],cpu1`` -> ``gpu07``."""
     head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else \
