@@ -21,7 +21,7 @@ from . import recipe_history
 from .distributed import DistEnv, agree_on_failure, any_rank, gather_objects
 from .errors import NonFiniteLossError, RunError
 from .parts import Parts
-from .plan import RunPlan
+from .plan import RunPlan, micro_per_epoch
 from .state import SavedParts, TrainState
 
 
@@ -129,14 +129,44 @@ class Checkpointer:
                 and len(saved.rng) == env.world_size:
             ckpt.restore_rng(saved.rng[env.rank])
         else:
-            if st.micro:
-                self.log("note: the batch layout differs from the checkpoint's: the data "
-                         f"position restarts at the beginning of epoch {st.epoch + 1}")
-            st.micro = 0
+            st.micro = self._moved_position(st, saved)
             ckpt.seed_everything(self.seed + env.rank + 1000003 * st.step)
         self.log(f"resumed from {stem} (step {st.step}, epoch {st.epoch + 1}, "
                  f"{st.micro} micro-batches into it)")
         return st
+
+    def _moved_position(self, st: TrainState, saved: SavedParts) -> int:
+        """This layout's micro-batches into the epoch for a checkpoint saved under another.
+
+        The sampler deals the epoch's shuffled order to the ranks in turn, so step s uses
+        samples [s*G, (s+1)*G) of it at any world size: with the same global batch G and
+        epoch length the run continues at the same sample, exactly (the RNG streams of
+        dropout, drop-path and mixup are reseeded). Otherwise the epoch restarts."""
+        b, env, plan = self.plan.batch, self.env, self.plan
+        layout = (f"{saved.world_size} x {saved.per_device} x {saved.accum} -> "
+                  f"{env.world_size} x {b.per_device} x {b.accum}")
+        if not st.micro:
+            return 0
+        if saved.world_size and saved.per_device and saved.accum \
+                and saved.global_batch == b.global_batch:
+            saved_steps = micro_per_epoch(plan.data.train_images, saved.world_size,
+                                          saved.per_device) // saved.accum
+            consumed = st.micro * saved.per_device * saved.world_size
+            if saved_steps == plan.steps_per_epoch and consumed % (b.per_device
+                                                                  * env.world_size) == 0:
+                self.log(f"note: the batch layout changes (processes x per-device x accum: "
+                         f"{layout}; global batch {b.global_batch}): the run continues at "
+                         f"sample {consumed} of epoch {st.epoch + 1}, the same samples per "
+                         "step; dropout, drop-path and mixup draw new random numbers")
+                return consumed // (b.per_device * env.world_size)
+            why = (f"an epoch is {saved_steps} steps there and {plan.steps_per_epoch} here "
+                   "(the sampler pads each process's share)")
+        else:
+            why = f"the global batch changes ({saved.global_batch} -> {b.global_batch})"
+        self.log(f"note: the batch layout changes ({layout}) and {why}: the data position "
+                 f"restarts at the beginning of epoch {st.epoch + 1}, so the steps from here "
+                 "see other samples than the uninterrupted run's")
+        return 0
 
     def _restore_optimizer(self, stem: str, saved: Optional[Dict[str, Any]],
                            diff: Dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import RunError
-from .launch import launched_rank, launched_world_size
+from .launch import launched_local_rank, launched_rank, launched_world_size, rendezvous
 
 
 @dataclass
@@ -31,14 +31,14 @@ class DistEnv:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when available, else CPU. Under torchrun each process gets cuda:LOCAL_RANK."""
+    """``auto``: CUDA when available, else CPU. Each launched process gets cuda:<its local rank>."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RunError(f"--device {name}: CUDA is not available on this machine")
-        if name == "cuda":
-            name = f"cuda:{local_rank}"
+        if name == "cuda":  # a task that sees one device (srun --gpu-bind) uses it
+            name = f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
     try:
         return torch.device(name)
     except RuntimeError as exc:
@@ -46,15 +46,19 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def setup(device_name: str) -> DistEnv:
-    """Join the torchrun process group if WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    """Join the process group when a launcher (torchrun, srun, mpirun) started more than
+    one process (nccl on CUDA, gloo on CPU); rank 0's address: :func:`.launch.rendezvous`."""
     world, rank = launched_world_size(), launched_rank()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = launched_local_rank()
     device = pick_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
+        addr, port = rendezvous()
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
+                                world_size=world, timeout=timedelta(minutes=30))
     return DistEnv(rank, world, local_rank, device)
 
 

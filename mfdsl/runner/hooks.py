@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 # Test hooks (docs/training.md), read from the environment when a run starts: SIGKILL the
 # process right after optimizer step N (after that step's checkpoint, if any); make the loss
 # of step N non-finite; send rank 0 SIGNAME (default SIGTERM) at the boundary after step N,
-# as a scheduler would.
+# as a scheduler would; record, in DIR/rank<R>.txt, "step index" for every training sample a
+# rank's loader draws.
+SAMPLES_ENV = "MFDSL_TEST_RECORD_SAMPLES"
 KILL_ENV = "MFDSL_TEST_KILL_AFTER_STEP"
 NAN_ENV = "MFDSL_TEST_NAN_AT_STEP"
 SIGNAL_ENV = "MFDSL_TEST_SIGNAL_AT_STEP"
@@ -280,3 +282,34 @@ class TestKill(Hook):
     def step_end(self, at: StepEnd) -> None:
         if self.at == at.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordedSampler:
+    """The test hook that records which sample each optimizer step draws: a training
+    sampler whose keys are written as the loader draws them (``SAMPLES_ENV``)."""
+
+    def __init__(self, sampler: Any, folder: str, rank: int, first_step: int,
+                 first_micro: int, per_device: int, accum: int) -> None:
+        self.sampler, self.path = sampler, os.path.join(folder, f"rank{rank}.txt")
+        self.first_step, self.first_micro = first_step, first_micro
+        self.per_device, self.accum = per_device, accum
+
+    @classmethod
+    def wrap(cls, sampler: Any, rank: int, first_step: int, first_micro: int,
+             per_device: int, accum: int) -> Any:
+        folder = os.environ.get(SAMPLES_ENV)
+        if not folder:
+            return sampler
+        return cls(sampler, folder, rank, first_step, first_micro, per_device, accum)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        with open(self.path, "a") as f:
+            for n, key in enumerate(self.sampler):
+                micro = self.first_micro + n // self.per_device
+                step = self.first_step + micro // self.accum + 1
+                f.write(f"{step} {key[0]}\n")
+                f.flush()
+                yield key

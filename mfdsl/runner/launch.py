@@ -9,25 +9,108 @@ its exit code. Multi-node runs still use torchrun itself (docs/training.md).
 from __future__ import annotations
 
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 OPTION = "--nproc-per-node"
 
 
+# What each launcher tells its processes, in the order launchers are recognised (the names
+# timm reads): (rank, world size, local rank) variables of torchrun (and this launcher),
+# SLURM's srun, Open MPI's mpirun, and MPICH / Intel MPI (PMI).
+LAUNCHERS = {
+    "torchrun": ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    "slurm": ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+    "openmpi": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    "pmi": ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+}
+DEFAULT_PORT = 29500
+
+
+def launcher() -> Optional[str]:
+    """The launcher that started this process (a key of ``LAUNCHERS``), None without one.
+    A SLURM batch script outside ``srun`` has SLURM_PROCID but is no task of a step
+    (SLURM_STEP_ID unset): it counts as no launcher."""
+    for name, (rank, world, _) in LAUNCHERS.items():
+        if rank in os.environ and world in os.environ:
+            if name == "slurm" and "SLURM_STEP_ID" not in os.environ:
+                continue
+            return name
+    return None
+
+
+def _read(which: int, default: int) -> int:
+    name = launcher()
+    return default if name is None else int(os.environ[LAUNCHERS[name][which]] or default)
+
+
 def under_launcher() -> bool:
-    """True inside a process that torchrun (or this launcher) started."""
-    return "WORLD_SIZE" in os.environ
+    """True inside a process that a launcher (torchrun, this one, srun, mpirun) started."""
+    return launcher() is not None
 
 
 def launched_rank() -> int:
-    """This process's global rank as its launcher (torchrun) set it, known before any
-    process group exists: the one place "is this rank 0" is read from the environment."""
-    return int(os.environ.get("RANK", "0"))
+    """This process's global rank as its launcher set it, known before any process group
+    exists: the one place "is this rank 0" is read from the environment."""
+    return _read(0, 0)
 
 
 def launched_world_size() -> int:
     """How many processes the launcher started (1 without one)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    name = launcher()
+    if name == "slurm" and "SLURM_STEP_NUM_TASKS" in os.environ:
+        return int(os.environ["SLURM_STEP_NUM_TASKS"])  # this step's tasks, not the job's
+    return _read(1, 1)
+
+
+def launched_local_rank() -> int:
+    """This process's rank on its machine (which device it uses); 0 without a launcher."""
+    name = launcher()
+    if name is None or LAUNCHERS[name][2] not in os.environ:
+        return 0
+    return int(os.environ[LAUNCHERS[name][2]])
+
+
+def job_id() -> Optional[str]:
+    """The identity of the job this process belongs to, the same in every incarnation of
+    it: SLURM's job and step id (a requeued job keeps both), or torchrun's rendezvous id
+    (``--rdzv-id``; kept over an elastic restart). None outside such a job."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        return f"slurm:{job}.{os.environ.get('SLURM_STEP_ID', 'batch')}"
+    run = os.environ.get("TORCHELASTIC_RUN_ID")
+    return f"torchrun:{run}" if run else None
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``gpu[07-09,12],cpu1`` -> ``gpu07``."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else \
+        nodelist[: nodelist.index("]") + 1]
+    if "[" not in head:
+        return head
+    prefix, rng = head[: head.index("[")], head[head.index("[") + 1: -1]
+    return prefix + rng.split(",")[0].split("-")[0]
+
+
+def rendezvous() -> Tuple[str, int]:
+    """Where rank 0 listens (MASTER_ADDR, MASTER_PORT), as the process group's ``env://``
+    reads it: from the environment, else, under srun, the job's first node and a port
+    derived from the job id (every task derives the same). RunError when neither says."""
+    from .errors import RunError
+
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    name = launcher()
+    if name == "slurm":
+        nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+        addr = addr or (first_host(nodes) if nodes else None)
+        job = os.environ.get("SLURM_JOB_ID")
+        port = port or (str(DEFAULT_PORT + int(job) % 20000) if job and job.isdigit() else None)
+    if not addr or not port:
+        missing = " and ".join(n for n, v in (("MASTER_ADDR", addr), ("MASTER_PORT", port))
+                               if not v)
+        raise RunError(f"{launched_world_size()} processes started by {name}, but {missing} "
+                       "is not set: export MASTER_ADDR (rank 0's host name) and MASTER_PORT (a "
+                       "free port there) to every process (docs/training.md)")
+    return addr, int(port)
 
 
 def without_option(argv: Sequence[str], option: str = OPTION) -> List[str]:

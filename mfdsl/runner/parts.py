@@ -19,6 +19,7 @@ from ..data.dataset import (BatchPreprocess, ResumableDistributedSampler, ShardS
                             train_transform)
 from .distributed import DistEnv
 from .errors import RunError
+from .hooks import RecordedSampler
 from .optim import create_optimizer
 from .plan import RunPlan
 from .run_data import RunData
@@ -132,6 +133,8 @@ def train_loader(parts: Parts, plan: RunPlan, env: DistEnv, *, epoch: int, micro
     continues where it stopped)."""
     sampler = ResumableDistributedSampler(parts.train_set, env.world_size, env.rank, seed=seed)
     sampler.set_position(epoch, micro * plan.batch.per_device)
+    sampler = RecordedSampler.wrap(sampler, env.rank, epoch * plan.steps_per_epoch, micro,
+                                   plan.batch.per_device, plan.batch.accum)
     return make_loader(parts.train_set, sampler, plan.batch.per_device, workers, seed + epoch,
                        drop_last=True, pin_memory=env.device.type == "cuda")
 

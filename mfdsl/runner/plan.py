@@ -282,6 +282,12 @@ def deviations(resolved: Dict[str, Any], official: Optional[Dict[str, Any]]
     return out
 
 
+def micro_per_epoch(train_images: int, world_size: int, per_device: int) -> int:
+    """Micro-batches per process in an epoch: each process gets ceil(N / world) samples
+    (the sampler pads) and drops its last partial micro-batch."""
+    return math.ceil(train_images / world_size) // per_device
+
+
 def _batches(recipe: RecipeSpec, opts: TrainOptions, world_size: int, data: DataPlan
              ) -> "tuple[BatchPlan, int, List[str]]":
     """(batch plan, micro-batches per epoch per process, notes). Each process gets
@@ -296,7 +302,7 @@ def _batches(recipe: RecipeSpec, opts: TrainOptions, world_size: int, data: Data
         global_batch = EMBEDDED_MAX_BATCH
     plan = plan_batches(world_size, recipe.batch_size, global_batch, opts.per_device_batch,
                         opts.accum)
-    micro = math.ceil(data.train_images / world_size) // plan.per_device
+    micro = micro_per_epoch(data.train_images, world_size, plan.per_device)
     if micro // plan.accum < 1:
         raise DataError(f"the training set ({data.train_images} images) is smaller than one "
                         f"global batch ({plan.global_batch}); lower --batch-size")

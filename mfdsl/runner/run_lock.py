@@ -20,6 +20,12 @@ Limits: where ``flock`` is not shared between hosts, two jobs on different hosts
 within the same instant can both take the lock (each sees no record yet), and a holder on
 another host that died is known dead only when its heartbeat is ``STALE_AFTER_S`` old.
 A stale lock (its holder gone) is taken over with a note naming it.
+
+A restarted job is not a second writer: a record naming the same job
+(:func:`~.launch.job_id`: SLURM job and step id, torchrun's rendezvous id) is taken over
+with a note, even when its holder still looks alive (a requeued job, an elastic restart, a
+rank 0 moved to another host, whose predecessor's flock the file system has not yet
+released). A record of another job, or of none, is refused as before.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from typing import Any, Dict, Optional
 
 from .. import runs
 from .errors import RunError
+from .launch import job_id
 
 LOCK_NAME = runs.LOCK_FILE
 HEARTBEAT_S = 30.0
@@ -91,6 +98,12 @@ class Holder:
     since: float
     command: str
     heartbeat: float  # mtime of the lock file
+    job: Optional[str] = None  # launch.job_id() of the holder
+
+    def same_job(self) -> bool:
+        """Whether the holder is an earlier incarnation of this process's job."""
+        mine = job_id()
+        return mine is not None and self.job == mine
 
     @classmethod
     def parse(cls, raw: bytes, mtime: float) -> Optional["Holder"]:
@@ -98,14 +111,15 @@ class Holder:
             d: Dict[str, Any] = json.loads(raw.decode("utf-8"))
             return cls(host=str(d["host"]), pid=int(d["pid"]), start=d.get("start"),
                        since=float(d.get("since", 0.0)), command=str(d.get("command", "")),
-                       heartbeat=mtime)
+                       heartbeat=mtime, job=d.get("job"))
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         cmd = f", command: {self.command[:200]}" if self.command else ""
-        return f"host {self.host}, pid {self.pid}, since {when}{cmd}"
+        job = f", job {self.job}" if self.job else ""
+        return f"host {self.host}, pid {self.pid}{job}, since {when}{cmd}"
 
     def alive(self, now: float) -> bool:
         """Whether the holder still runs, as far as this host can tell."""
@@ -205,6 +219,8 @@ class RunLock:
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 holder = self._read(fd)
+                if holder is not None and holder.same_job():
+                    return False  # taken over by the record check, which notes it
                 raise RunLocked(self._busy_message(holder)) from None
             if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 self.notes.append(f"note: {self.folder}: the file system has no flock "
@@ -243,6 +259,10 @@ class RunLock:
         # With flock taken, a holder on this host is dead (the kernel would hold it for a
         # live one): only a record from another host can still be live (flock not shared).
         live = holder.alive(now) if (not flock_ok or holder.host != me[0]) else False
+        if live and holder.same_job():
+            self.notes.append(f"note: {self.path}: the lock of an earlier incarnation of this "
+                              f"job ({holder.describe()}) was taken over")
+            return
         if live:
             raise RunLocked(self._busy_message(holder))
         self.notes.append(f"note: {self.path}: a stale lock of a process no longer running "
@@ -251,7 +271,8 @@ class RunLock:
     def _write_record(self, fd: int, command: Optional[str]) -> None:
         rec = {"host": socket.gethostname(), "pid": os.getpid(),
                "start": _proc_start(os.getpid()), "since": time.time(),
-               "command": command if command is not None else " ".join(sys.argv)}
+               "command": command if command is not None else " ".join(sys.argv),
+               "job": job_id()}
         blob = (json.dumps(rec, sort_keys=True) + "\n").encode("utf-8")
         os.ftruncate(fd, 0)
         os.pwrite(fd, blob, 0)
@@ -276,8 +297,12 @@ class RunLock:
         if self.fd is None:
             return
         try:
-            # Unlink while still holding it: a waiting opener then sees another inode.
-            if os.path.samestat(os.fstat(self.fd), os.stat(self.path)):
+            # Unlink while still holding it: a waiting opener then sees another inode. Not
+            # when a later incarnation of the job has taken the lock over (its record).
+            holder = self._read(self.fd)
+            mine = holder is None or (holder.host, holder.pid) == (socket.gethostname(),
+                                                                    os.getpid())
+            if mine and os.path.samestat(os.fstat(self.fd), os.stat(self.path)):
                 os.unlink(self.path)
         except OSError:
             pass

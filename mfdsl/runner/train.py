@@ -38,6 +38,7 @@ from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
 from .run_data import data_root, open_run_data
 from .run_folder import OutputPlan, RunContext, clear_run, plan_output, run_folder_of
 from .run_lock import RunLock
+from .shared_resume import agree_on_resume, output_view
 from .run_writer import recipe_record, write_run_end, write_run_start
 from .state import TrainState
 from .summary import run_summary, summary_line
@@ -223,11 +224,13 @@ def run_training(spec: ModelSpec, opts: TrainOptions, hooks: Sequence[Hook] = ()
 
 
 def _plan_and_setup(spec: ModelSpec, opts: TrainOptions, lock: Optional[RunLock]):
-    """Check the run folder, clean up interrupted writes, join the process group."""
+    """Check the run folder, clean up interrupted writes, join the process group, agree
+    on the resume checkpoint."""
     # The run folder is checked before the process group exists: under torchrun every rank
     # sees the same folder and refuses alike, and only rank 0 says so.
     with checked_alike_on_every_rank():
-        out = plan_output(spec, opts.output, opts.resume, opts.overwrite, opts.img_size,
+        out = plan_output(spec, output_view(opts.output or os.path.join("runs", spec.name)),
+                          opts.resume, opts.overwrite, opts.img_size,
                           [spec.source, opts.init_from])
     if lock is not None:
         notes = list(lock.notes)
@@ -237,6 +240,8 @@ def _plan_and_setup(spec: ModelSpec, opts: TrainOptions, lock: Optional[RunLock]
                          f"writes ({freed / 1e6:.1f} MB) from {out.output}")
         out.notes[:0] = notes
     env = setup(opts.device)
+    # Each rank planned its resume alone: from here on they share rank 0's pick (or refuse).
+    out = agree_on_resume(env, out)
     # Installed before the DataLoader workers are forked: they inherit a handler that only
     # sets a flag, so a SIGTERM sent to the whole job does not kill them mid-step.
     return out, env, StopWatch(distributed=env.distributed)
