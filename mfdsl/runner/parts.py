@@ -186,3 +186,5 @@ def _start_from(model: nn.Module, plan: RunPlan, source: str, option: str,
             "parts of another model that fit)") from None
     log(f"starting weights: {report.source} ({len(report.loaded)} tensors, "
         f"{report.format} layout)")
+    for note in report.notes:
+        log(f"note: {note}")
