@@ -308,6 +308,29 @@ class RecipeSpec(Node):
                                            "fine-tunes (none: from scratch).", STR,
                                            optional=True, cli="--finetune-from",
                                            examples=("caformer_s18",))
+    layer_decay: Optional[float] = setting(
+        None, "Layer-wise lr decay (timm's param_groups_layer_decay): the head trains at lr, "
+        "each block below it (a stage's downsampling with its first block; the stem last) "
+        "at this factor times the lr of the one above (none: off).", FLOAT, min=0,
+        min_exclusive=True, max=1, optional=True, cli="--layer-decay", cli_off=True,
+        examples=(0.75,))
+    freeze: Optional[str] = setting(
+        None, "Parts that do not train: places stem, stageI[-J][.blockK[-L]], output_norm, "
+        "head; kinds mixer, mlp, norm, scale, downsample; or place.kind (stage0-2.mixer), "
+        "separated by spaces (none: nothing frozen).", STR, optional=True, cli="--freeze",
+        cli_off=True, examples=("stem stage0-1", "norm"))
+    linear_probe: bool = setting(False, "Train the classifier head alone (everything else "
+                                 "frozen).", cli="--linear-probe")
+    adapters: Optional[str] = setting(
+        None, "Low-rank adapters (LoRA) on the linear and 1x1-conv layers of these parts "
+        "(the freeze syntax: mixer, mlp, stage2-3.mixer, ...), trained with the head "
+        "alone; merged into the weights by folding and export (none: no adapters).", STR,
+        optional=True, cli="--adapters", cli_off=True, examples=("mixer mlp",))
+    adapter_rank: int = setting(8, "Rank of each adapter.", min=1, max=4096,
+                                cli="--adapter-rank")
+    adapter_alpha: float = setting(16.0, "Adapter scale numerator: the update is alpha / "
+                                   "rank times B @ A.", min=0, min_exclusive=True, max=1e6,
+                                   cli="--adapter-alpha")
 
 
 @dataclass

@@ -94,6 +94,14 @@ def test_context_contradictions_are_refused_before_any_download(
         resolve_release(load_spec(SPECS / f"{spec_name}.mf"), which)
 
 
+def test_a_21k_release_starts_a_1k_fine_tune() -> None:
+    from mfdsl.weights import check_fits, lookup
+
+    # the head is remapped by the official class map when loaded (test_ckptformats_in21k)
+    check_fits(lookup("caformer_s18.sail_in22k"), load_spec(SPECS / "caformer_s18.mf"),
+               purpose="init")
+
+
 # --- fetching, verifying, loading ---------------------------------------------------------
 
 def test_offline_with_nothing_cached_is_a_clear_error(hub: Path) -> None:

@@ -264,6 +264,7 @@ def check_recipe(r: RecipeSpec) -> None:
             raise SpecError(f"train randaugment {_show(r.randaugment)}: {exc.message}",
                             r.loc("randaugment"), hint=exc.hint) from None
     _check_recipe_combinations(r)
+    _check_finetune(r)
     if r.warmup_epochs > r.epochs:
         raise SpecError(f"train warmup_epochs {r.warmup_epochs} exceeds epochs {r.epochs}",
                         r.loc("warmup_epochs"))
@@ -297,6 +298,32 @@ def _check_recipe_combinations(r: RecipeSpec) -> None:
         raise SpecError("train mixup_switch_prob is set but only matters when both mixup and "
                         "cutmix are on", r.loc("mixup_switch_prob"),
                         hint="remove it, or turn on both mixup and cutmix")
+
+
+def _check_finetune(r: RecipeSpec) -> None:
+    """The selections' syntax, and fine-tuning modes that exclude each other."""
+    from ..layers.select import parse_selection
+
+    for name in ("freeze", "adapters"):
+        text = getattr(r, name)
+        if text is not None:
+            try:
+                parse_selection(text)
+            except ValueError as exc:
+                raise SpecError(f"train {name} {_show(text)}: {exc}", r.loc(name),
+                                hint="e.g. freeze \"stem stage0-1\", adapters \"mixer mlp\""
+                                ) from None
+    base = RecipeSpec()
+    if r.adapters is None:
+        for name in ("adapter_rank", "adapter_alpha"):
+            if getattr(r, name) != getattr(base, name):
+                raise SpecError(f"train {name} is set but there are no adapters", r.loc(name),
+                                hint="remove it, or name the layers in adapters")
+    modes = [n for n in ("linear_probe", "adapters", "freeze") if getattr(r, n)]
+    if len(modes) > 1:
+        raise SpecError(f"train {modes[0]} and {modes[1]} both choose what trains "
+                        "(linear_probe: the head; adapters: adapters and the head; freeze: "
+                        "all but the parts named)", r.loc(modes[1]), hint="keep one")
 
 
 def _check_limits(spec: ModelSpec) -> None:

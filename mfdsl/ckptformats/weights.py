@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from .. import runs
 from ..errors import UserError
+from .in21k import IN1K_CLASSES, IN21K_CLASSES, class_map, remap_in21k_head
 
 __all__ = [
     "CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict",
@@ -83,6 +84,9 @@ class LoadReport:
     notes: List[str] = field(default_factory=list)
     # (name, why): right shape but unusable values (NaN, complex, integer, no data).
     bad_values: List[Tuple[str, str]] = field(default_factory=list)
+    # Keys whose 21841-class ImageNet-21K rows were mapped to 1000 ImageNet-1K rows by the
+    # official class map (mfdsl.ckptformats.in21k).
+    remapped: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -387,8 +391,10 @@ def load_checkpoint(
             "MetaFormer baselines in the official, timm or mfdsl layout")
     target = model.state_dict()
     converted, renamed = convert_state_dict(sd, target, fmt)
+    converted, remapped = remap_in21k_head(converted, target)
 
-    report = LoadReport(format=fmt, source=where, container=container, renamed=renamed)
+    report = LoadReport(format=fmt, source=where, container=container, renamed=renamed,
+                        remapped=remapped)
     # BatchNorm's step counter is bookkeeping that older checkpoints lack; torch fills it.
     report.missing = [k for k in target if k not in converted
                       and not k.endswith(".num_batches_tracked")]
@@ -438,6 +444,12 @@ def _unusable(v: torch.Tensor, want: torch.Tensor) -> Optional[str]:
 
 def _notes(model: nn.Module, fmt: str, report: LoadReport) -> List[str]:
     notes = []
+    if report.remapped:
+        _, _, missing = class_map()
+        notes.append(f"ImageNet-21K head ({IN21K_CLASSES} classes) mapped to the model's "
+                     f"{IN1K_CLASSES} ImageNet-1K classes by the official class map "
+                     f"({', '.join(report.remapped)}; class {missing}, absent from "
+                     "ImageNet-21K, takes the mean row)")
     # The MlpHead norm's eps is not stored in any checkpoint but changes the logits.
     head_norm = getattr(getattr(getattr(model, "head", None), "fc", None), "norm", None)
     eps = getattr(head_norm, "eps", None)

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from ..layers.activations import SquaredReLU, StarReLU, starrelu_into_linear
 from ..layers.block import Block, Scale
 from ..layers.norms import NormalizeOnly  # noqa: F401  (re-exported: a folded norm)
+from ..layers.adapters import merge_adapters
 from ..layers.variants import select_variants
 
 Report = Optional[List[str]]
@@ -353,8 +354,10 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
     ``model.folded`` lists the passes applied, the parameter counts before / after, and
     ``kept``: what could not be folded, and why.
     """
-    model = _prepare(model)
     before = sum(p.numel() for p in model.parameters())
+    # Adapters first: a weight parametrization does not survive a variant's class swap.
+    merged = merge_adapters(model) if isinstance(model, nn.Module) else []
+    model = _prepare(model)
     kept: List[str] = []
     for _, fn in PASSES:
         fn(model, kept)
@@ -363,7 +366,8 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
         model.register_forward_pre_hook(_refuse_training)
         model._mfdsl_fold_guard = True
     model.folded = {
-        "passes": [n for n, _ in PASSES], "params_before": before, "params_after": after,
+        "passes": (["adapters"] if merged else []) + [n for n, _ in PASSES],
+        "params_before": before, "params_after": after,
         "kept": kept,
     }
     return model

@@ -1,7 +1,7 @@
 """Optimizer with the recipe's weight-decay exclusions and its arguments as resolved."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -10,19 +10,32 @@ from ..ir import RecipeSpec
 from .errors import RunError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """Two groups: decayed matrices/kernels, and undecayed 1-D params.
+def param_groups(model: nn.Module, weight_decay: float,
+                 lr_scales: Optional[Dict[str, float]] = None) -> List[Dict[str, Any]]:
+    """Decayed matrices/kernels and undecayed 1-D params, per lr scale when
+    ``lr_scales`` (parameter name -> scale, layer-wise decay) is given.
 
     1-D params are norm weights and biases, layer/residual scales and StarReLU's scalars;
-    frozen params (RandomMixing's matrix) are left out of the optimizer entirely.
+    frozen params (RandomMixing's matrix, what a fine-tune freezes) are left out of the
+    optimizer entirely. With scales, each group holds ``lr_scale`` (the schedule's lr is
+    multiplied by it).
     """
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    groups: Dict[Any, Dict[str, Any]] = {}
+    if lr_scales is None:  # always the same two groups, in this order
+        groups = {True: dict(params=[], weight_decay=weight_decay),
+                  False: dict(params=[], weight_decay=0.0)}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay),
-            dict(params=no_decay, weight_decay=0.0)]
+        decay = p.ndim > 1
+        if lr_scales is None:
+            groups[decay]["params"].append(p)
+            continue
+        scale = lr_scales[name]
+        groups.setdefault((scale, decay), dict(
+            params=[], weight_decay=weight_decay if decay else 0.0, lr_scale=scale)
+        )["params"].append(p)
+    return list(groups.values())
 
 
 def _optimizer_class(name: str) -> type:
@@ -70,11 +83,12 @@ def optimizer_args(recipe: RecipeSpec, lr: float) -> Dict[str, Any]:
     return args
 
 
-def create_optimizer(model: nn.Module, recipe: RecipeSpec, lr: float) -> torch.optim.Optimizer:
+def create_optimizer(model: nn.Module, recipe: RecipeSpec, lr: float,
+                     lr_scales: Optional[Dict[str, float]] = None) -> torch.optim.Optimizer:
     """AdamW (torch, fused), LAMB (ForeachLamb: timm's update, foreach ops) or SGD with
     Nesterov momentum (torch; its default foreach path on CUDA, the per-tensor loop on
-    CPU), per the recipe."""
-    groups = param_groups(model, recipe.weight_decay)
+    CPU), per the recipe; ``lr_scales``: see :func:`param_groups`."""
+    groups = param_groups(model, recipe.weight_decay, lr_scales)
     args = optimizer_args(recipe, lr)
     args.pop("weight_decay")  # per group
     if recipe.optimizer.lower() == "adamw":

@@ -9,7 +9,7 @@ EMA. None of them writes anything or reads an image.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -84,12 +84,13 @@ def build_parts(plan: RunPlan, data: RunData, env: DistEnv, model: nn.Module, *,
 
         return DDP(m, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
+    scales = _apply_finetune(model, plan)  # adapters before compiling and DDP
     # The one device preparation (mfdsl.target.prepare); the variants were lowered in for
     # this plan: kept, not chosen again.
     forward_model = compile_for_target(model, mode=dp.mode, wrap=ddp if env.distributed
                                        else None, variants="keep", **dp.target())
     model = forward_model.model
-    optimizer = create_optimizer(model, r, plan.lr)
+    optimizer = create_optimizer(model, r, plan.lr, scales)
     fp16 = dp.amp and dp.torch_amp_dtype == torch.float16
     scaler = torch.amp.GradScaler(env.device.type, enabled=True) if fp16 else None
     mixup, criterion = _loss(plan)
@@ -107,6 +108,23 @@ def build_parts(plan: RunPlan, data: RunData, env: DistEnv, model: nn.Module, *,
                  train_prep=BatchPreprocess.for_transform(train_set.transform, env.device,
                                                           dp.channels_last),
                  mixup=mixup, scaler=scaler, step=step)
+
+
+def _apply_finetune(model: nn.Module, plan: RunPlan) -> Optional[Dict[str, float]]:
+    """The plan's freezing and adapters applied to ``model``; the per-parameter lr scales
+    of its layer decay (None without)."""
+    if not plan.finetune:
+        return None
+    from .finetune import apply_finetune
+
+    record = apply_finetune(model, plan.recipe)
+    if record["trainable"] != plan.finetune["trainable"]:  # the plan is what runs
+        raise RunError("the model's trainable parameters differ from the plan's")
+    ld = plan.finetune.get("layer_decay")
+    if ld is None:
+        return None
+    scales = {n: g["lr_scale"] for g in ld["groups"] for n in g["params"]}
+    return scales
 
 
 def _loss(plan: RunPlan):
@@ -189,3 +207,5 @@ def _start_from(model: nn.Module, plan: RunPlan, source: str, option: str,
             "parts of another model that fit)") from None
     log(f"starting weights: {report.source} ({len(report.loaded)} tensors, "
         f"{report.format} layout)")
+    for note in report.notes:
+        log(f"note: {note}")

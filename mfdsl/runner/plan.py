@@ -75,6 +75,8 @@ class RunPlan:
     official: Optional[Dict[str, Any]]
     deviations: List[Dict[str, Any]]
     notes: List[str] = field(default_factory=list)
+    # What a fine-tuning recipe trains (runner.finetune.apply_finetune's record); {}: all.
+    finetune: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def recipe(self) -> RecipeSpec:
@@ -139,6 +141,7 @@ class RunPlan:
             "init_from": self.init, "img_size": [int(v) for v in self.spec.img_size],
             "recipe": recipe_as_dict(r), "official": self.official,
             "deviations_from_official": self.deviations, "notes": self.notes,
+            "finetune": self.finetune or None,
         }
         if lr_per_step:
             if s.total_steps > MAX_LISTED_STEPS:
@@ -178,6 +181,10 @@ class RunPlan:
             + f"; best checkpoint by {self.best.label}",
             "init: " + (f"{init['kind']} {init['source']}" if init["source"] else "random"),
         ]
+        if self.finetune:
+            from .finetune import describe
+
+            lines.append(describe(self.finetune))
         if self.official is None:
             lines.append("official recipe: none (not a paper model)")
         elif not self.deviations:
@@ -348,6 +355,7 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
     }
     official = official_recipe(spec.name)
     devs = deviations(resolved, official)
+    finetune = _finetune_record(spec)
     if official is not None and sched.total_steps < sched.planned_steps:
         devs.append({"item": "total_steps", "official": sched.planned_steps,
                      "this_run": sched.total_steps})
@@ -357,7 +365,22 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
         optimizer={"name": r.optimizer, "args": {k: _plain(v) for k, v in opt_args.items()},
                    "no_weight_decay": "1-D params (norm weights, biases, scales)"},
         crop_scale_min=crop_min, hflip=opts.hflip, best=BestSelection(bool(r.ema)),
-        init=init, official=official, deviations=devs, notes=notes)
+        init=init, official=official, deviations=devs, notes=notes, finetune=finetune)
+
+
+def _finetune_record(spec: ModelSpec) -> Dict[str, Any]:
+    """What the recipe's fine-tuning trains, from the model built on the meta device
+    (names and shapes only; the run applies the same function to its model)."""
+    from .finetune import apply_finetune, finetuning
+
+    assert spec.recipe is not None
+    if not finetuning(spec.recipe):
+        return {}
+    from ..api import build_model
+
+    with torch.device("meta"):
+        model = build_model(spec, check_sizes=False)
+    return apply_finetune(model, spec.recipe)
 
 
 def _dry_run_device(device: str) -> torch.device:

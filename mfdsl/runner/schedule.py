@@ -129,8 +129,8 @@ class Schedule:
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         lr = self.lr_at(step)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        for g in optimizer.param_groups:  # lr_scale: layer-wise decay (runner.optim)
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         return lr
 
     def state_dict(self) -> Dict[str, Any]:

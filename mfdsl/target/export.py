@@ -56,8 +56,14 @@ def export_model(model: nn.Module, path: str, fmt: str, *, input_shape: Tuple[in
     if batch < 1:
         raise ExportError(f"batch must be >= 1, got {batch}")
     # The reference layers: the paper's forms, one graph whatever device reads the file.
+    from ..layers.adapters import has_adapters, merge_adapters
     from .prepare import compile_for_target
 
+    if has_adapters(model):  # an exported model has none: merged into the weights
+        import copy
+
+        model = copy.deepcopy(model)
+        merge_adapters(model)
     model = compile_for_target(model.eval(), "cpu", mode="eager", variants="reference",
                                channels_last=False).model
     # torch.export specialises a dimension whose example size is 1, so a dynamic batch is

@@ -73,8 +73,13 @@ def resolve_release(spec: ModelSpec, which: Which = True, *, purpose: str = "eva
 
 
 def check_fits(release: Release, spec: ModelSpec, purpose: str = "eval") -> None:
-    """Raise WeightsError when the release's context contradicts the spec's."""
-    if release.num_classes != spec.num_classes:
+    """Raise WeightsError when the release's context contradicts the spec's. To start a
+    fine-tune (``purpose="init"``), an ImageNet-21K head fits a 1000-class spec (loaded
+    through the official class map, :mod:`mfdsl.ckptformats.in21k`)."""
+    from ..ckptformats.in21k import IN1K_CLASSES, IN21K_CLASSES
+
+    remapped = purpose == "init" and (release.num_classes, spec.num_classes) == (IN21K_CLASSES, IN1K_CLASSES)
+    if release.num_classes != spec.num_classes and not remapped:
         raise WeightsError(
             f"{release.name} has a {release.num_classes}-class head; spec '{spec.name}' has "
             f"{spec.num_classes} classes (use --inherit {release.name} to start from its "

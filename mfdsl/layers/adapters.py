@@ -1,0 +1,82 @@
+"""Low-rank adapters (LoRA, Hu et al. 2021) on linear and 1x1-conv layers, and their merge.
+
+An adapter is a weight parametrization (``torch.nn.utils.parametrize``): the layer's
+weight reads ``W + (alpha / rank) * B @ A`` with A ``[rank, in]`` (Kaiming-uniform, as
+LoRA) and B ``[out, rank]`` (zeros, so a new adapter changes nothing). Every forward path
+that reads ``.weight`` (speed variants and fused blocks included) sees the adapted weight,
+so the adapter needs no per-layer forward. No dropout on the adapter's input: in weight
+space there is no separate input path for it. :func:`merge_adapters` writes ``W + delta``
+into the weight and removes the parametrization: the merged model computes the same
+function (the same weight up to one rounding of the sum) and has no adapter left.
+"""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .pointwise import Pointwise
+
+
+class LowRankDelta(nn.Module):
+    """The parametrization ``W -> W + scale * (B @ A)`` reshaped to W's shape."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, alpha: float,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
+        self.scale = alpha / rank
+        if not self.lora_a.is_meta:
+            nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        delta = (self.lora_b @ self.lora_a) * self.scale
+        return weight + delta.reshape(weight.shape).to(weight.dtype)
+
+
+def adaptable(module: nn.Module) -> bool:
+    """A Linear, a :class:`Pointwise` (Linear maths) or an ungrouped 1x1 Conv2d."""
+    if isinstance(module, (nn.Linear, Pointwise)):
+        return getattr(module, "weight", None) is not None and module.weight.dim() == 2
+    return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+            and module.groups == 1)
+
+
+def add_adapters(model: nn.Module, names: List[str], rank: int, alpha: float) -> List[str]:
+    """Adapters on the modules of ``model`` named in ``names`` (each :func:`adaptable`);
+    their base weights stay as they are. Returns the adapter parameters' names."""
+    modules = dict(model.named_modules())
+    for name in names:
+        m = modules[name]
+        w = m.weight
+        parametrize.register_parametrization(
+            m, "weight", LowRankDelta(w.shape[0], w.shape[1], rank, alpha,
+                                      device=w.device, dtype=w.dtype))
+    return [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in
+            ("lora_a", "lora_b")]
+
+
+def has_adapters(model: nn.Module) -> bool:
+    return any(isinstance(m, LowRankDelta) for m in model.modules())
+
+
+def merge_adapters(model: nn.Module) -> List[str]:
+    """Merge every adapter of ``model`` into its weight (in place); the merged modules'
+    names."""
+    done = []
+    for name, m in list(model.named_modules()):
+        plist = getattr(m, "parametrizations", None)
+        if plist is None or "weight" not in plist:
+            continue
+        if not any(isinstance(p, LowRankDelta) for p in plist["weight"]):
+            continue
+        requires_grad = plist["weight"].original.requires_grad
+        with torch.no_grad():
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        m.weight.requires_grad_(requires_grad)
+        done.append(name)
+    return done
