@@ -250,29 +250,32 @@ def read_yaml(text: str, path: str) -> Tuple[Any, _Document]:
 
 # --- schema validation -----------------------------------------------------------------
 
-@lru_cache(maxsize=1)
-def load_schema() -> Dict[str, Any]:
-    """The committed JSON Schema (``grammar/metaformer.schema.json``)."""
+@lru_cache(maxsize=2)
+def load_schema(space: bool = False) -> Dict[str, Any]:
+    """The committed JSON Schema (``grammar/metaformer.schema.json``, or with ``space``
+    ``grammar/metaformer-space.schema.json``)."""
     from ..resources import grammar_file
+    from ..schema import SPACE_SCHEMA_FILE
 
     try:
-        with open(grammar_file(SCHEMA_FILE), encoding="utf-8") as f:
+        with open(grammar_file(SPACE_SCHEMA_FILE if space else SCHEMA_FILE),
+                  encoding="utf-8") as f:
             return json.load(f)
     except OSError:  # a source tree without the generated file: build it in memory
-        from ..schema import build_schema
+        from ..schema import build_schema, build_space_schema
 
-        return build_schema()
+        return build_space_schema() if space else build_schema()
 
 
-@lru_cache(maxsize=1)
-def _validator() -> Any:
+@lru_cache(maxsize=2)
+def _validator(space: bool = False) -> Any:
     from jsonschema import Draft202012Validator, validators
 
     # JSON Schema counts 3.0 as an integer; a spec's integers must be written as integers.
     checker = Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
     strict = validators.extend(Draft202012Validator, type_checker=checker)
-    return strict(load_schema())
+    return strict(load_schema(space))
 
 
 def show_path(p: Path) -> str:
@@ -304,11 +307,12 @@ _TYPE_WORDS = {"integer": "an integer", "number": "a number", "boolean": "true o
                "string": "a string", "object": "a mapping", "array": "a list", "null": "null"}
 
 
-def validate(data: Any, doc: _Document) -> None:
-    """Raise SpecError for the most relevant schema violation, at its YAML position."""
+def validate(data: Any, doc: _Document, space: bool = False) -> None:
+    """Raise SpecError for the most relevant schema violation, at its YAML position
+    (``space``: against the design-space schema)."""
     from jsonschema.exceptions import best_match
 
-    error = best_match(_validator().iter_errors(data))
+    error = best_match(_validator(space).iter_errors(data))
     if error is None:
         return
     raise _schema_error(_call_level(error), doc)
@@ -416,6 +420,14 @@ def _schema_error(e: Any, doc: _Document) -> SpecError:
 def parse_yaml(text: str, path: str) -> ModelSpec:
     """Parse a YAML spec into the IR; raises SpecError located in the YAML text."""
     data, doc = read_yaml(text, path)
+    from .yaml_space import first_space_path
+
+    found = first_space_path(data)
+    if found is not None:
+        raise SpecError("this is a design space (it holds a choice, a $name, choices: or "
+                        "require:), not one model",
+                        doc.key_loc(found) if len(found) == 1 else doc.loc(found),
+                        hint="read it with `mfdsl space` or `mfdsl sample` (docs/spaces.md)")
     validate(data, doc)
     return _Builder(doc).model(data)
 
