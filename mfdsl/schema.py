@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from . import layers  # noqa: F401 - registers the built-in components the schema lists
 from .fields import BOOL, COUNT, FLOAT, FLOATS, INT, SIZE, STR, Field
-from .ir import (COUNT_PATTERN, Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec,
+from .ir import (BUDGET_METRICS, COUNT_PATTERN, Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec,
                  RecipeSpec, Setting, StageSpec, arg_data, call, call_data, default_downsample,
                  default_stem, setting_data, settings_of)
 from .registry import KINDS, Param, registry
@@ -351,8 +351,6 @@ def build_space_schema() -> Dict[str, Any]:
     """The JSON Schema of a ``.yaml`` design space: the spec format where each setting,
     mixer, depth and width may be ``{choice: [...]}``, ``{range: [lo, hi]}`` (integers)
     or ``$name``, plus ``choices:`` and ``require:`` (docs/spaces.md)."""
-    from .space.ir import METRICS
-
     s = copy.deepcopy(build_schema())
     s["$id"] = SPACE_SCHEMA_ID
     s["title"] = "mfdsl MetaFormer design space"
@@ -378,7 +376,7 @@ def build_space_schema() -> Dict[str, Any]:
               "max": _prop("max", "The highest value allowed (a count like 30M).",
                            _count_schema(), has_default=False)}
     budgets: Dict[str, Any] = {}
-    for metric in METRICS:
+    for metric in BUDGET_METRICS:
         props = dict(window)
         b: Dict[str, Any] = {"type": "object", "additionalProperties": False,
                              "minProperties": 1, "properties": props}

@@ -14,47 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..errors import Loc, SpecError
 from ..ir import ModelSpec
 from .mf_syntax import MAX_RANGE
-from .yaml_spec import Path, _Builder, _Document, read_yaml, validate
-
-SPACE_KEYS = ("choices", "require")  # top-level keys only a space has
-_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
-
-
-def choice_node(v: Any) -> Optional[str]:
-    """``"choice"`` or ``"range"`` when ``v`` is written as one, else None."""
-    if isinstance(v, dict) and len(v) == 1:
-        key = next(iter(v))
-        if key in ("choice", "range") and isinstance(v[key], list):
-            return key
-    return None
-
-
-def ref_name(v: Any) -> Optional[str]:
-    """``w`` for the string ``$w``, else None."""
-    m = _REF.match(v) if isinstance(v, str) else None
-    return m.group(1) if m else None
-
-
-def first_space_path(data: Dict[str, Any]) -> Optional[Path]:
-    """Where the document first writes a choice, a ``$name``, ``choices:`` or ``require:``."""
-    for key in data:
-        if key in SPACE_KEYS:
-            return (key,)
-    return _first_choice(data)
-
-
-def _first_choice(value: Any) -> Optional[Path]:
-    """The path (inside ``value``) of its first choice or ``$name``, or None."""
-    found: List[Path] = []
-
-    def visit(v: Any, p: Path) -> bool:
-        if not found and (choice_node(v) or ref_name(v)):
-            found.append(p)
-        return not found
-
-    _walk(value, (), visit)
-    return found[0] if found else None
-
+from .yaml_spec import (SPACE_KEYS, Path, _Builder, _Document, _first_choice, _walk,
+                        choice_node, read_yaml, ref_name, validate)
 
 @dataclass
 class YamlChoice:
@@ -213,18 +174,6 @@ def _choice(v: Dict[str, Any], p: Path, doc: _Document, name: Optional[str] = No
                             hint="list the combinations as alternatives of one choice")
     return YamlChoice(p, [(x, q + (j,), doc.loc(q + (j,))) for j, x in enumerate(items)],
                       loc, name)
-
-
-def _walk(v: Any, p: Path, visit: Any) -> None:
-    """Visit every value in document order; ``visit`` returns False to skip its inside."""
-    if not visit(v, p):
-        return
-    if isinstance(v, dict):
-        for k, x in v.items():
-            _walk(x, p + (k,), visit)
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            _walk(x, p + (i,), visit)
 
 
 def _put(data: Any, p: Path, value: Any) -> Any:

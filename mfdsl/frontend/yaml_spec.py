@@ -16,7 +16,7 @@ import json
 import math
 import re
 from functools import lru_cache
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -415,13 +415,66 @@ def _schema_error(e: Any, doc: _Document) -> SpecError:
     return SpecError(f"{where}: {e.message}", loc)
 
 
+# --- design-space forms (read by frontend/yaml_space.py; refused here) ---------------
+
+SPACE_KEYS = ("choices", "require")  # top-level keys only a space has
+_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def choice_node(v: Any) -> Optional[str]:
+    """``"choice"`` or ``"range"`` when ``v`` is written as one, else None."""
+    if isinstance(v, dict) and len(v) == 1:
+        key = next(iter(v))
+        if key in ("choice", "range") and isinstance(v[key], list):
+            return key
+    return None
+
+
+def ref_name(v: Any) -> Optional[str]:
+    """``w`` for the string ``$w``, else None."""
+    m = _REF.match(v) if isinstance(v, str) else None
+    return m.group(1) if m else None
+
+
+def first_space_path(data: Dict[str, Any]) -> Optional[Path]:
+    """Where the document first writes a choice, a ``$name``, ``choices:`` or ``require:``."""
+    for key in data:
+        if key in SPACE_KEYS:
+            return (key,)
+    return _first_choice(data)
+
+
+def _first_choice(value: Any) -> Optional[Path]:
+    """The path (inside ``value``) of its first choice or ``$name``, or None."""
+    found: List[Path] = []
+
+    def visit(v: Any, p: Path) -> bool:
+        if not found and (choice_node(v) or ref_name(v)):
+            found.append(p)
+        return not found
+
+    _walk(value, (), visit)
+    return found[0] if found else None
+
+
+def _walk(v: Any, p: Path, visit: Any) -> None:
+    """Visit every value in document order; ``visit`` returns False to skip its inside."""
+    if not visit(v, p):
+        return
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _walk(x, p + (k,), visit)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _walk(x, p + (i,), visit)
+
+
+
 # --- building the IR -------------------------------------------------------------------
 
 def parse_yaml(text: str, path: str) -> ModelSpec:
     """Parse a YAML spec into the IR; raises SpecError located in the YAML text."""
     data, doc = read_yaml(text, path)
-    from .yaml_space import first_space_path
-
     found = first_space_path(data)
     if found is not None:
         raise SpecError("this is a design space (it holds a choice, a $name, choices: or "

@@ -61,8 +61,7 @@ def space_or_none(path: str) -> Optional[Space]:
         syntax = parse_mf_space(text, path)
         plain = not syntax.choices and syntax.require is None
     else:
-        from ..frontend.yaml_space import first_space_path
-        from ..frontend.yaml_spec import read_yaml
+        from ..frontend.yaml_spec import first_space_path, read_yaml
 
         plain = first_space_path(read_yaml(text, path)[0]) is None
     return None if plain else load_space(path)
