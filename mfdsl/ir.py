@@ -429,4 +429,6 @@ def setting_data(v: Any) -> Any:
 
 # Counts (limits) may be written with an SI suffix: 2G = 2 * 10^9.
 COUNT_SUFFIX = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+# What a design space may budget (docs/spaces.md): here, below the schema and the spaces.
+BUDGET_METRICS = ("params", "macs", "train_memory")
 COUNT_PATTERN = r"^[0-9]{1,30}(\.[0-9]{1,30})?[KMGT]$"  # bounded: no count needs more

@@ -5,7 +5,7 @@ import json
 import math
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import click
 
@@ -158,23 +158,38 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
         click.echo("optimisations: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
 
 
-def _emit(spec: ModelSpec, fmt: str, dest_dir: str = ".",
+def _emit(spec: Any, fmt: str, dest_dir: str = ".",
           schema_ref: Optional[str] = None) -> str:
-    """The spec as ``fmt`` text; a YAML file's schema comment is relative to ``dest_dir``."""
+    """The spec or space as ``fmt`` text; a YAML file's schema comment is relative to
+    ``dest_dir``."""
+    from ..space.ir import Space
+
+    space = isinstance(spec, Space)
     if fmt == "mf":
+        if space:
+            from ..space.emit import to_mf_space
+
+            return to_mf_space(spec)
         from ..emit.mf import to_mf
 
         return to_mf(spec)
+    ref = schema_ref or _schema_ref(dest_dir, space)
+    if space:
+        from ..space.emit import to_yaml_space
+
+        return to_yaml_space(spec, ref)
     from ..emit.yaml import to_yaml
 
-    return to_yaml(spec, schema_ref=schema_ref or _schema_ref(dest_dir))
+    return to_yaml(spec, schema_ref=ref)
 
 
-def _schema_ref(dest_dir: str) -> str:
-    """The JSON Schema's path as seen from a YAML file in ``dest_dir`` (for editors)."""
+def _schema_ref(dest_dir: str, space: bool = False) -> str:
+    """The JSON Schema's path as seen from a YAML file in ``dest_dir`` (for editors); the
+    design-space schema's for a space."""
     from ..resources import grammar_file
+    from ..schema import SCHEMA_FILE, SPACE_SCHEMA_FILE
 
-    target = str(grammar_file("metaformer.schema.json"))
+    target = str(grammar_file(SPACE_SCHEMA_FILE if space else SCHEMA_FILE))
     try:
         rel = os.path.relpath(target, os.path.abspath(dest_dir or "."))
     except ValueError:  # another drive on Windows
@@ -196,7 +211,8 @@ def _format_of(path: str) -> str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write here instead of standard output.")
 def convert(spec: str, to: str, output: Optional[str]) -> None:
-    """Convert SPEC between .mf and .yaml, losslessly (A -> B -> A gives the same IR)."""
+    """Convert SPEC (a spec or a design space) between .mf and .yaml, losslessly (A -> B
+    -> A gives the same IR, or the same space)."""
     from ..api import load_spec
 
     if output:
@@ -215,7 +231,9 @@ def convert(spec: str, to: str, output: Optional[str]) -> None:
                                "overwrites its input (use `mfdsl fmt -w` to reformat a file "
                                "in place)", 1)
     dest = os.path.dirname(output) if output else os.path.dirname(spec)
-    text = _emit(load_spec(spec), to, dest)
+    from ..space.read import space_or_none
+
+    text = _emit(space_or_none(spec) or load_spec(spec), to, dest)
     if output:
         _write_atomic(output, text)
     else:
@@ -276,15 +294,16 @@ def _canonical(path: str) -> "tuple[str, str]":
     from ..api import MAX_SPEC_BYTES
     from ..fsio import read_regular
 
-    if _format_of(path) == "mf":
-        space_text = _space_canonical(path)
-        if space_text is not None:
-            return space_text
-    spec = load_spec(path)  # a non-regular or oversized file is refused here
+    from ..space.read import space_or_none
+
+    space = space_or_none(path)
+    spec = space or load_spec(path)  # a non-regular or oversized file is refused here
     original = read_regular(path, MAX_SPEC_BYTES, "spec file").decode("utf-8")
     if _format_of(path) == "mf":
-        from ..emit.mf import format_mf
+        from ..emit.mf import format_mf, with_header
 
+        if space is not None:
+            return original, with_header(original, _emit(space, "mf"))
         # load_spec accepts a byte-order mark; the canonical form has none.
         return original, format_mf(original.lstrip("\ufeff"), path)
     first = original.lstrip("\ufeff").split("\n", 1)[0]
@@ -292,22 +311,6 @@ def _canonical(path: str) -> "tuple[str, str]":
     if first.startswith("# yaml-language-server:") and "$schema=" in first:
         ref = first.split("$schema=", 1)[1].strip()  # keep the user's own schema reference
     return original, _emit(spec, "yaml", os.path.dirname(path), schema_ref=ref)
-
-
-def _space_canonical(path: str) -> "Optional[tuple[str, str]]":
-    """(file text, canonical form) of a design space; None for a plain spec."""
-    from ..frontend.mf import parse_mf_space
-    from ..pipeline import read_spec_text
-
-    original, _ = read_spec_text(path)
-    syntax = parse_mf_space(original, path)
-    if not syntax.choices and syntax.require is None:
-        return None
-    from ..emit.mf import with_header
-    from ..space.emit import to_mf_space
-    from ..space.read import load_space
-
-    return original, with_header(original, to_mf_space(load_space(path)))
 
 
 def _comments(text: str) -> list:

@@ -26,7 +26,7 @@ LINE_WIDTH = 96
 
 # --- scalars ---------------------------------------------------------------------------
 
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
+_PLAIN = re.compile(r"^\$?[A-Za-z_][A-Za-z0-9_.\-/]*$")  # $name: a design space's
 _RESERVED = {"true", "false", "null", "y", "n", "yes", "no", "on", "off"}
 
 
@@ -195,7 +195,7 @@ def _block(d: Dict[str, Any], indent: int, out: List[str]) -> None:
                     first = False
             continue
         one = f"{pad}{scalar(k)}: {flow(v)}"
-        block = k in ("defaults", "train") or len(one) > LINE_WIDTH
+        block = k in ("defaults", "train", "choices", "require") or len(one) > LINE_WIDTH
         if not isinstance(v, dict) or not v or not block:
             out.append(one)
         else:
@@ -205,8 +205,13 @@ def _block(d: Dict[str, Any], indent: int, out: List[str]) -> None:
 
 def to_yaml(spec: ModelSpec, schema_ref: str = "../grammar/metaformer.schema.json") -> str:
     """Canonical YAML text of ``spec``: only the settings that differ from the defaults."""
+    return yaml_text(spec_data(spec), schema_ref)
+
+
+def yaml_text(data: Dict[str, Any], schema_ref: str) -> str:
+    """A document's data as canonical YAML text, headed by its schema reference."""
     out = [f"# yaml-language-server: $schema={schema_ref}"]
-    _block(spec_data(spec), 0, out)
+    _block(data, 0, out)
     return "\n".join(out) + "\n"
 
 

@@ -16,7 +16,7 @@ import json
 import math
 import re
 from functools import lru_cache
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -250,29 +250,32 @@ def read_yaml(text: str, path: str) -> Tuple[Any, _Document]:
 
 # --- schema validation -----------------------------------------------------------------
 
-@lru_cache(maxsize=1)
-def load_schema() -> Dict[str, Any]:
-    """The committed JSON Schema (``grammar/metaformer.schema.json``)."""
+@lru_cache(maxsize=2)
+def load_schema(space: bool = False) -> Dict[str, Any]:
+    """The committed JSON Schema (``grammar/metaformer.schema.json``, or with ``space``
+    ``grammar/metaformer-space.schema.json``)."""
     from ..resources import grammar_file
+    from ..schema import SPACE_SCHEMA_FILE
 
     try:
-        with open(grammar_file(SCHEMA_FILE), encoding="utf-8") as f:
+        with open(grammar_file(SPACE_SCHEMA_FILE if space else SCHEMA_FILE),
+                  encoding="utf-8") as f:
             return json.load(f)
     except OSError:  # a source tree without the generated file: build it in memory
-        from ..schema import build_schema
+        from ..schema import build_schema, build_space_schema
 
-        return build_schema()
+        return build_space_schema() if space else build_schema()
 
 
-@lru_cache(maxsize=1)
-def _validator() -> Any:
+@lru_cache(maxsize=2)
+def _validator(space: bool = False) -> Any:
     from jsonschema import Draft202012Validator, validators
 
     # JSON Schema counts 3.0 as an integer; a spec's integers must be written as integers.
     checker = Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
     strict = validators.extend(Draft202012Validator, type_checker=checker)
-    return strict(load_schema())
+    return strict(load_schema(space))
 
 
 def show_path(p: Path) -> str:
@@ -304,11 +307,12 @@ _TYPE_WORDS = {"integer": "an integer", "number": "a number", "boolean": "true o
                "string": "a string", "object": "a mapping", "array": "a list", "null": "null"}
 
 
-def validate(data: Any, doc: _Document) -> None:
-    """Raise SpecError for the most relevant schema violation, at its YAML position."""
+def validate(data: Any, doc: _Document, space: bool = False) -> None:
+    """Raise SpecError for the most relevant schema violation, at its YAML position
+    (``space``: against the design-space schema)."""
     from jsonschema.exceptions import best_match
 
-    error = best_match(_validator().iter_errors(data))
+    error = best_match(_validator(space).iter_errors(data))
     if error is None:
         return
     raise _schema_error(_call_level(error), doc)
@@ -411,11 +415,72 @@ def _schema_error(e: Any, doc: _Document) -> SpecError:
     return SpecError(f"{where}: {e.message}", loc)
 
 
+# --- design-space forms (read by frontend/yaml_space.py; refused here) ---------------
+
+SPACE_KEYS = ("choices", "require")  # top-level keys only a space has
+_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def choice_node(v: Any) -> Optional[str]:
+    """``"choice"`` or ``"range"`` when ``v`` is written as one, else None."""
+    if isinstance(v, dict) and len(v) == 1:
+        key = next(iter(v))
+        if key in ("choice", "range") and isinstance(v[key], list):
+            return key
+    return None
+
+
+def ref_name(v: Any) -> Optional[str]:
+    """``w`` for the string ``$w``, else None."""
+    m = _REF.match(v) if isinstance(v, str) else None
+    return m.group(1) if m else None
+
+
+def first_space_path(data: Dict[str, Any]) -> Optional[Path]:
+    """Where the document first writes a choice, a ``$name``, ``choices:`` or ``require:``."""
+    for key in data:
+        if key in SPACE_KEYS:
+            return (key,)
+    return _first_choice(data)
+
+
+def _first_choice(value: Any) -> Optional[Path]:
+    """The path (inside ``value``) of its first choice or ``$name``, or None."""
+    found: List[Path] = []
+
+    def visit(v: Any, p: Path) -> bool:
+        if not found and (choice_node(v) or ref_name(v)):
+            found.append(p)
+        return not found
+
+    _walk(value, (), visit)
+    return found[0] if found else None
+
+
+def _walk(v: Any, p: Path, visit: Any) -> None:
+    """Visit every value in document order; ``visit`` returns False to skip its inside."""
+    if not visit(v, p):
+        return
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _walk(x, p + (k,), visit)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _walk(x, p + (i,), visit)
+
+
+
 # --- building the IR -------------------------------------------------------------------
 
 def parse_yaml(text: str, path: str) -> ModelSpec:
     """Parse a YAML spec into the IR; raises SpecError located in the YAML text."""
     data, doc = read_yaml(text, path)
+    found = first_space_path(data)
+    if found is not None:
+        raise SpecError("this is a design space (it holds a choice, a $name, choices: or "
+                        "require:), not one model",
+                        doc.key_loc(found) if len(found) == 1 else doc.loc(found),
+                        hint="read it with `mfdsl space` or `mfdsl sample` (docs/spaces.md)")
     validate(data, doc)
     return _Builder(doc).model(data)
 

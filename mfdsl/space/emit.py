@@ -1,10 +1,11 @@
-"""The canonical ``.mf`` text of a space, and a choice's values as plain data.
+"""The canonical ``.mf`` and ``.yaml`` text of a space, and a choice's values as data.
 
-The base spec is printed by :func:`mfdsl.emit.mf.to_mf` with a marker at each choice's
-places; each marker is then replaced by the choice (``{sepconv | attention}``,
-``x{2..4}``, ``@{48, 64}``) or by ``$name`` for a named choice, defined at the top of the
-model. So a space prints in the canonical layout of a spec, and a one-point space prints
-exactly as its spec.
+The base spec is printed by :func:`mfdsl.emit.mf.to_mf` (or laid out as YAML data by
+:func:`mfdsl.emit.yaml.spec_data`) with a marker at each choice's places; each marker is
+then replaced by the choice (``{sepconv | attention}``, ``x{2..4}``, ``@{48, 64}``;
+``{choice: [sepconv, attention]}``, ``{range: [2, 4]}``) or by ``$name`` for a named
+choice, defined at the top. So a space prints in the canonical layout of a spec, and a
+one-point space prints exactly as its spec.
 """
 from __future__ import annotations
 
@@ -73,14 +74,19 @@ def _marker(current: Any, mark: str) -> Any:
     return mark
 
 
-def to_mf_space(space: Space) -> str:
-    """The canonical ``.mf`` text of ``space``; parsing it gives the same space."""
+def _marked(space: Space) -> Any:
+    """The base spec with choice k's marker at each of its places."""
     marked = space.base
     for k, choice in enumerate(space.choices):
         for place in choice.places:
             current = get_at(marked, place)
             marked = set_at(marked, place, _marker(current, _MARK.format(k)), choice.loc)
-    text = to_mf(marked)
+    return marked
+
+
+def to_mf_space(space: Space) -> str:
+    """The canonical ``.mf`` text of ``space``; parsing it gives the same space."""
+    text = to_mf(_marked(space))
     head: List[str] = []
     for k, choice in enumerate(space.choices):
         mark = _MARK.format(k)
@@ -94,3 +100,46 @@ def to_mf_space(space: Space) -> str:
         head.append("  require " + ", ".join(budget_text(b) for b in space.budgets))
     first, rest = text.split("\n", 1)
     return "\n".join([first, *head, rest]) if head else text
+
+
+def yaml_choice(choice: Choice) -> Dict[str, Any]:
+    """``{choice: [...]}`` or ``{range: [lo, hi]}``: a choice as YAML data."""
+    if choice.range is not None:
+        return {"range": list(choice.range)}
+    return {"choice": [value_data(a.values[0]) for a in choice.alternatives]}
+
+
+def budget_data(b: Budget) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, v in (("min", b.low), ("max", b.high)):
+        if v is not None:
+            out[key] = _count_text(v)
+    if b.batch is not None:
+        out["batch"] = b.batch
+    return out
+
+
+def to_yaml_space(space: Space, schema_ref: str) -> str:
+    """The canonical ``.yaml`` text of ``space``; reading it gives the same space."""
+    from ..emit.yaml import spec_data, yaml_text
+
+    by_mark = {_MARK.format(k): c for k, c in enumerate(space.choices)}
+
+    def put(v: Any) -> Any:
+        if isinstance(v, str) and v in by_mark:
+            c = by_mark[v]
+            return f"${c.name}" if c.tied else yaml_choice(c)
+        if isinstance(v, dict):
+            return {k: put(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [put(x) for x in v]
+        return v
+
+    body = put(spec_data(_marked(space)))
+    head: Dict[str, Any] = {"model": body.pop("model")}
+    tied = {c.name: yaml_choice(c) for c in space.choices if c.tied}
+    if tied:
+        head["choices"] = tied
+    if space.budgets:
+        head["require"] = {b.metric: budget_data(b) for b in space.budgets}
+    return yaml_text({**head, **body}, schema_ref)

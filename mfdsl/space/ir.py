@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
 from ..errors import Loc
-from ..ir import ModelSpec
+from ..ir import BUDGET_METRICS, ModelSpec
 
 Path = Tuple[Any, ...]  # field names and stage indices from the ModelSpec
 
-METRICS = ("params", "macs", "train_memory")
+METRICS = BUDGET_METRICS
 
 
 @dataclass(frozen=True)

@@ -26,24 +26,45 @@ Build = Callable[[Sequence[int]], ModelSpec]
 
 
 def load_space(path: Union[str, "os.PathLike[str]"]) -> Space:
-    """Read a ``.mf`` space (a plain spec is a one-point space); SpecError, located."""
+    """Read a ``.mf`` or ``.yaml`` space (a plain spec is a one-point space); SpecError,
+    located."""
     from ..pipeline import read_spec_text
     from ..plugins import load_plugins
 
     load_plugins()
     path = os.fspath(path)
     text, ext = read_spec_text(path)
-    if ext != ".mf":
-        raise SpecError("design spaces are read from .mf files only (YAML spaces are not "
-                        "supported yet)", path=path, hint="write the space as .mf")
-    from ..frontend.mf import parse_mf_space
+    front: Any
+    if ext == ".mf":
+        from ..frontend.mf import parse_mf_space
 
-    front = parse_mf_space(text, path)
+        front = parse_mf_space(text, path)
+    else:
+        from ..frontend.yaml_space import read_yaml_space
+
+        front = read_yaml_space(text, path)
     space = space_of(front.build, front.choice_sites(), budgets_of(front.budget_sites()))
     space.source = path
     space.base.source = path
     check_alternatives(space)
     return space
+
+
+def space_or_none(path: str) -> Optional[Space]:
+    """The space in ``path``, or None when it is a plain spec (no choice, no budgets)."""
+    from ..pipeline import read_spec_text
+
+    text, ext = read_spec_text(path)
+    if ext == ".mf":
+        from ..frontend.mf import parse_mf_space
+
+        syntax = parse_mf_space(text, path)
+        plain = not syntax.choices and syntax.require is None
+    else:
+        from ..frontend.yaml_spec import first_space_path, read_yaml
+
+        plain = first_space_path(read_yaml(text, path)[0]) is None
+    return None if plain else load_space(path)
 
 
 def space_of(build: Build, sites: Sequence[Tuple[Optional[str], List[Loc], Loc,
