@@ -347,6 +347,27 @@ class LimitsSpec(Node):
         examples=("64G",))
 
 
+def default_dense_norm() -> Call:
+    """GroupNorm(1, C) with weight and bias, eps 1e-5: the norm the official PoolFormer
+    backbone (``fork_feat``) puts on each output."""
+    return call("modified_layernorm", bias=True, eps=1e-5)
+
+
+@dataclass
+class DenseSpec(Node):
+    """The feature maps a detection / segmentation backbone yields: the outputs of the
+    stages in ``outputs``, each through ``norm`` unless ``norms`` names another for that
+    stage (``stage0 identity``: the official RetinaNet setting, which skips stage 0's)."""
+
+    outputs: Tuple[int, ...] = (0, 1, 2, 3)  # stage indices, increasing
+    norm: Call = setting(None, "Norm on each dense output (B, C, H, W) map.", "norm",
+                         factory=default_dense_norm)
+    norms: Dict[int, Call] = field(default_factory=dict)  # per-stage override of norm
+
+    def norm_for(self, stage: int) -> Call:
+        return self.norms.get(stage, self.norm)
+
+
 @dataclass
 class ModelSpec(Node):
     name: str = setting("model", "The model's name (e.g. caformer_s18).")
@@ -364,6 +385,7 @@ class ModelSpec(Node):
     eval: EvalSpec = field(default_factory=EvalSpec)
     limits: LimitsSpec = field(default_factory=LimitsSpec)
     recipe: Optional[RecipeSpec] = None
+    dense: Optional[DenseSpec] = None  # dense outputs: the spec is a backbone too
     source: Optional[str] = field(default=None, compare=False, repr=False)  # file path
 
     @property

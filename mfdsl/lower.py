@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from .errors import SpecError
 from .ir import Call, DownsampleSpec, ModelSpec, StageSpec, call, settings_of
+from .layers.dense import DenseNorms
 from .layers.block import Block, Downsample, Mlp, Stage, mlp_hidden
 from .layers.variants import select_variants, variants_for, variants_in_use
 from .model import ClassifierHead, MetaFormer
@@ -110,7 +111,11 @@ def lower(spec: ModelSpec, target: str = "cpu",
     ctx = BuildContext(prev, res[-1], len(spec.stages) - 1, 0, target, position=POOLED)
     head = ClassifierHead(make_component("norm", spec.output_norm, ctx),
                           make_classifier(spec, spec.num_classes, target))
-    model = MetaFormer(spec, stem, stages, head)
+    dense = None
+    if spec.dense is not None:
+        dense = DenseNorms({i: make_component("norm", spec.dense.norm_for(i), BuildContext(
+            spec.stages[i].width, res[i], i, 0, target)) for i in spec.dense.outputs})
+    model = MetaFormer(spec, stem, stages, head, dense)
     model.make_classifier = ClassifierMaker(spec, target)
     init_weights(model)
     # The layers are built in their reference form; the target's eager speed variants

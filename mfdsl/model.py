@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from .ir import ModelSpec
+from .layers.dense import DENSE_PREFIX, DenseBackbone, DenseNorms
 from .layers.contract import TimmContract, check_global_pool, classifier_path
 
 FIRST_CONV = "stem.conv"  # timm's pretrained_cfg["first_conv"]: the stem's convolution
@@ -66,12 +67,16 @@ class MetaFormer(TimmContract, nn.Module):
     timm's model contract (:mod:`mfdsl.layers.contract`) comes with it."""
 
     def __init__(self, spec: ModelSpec, stem: nn.Module, stages: Sequence[nn.Module],
-                 head: ClassifierHead) -> None:
+                 head: ClassifierHead, dense: Optional[DenseNorms] = None) -> None:
         super().__init__()
         self.spec = spec
         self.stem = stem
         self.stages = nn.Sequential(*stages)
         self.head = head
+        if dense is not None:  # the spec's dense outputs: their norms (see backbone())
+            self.dense = dense
+        # Tensors no classification checkpoint holds: loading one reports them as new.
+        self.new_weight_prefixes = (DENSE_PREFIX,)
         self.num_classes = spec.num_classes
         self.num_features = self.head_hidden_size = spec.stages[-1].width
         self.in_chans = spec.in_chans
@@ -112,6 +117,15 @@ class MetaFormer(TimmContract, nn.Module):
             if i in want:
                 out.append(x.permute(0, 3, 1, 2))
         return out
+
+    def backbone(self) -> DenseBackbone:
+        """The spec's dense backbone, sharing this model's stem, stages and dense norms:
+        ``backbone()(x)`` is the list of (B, C, H, W) maps of its dense outputs."""
+        dense = getattr(self, "dense", None)
+        if dense is None:
+            raise ValueError(f"{self.spec.name} has no dense outputs: add a `dense outputs "
+                             "(...)` line to its spec")
+        return DenseBackbone(self.stem, self.stages, dense)
 
     def frozen_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if not p.requires_grad)

@@ -118,6 +118,9 @@ class Component:
     # there (docs). Undeclared positions are refused by the checks.
     positions: Tuple[str, ...] = (MAP,)
     builtin: bool = False
+    # For mixers: whether the module built for one input size runs at any other (False:
+    # its weights are sized by the spec's input, like random mixing's N x N matrix).
+    any_size: bool = True
 
     def param(self, name: str) -> Optional[Param]:
         for p in self.params:
@@ -153,12 +156,15 @@ class Registry:
         check: Optional[Check] = None,
         replace: bool = False,
         positions: Optional[Sequence[str]] = None,
+        any_size: bool = True,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: register ``factory`` as component ``name`` of ``kind``.
 
         ``positions`` (norms): where the component is correct, MAP and/or POOLED; default
         MAP only, so a norm that has not said what it means on a pooled (B, C) vector is
-        refused in the head.
+        refused in the head. ``any_size`` (mixers): False when the module is sized for the
+        spec's input and cannot run at another size; such a mixer is refused in a spec with
+        dense outputs.
         """
         if kind not in KINDS:
             raise RegistryError(f"unknown component kind {kind!r}; expected one of {KINDS}")
@@ -183,7 +189,7 @@ class Registry:
                                     "pass replace=True to override it")
             text = doc or (factory.__doc__ or "").strip().split("\n")[0]
             table[name] = Component(kind, name, factory, tuple(params), text, check, where,
-                                    builtin)
+                                    builtin, bool(any_size))
             if not builtin:
                 self._replaces[kind][name] = replace
             return factory

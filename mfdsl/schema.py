@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Optional
 
 from . import layers  # noqa: F401 - registers the built-in components the schema lists
 from .fields import BOOL, COUNT, FLOAT, FLOATS, INT, SIZE, STR, Field
-from .ir import (BUDGET_METRICS, COUNT_PATTERN, Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec,
+from .ir import (BUDGET_METRICS, COUNT_PATTERN, Call, DenseSpec, DownsampleSpec, EvalSpec,
+                 LimitsSpec, ModelSpec,
                  RecipeSpec, Setting, StageSpec, arg_data, call, call_data, default_downsample,
-                 default_stem, setting_data, settings_of)
+                 default_stem, setting_data, setting_of, settings_of)
 from .registry import KINDS, Param, registry
 
 SCHEMA_FILE = "metaformer.schema.json"
@@ -290,6 +291,20 @@ def build_schema() -> Dict[str, Any]:
             "examples": [[{"mixer": "pooling", "depth": 2, "width": 64}]],
         },
         **_props(ModelSpec, base, ["output_norm", "head"]),
+        "dense": {
+            "title": "dense", "description": DenseSpec.__doc__.split("\n\n")[0].strip()
+            .replace("\n", " ").replace("    ", " "),
+            "type": "object", "additionalProperties": False, "required": ["outputs"],
+            "examples": [{"outputs": [0, 1, 2, 3], "stage0": "identity"}],
+            "properties": {
+                "outputs": {"title": "outputs", "description": "Indices of the stages whose "
+                            "outputs the backbone yields, increasing.", "type": "array",
+                            "minItems": 1, "items": {"type": "integer", "minimum": 0},
+                            "examples": [[0, 1, 2, 3], [1, 2, 3]]},
+                **_props(DenseSpec, DenseSpec(), ["norm"]),
+            },
+            "patternProperties": {"^stage[0-9]+$": value_schema(setting_of(DenseSpec, "norm"))},
+        },
         "eval": _block_def("eval", "The default evaluation transform.", EvalSpec, EvalSpec()),
         "limits": _block_def("limits", "Size limits, checked after the semantic checks and "
                              "before any real tensor is allocated.", LimitsSpec, LimitsSpec()),

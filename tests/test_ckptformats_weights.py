@@ -277,8 +277,8 @@ def test_unknown_layout_is_reported() -> None:
     assert "encoder.layer.0.weight" in str(err.value)
 
 
-def test_poolformer_v1_is_named() -> None:
-    with pytest.raises(CheckpointError, match="PoolFormer"):
+def test_poolformer_v1_into_another_model_is_named() -> None:
+    with pytest.raises(CheckpointError, match="format: poolformer_v1"):
         load_checkpoint(tiny("poolformerv2"), {"network.0.0.mlp.fc1.weight": torch.zeros(2)})
 
 

@@ -30,8 +30,8 @@ def test_validate_reports_each_bad_file_and_exits_2(tmp_path):
 
 @pytest.mark.parametrize("text, where, message", [
     ("model x {\n  stage attention x3 @100\n}\n", ":2:9:", "not divisible into heads"),
-    ("model x {\n  input 3x200x200\n  stage pooling x1 @64\n  stage pooling x1 @64\n"
-     "  stage pooling x1 @64\n  stage pooling x1 @64\n}\n", ":2:", "cannot be divided"),
+    ("model x {\n  input 3x2x2\n  stage pooling x1 @64\n  stage pooling x1 @64\n"
+     "  stage pooling x1 @64\n  stage pooling x1 @64\n}\n", ":2:", "would be empty"),
     ("model x {\n  stage pooling x0 @64\n}\n", ":2:", "depth"),
     ("model x {\n  stage pooling(pool_size=4) x1 @64\n}\n", ":2:", "must be odd"),
 ])

@@ -63,6 +63,8 @@ def _check(spec: ModelSpec) -> ModelSpec:
     ctx = BuildContext(last.width, res[-1], len(spec.stages) - 1, 0, position=POOLED)
     check_call("norm", spec.output_norm, ctx)
     check_call("head", spec.head, ctx)
+    if spec.dense is not None:
+        _check_dense(spec, res)
     _check_eval(spec)
     if spec.recipe is not None:
         check_recipe(spec.recipe)
@@ -90,37 +92,20 @@ def check_setting(node: Any, name: str, meta: Setting, v: Any, label: str) -> No
 
 
 def _check_resolutions(spec: ModelSpec) -> list:
+    """Each stage's (H, W) by the convs' floor formula: any input size that leaves every
+    map non-empty runs (a side need not be a multiple of the total stride)."""
     h, w = spec.img_size
     out = []
     for i, st in enumerate(spec.stages):
         ds = spec.stem if i == 0 else st.downsample
         if ds is not None:
             _check_downsample(ds, "stem" if i == 0 else f"stage {i} downsample")
-            for dim_name, size in (("height", h), ("width", w)):
-                if size % ds.stride:
-                    where = "the stem" if i == 0 else f"the downsampling before stage {i}"
-                    raise SpecError(
-                        f"input {dim_name} {spec.img_size[0 if dim_name == 'height' else 1]} "
-                        f"cannot be divided by the downsampling: {where} (stride "
-                        f"{ds.stride}) sees {size}",
-                        spec.loc("img_size"),
-                        hint=f"use an input size divisible by {_total_stride(spec)}",
-                    )
             h, w = ds.out_size(h), ds.out_size(w)
             if h < 1 or w < 1:
                 raise SpecError(f"the feature map of stage {i} would be empty ({h}x{w})",
-                                ds.loc(""), hint="use a larger input or fewer downsamplings")
+                                ds.loc("") or spec.loc("img_size"), hint="use a larger input or fewer downsamplings")
         out.append((h, w))
     return out
-
-
-def _total_stride(spec: ModelSpec) -> int:
-    s = 1
-    for i, st in enumerate(spec.stages):
-        ds = spec.stem if i == 0 else st.downsample
-        if ds is not None:
-            s *= ds.stride
-    return s
 
 
 def _check_downsample(ds: DownsampleSpec, what: str) -> None:
@@ -164,6 +149,38 @@ def _check_stage(spec: ModelSpec, i: int, st: StageSpec, res: Tuple[int, int],
         check_call("mixer", m, BuildContext(st.width, res, i, j))
     check_call("activation", st.mlp_act, BuildContext(mlp_hidden(st.mlp_ratio, st.width), res, i))
     check_call("norm", st.norm, BuildContext(st.width, res, i))
+
+
+def _check_dense(spec: ModelSpec, res: list) -> None:
+    """Outputs name existing stages in increasing order; each output's norm works on a
+    map; every mixer runs at any input size (a backbone sees many)."""
+    d = spec.dense
+    n = len(spec.stages)
+    prev = -1
+    for i in d.outputs:
+        if not _is_int(i) or not 0 <= i < n:
+            raise SpecError(f"dense output {_show(i)} is not a stage of this model (0 to "
+                            f"{n - 1})", d.loc("outputs"))
+        if i <= prev:
+            raise SpecError(f"dense outputs must be increasing stage indices, got "
+                            f"{', '.join(str(x) for x in d.outputs)}", d.loc("outputs"))
+        prev = i
+    for i in sorted(d.norms):
+        if i not in d.outputs:
+            raise SpecError(f"dense norm for stage{i}, which is not among the outputs",
+                            d.loc(f"stage{i}"), hint="add it to outputs or remove the norm")
+    for i in d.outputs:
+        check_call("norm", d.norm_for(i), BuildContext(spec.stages[i].width, res[i], i))
+    for i, st in enumerate(spec.stages):
+        for m in st.mixers:
+            comp = registry.get("mixer", m.name)
+            if comp is not None and not comp.any_size:
+                raise SpecError(
+                    f"stage {i} mixer '{m.name}' is sized for the spec's input and cannot "
+                    "run at other sizes, but this spec has dense outputs (a detection or "
+                    "segmentation backbone sees images of any size)", m.loc() or st.loc("mixers"),
+                    hint="mixers that take any input size: " + ", ".join(
+                        n for n in registry.names("mixer") if registry.get("mixer", n).any_size))
 
 
 def check_call(kind: str, c: Any, ctx: BuildContext) -> Dict[str, Any]:

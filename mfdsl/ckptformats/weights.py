@@ -7,7 +7,14 @@ module tree:
 * ``timm``     — ``stem.norm``, ``stages.{i}.downsample.norm``, MLP / SepConv pointwise
   layers stored as 1x1 convs in non-attention stages;
 * ``official`` — the sail-sg release: ``downsample_layers.{i}``, ``stages.{i}.{j}``,
-  ``norm``, ``head``.
+  ``norm``, ``head``;
+* ``poolformer_v1`` — the sail-sg/poolformer release: ``patch_embed``, ``network.{k}``
+  (even k: stage k/2's blocks, odd k: the downsampling before stage (k+1)/2), 1x1-conv
+  MLPs, ``layer_scale_{1,2}``, ``norm``, ``head``; its detection backbones' output norms
+  ``norm{k}`` are stage k/2's dense norm.
+
+A model may name tensors that no classification checkpoint holds (``new_weight_prefixes``:
+the dense outputs' norms); those it lacks are listed as new, initialised, not missing.
 
 Files are read without ever running pickled code: ``.safetensors`` with safetensors,
 anything else with ``torch.load(weights_only=True)``. A checkpoint that needs code to load
@@ -87,6 +94,9 @@ class LoadReport:
     # Keys whose 21841-class ImageNet-21K rows were mapped to 1000 ImageNet-1K rows by the
     # official class map (mfdsl.ckptformats.in21k).
     remapped: List[str] = field(default_factory=list)
+    # The model's own new tensors (its ``new_weight_prefixes``) the checkpoint lacks: they
+    # keep their initialisation, and are no error.
+    new: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -124,6 +134,7 @@ class LoadReport:
                     + ([f"    ... and {more} more"] if more > 0 else []))
 
         return (listed("missing from the checkpoint", self.missing)
+                + listed("new in the model, initialised", self.new)
                 + listed("not in the model", [self._named(k) for k in self.unexpected])
                 + listed("wrong shape", [f"{self._named(k)}: model expects {list(e)}, "
                                          f"checkpoint has {list(g)}"
@@ -287,7 +298,8 @@ _OURS = re.compile(r"^(stem|stages|head)\.")
 
 
 def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
-    """``"official"``, ``"timm"``, ``"mfdsl"`` or ``"unknown"``, from the key names.
+    """``"official"``, ``"poolformer_v1"``, ``"timm"``, ``"mfdsl"`` or ``"unknown"``, from
+    the key names.
 
     timm and mfdsl name almost everything alike; a timm checkpoint is recognised by its
     downsampling norms (``stem.norm``) or by 1x1-conv MLP weights.
@@ -295,6 +307,8 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
     keys = list(sd)
     if any(_OFFICIAL.match(k) for k in keys):
         return "official"
+    if any(_POOLFORMER_V1.match(k) for k in keys):
+        return "poolformer_v1"
     if any(_TIMM.match(k) for k in keys):
         return "timm"
     if any(re.search(r"\.(mlp\.fc[12]|pwconv[12])\.weight$", k) and sd[k].dim() == 4
@@ -302,8 +316,6 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
         return "timm"
     if any(_OURS.match(k) for k in keys):
         return "mfdsl"
-    if any(_POOLFORMER_V1.match(k) for k in keys):
-        return "poolformer_v1"
     return "unknown"
 
 
@@ -324,6 +336,8 @@ def _rename(key: str, fmt: str, target: Mapping[str, Any]) -> str:
         if key.startswith("head."):
             return "head.fc." + key[len("head."):]
         return key
+    if fmt == "poolformer_v1":
+        return _rename_poolformer_v1(key)
     if fmt == "timm":
         # timm calls the stem's norm and the downsampling norm both "norm"; mfdsl says
         # which side of the conv it is on.
@@ -333,6 +347,27 @@ def _rename(key: str, fmt: str, target: Mapping[str, Any]) -> str:
             order = ["post_norm", "pre_norm"] if base == "stem" else ["pre_norm", "post_norm"]
             return _pick([f"{base}.{n}.{rest}" for n in order], target)
         return key
+    return key
+
+
+def _rename_poolformer_v1(key: str) -> str:
+    m = re.match(r"^network\.(\d+)\.(.*)$", key)
+    if m:
+        k, rest = int(m.group(1)), m.group(2)
+        if k % 2:  # a downsampling PatchEmbed between stages
+            return f"stages.{(k + 1) // 2}.downsample.{rest.replace('proj.', 'conv.', 1)}"
+        rest = re.sub(r"^(\d+)\.", r"blocks.\1.", rest)
+        rest = re.sub(r"\.layer_scale_([12])$", r".layer_scale\1.scale", rest)
+        return f"stages.{k // 2}.{rest}"
+    if key.startswith("patch_embed.proj."):
+        return "stem.conv." + key[len("patch_embed.proj."):]
+    m = re.match(r"^norm(\d+)\.(.*)$", key)
+    if m:
+        return f"dense.stage{int(m.group(1)) // 2}.{m.group(2)}"
+    if key.startswith("norm."):
+        return "head." + key
+    if key.startswith("head."):
+        return "head.fc." + key[len("head."):]
     return key
 
 
@@ -385,10 +420,6 @@ def load_checkpoint(
     """
     sd, where, container = read_state_dict(path_or_state_dict, map_location)
     fmt = detect_format(sd)
-    if fmt == "poolformer_v1":
-        raise CheckpointError(
-            f"{where}: this is a PoolFormer (v1) checkpoint (keys 'network.*'); mfdsl loads "
-            "MetaFormer baselines in the official, timm or mfdsl layout")
     target = model.state_dict()
     converted, renamed = convert_state_dict(sd, target, fmt)
     converted, remapped = remap_in21k_head(converted, target)
@@ -396,8 +427,10 @@ def load_checkpoint(
     report = LoadReport(format=fmt, source=where, container=container, renamed=renamed,
                         remapped=remapped)
     # BatchNorm's step counter is bookkeeping that older checkpoints lack; torch fills it.
-    report.missing = [k for k in target if k not in converted
-                      and not k.endswith(".num_batches_tracked")]
+    absent = [k for k in target if k not in converted and not k.endswith(".num_batches_tracked")]
+    new_prefixes = tuple(getattr(model, "new_weight_prefixes", ()))
+    report.new = [k for k in absent if new_prefixes and k.startswith(new_prefixes)]
+    report.missing = [k for k in absent if k not in report.new]
     report.unexpected = [k for k in converted if k not in target]
     good: StateDict = {}
     for k, v in converted.items():

@@ -12,8 +12,9 @@ from decimal import Decimal
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..frontend.mf_vocab import BLOCKS, CONV_ARGS, DOWNSAMPLE_NORMS
-from ..ir import (COUNT, STAGE_SETTINGS, Call, DownsampleSpec, ModelSpec, Setting, StageSpec,
-                  default_downsample, default_stem, setting_of, settings_of)
+from ..ir import (COUNT, STAGE_SETTINGS, Call, DenseSpec, DownsampleSpec, ModelSpec, Setting,
+                  StageSpec, default_dense_norm, default_downsample, default_stem, setting_of,
+                  settings_of)
 
 __all__ = ["to_mf", "format_mf", "format_float", "format_value"]
 
@@ -65,6 +66,8 @@ def to_mf(spec: ModelSpec) -> str:
         body.append(f"output_norm {_call_text(spec.output_norm)}")
     if spec.head != ModelSpec().head:
         body.append(f"head {_call_text(spec.head)}")
+    if spec.dense is not None:
+        body.append(dense_text(spec.dense))
     for keyword, (fld, cls) in BLOCKS.items():
         node = getattr(spec, fld)
         if node is not None:  # a recipe is printed even when it is all defaults
@@ -72,6 +75,15 @@ def to_mf(spec: ModelSpec) -> str:
     lines.extend(INDENT + b for b in body)
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def dense_text(d: DenseSpec) -> str:
+    """The `dense ...` line."""
+    parts = ["dense outputs (" + ", ".join(str(i) for i in d.outputs) + ")"]
+    if d.norm != default_dense_norm():
+        parts.append(f"norm {_call_text(d.norm)}")
+    parts.extend(f"stage{i} {_call_text(c)}" for i, c in sorted(d.norms.items()))
+    return " ".join(parts)
 
 
 def format_mf(text: str, path: str) -> str:

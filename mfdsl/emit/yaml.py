@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from ..ir import (
     STAGE_SETTINGS, Call, DownsampleSpec, EvalSpec, LimitsSpec, ModelSpec, RecipeSpec,
-    StageSpec, call_data, default_downsample, default_stem, setting_data,
+    StageSpec, call_data, default_dense_norm, default_downsample, default_stem, setting_data,
     setting_of, settings_of,
 )
 
@@ -158,6 +158,12 @@ def spec_data(spec: ModelSpec) -> Dict[str, Any]:
         d["output_norm"] = call_data(spec.output_norm)
     if spec.head != base.head:
         d["head"] = call_data(spec.head)
+    if spec.dense is not None:
+        dd: Dict[str, Any] = {"outputs": list(spec.dense.outputs)}
+        if spec.dense.norm != default_dense_norm():
+            dd["norm"] = call_data(spec.dense.norm)
+        dd.update({f"stage{i}": call_data(c) for i, c in sorted(spec.dense.norms.items())})
+        d["dense"] = dd
     ev = _changed(spec.eval, EvalSpec())
     if ev:
         d["eval"] = ev

@@ -8,12 +8,14 @@ hint. Names of components (mixers, norms, ...) and value ranges are left to
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import Loc, SpecError, nearest
-from ..ir import (BOOL, COUNT, FLOAT, FLOATS, INT, STR, Call, DownsampleSpec, ModelSpec,
+from ..ir import (BOOL, COUNT, FLOAT, FLOATS, INT, STR, Call, DenseSpec, DownsampleSpec,
+                  ModelSpec,
                   Setting, StageSpec, default_downsample, default_stem, setting_of)
 from .mf_syntax import Atom, Block, CallNode, Line, ListNode, TupleNode, Width
 from .mf_vocab import (BLOCKS, CONV_ARGS, DOWNSAMPLE_NORMS, MODEL_KEYWORDS, RESERVED_NAMES,
@@ -164,6 +166,9 @@ class Interpreter:
             elif key == "stem":
                 spec.stem = self.downsample(head, cur, default_stem(), allow_none=False).changes
                 spec.locs["stem"] = head.loc
+            elif key == "dense":
+                spec.dense = self.dense(head, cur)
+                spec.locs["dense"] = head.loc
             elif key in ("output_norm", "head"):
                 item = cur.take(f"a {'norm' if key == 'output_norm' else 'head'}", key)
                 setattr(spec, key, self.component(item, key))
@@ -217,6 +222,40 @@ class Interpreter:
             return
         raise SpecError(f"input must be channels x height x width like 3x224x224, got "
                         f"{_describe(item)}", item.loc)
+
+    def dense(self, head: Atom, cur: _Cursor) -> DenseSpec:
+        """`dense outputs (0, 1, 2, 3) [norm N] [stageK N ...]`."""
+        node = DenseSpec()
+        node.locs[""] = head.loc
+        seen = _Seen("in dense")
+        example = "e.g. `dense outputs (0, 1, 2, 3) norm modified_layernorm stage0 identity`"
+        while not cur.done():
+            word = cur.take("", "")
+            if _is_word(word, "outputs"):
+                seen.add("outputs", word.loc)
+                item = cur.take("the stage indices, like (0, 1, 2, 3)", "outputs")
+                if not isinstance(item, TupleNode) or not item.items:
+                    raise SpecError(f"dense outputs must be a tuple of stage indices like "
+                                    f"(0, 1, 2, 3), got {_describe(item)}", item.loc)
+                node.outputs = tuple(self.integer(x, "each dense output") for x in item.items)
+                node.locs["outputs"] = item.loc
+            elif _is_word(word, "norm"):
+                seen.add("norm", word.loc)
+                item = cur.take("a norm", "norm")
+                node.norm = self.component(item, "the dense norm")
+                node.locs["norm"] = item.loc
+            elif _is_word(word) and re.fullmatch(r"stage[0-9]+", word.value):
+                seen.add(word.value, word.loc)
+                item = cur.take("a norm", word.value)
+                stage = int(word.value[len("stage"):])
+                node.norms[stage] = self.component(item, f"the {word.value} dense norm")
+                node.locs[word.value] = item.loc
+            else:
+                raise SpecError(f"expected outputs, norm or stage<i> in dense, got "
+                                f"{_describe(word)}", word.loc, hint=example)
+        if "outputs" not in seen.where:
+            raise SpecError("dense needs its outputs", head.loc, hint=example)
+        return node
 
     # -- stages --------------------------------------------------------------------------
 

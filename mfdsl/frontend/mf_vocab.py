@@ -73,6 +73,6 @@ DOWNSAMPLE_NORMS = downsample_norms()
 CONV_ARGS = conv_args()
 # Every word a model-level line may start with, in canonical print order.
 MODEL_KEYWORDS: Tuple[str, ...] = ("input", "classes", "stem", *STAGE_WORDS, "downsample",
-                                   "stage", "output_norm", "head", *BLOCKS)
+                                   "stage", "output_norm", "head", "dense", *BLOCKS)
 # Settings a stage line may carry; the same words at model level set every stage.
 STAGE_SETTING_WORDS: Tuple[str, ...] = (*STAGE_WORDS, "downsample")

@@ -22,7 +22,7 @@ import yaml
 
 from ..errors import Loc, SpecError, nearest
 from ..ir import (
-    COUNT, COUNT_SUFFIX, STAGE_SETTINGS, Call, DownsampleSpec, EvalSpec, LimitsSpec,
+    COUNT, COUNT_SUFFIX, STAGE_SETTINGS, Call, DenseSpec, DownsampleSpec, EvalSpec, LimitsSpec,
     ModelSpec, RecipeSpec, StageSpec, default_downsample, default_stem, setting_of,
     settings_of,
 )
@@ -526,11 +526,27 @@ class _Builder:
         for key in ("output_norm", "head"):
             if key in d:
                 self._set(spec, key, self.call(d[key], (key,)), (key,))
+        if "dense" in d:
+            self._set(spec, "dense", self.dense(d["dense"] or {}, ("dense",)), ("dense",))
         for key, fld, cls in (("eval", "eval", EvalSpec), ("limits", "limits", LimitsSpec),
                               ("train", "recipe", RecipeSpec)):
             if key in d:
                 self._set(spec, fld, self.settings_block(cls, d[key] or {}, (key,)), (key,))
         return spec
+
+    def dense(self, d: Dict[str, Any], p: Path) -> DenseSpec:
+        """``dense: {outputs: [...], norm: N, stageK: N}`` (keys checked by the schema)."""
+        node = DenseSpec()
+        node.locs[""] = self.doc.loc(p)
+        for k, v in d.items():
+            if k == "outputs":
+                self._set(node, "outputs", tuple(v), p + (k,))
+            elif k == "norm":
+                self._set(node, "norm", self.call(v, p + (k,)), p + (k,))
+            else:  # stage<i>
+                node.norms[int(k[len("stage"):])] = self.call(v, p + (k,))
+                node.locs[k] = self.doc.loc(p + (k,))
+        return node
 
     def settings_block(self, cls: type, d: Dict[str, Any], p: Path) -> Any:
         """An ``eval`` / ``limits`` / ``train`` mapping: every key is a declared setting."""

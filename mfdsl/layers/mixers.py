@@ -59,7 +59,7 @@ class RandomMixing(nn.Module):
         return y.reshape(b, h, w, c)
 
 
-@register_mixer("random", doc="frozen random token mixing (RandFormer); N = H*W of the stage")
+@register_mixer("random", any_size=False, doc="frozen random token mixing (RandFormer); N = H*W of the stage")
 def _random(ctx: BuildContext) -> nn.Module:
     h, w = ctx.resolution
     return RandomMixing(h * w)
@@ -335,7 +335,7 @@ class GlobalFilter(nn.Module):
         return torch.fft.irfft2(xf, s=(h, w), dim=(1, 2), norm="ortho").to(dtype)
 
 
-@register_mixer("global_filter", doc="global FFT filter (GFNet); sized by the stage resolution")
+@register_mixer("global_filter", any_size=False, doc="global FFT filter (GFNet); sized by the stage resolution")
 def _global_filter(ctx: BuildContext) -> nn.Module:
     h, w = ctx.resolution
     return GlobalFilter(ctx.dim, h, w)
