@@ -269,3 +269,8 @@ def test_variants_follow_the_mode() -> None:
     ref = compile_for_target(_model(), "cpu", mode="eager", variants="reference")
     assert variants_in_use(ref.model) == {}
     assert ref.summary["variants"] == []
+
+
+def test_cuda_graph_mode_is_refused_off_cuda():
+    with pytest.raises(TargetError, match="reduce-overhead .*needs target cuda"):
+        compile_for_target(_model(), "cpu", mode="reduce-overhead")

@@ -27,7 +27,7 @@ from ..layers.variants import select_variants, variants_for, variants_in_use
 
 TARGETS = ("cpu", "cuda")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-MODES = ("default", "max-autotune", "eager")
+MODES = ("default", "max-autotune", "reduce-overhead", "eager")
 VARIANT_CHOICES = ("auto", "reference", "keep")
 
 
@@ -108,6 +108,10 @@ class TargetModel(nn.Module):
                     x = torch.cat([x, pad]).contiguous(
                         memory_format=torch.channels_last if self.channels_last and
                         x.ndim == 4 else torch.contiguous_format)
+        if self.mode == "reduce-overhead":
+            # A new replay may overwrite the previous call's outputs: the step consumed
+            # them (the loss, the backward) before asking for the next micro-batch.
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             out = fn(x)
         return out[:n] if out.shape[0] != n else out
@@ -173,6 +177,9 @@ def _validate(device: torch.device, dtype: str, mode: str, variants: str) -> Non
     if variants not in VARIANT_CHOICES:
         raise TargetError(f"unknown variants {variants!r}; expected one of "
                           f"{', '.join(VARIANT_CHOICES)}")
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise TargetError("mode reduce-overhead (CUDA graphs) needs target cuda, got "
+                          f"{device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TargetError("target cuda was asked for but no CUDA device is available")
 
@@ -223,7 +230,8 @@ def compile_for_target(
     * ``dtype`` "bf16"/"fp16": parameters stay fp32, forward runs under autocast;
     * ``wrap``: e.g. DistributedDataParallel, applied after placement, before compiling;
     * ``mode`` "default"/"max-autotune": ``torch.compile`` with that mode (``fullgraph``
-      to refuse graph breaks); "eager": no compilation.
+      to refuse graph breaks); "reduce-overhead": the same plus CUDA graphs (cuda only;
+      ``runner/device_plan.py`` says when that is safe); "eager": no compilation.
 
     ``result.summary`` says what was applied. Raises :class:`TargetError` for bad
     options and :class:`mfdsl.errors.SpecError` for a bad spec.
