@@ -5,13 +5,16 @@
 #
 #   bash benchmarks/gpu_session.sh env tests variants          # call 1
 #   bash benchmarks/gpu_session.sh env models                  # call 2
+#   bash benchmarks/gpu_session.sh env step                    # the step (<= 10 min)
 #
 # Parts: env (GPU, versions), tests (the suite's CUDA cases: `pytest -k cuda`), suite (the
 # whole suite, CUDA present), variants (bench_variants.py, bf16), models (bench_models.py,
-# eager + compiled vs timm), sets (bench_variant_sets.py per model and task).
+# eager + compiled vs timm), sets (bench_variant_sets.py per model and task), step
+# (bench_step.py: the compiled training step vs timm's, bf16, LAMB both sides, MFU and the
+# optimizer's share; STEP_BUDGET seconds per model, compilation included, 3 x 170 s).
 # Packages the image lacks travel as wheels in .whl/ (carried, git-ignored).
 set -uo pipefail
-OUT=${OUT:-/tmp/mfdsl_gpu}
+OUT=${OUT:-./gpu_results}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -49,6 +52,8 @@ torch.cuda.get_device_name(0)); import mfdsl; print(\"mfdsl from\", mfdsl.__file
     models) part models "${LIMIT:-540}" python3 benchmarks/bench_models.py $MODELS \
               --device cuda --batch "$BATCH" --compile --rounds 5 --iters 5 --warmup 3 \
               --json "$OUT/models_cuda.json" ;;
+    step) part step "${LIMIT:-530}" python3 benchmarks/bench_step.py $MODELS --device cuda \
+            --batch "$BATCH" --dtype bf16 --budget-s "${STEP_BUDGET:-170}" --out "$OUT" ;;
     sets) for m in $MODELS; do for t in train infer; do
             part "sets_${m}_$t" "${LIMIT:-200}" python3 benchmarks/bench_variant_sets.py "$m" \
               --device cuda --task "$t" --batch "$BATCH" --rounds 7 --iters 5 \

@@ -198,6 +198,11 @@ class TrainOptions:
     device: str = option("auto", "auto, cpu, cuda, cuda:N.", flag="--device")
     compile: Optional[bool] = option(None, "torch.compile (default: on CUDA).", BOOL,
                                      optional=True, flag="--compile/--no-compile")
+    cuda_graphs: bool = option(
+        False, "CUDA graphs for the compiled forward/backward (torch.compile "
+        "mode=\"reduce-overhead\"): less launch overhead for small per-device batches. CUDA, "
+        "one process, compiled only; refused elsewhere (docs/training.md).",
+        flag="--cuda-graphs")
     channels_last: Optional[bool] = option(
         None, "channels_last memory format (default: on CUDA).", BOOL, optional=True,
         flag="--channels-last/--no-channels-last")

@@ -107,3 +107,31 @@ def test_eval_lowers_the_model_once_with_its_plans_variants(tmp_path: Path, lowe
     res = api.evaluate(str(weights), spec, data=str(data), workers=0)
     assert res["images"] == 10
     _lowered_once_with_the_plans_variants(lowered)
+
+
+def test_cuda_graphs_compile_reduce_overhead_on_one_gpu():
+    p = resolve_device_plan(CUDA, RecipeSpec(amp=True), cuda_graphs=True)
+    assert (p.compile, p.cuda_graphs, p.mode) == (True, True, "reduce-overhead")
+    assert not resolve_device_plan(CUDA, RecipeSpec(amp=True)).cuda_graphs
+
+
+@pytest.mark.parametrize("device, kw, message", [
+    (CPU, {}, "--cuda-graphs needs a CUDA device; this run is on cpu"),
+    (CPU, {"compile": True}, "--cuda-graphs needs a CUDA device"),
+    (CUDA, {"compile": False}, "cannot go with --no-compile"),
+    (CUDA, {"processes": 2}, "not verified under DDP"),
+])
+def test_cuda_graphs_refused_where_unsafe(device, kw, message):
+    with pytest.raises(RunError, match=message):
+        resolve_device_plan(device, RecipeSpec(), cuda_graphs=True, **kw)
+
+
+def test_cuda_graphs_on_cpu_is_refused_by_the_command(tmp_path: Path):
+    """Refused before anything is built or written, with the reason."""
+    data = two_class_folder(tmp_path / "data", 8)
+    code, out = run("train", str(SPECS / "demo_tiny.mf"), "--data", str(data), "--device",
+                    "cpu", "--compile", "--cuda-graphs", "--batch-size", "4", "--dry-run")
+    assert code != 0 and "--cuda-graphs needs a CUDA device" in out, out
+    code, out = run("train", str(SPECS / "demo_tiny.mf"), "--data", str(data), "--device",
+                    "cpu", "--compile", "--batch-size", "4", "--dry-run")
+    assert code == 0, out  # the same run without the flag plans

@@ -206,12 +206,26 @@ def test_compile_leaves_mfdsls_layout_alone_and_a_foreign_models_to_inductor(mon
     compile_for_target(_model(), "cpu", mode="default")
     compile_for_target(_model(), "cpu", mode="max-autotune", channels_last=False)
     compile_for_target(_model(), "cpu", mode="max-autotune")
+    assert seen[0::2] == seen[1::2]  # training and evaluation callables alike
+    seen = seen[0::2]
     assert seen[0]["options"] == {"layout_optimization": False}
     assert seen[1]["options"]["max_autotune"] is True
     assert "layout_optimization" not in seen[1]["options"]
     assert seen[2]["options"]["max_autotune"] is True
     assert seen[2]["options"]["layout_optimization"] is False
     assert "mode" not in seen[0]  # torch.compile takes mode or options, not both
+
+
+def test_training_and_evaluation_compile_separately(monkeypatch):
+    """Evaluation has a compiled callable (and code object) of its own: through the
+    training one, its no_grad guard would recompile the training frame."""
+    from mfdsl.target.prepare import Inference
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: seen.append(m) or m)
+    model = _model()
+    compile_for_target(model, "cpu", mode="default")
+    assert seen[0] is model and isinstance(seen[1], Inference) and seen[1].model is model
 
 
 def test_timm_name_mapping() -> None:
@@ -255,3 +269,8 @@ def test_variants_follow_the_mode() -> None:
     ref = compile_for_target(_model(), "cpu", mode="eager", variants="reference")
     assert variants_in_use(ref.model) == {}
     assert ref.summary["variants"] == []
+
+
+def test_cuda_graph_mode_is_refused_off_cuda():
+    with pytest.raises(TargetError, match="reduce-overhead .*needs target cuda"):
+        compile_for_target(_model(), "cpu", mode="reduce-overhead")

@@ -4,6 +4,16 @@ the model is lowered once, with the variants this plan names for its device.
 
 Defaults: on CUDA, channels-last, the recipe's mixed precision and (training only)
 ``torch.compile``; on the CPU, none of them. An explicit option always wins.
+
+CUDA graphs (``--cuda-graphs``, off by default) compile with ``mode="reduce-overhead"``:
+inductor records the compiled forward and backward as CUDA graphs and replays them, which
+removes the kernel-launch cost that dominates small per-device batches. It is safe here
+because what it graphs meets its conditions: one shape (the training loader drops a
+partial batch, evaluation pads one: docs/internals.md), no host reads inside the step
+(runner/step.py), and the optimizer, clipping and EMA stay eager outside the graphs (so
+the optimizer need not be ``capturable``). It is refused where it cannot hold or is not
+verified: on the CPU (there are no CUDA graphs: one clear error, not a silent fallback),
+without ``torch.compile``, and under DDP (several processes: not yet verified).
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ class DevicePlan:
     amp: bool
     amp_dtype: str  # "bfloat16" | "float16": the autocast dtype when ``amp``
     compile: bool
+    cuda_graphs: bool = False  # compiled with mode="reduce-overhead"
 
     @property
     def dtype(self) -> str:
@@ -41,7 +52,9 @@ class DevicePlan:
     @property
     def mode(self) -> str:
         """``torch.compile`` mode, or "eager"."""
-        return "default" if self.compile else "eager"
+        if not self.compile:
+            return "eager"
+        return "reduce-overhead" if self.cuda_graphs else "default"
 
     @property
     def variants(self) -> Tuple[str, ...]:
@@ -57,9 +70,11 @@ class DevicePlan:
 def resolve_device_plan(device: torch.device, recipe: Optional[RecipeSpec], *,
                         amp: Optional[bool] = None, amp_dtype: str = "bfloat16",
                         channels_last: Optional[bool] = None,
-                        compile: Optional[bool] = None, training: bool = True) -> DevicePlan:
+                        compile: Optional[bool] = None, training: bool = True,
+                        cuda_graphs: bool = False, processes: int = 1) -> DevicePlan:
     """The plan for ``device``; ``None`` options take the defaults above (without a
-    recipe, mixed precision defaults to on for CUDA). Raises RunError for a bad dtype."""
+    recipe, mixed precision defaults to on for CUDA). Raises RunError for a bad dtype,
+    and for CUDA graphs where they are refused (``processes``: the run's world size)."""
     if amp_dtype not in AMP_DTYPES:
         raise RunError(f"--amp-dtype must be bfloat16 or float16, got {amp_dtype}")
     cuda = device.type == "cuda"
@@ -70,5 +85,21 @@ def resolve_device_plan(device: torch.device, recipe: Optional[RecipeSpec], *,
     if compile is None:
         # Evaluation runs eager: one pass over a split does not repay a compilation.
         compile = cuda and training
+    if cuda_graphs:
+        _check_cuda_graphs(device, compile, processes)
     return DevicePlan(device=device, channels_last=bool(channels_last), amp=bool(amp),
-                      amp_dtype=amp_dtype, compile=bool(compile))
+                      amp_dtype=amp_dtype, compile=bool(compile), cuda_graphs=bool(cuda_graphs))
+
+
+def _check_cuda_graphs(device: torch.device, compile: bool, processes: int) -> None:
+    """Where ``--cuda-graphs`` is refused (the module docstring says why)."""
+    if device.type != "cuda":
+        raise RunError(f"--cuda-graphs needs a CUDA device; this run is on {device.type} "
+                       "(CUDA graphs replay recorded GPU kernels). Leave it out: the compiled "
+                       "step is the same without it")
+    if not compile:
+        raise RunError("--cuda-graphs records the compiled step: it cannot go with "
+                       "--no-compile")
+    if processes > 1:
+        raise RunError(f"--cuda-graphs is not verified under DDP ({processes} processes); "
+                       "use it with one process, or leave it out")

@@ -137,6 +137,7 @@ class RunPlan:
             "best_selected_by": self.best.label, "precision": self.device.dtype,
             "device_plan": {"channels_last": self.device.channels_last,
                             "compile": self.device.compile,
+                            "cuda_graphs": self.device.cuda_graphs,
                             "variants": list(self.device.variants)},
             "init_from": self.init, "img_size": [int(v) for v in self.spec.img_size],
             "recipe": recipe_as_dict(r), "official": self.official,
@@ -332,7 +333,8 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
     sched = schedule_for(r, scaled_lr(r, batch.global_batch), micro // batch.accum,
                          opts.max_steps)
     device_plan = resolve_device_plan(device, r, amp=opts.amp, amp_dtype=opts.amp_dtype,
-                                      channels_last=opts.channels_last, compile=opts.compile)
+                                      channels_last=opts.channels_last, compile=opts.compile,
+                                      cuda_graphs=opts.cuda_graphs, processes=world_size)
     opt_args = optimizer_args(r, sched.base_lr)
     init = resolve_init(spec, opts, resuming)
     if "note" in init:

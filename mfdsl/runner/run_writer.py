@@ -37,6 +37,7 @@ def recipe_record(plan: RunPlan, parts: Parts, context: RunContext, opts: TrainO
             "warmup_steps": s.warmup_steps, "img_size": list(plan.spec.img_size),
             "amp": dp.amp, "amp_dtype": dp.amp_dtype if dp.amp else None,
             "channels_last": dp.channels_last, "compile": dp.compile,
+            "cuda_graphs": dp.cuda_graphs,
             "grad_checkpointing": opts.grad_checkpointing,
             "mixup_active": plan.mixup_active, "loss": type(parts.step.criterion).__name__,
             "data": plan.data.root, "embedded_data": plan.data.embedded,
