@@ -107,6 +107,19 @@ def write_spec(path: Path, spec: Any) -> str:
     return str(path)
 
 
+def same_nested(a: Any, b: Any) -> bool:
+    """Bitwise equality of nested tensors, dicts, lists and values (optimizer states)."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_nested(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_nested(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def weights(path: Path) -> Dict[str, Any]:
     """The tensors of a ``.safetensors`` file, by name."""
     from safetensors.torch import load_file

@@ -13,6 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mfdsl.runner.lamb import ForeachLamb
 from mfdsl.runner.step import masked_step
 
+from conftest import same_nested
+
 RTOL = 1e-12  # float64; differences are rounding only (measured ~5e-16 over 200 steps)
 
 
@@ -96,16 +98,6 @@ def _snapshot(model: nn.Module, opt: torch.optim.Optimizer):
             copy.deepcopy(opt.state_dict()))
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("always_adapt", [False, True])
 def test_a_skipped_step_leaves_weights_and_state_exactly(bad, always_adapt):
@@ -119,7 +111,7 @@ def test_a_skipped_step_leaves_weights_and_state_exactly(bad, always_adapt):
     _set_grads([model], gen, 1.0)
     next(model.parameters()).grad[0, 0] = bad
     masked_step(opt, torch.tensor(True))
-    assert _same(before, _snapshot(model, opt))
+    assert same_nested(before, _snapshot(model, opt))
     # A finite step then equals the same step taken without the skipped one.
     twin = _model()
     twin_opt = ForeachLamb(_groups(twin), lr=1e-2, always_adapt=always_adapt)
@@ -128,7 +120,7 @@ def test_a_skipped_step_leaves_weights_and_state_exactly(bad, always_adapt):
     _set_grads([model, twin], gen, 1.0)
     masked_step(opt, torch.tensor(False))
     twin_opt.step()
-    assert _same(_snapshot(model, opt), _snapshot(twin, twin_opt))
+    assert same_nested(_snapshot(model, opt), _snapshot(twin, twin_opt))
 
 
 def test_a_skipped_first_step_leaves_zeros():
@@ -198,7 +190,7 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
         _set_grads([a, b], gen, 10.0)
         opt_a.step()
         opt_b.step()
-    assert _same(_snapshot(a, opt_a), _snapshot(b, opt_b))
+    assert same_nested(_snapshot(a, opt_a), _snapshot(b, opt_b))
 
 
 def test_checkpoints_load_across_timm_lamb_and_foreach_lamb():

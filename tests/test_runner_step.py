@@ -13,7 +13,7 @@ from mfdsl.api import build_model
 from mfdsl.runner.optim import create_optimizer
 from mfdsl.runner.step import StepLog, StepParts, masked_step, train_step, uncount_skipped_steps
 
-from conftest import train_spec
+from conftest import same_nested, train_spec
 from devices import DEVICES
 
 # Every way Python code can read a tensor's value onto the host.
@@ -72,16 +72,6 @@ def _state(parts: StepParts):
     return ({k: v.clone() for k, v in parts.model.state_dict().items()}, sd)
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("optimizer, scaler, ema", [
     ("adamw", False, False), ("lamb", False, True), ("sgd", True, False)])
@@ -121,20 +111,20 @@ def test_a_skipped_step_changes_nothing(optimizer, first):
     out = train_step(parts, batches, nan_loss=True)
     assert bool(out.counted) and bool(out.skipped)
     after_w, after_opt = _state(parts)
-    assert _same(weights, after_w)
-    assert _same(ema_before, parts.ema.module.state_dict())
+    assert same_nested(weights, after_w)
+    assert same_nested(ema_before, parts.ema.module.state_dict())
     if first:
         # Only the state's initial values may appear (moments at zero, counts at zero).
         for st in after_opt["state"].values():
             assert all(float(v.abs().sum()) == 0 for v in st.values()
                        if isinstance(v, torch.Tensor)), st
     else:
-        assert _same(opt_state, after_opt)
+        assert same_nested(opt_state, after_opt)
     # The next finite step does change the weights, by a finite amount.
     out = train_step(parts, batches)
     assert not bool(out.skipped)
     w2, _ = _state(parts)
-    assert not _same(weights, w2) and all(torch.isfinite(v).all() for v in w2.values())
+    assert not same_nested(weights, w2) and all(torch.isfinite(v).all() for v in w2.values())
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lamb", "sgd"])
@@ -146,7 +136,7 @@ def test_a_skipped_first_step_then_a_good_one_equals_only_the_good_one(optimizer
     bb(), bb()  # b skips the same two micro-batches without stepping
     train_step(a, ba)
     train_step(b, bb)
-    assert _same(a.model.state_dict(), b.model.state_dict())
+    assert same_nested(a.model.state_dict(), b.model.state_dict())
 
 
 def test_fp16_overflow_is_skipped_but_not_counted():
@@ -156,7 +146,7 @@ def test_fp16_overflow_is_skipped_but_not_counted():
     weights, _ = _state(parts)
     out = train_step(parts, _batches("cpu"))
     assert bool(out.skipped) and not bool(out.counted)
-    assert _same(weights, _state(parts)[0])
+    assert same_nested(weights, _state(parts)[0])
     assert parts.scaler.get_scale() < top  # the scaler lowered its scale
 
 
@@ -167,7 +157,7 @@ def test_masked_step_with_a_false_flag_is_a_plain_step():
             p.model(torch.ones(2, 3, 32, 32)).sum().backward()
         masked_step(a.optimizer, torch.tensor(False))
         b.optimizer.step()
-        assert _same(a.model.state_dict(), b.model.state_dict()), optimizer
+        assert same_nested(a.model.state_dict(), b.model.state_dict()), optimizer
 
 
 def test_host_step_counters_are_uncounted_when_read():
