@@ -115,6 +115,12 @@ class RunPlan:
             "random_erasing_applied": "on the device, to the mixed batch",
         }
 
+    def regularisation(self) -> Dict[str, Any]:
+        r = self.recipe
+        return {"drop_path": r.drop_path, "head_dropout": r.head_dropout,
+                "weight_decay": r.weight_decay, "label_smoothing": r.label_smoothing,
+                "clip_grad": r.clip_grad}
+
     def to_json(self, lr_per_step: bool = False) -> Dict[str, Any]:
         """The record ``plan.json`` and ``--dry-run --json`` hold. ``lr_per_step``: add
         the lr of every step (refused past :data:`MAX_LISTED_STEPS`)."""
@@ -130,9 +136,7 @@ class RunPlan:
             "schedule": dict(s.state_dict(), text=s.describe()),
             "lr_milestones": s.milestones(),
             "optimizer": self.optimizer, "augmentation": self.augmentation(),
-            "regularisation": {"drop_path": r.drop_path, "head_dropout": r.head_dropout,
-                               "weight_decay": r.weight_decay,
-                               "label_smoothing": r.label_smoothing, "clip_grad": r.clip_grad},
+            "regularisation": self.regularisation(),
             "ema": {"decay": r.ema} if r.ema else None,
             "best_selected_by": self.best.label, "precision": self.device.dtype,
             "device_plan": {"channels_last": self.device.channels_last,
@@ -177,7 +181,7 @@ class RunPlan:
                 f"{k}={v}" for k, v in self.optimizer["args"].items()),
             "augmentation: " + ", ".join(f"{k}={v}" for k, v in self.augmentation().items()),
             "regularisation: " + ", ".join(f"{k}={v}" for k, v in
-                                           self.to_json()["regularisation"].items()),
+                                           self.regularisation().items()),
             "ema: " + (f"decay {self.recipe.ema}" if self.recipe.ema else "off")
             + f"; best checkpoint by {self.best.label}",
             "init: " + (f"{init['kind']} {init['source']}" if init["source"] else "random"),
