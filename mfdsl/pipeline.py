@@ -42,6 +42,9 @@ def read_spec_text(path: str) -> Tuple[str, str]:
     """The text of a ``.mf`` or ``.yaml``/``.yml`` file and its extension; SpecError if it
     cannot be read as one."""
     ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise SpecError("is a folder, not a spec file", path=path,
+                        hint="name a .mf or .yaml file in it")
     if ext not in (".mf", ".yaml", ".yml"):
         raise SpecError(f"unknown spec file type '{ext or path}'", path=path,
                         hint="use a .mf or .yaml file")
@@ -84,8 +87,10 @@ def check_spec(spec: SpecLike, *, size_limits: bool = True) -> ModelSpec:
 def check_at_img_size(spec: ModelSpec, img_size: Optional[Tuple[int, int]]) -> ModelSpec:
     """Check ``spec``, at ``img_size`` if one was given on the command line (``--img-size``).
 
-    An error located at the file's `input` line is re-attributed to --img-size (with no
-    source line): the file says something else, so pointing there would mislead.
+    An error the size causes is the option's, not the file's: one located at the file's
+    `input` line, or any error of a spec that is valid at its own size (a kernel larger than
+    a feature map the new size makes), is re-attributed to --img-size (with no source
+    line), since pointing into a file that is right would mislead.
     """
     if img_size is None:
         return check_spec(spec)
@@ -93,7 +98,14 @@ def check_at_img_size(spec: ModelSpec, img_size: Optional[Tuple[int, int]]) -> M
     try:
         return check_spec(with_overrides(spec, img_size=img_size))
     except SpecError as err:
-        if err.loc is not None and err.loc == written:
+        blame = err.loc is not None and err.loc == written
+        if not blame:
+            try:
+                check_spec(spec)
+                blame = True  # valid as written: the new size is the cause
+            except SpecError:
+                pass  # the file's own error: reported where it is
+        if blame:
             raise SpecError(f"--img-size {img_size[0]}x{img_size[1]}: {err.message}",
                             path=err.path, hint=err.hint) from None
         raise

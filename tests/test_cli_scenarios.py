@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -241,10 +242,11 @@ def test_dtype_without_target_is_a_usage_error(tmp_path):
 
 def test_img_size_override_error_names_the_option_not_the_file_line(tmp_path):
     p = write(tmp_path, "t.mf", TINY)
-    r = run("draw", p, "-o", tmp_path / "x.svg", "--img-size", "33")
+    r = run("draw", p, "-o", tmp_path / "x.svg", "--img-size", "8")
     assert r.exit_code == 2
-    assert "--img-size 33x33: input height 33" in r.output
-    assert "input 3x32x32" not in r.output  # the file's line says 32, not 33
+    # valid at its own 32x32: the error the 8x8 size causes is the option's
+    assert "--img-size 8x8: kernel 3 is larger than the 2x2 feature map" in r.output
+    assert not re.search(r"t\.mf:\d", r.output) and "input 3x32x32" not in r.output
 
 
 # --- outputs: convert / fmt / draw / export -----------------------------------------------

@@ -221,7 +221,9 @@ def test_checking_cost_follows_distinct_blocks_not_depth(tmp_path, monkeypatch):
 
 def test_the_zoo_validates_quickly():
     start = time.perf_counter()
-    for p in sorted((ROOT / "specs").iterdir()):
+    zoo = sorted(p for p in (ROOT / "specs").iterdir() if p.suffix in (".mf", ".yaml"))
+    assert len(zoo) > 30
+    for p in zoo:
         check_spec(p)
     assert time.perf_counter() - start < 60
 

@@ -131,8 +131,14 @@ def check_contract(model: nn.Module, x: torch.Tensor) -> None:
     for coarse in (False, True):
         layer = group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
         assert set(layer) == set(names)
-        ids = [layer[n] for n in names]
+        # in parameter order, but a dense output's norm sits after its stage's blocks
+        ids = [layer[n] for n in names if not n.startswith("dense.")]
         assert ids == sorted(ids) and ids[0] == 0
+        for n in (n for n in names if n.startswith("dense.stage")):
+            stage = n.split(".")[1][len("stage"):]
+            own = [layer[m] for m in names if m.startswith(f"stages.{stage}.")]
+            later = [layer[m] for m in names if m.startswith(f"stages.{int(stage) + 1}.")]
+            assert max(own) <= layer[n] and all(layer[n] <= x for x in later), n
         assert all(layer[n] == ids[-1] for n in names if n.startswith("head."))
         assert all(layer[n] < ids[-1] for n in names if not n.startswith("head."))
     stage_ids = [group_parameters(model, model.group_matcher(True), reverse=True)

@@ -26,6 +26,7 @@ _TERMINAL_TEXT = {
     "_NL": "a new line", "$END": "the end of the file", "MODEL": "'model'",
     "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
     "RSQB": "']'", "COMMA": "','", "EQUAL": "'='", "AT": "'@'",
+    "REF": "a named choice like $w", "X_REF": "a named depth like x$d",
 }
 _VALUE_START = {"NAME", "INT", "FLOAT", "SI_NUMBER", "STRING", "SIZE", "DEPTH", "CALL_OPEN",
                 "LPAR", "LSQB"}
@@ -39,7 +40,9 @@ def _expected_text(names: Sequence[str]) -> str:
         names.discard("_NL")
     parts = []
     if {"NAME", "INT", "FLOAT", "STRING", "LPAR"} <= names:
-        names -= _VALUE_START
+        # where a value stands, a design space's choice ('{a | b}') or named choice ('$w')
+        # may too: they are kinds of value, not other things to expect (docs/spaces.md)
+        names -= _VALUE_START | {"LBRACE", "REF"}
         parts.append("a value")
     rank = {n: i for i, n in enumerate(_ORDER)}
     for n in sorted(names, key=lambda n: (rank.get(n, 99), n)):

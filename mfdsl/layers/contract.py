@@ -162,12 +162,14 @@ class TimmContract:
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups by depth for timm's ``group_parameters`` /
         ``param_groups_layer_decay``: the stem first, then (``coarse``) one group per stage or
-        one per block, a stage's downsampling with its first block; the head last."""
+        one per block, a stage's downsampling with its first block and a dense output's norm
+        (``dense.stage<i>``) after its stage's last block; the head last."""
         return dict(
             stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
+            blocks=[(r"^stages\.(\d+)", None), (r"^dense\.stage(\d+)", None)] if coarse else [
                 (r"^stages\.(\d+)\.downsample", (0,)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^dense\.stage(\d+)", (99999,)),
             ],
         )
 
