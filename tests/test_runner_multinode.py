@@ -281,3 +281,37 @@ def test_the_lock_takes_over_from_an_earlier_incarnation_of_the_same_job_only(
     finally:
         first.release()
     assert not (tmp_path / ".mfdsl-lock").exists()
+
+
+# --------------------------------------------------------------------------- the end of a rank
+LEAVE = """
+import atexit, sys, torch, torch.distributed as dist
+from mfdsl.runner import distributed
+{join}
+atexit.register(lambda: print("exit handler ran", flush=True))
+distributed.teardown()
+print("an unterminated line", end="")
+distributed.leave_process(3)
+print(" and a line after it")
+"""
+JOIN = """
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1)
+distributed._joined = True
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))  # pins the group
+"""
+
+
+def test_a_rank_that_joined_a_group_ends_without_finalization_but_loses_nothing():
+    script = LEAVE.format(join=JOIN.format(port=free_port()))
+    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=runner_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert p.stdout == "an unterminated lineexit handler ran\n", p.stdout
+    assert "and a line after it" not in p.stdout
+
+
+def test_a_process_that_never_joined_a_group_ends_as_usual():
+    p = subprocess.run([sys.executable, "-c", LEAVE.format(join="")], cwd=ROOT,
+                       env=runner_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout == "an unterminated line and a line after it\nexit handler ran\n"

@@ -22,6 +22,13 @@ class _Group(click.Group):
     """Turns the project's own errors into located messages and exit codes, never a
     traceback (set MFDSL_DEBUG=1 to see one)."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as done:
+            _leave_process_group(done.code)
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -47,6 +54,17 @@ class _Group(click.Group):
             click.echo(f"mfdsl: internal error: {type(exc).__name__}: {exc}\n"
                        "(set MFDSL_DEBUG=1 for the traceback)", err=True)
             sys.exit(EXIT_COMPILER)  # an internal error shares the compiler's code
+
+
+def _leave_process_group(code: Any) -> None:
+    """A rank of a multi-process run ends here (:func:`..runner.distributed.leave_process`)."""
+    distributed = sys.modules.get("mfdsl.runner.distributed")  # not imported: never joined
+    if distributed is None:
+        return
+    if isinstance(code, str):  # sys.exit("message"): printed, exit status 1
+        click.echo(code, err=True)
+        code = 1
+    distributed.leave_process(0 if code is None else int(code))
 
 
 def _is_compile_failure(exc: BaseException) -> bool:

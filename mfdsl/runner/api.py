@@ -12,6 +12,10 @@ train`` and ``mfdsl eval`` do, for code that drives many runs (a sweep, a notebo
 Options are :class:`mfdsl.run_options.TrainOptions` fields by name (``recipe``: recipe
 fields to override); an unknown name is a :class:`~mfdsl.runner.errors.RunError`, as every
 refusal is (a :class:`mfdsl.errors.UserError`: its ``exit_code`` is the CLI's).
+
+A script that trains under a launcher (torchrun, srun) should end with
+``mfdsl.runner.distributed.leave_process(0)``, as ``mfdsl`` does: a rank that exits through
+the interpreter's finalization can abort after a run that succeeded (its docstring says why).
 """
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
 """One process per device under torchrun: process-group setup and small collective helpers."""
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterator, List, Optional
@@ -12,6 +15,8 @@ import torch.distributed as dist
 
 from .errors import RunError
 from .launch import launched_local_rank, launched_rank, launched_world_size, rendezvous
+
+_joined = False  # whether this process ever joined a process group (see leave_process)
 
 
 @dataclass
@@ -59,12 +64,37 @@ def setup(device_name: str) -> DistEnv:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://", rank=rank,
                                 world_size=world, timeout=timedelta(minutes=30))
+        global _joined
+        _joined = True
     return DistEnv(rank, world, local_rank, device)
 
 
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave_process(code: int) -> None:
+    """End a process that joined a process group with ``code``, skipping the interpreter's
+    finalization; return (doing nothing) in any other process.
+
+    Why: DDP's reducer keeps the process group, and its worker threads, alive after
+    ``destroy_process_group`` (torch 2.14: both ``pt_gloo_runloop`` threads outlive it and a
+    ``gc.collect()``). A worker that drops the last reference to a tensor Python has seen
+    must take the GIL; during finalization that ends the thread inside C++ and aborts the
+    process ("terminate called without an active exception", exit -6) after a run that
+    succeeded. Exit handlers run and streams are flushed first, so nothing is lost.
+    """
+    if not _joined:
+        return
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken pipe: there is nothing left to say there
+    os._exit(code)
 
 
 def all_sum(env: DistEnv, values: List[float]) -> List[float]:
