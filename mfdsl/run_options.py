@@ -224,6 +224,21 @@ class TrainOptions:
     eval_every: int = option(1, "Epochs between validations.", min=1, flag="--eval-every")
     nproc_per_node: Optional[int] = option(None, _PARALLEL, INT, min=1, optional=True,
                                            flag="--nproc-per-node")
+    nnodes: Optional[str] = option(
+        None, "Machines in the job: N, or MIN:MAX for an elastic range; run the same command "
+        "on each (torchrun's --nnodes, with --rdzv-endpoint and --rdzv-id).", STR,
+        optional=True, flag="--nnodes")
+    rdzv_endpoint: Optional[str] = option(
+        None, "host:port where the machines of a --nnodes job meet (one of them, a free "
+        "port there).", STR, optional=True, flag="--rdzv-endpoint")
+    rdzv_id: Optional[str] = option(
+        None, "The job's name, the same on every machine and every restart (e.g. "
+        "$SLURM_JOB_ID): the run lock knows a restarted job by it.", STR, optional=True,
+        flag="--rdzv-id")
+    max_restarts: int = option(
+        0, "Restart this machine's workers up to N times after one fails (torchrun's "
+        "--max-restarts); needs --resume auto, so that a restart continues the run.", min=0,
+        flag="--max-restarts")
     tensorboard: bool = option(True, "TensorBoard event files in the run folder.",
                                flag="--tensorboard/--no-tensorboard")
     progress: Optional[bool] = option(
@@ -249,8 +264,8 @@ class TrainOptions:
         None, "With --dry-run: plan for this many training images instead of --data.", INT,
         min=1, optional=True, flag="--dataset-size", dry_run_only=True)
     world_size: Optional[int] = option(
-        None, "With --dry-run: plan for this many processes (default: --nproc-per-node, "
-        "else 1).", INT, min=1, optional=True, flag="--world-size", dry_run_only=True)
+        None, "With --dry-run: plan for this many processes (default: --nproc-per-node "
+        "times --nnodes, else 1).", INT, min=1, optional=True, flag="--world-size", dry_run_only=True)
     # Filled by the command, not options of their own.
     argv: Tuple[str, ...] = ()
     recipe_overrides: Dict[str, Any] = field(default_factory=dict)

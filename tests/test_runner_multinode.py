@@ -236,6 +236,108 @@ def test_four_srun_tasks_form_one_job_and_stop_with_one_checkpoint_on_sigusr1(se
     assert ckpt.pair_step(str(out / "checkpoints" / "last")) == stopped
 
 
+# --------------------------------------------------------------------------- item 3: --nnodes
+def separate_host(tmp_path: Path, name: str, **extra: str) -> dict:
+    """The environment of a machine of its own: its own home, caches and temporary folder."""
+    home = tmp_path / name
+    for sub in ("tmp", "cache", "torch"):
+        (home / sub).mkdir(parents=True)
+    env = runner_env(HOME=str(home), TMPDIR=str(home / "tmp"), XDG_CACHE_HOME=str(home / "cache"),
+                     TORCH_HOME=str(home / "torch"), **extra)
+    for n in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+              "TORCHELASTIC_RUN_ID"):
+        env.pop(n, None)
+    return env
+
+
+@pytest.mark.slow
+def test_two_agents_with_nnodes_2_end_as_a_one_node_run_of_the_same_world_size(
+        setup, two_ranks, tmp_path):
+    root, spec, data = setup
+    out = tmp_path / "shared-run"  # the one run folder both machines see
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = [subprocess.Popen(
+        [sys.executable, "-m", "mfdsl", "train", str(spec), "--data", str(data), "-o", str(out),
+         *QUIET, *CKPTS, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-endpoint", endpoint,
+         "--rdzv-id", "two-agents"], cwd=ROOT, env=separate_host(tmp_path, f"host{i}"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        texts = [a.communicate(timeout=300)[0] for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+                a.communicate()
+    assert [a.returncode for a in agents] == [0, 0], "\n----\n".join(t[-2000:] for t in texts)
+    text = "".join(texts)
+    assert "x2;" in text and "Traceback" not in text, text[-3000:]
+    a = weights(two_ranks / "checkpoints" / "last.safetensors")
+    b = weights(out / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_worker_under_max_restarts_resumes_and_ends_bitwise_equal(
+        setup, two_ranks, tmp_path):
+    root, spec, data = setup
+    out = tmp_path / "restarted"
+    # Both workers are killed after step 3 (the last checkpoint is step 2's); torchrun
+    # restarts them once, and --resume auto continues from step 2.
+    p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, *CKPTS, "--nproc-per-node", "2",
+              "--max-restarts", "1", "--resume", "auto",
+              env=runner_env(MFDSL_TEST_KILL_AFTER_STEP="3"), timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert "resum" in p.stdout and "step 2" in p.stdout, p.stdout[-3000:]
+    a = weights(two_ranks / "checkpoints" / "last.safetensors")
+    b = weights(out / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--nnodes", "2"], "--nnodes 2 needs --rdzv-endpoint HOST:PORT"),
+    (["--nnodes", "0"], "--nnodes must be N or MIN:MAX with 1 <= MIN <= MAX, got '0'"),
+    (["--nnodes", "3:2", "--rdzv-endpoint", "h:1", "--rdzv-id", "j"], "got '3:2'"),
+    (["--nnodes", "two"], "got 'two'"),
+    (["--nnodes", "2", "--rdzv-endpoint", "node0"], "--rdzv-endpoint must be HOST:PORT"),
+    (["--nnodes", "2", "--rdzv-endpoint", "node0:70000"], "a port 1-65535"),
+    (["--nnodes", "2", "--rdzv-endpoint", "node0:29500"], "--rdzv-endpoint needs --rdzv-id"),
+    (["--nproc-per-node", "2", "--max-restarts", "1"], "add --resume auto"),
+])
+def test_launch_options_are_checked_before_anything_starts(setup, tmp_path, args, words):
+    root, spec, data = setup
+    out = tmp_path / "never"
+    p = mfdsl("train", spec, "--data", data, "-o", out, *QUIET, *args)
+    assert p.returncode == 2, (p.stdout + p.stderr)[-2000:]
+    assert words in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not out.exists()
+
+
+def test_the_launch_plan_is_torchruns_command_line():
+    from mfdsl.runner.launch import LaunchPlan, launch_plan, without_option
+
+    assert launch_plan({"nproc_per_node": None}) is None
+    one = launch_plan({"nproc_per_node": 4, "max_restarts": 2, "resume": "auto"})
+    assert one.torchrun_args() == ["--standalone", "--nproc-per-node", "4", "--max-restarts", "2"]
+    many = launch_plan({"nproc_per_node": 8, "nnodes": "2:4", "rdzv_endpoint": "n0:29400",
+                        "rdzv_id": "job7"})
+    assert many == LaunchPlan(8, 2, 4, "n0:29400", "job7", 0) and many.world_size == 32
+    assert many.torchrun_args()[:8] == ["--nnodes", "2:4", "--rdzv-backend", "c10d",
+                                        "--rdzv-endpoint", "n0:29400", "--rdzv-id", "job7"]
+    argv = ["train", "s.mf", "--nnodes=2", "--rdzv-endpoint", "n0:1", "--rdzv-id", "j",
+            "--nproc-per-node", "2", "--max-restarts=1", "--resume", "auto"]
+    assert without_option(argv) == ["train", "s.mf", "--resume", "auto"]
+
+
+def test_the_dry_run_plans_for_every_machine_of_the_job(setup):
+    root, spec, data = setup
+    p = mfdsl("train", spec, "--data", data, "--dry-run", "--json", "--nnodes", "2",
+              "--nproc-per-node", "2", "--rdzv-endpoint", "n0:29400", "--rdzv-id", "j")
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+
+    assert json.loads(p.stdout)["world_size"] == 4, p.stdout[:2000]
+
+
 # --------------------------------------------------------------------------- item 4
 def test_the_lock_takes_over_from_an_earlier_incarnation_of_the_same_job_only(
         tmp_path, monkeypatch):

@@ -42,13 +42,16 @@ def _run_guarded(fn, *args, **kw) -> Any:
         _fail("interrupted", EXIT_INTERRUPTED)
 
 
-def _launch_if_asked(nproc: Optional[int]) -> None:
-    """With --nproc-per-node (and not already a worker): run this command line in that many
-    processes and exit with the first failure's code."""
-    from ..runner.launch import launch, under_launcher
+def _launch_if_asked(options: Dict[str, Any]) -> None:
+    """With --nproc-per-node / --nnodes (and not already a worker): run this command line in
+    the processes the launch options ask for and exit with the first failure's code."""
+    from ..runner.launch import launch, launch_plan, under_launcher
 
-    if nproc is not None and not under_launcher():
-        sys.exit(launch(sys.argv[1:], nproc))
+    if under_launcher():
+        return
+    plan = launch_plan(options)
+    if plan is not None:
+        sys.exit(launch(sys.argv[1:], plan))
 
 
 def _load_spec(path: str):
@@ -143,7 +146,7 @@ def train_cmd(spec: str, **kw: Any) -> None:
     if dry_only and not kw["dry_run"]:
         _fail(f"{', '.join(dry_only)} only go(es) with --dry-run", 2)
     if not kw["dry_run"]:
-        _launch_if_asked(kw["nproc_per_node"])
+        _launch_if_asked(kw)
     kw["betas"] = _parse_betas(kw.get("betas"))
     parsed = _run_guarded(_load_spec, spec)
     if kw["img_size"] is not None:
@@ -197,7 +200,7 @@ def eval_cmd(spec: Optional[str], **kw: Any) -> None:
     from ..runner.eval_run import run_evaluation
 
     o = _options_from(EvalOptions, kw)
-    _launch_if_asked(o.nproc_per_node)
+    _launch_if_asked(vars(o))
     if (o.checkpoint is None) == (o.pretrained is None):
         _fail("give one of --checkpoint and --pretrained", 2)
     if o.pretrained is not None and spec is None:

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from .errors import RunError
 from .launch import launched_local_rank, launched_rank, launched_world_size, rendezvous
 
+TIMEOUT = timedelta(minutes=30)  # of the process group's collectives and its store
 _joined = False  # whether this process ever joined a process group (see leave_process)
 
 
@@ -59,14 +60,31 @@ def setup(device_name: str) -> DistEnv:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        addr, port = rendezvous()
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
-                                world_size=world, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend=backend, store=_attempt_store(rank, world), rank=rank,
+                                world_size=world, timeout=TIMEOUT)
         global _joined
         _joined = True
     return DistEnv(rank, world, local_rank, device)
+
+
+def _attempt_store(rank: int, world: int) -> "dist.Store":
+    """The store the process group meets in, private to this attempt of the job.
+
+    torchrun's agent keeps one store over the restarts of ``--max-restarts`` (torch 2.14,
+    standalone and c10d rendezvous), so a restarted rank reads the addresses its dead
+    predecessors published there and cannot connect (gloo: "Connection refused"): each
+    attempt gets its own key prefix. Where no agent serves a store (srun, mpirun), rank 0
+    hosts it, as ``env://`` would.
+    """
+    addr, port = rendezvous()
+    agent_serves = (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                    and os.environ.get("MASTER_ADDR") == addr
+                    and os.environ.get("MASTER_PORT") == str(port))
+    store = dist.TCPStore(addr, port, world, is_master=rank == 0 and not agent_serves,
+                          timeout=TIMEOUT, multi_tenant=True)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"mfdsl/attempt_{attempt}", store)
 
 
 def teardown() -> None:

@@ -274,7 +274,9 @@ class TestKill(Hook):
     __test__ = False
 
     def __init__(self) -> None:
-        self.at = _env_int(KILL_ENV)
+        # A worker torchrun restarted (--max-restarts) is the run that survives the kill.
+        first = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        self.at = _env_int(KILL_ENV) if first else None
 
     def reads_at(self, at: StepEnd) -> bool:
         return self.at == at.step

@@ -1,17 +1,24 @@
 """Launching: ``mfdsl train|eval --nproc-per-node N`` (one process per device on this
-machine), and what a launched process reads of its launcher (rank, world size).
+machine; with ``--nnodes``, one such agent per machine), and what a launched process reads
+of its launcher (rank, world size).
 
 torchrun's launcher raises (and prints the traceback of) ``ChildFailedError`` whenever a
 worker exits non-zero, even when that worker already said why in one line. Starting the
 same launcher in-process lets mfdsl keep the worker's message as the only one and return
-its exit code. Multi-node runs still use torchrun itself (docs/training.md).
+its exit code.
 """
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
+import re
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-OPTION = "--nproc-per-node"
+# The launcher's options (each takes a value): what the agent reads and its workers must
+# not see again. Their documentation: :class:`mfdsl.run_options.TrainOptions`.
+LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--rdzv-id",
+                  "--max-restarts")
+OPTION = LAUNCH_OPTIONS[0]
 
 
 # What each launcher tells its processes, in the order launchers are recognised (the names
@@ -113,23 +120,90 @@ def rendezvous() -> Tuple[str, int]:
     return addr, int(port)
 
 
-def without_option(argv: Sequence[str], option: str = OPTION) -> List[str]:
-    """``argv`` less ``option N`` / ``option=N`` (the workers must not launch again)."""
+def without_option(argv: Sequence[str], options: Sequence[str] = LAUNCH_OPTIONS) -> List[str]:
+    """``argv`` less ``option N`` / ``option=N`` for each of ``options`` (the workers must
+    not launch again)."""
     out: List[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == option:
+        elif arg in options:
             skip = True
-        elif not arg.startswith(option + "="):
+        elif not arg.startswith(tuple(o + "=" for o in options)):
             out.append(arg)
     return out
 
 
-def launch(argv: Sequence[str], nproc: int) -> int:
-    """Run ``python -m mfdsl.runner ARGV`` in ``nproc`` processes; the first failed
-    worker's exit code, or 0."""
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How this machine's agent starts the job: ``nproc`` workers, on ``min_nodes`` to
+    ``max_nodes`` machines meeting at ``endpoint`` (None: this machine alone)."""
+
+    nproc: int = 1
+    min_nodes: int = 1
+    max_nodes: int = 1
+    endpoint: Optional[str] = None
+    job: Optional[str] = None
+    max_restarts: int = 0
+
+    @property
+    def world_size(self) -> int:
+        """The processes of the job at its full size."""
+        return self.nproc * self.max_nodes
+
+    def torchrun_args(self) -> List[str]:
+        if self.endpoint is None:
+            where = ["--standalone"]
+        else:
+            where = ["--nnodes", f"{self.min_nodes}:{self.max_nodes}", "--rdzv-backend", "c10d",
+                     "--rdzv-endpoint", self.endpoint, "--rdzv-id", str(self.job)]
+        return [*where, "--nproc-per-node", str(self.nproc),
+                "--max-restarts", str(self.max_restarts)]
+
+
+def launch_plan(options: Mapping[str, Any]) -> Optional[LaunchPlan]:
+    """The launch the options ask for (None: run in this process), or RunError naming the
+    option at fault. ``options``: TrainOptions / EvalOptions fields by name."""
+    from .errors import RunError
+
+    nproc = options.get("nproc_per_node")
+    nnodes, endpoint = options.get("nnodes"), options.get("rdzv_endpoint")
+    job, restarts = options.get("rdzv_id"), options.get("max_restarts") or 0
+    if nproc is None and nnodes is None and endpoint is None and not restarts:
+        return None
+    if nproc is not None and nproc < 1:
+        raise RunError(f"--nproc-per-node must be >= 1, got {nproc}")
+    if restarts < 0:
+        raise RunError(f"--max-restarts must be >= 0, got {restarts}")
+    low = high = 1
+    if nnodes is not None:
+        m = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", str(nnodes))
+        low, high = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (0, 0)
+        if not m or low < 1 or high < low:
+            raise RunError(f"--nnodes must be N or MIN:MAX with 1 <= MIN <= MAX, got '{nnodes}'")
+    if high > 1 and endpoint is None:
+        raise RunError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT, where the "
+                       "machines meet (one of them, a free port there), the same on each")
+    if endpoint is not None:
+        host, _, port = str(endpoint).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise RunError(f"--rdzv-endpoint must be HOST:PORT (a port 1-65535), got "
+                           f"'{endpoint}'")
+        if not job:
+            raise RunError("--rdzv-endpoint needs --rdzv-id NAME: the job's name, the same "
+                           "on every machine and kept over restarts (e.g. $SLURM_JOB_ID); the "
+                           "run lock knows a restarted job from a second writer by it")
+    if restarts and options.get("resume") != "auto":
+        raise RunError(f"--max-restarts {restarts} restarts the workers with this same "
+                       "command line: add --resume auto, so that a restart continues the run "
+                       "from its last checkpoint instead of being refused its run folder")
+    return LaunchPlan(nproc or 1, low, high, endpoint, job, restarts)
+
+
+def launch(argv: Sequence[str], plan: LaunchPlan) -> int:
+    """Run ``python -m mfdsl.runner ARGV`` as ``plan`` says; the first failed worker's
+    exit code, or 0."""
     import logging
 
     from torch.distributed import run as torchrun
@@ -145,8 +219,8 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     # The workers say what happened, once (rank 0); the launcher's own log lines about
     # shutting them down would only repeat it.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
-    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc),
-                                "-m", "mfdsl.runner", *without_option(argv)])
+    args = torchrun.parse_args([*plan.torchrun_args(), "-m", "mfdsl.runner",
+                                *without_option(argv)])
     try:
         torchrun.run(args)
     except SignalException as exc:

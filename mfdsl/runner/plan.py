@@ -398,10 +398,10 @@ def _dry_run_device(device: str) -> torch.device:
 def dry_run(spec: ModelSpec, opts: TrainOptions) -> RunPlan:
     """The plan of ``mfdsl train`` with these options, reading nothing but the spec and the
     --data folder's file lists (the same opening and checks as the real run), and writing
-    nothing. ``opts.dataset_size`` stands in for the data; ``opts.world_size`` (else
-    ``--nproc-per-node``, else torchrun's) for the processes."""
+    nothing. ``opts.dataset_size`` stands in for the data; ``opts.world_size`` (else the
+    launch options' full size, else torchrun's) for the processes."""
     from ..api import check_spec
-    from .launch import launched_world_size
+    from .launch import launch_plan, launched_world_size, under_launcher
     from .run_data import open_run_data
     from .run_folder import plan_output
 
@@ -411,8 +411,8 @@ def dry_run(spec: ModelSpec, opts: TrainOptions) -> RunPlan:
                        [spec.source, opts.init_from]) if opts.resume is not None else None)
     spec = run_spec(spec, opts, out)
     check_spec(spec)
-    world_size = (opts.world_size or opts.nproc_per_node
-                  or launched_world_size())
+    launch = launch_plan(vars(opts)) if not under_launcher() else None
+    world_size = opts.world_size or (launch.world_size if launch else launched_world_size())
     if opts.dataset_size is not None:
         data = DataPlan("--dataset-size", "--dataset-size", "--dataset-size", None,
                         opts.dataset_size, None, None)
