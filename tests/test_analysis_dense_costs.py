@@ -99,3 +99,22 @@ def test_too_small_input_is_the_options_error():
     assert res.exit_code == 2
     assert "error: --input 3x8x8: kernel 7 is larger than" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_dense_costs_script_reruns(tmp_path):
+    """benchmarks/dense_costs.py (docs/downstream.md's table) runs and says what it refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "costs.json"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "dense_costs.py"),
+                        "identityformer_s12", "randformer_s12", "--input", "3x64x96",
+                        "--json", str(out)], capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "| identityformer_s12 | 64x96 | 11.89M |" in r.stdout
+    assert "| randformer_s12 | 64x96 | refused: stage 2 mixer 'random'" in r.stdout
+    rows = json.loads(out.read_text())["models"]
+    assert rows["identityformer_s12"][0]["attn_macs"] == 0
