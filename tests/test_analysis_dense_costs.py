@@ -118,3 +118,15 @@ def test_dense_costs_script_reruns(tmp_path):
     assert "| randformer_s12 | 64x96 | refused: stage 2 mixer 'random'" in r.stdout
     rows = json.loads(out.read_text())["models"]
     assert rows["identityformer_s12"][0]["attn_macs"] == 0
+
+
+@pytest.mark.slow  # three traces of 224x224 models
+def test_attn_is_only_products_of_two_activations():
+    from mfdsl.analysis.inspect import analyse
+    from mfdsl.api import check_spec
+
+    rand = analyse(check_spec("specs/randformer_s12.mf"))
+    assert rand.macs > 0 and rand.attn_macs == 0  # x @ a frozen matrix: a weight product
+    spec = check_spec(SPEC)
+    post, pre = analyse(spec), analyse(spec, pre_dispatch=True)  # bmm pairs vs. sdpa whole
+    assert post.attn_macs == pre.attn_macs == sum(hand_attn_macs(SPEC, 224, 224).values())
