@@ -84,13 +84,15 @@ def check_spec(spec: SpecLike, *, size_limits: bool = True) -> ModelSpec:
     return spec
 
 
-def check_at_img_size(spec: ModelSpec, img_size: Optional[Tuple[int, int]]) -> ModelSpec:
+def check_at_img_size(spec: ModelSpec, img_size: Optional[Tuple[int, int]],
+                      option: Optional[str] = None) -> ModelSpec:
     """Check ``spec``, at ``img_size`` if one was given on the command line (``--img-size``).
 
     An error the size causes is the option's, not the file's: one located at the file's
     `input` line, or any error of a spec that is valid at its own size (a kernel larger than
     a feature map the new size makes), is re-attributed to --img-size (with no source
-    line), since pointing into a file that is right would mislead.
+    line), since pointing into a file that is right would mislead. ``option`` is how the
+    size was given (default ``--img-size HxW``).
     """
     if img_size is None:
         return check_spec(spec)
@@ -106,7 +108,8 @@ def check_at_img_size(spec: ModelSpec, img_size: Optional[Tuple[int, int]]) -> M
             except SpecError:
                 pass  # the file's own error: reported where it is
         if blame:
-            raise SpecError(f"--img-size {img_size[0]}x{img_size[1]}: {err.message}",
+            option = option or f"--img-size {img_size[0]}x{img_size[1]}"
+            raise SpecError(f"{option}: {err.message}",
                             path=err.path, hint=err.hint) from None
         raise
 

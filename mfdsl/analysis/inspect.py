@@ -39,6 +39,7 @@ class PartReport:
     macs: int
     activation_bytes: int
     detail: str = ""
+    attn_macs: int = 0  # of ``macs``: products of two activations (QK^T, attn@V)
 
 
 @dataclass
@@ -62,22 +63,27 @@ class Report:
     macs: int
     stages: List[PartReport]
     memory: MemoryReport
+    attn_macs: int = 0
+    in_chans: int = 3
     ops: List[OpCount] = field(default_factory=list, repr=False)
     graph: Optional[fx.GraphModule] = field(default=None, repr=False)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
             "name": self.name,
+            "input": [self.in_chans, *self.img_size],
             "img_size": list(self.img_size),
             "params": self.params,
             "frozen_params": self.frozen_params,
             "macs": self.macs,
+            "attn_macs": self.attn_macs,
             "stages": [asdict(s) for s in self.stages],
             "memory": asdict(self.memory),
         }
 
     def to_json(self, indent: Optional[int] = 2) -> str:
-        """One JSON object: name, params, frozen_params, macs, stages[...], memory{...}."""
+        """One JSON object: name, input, params, frozen_params, macs, attn_macs, stages[...],
+        memory{...}."""
         return json.dumps(self.to_dict(), indent=indent)
 
 
@@ -112,15 +118,9 @@ def analyse(spec: ModelSpec, batch: int = 1, dtype: Union[str, torch.dtype] = "f
     model = meta_model(spec).eval()
     x = torch.empty(batch, spec.in_chans, *spec.img_size, device="meta")
     shapes = _record_out_shapes(model)
-    with torch.no_grad():
-        gm = trace_aten(model, x, pre_dispatch=pre_dispatch)
+    gm, ops, macs, attn = _count(model, x, len(spec.stages), pre_dispatch)
     for h in shapes.pop("__handles__"):
         h.remove()
-    ops = count_graph(gm)
-    macs = {n: 0 for n in names}
-    for op in ops:
-        part = part_of(op.module, len(spec.stages))
-        macs[part] = macs.get(part, 0) + op.macs
 
     params, frozen = _params_by_part(model, len(spec.stages))
 
@@ -133,13 +133,40 @@ def analyse(spec: ModelSpec, batch: int = 1, dtype: Union[str, torch.dtype] = "f
         act[part] = act.get(part, 0) + nbytes
 
     rows = _rows(spec, names, shapes, params, frozen, macs, act, batch)
+    for r in rows:
+        r.attn_macs = attn.get(r.name, 0) // batch
     trainable, frozen_total = param_counts(model)
     elem = torch.empty((), dtype=torch_dtype).element_size()
     memory = MemoryReport(batch, dtype_name, saved.total_bytes, saved.count,
                           (trainable + frozen_total) * elem)
     return Report(spec.name, tuple(spec.img_size), trainable, frozen_total,
-                  sum(r.macs for r in rows), rows, memory, ops,
-                  gm if keep_graph else None)
+                  sum(r.macs for r in rows), rows, memory, sum(r.attn_macs for r in rows),
+                  spec.in_chans, ops, gm if keep_graph else None)
+
+
+def _count(model: nn.Module, x: torch.Tensor, num_stages: int, pre_dispatch: bool = False
+           ) -> Tuple[fx.GraphModule, List[OpCount], Dict[str, int], Dict[str, int]]:
+    """Trace once; (graph, ops, MACs per part, attention-quadratic MACs per part), whole
+    batch."""
+    with torch.no_grad():
+        gm = trace_aten(model, x, pre_dispatch=pre_dispatch)
+    ops = count_graph(gm)
+    macs = {"stem": 0, **{f"stage {i}": 0 for i in range(num_stages)}, "head": 0}
+    attn: Dict[str, int] = {}
+    for op in ops:
+        part = part_of(op.module, num_stages)
+        macs[part] = macs.get(part, 0) + op.macs
+        if op.attn:
+            attn[part] = attn.get(part, 0) + op.macs
+    return gm, ops, macs, attn
+
+
+def attn_macs_by_part(spec: ModelSpec) -> Dict[str, int]:
+    """Per image, the MACs of products of two activations (attention's QK^T and attn@V)
+    for each part ("stem", "stage 0", ..., "head"); the count ``analyse`` reports."""
+    model = meta_model(spec).eval()
+    x = torch.empty(1, spec.in_chans, *spec.img_size, device="meta")
+    return _count(model, x, len(spec.stages))[3]
 
 
 def _part_names(spec: ModelSpec) -> List[str]:
@@ -211,20 +238,22 @@ def render_table(report: Report) -> str:
     """Aligned text table with M/G units, one row per part plus the total."""
     h, w = report.img_size
     mem = report.memory
-    head = (f"{report.name}  input {h}x{w}  train step: batch {mem.batch}, {mem.dtype}")
+    head = (f"{report.name}  input {report.in_chans}x{h}x{w}  train step: batch {mem.batch}, {mem.dtype}")
     cols = ["part", "mixer", "depth", "width", "out shape", "params", "frozen", "MACs",
-            "act. memory"]
+            "attn N^2", "act. memory"]
     body = []
     for r in report.stages:
         body.append([
             r.name, r.mixer or (r.detail if r.kind != "stage" else "-"),
             "-" if r.depth is None else f"x{r.depth}", str(r.width),
             "x".join(map(str, r.out_shape)), human(r.params), human(r.frozen_params),
-            human(r.macs), human_bytes(r.activation_bytes),
+            human(r.macs), human(r.attn_macs) if r.attn_macs else "-",
+            human_bytes(r.activation_bytes),
         ])
     total = ["total", "", "", "", "", human(report.params), human(report.frozen_params),
-             human(report.macs), human_bytes(mem.activation_bytes)]
-    right = {2, 3, 5, 6, 7, 8}
+             human(report.macs), human(report.attn_macs) if report.attn_macs else "-",
+             human_bytes(mem.activation_bytes)]
+    right = {2, 3, 5, 6, 7, 8, 9}
     widths = [max(len(row[c]) for row in [cols, total] + body) for c in range(len(cols))]
 
     def fmt(row: List[str]) -> str:
@@ -235,7 +264,8 @@ def render_table(report: Report) -> str:
     rule = "-" * len(fmt(cols))
     lines = [head, "", fmt(cols), rule] + [fmt(r) for r in body] + [rule, fmt(total), ""]
     lines.append(f"MACs per image (convs, linears, attention/random-mixing matmuls; traced "
-                 f"aten graph). Parameters: {human_bytes(mem.param_bytes)} in {mem.dtype}.")
+                 f"aten graph); attn N^2: of those, the products of two activations "
+                 f"(attention's QK^T and attn@V), which grow with tokens^2. Parameters: {human_bytes(mem.param_bytes)} in {mem.dtype}.")
     lines.append(f"Activation memory: {mem.saved_tensors} tensors saved for backward, "
                  f"{human_bytes(mem.activation_bytes)} at batch {mem.batch} "
                  f"(excludes weights, grads, optimiser state).")

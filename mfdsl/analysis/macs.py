@@ -2,14 +2,15 @@
 
 Convention (the paper's, as its MACs table counts): MACs of convolutions, linear layers and the
 matrix products of attention and random mixing. Elementwise ops, norms, pooling, softmax
-and FFTs count zero. Formulas use only the shapes recorded on the graph's nodes
+and FFTs count zero. A product of two activations (attention's QK^T and attn@V, whose cost
+grows with tokens^2) is also marked ``attn``, so reports can show that part separately. Formulas use only the shapes recorded on the graph's nodes
 (``node.meta["val"]``), so the count is exactly what the traced program executes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.fx as fx
@@ -102,15 +103,29 @@ for _name in ("conv2d.padding", "conv1d.padding", "conv3d.padding"):
         FORMULAS[getattr(getattr(aten, _op), _ovl)] = _conv
 
 
+# Products whose matrix operands are these args: when all are activations (computed from
+# the input, not from a parameter) the op is attention's quadratic part, not a layer.
+_MATRIX_ARGS: Dict[object, Tuple[int, ...]] = {
+    aten.mm.default: (0, 1),
+    aten.bmm.default: (0, 1),
+    aten.matmul.default: (0, 1),
+    aten.addmm.default: (1, 2),
+    aten.baddbmm.default: (1, 2),
+}
+_SDPA = {t for t, f in FORMULAS.items() if f is _sdpa}  # q, k, v are always activations
+
+
 @dataclass(frozen=True)
 class OpCount:
-    """One counted op: the graph node's name, its aten target, module path and MACs."""
+    """One counted op: the graph node's name, its aten target, module path and MACs;
+    ``attn``: a product of two activations (attention's QK^T / attn@V)."""
 
     node: str
     op: str
     module: str
     module_class: str
     macs: int
+    attn: bool = False
 
 
 def node_macs(node: fx.Node) -> int:
@@ -121,12 +136,33 @@ def node_macs(node: fx.Node) -> int:
     return int(formula(node)) if formula is not None else 0
 
 
+def activation_nodes(gm: fx.GraphModule) -> Set[fx.Node]:
+    """Nodes computed from the graph's inputs (parameters and constants are not)."""
+    live: Set[fx.Node] = set()
+    for node in gm.graph.nodes:  # topological order: an arg is seen before its users
+        if node.op == "placeholder" or (
+                node.op == "call_function" and any(a in live for a in node.all_input_nodes)):
+            live.add(node)
+    return live
+
+
+def is_attn(node: fx.Node, live: Set[fx.Node]) -> bool:
+    """Whether ``node`` multiplies two activations (the part of attention that grows with
+    tokens^2); a linear layer multiplies an activation by a weight."""
+    if node.target in _SDPA:
+        return True
+    idx = _MATRIX_ARGS.get(node.target)
+    return idx is not None and all(
+        i < len(node.args) and node.args[i] in live for i in idx)
+
+
 def count_graph(gm: fx.GraphModule) -> List[OpCount]:
     """Every op of ``gm`` that contributes MACs, in graph order (whole batch)."""
     out = []
+    live = activation_nodes(gm)
     for node in gm.graph.nodes:
         m = node_macs(node)
         if m:
             out.append(OpCount(node.name, str(node.target), module_path(node),
-                               module_class(node), m))
+                               module_class(node), m, is_attn(node, live)))
     return out

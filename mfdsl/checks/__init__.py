@@ -171,14 +171,20 @@ def _check_dense(spec: ModelSpec, res: list) -> None:
                             d.loc(f"stage{i}"), hint="add it to outputs or remove the norm")
     for i in d.outputs:
         check_call("norm", d.norm_for(i), BuildContext(spec.stages[i].width, res[i], i))
+    check_any_size(spec, "this spec has dense outputs (a detection or segmentation backbone "
+                         "sees images of any size)")
+
+
+def check_any_size(spec: ModelSpec, reason: str, prefix: str = "") -> None:
+    """Refuse, at the mixer, a mixer sized for the spec's input (``any_size=False``);
+    ``reason`` says why another size is asked for."""
     for i, st in enumerate(spec.stages):
         for m in st.mixers:
             comp = registry.get("mixer", m.name)
             if comp is not None and not comp.any_size:
                 raise SpecError(
-                    f"stage {i} mixer '{m.name}' is sized for the spec's input and cannot "
-                    "run at other sizes, but this spec has dense outputs (a detection or "
-                    "segmentation backbone sees images of any size)", m.loc() or st.loc("mixers"),
+                    f"{prefix}stage {i} mixer '{m.name}' is sized for the spec's input and "
+                    f"cannot run at other sizes, but {reason}", m.loc() or st.loc("mixers"),
                     hint="mixers that take any input size: " + ", ".join(
                         n for n in registry.names("mixer") if registry.get("mixer", n).any_size))
 

@@ -11,7 +11,7 @@ from ..errors import CommandError
 from .app import main, report
 from .checkpoint_opts import checkpoint_path_cb
 from ..pipeline import check_at_img_size
-from .common import parse_img_size
+from .common import parse_img_size, parse_input
 from .. import fsio
 from ..errors import SpecError
 from ..ir import ModelSpec
@@ -46,6 +46,56 @@ IMG_SIZE_OPT = click.option("--img-size", callback=_img_size_cb, metavar="N|HxW"
                             help="Override the spec's input size.")
 
 
+def _input_cb(_ctx: click.Context, _p: click.Parameter, value: Optional[str]):
+    return parse_input(value)
+
+
+INPUT_OPT = click.option("--input", "input_size", callback=_input_cb, metavar="CxHxW",
+                         help="Input to count at, channels x height x width as the spec's "
+                              "input line (e.g. 3x800x1333); the channels must be the spec's.")
+
+
+def size_of(spec: ModelSpec, path: str, img_size: Optional[Tuple[int, int]],
+            input_size: Optional[Tuple[int, int, int]]
+            ) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
+    """One (H, W) override from ``--img-size`` or ``--input``, and how it was given (for
+    messages); the channels of ``--input`` must be the spec's, whose stem they size."""
+    if input_size is None:
+        return img_size, None if img_size is None else f"--img-size {img_size[0]}x{img_size[1]}"
+    if img_size is not None:
+        _fail("give the size once: --input CxHxW or --img-size HxW, not both")
+    c, h, w = input_size
+    option = f"--input {c}x{h}x{w}"
+    if c != spec.in_chans:
+        # Another channel count is another stem (other weights), not the spec's model.
+        _fail(f"{option}: {path} takes {spec.in_chans}-channel images (its input "
+              f"{spec.in_chans}x{spec.img_size[0]}x{spec.img_size[1]}); give "
+              f"{spec.in_chans}x{h}x{w}, or change the spec's input line")
+    return (h, w), option
+
+
+def load_at_size(path: str, img_size: Optional[Tuple[int, int]],
+                 input_size: Optional[Tuple[int, int, int]], **limits: Optional[int]
+                 ) -> ModelSpec:
+    """Load and check a spec at the size ``--img-size`` / ``--input`` give, for counting
+    its costs. A mixer sized for the spec's input (random, global_filter) is refused at
+    another size: what it would build is another model, not this spec's at that size."""
+    from ..api import load_spec
+    from ..checks import check_any_size
+
+    spec = load_spec(path)
+    for name, value in limits.items():
+        if value is not None:
+            setattr(spec.limits, name, value)
+    size, option = size_of(spec, path, img_size, input_size)
+    checked = check_at_img_size(spec, size, option)
+    if size is not None and tuple(size) != tuple(spec.img_size):
+        check_any_size(spec, f"{option} asks for its costs at "
+                             f"{size[0]}x{size[1]} (the spec's input is "
+                             f"{spec.img_size[0]}x{spec.img_size[1]})")
+    return checked
+
+
 @main.command("inspect")
 @SPEC_ARG
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
@@ -53,6 +103,7 @@ IMG_SIZE_OPT = click.option("--img-size", callback=_img_size_cb, metavar="N|HxW"
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
               show_default=True, help="Dtype of weights and activations for the memory figure.")
 @IMG_SIZE_OPT
+@INPUT_OPT
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--graph", "show_graph", is_flag=True,
               help="Also print the traced aten graph, one node per line.")
@@ -61,17 +112,17 @@ IMG_SIZE_OPT = click.option("--img-size", callback=_img_size_cb, metavar="N|HxW"
 @click.option("--pre-dispatch", is_flag=True,
               help="Trace before autograd decompositions (keeps linear / sdpa whole).")
 def inspect_cmd(spec: str, batch: int, dtype: str, img_size: Optional[Tuple[int, int]],
-                as_json: bool, show_graph: bool, graph_out: Optional[str],
-                pre_dispatch: bool) -> None:
+                input_size: Optional[Tuple[int, int, int]], as_json: bool, show_graph: bool,
+                graph_out: Optional[str], pre_dispatch: bool) -> None:
     """Parameters, MACs, output shapes and training activation memory of SPEC, per stage.
 
     MACs are counted on the traced aten graph (convs, linears, attention and
-    random-mixing matmuls), per image. Nothing is allocated: the model is built on the
-    meta device.
+    random-mixing matmuls), per image; "attn N^2" is attention's QK^T and attn@V part.
+    Nothing is allocated: the model is built on the meta device.
     """
     from ..analysis.inspect import analyse, graph_code, render_graph, render_table
 
-    model_spec = load_checked(spec, img_size)
+    model_spec = load_at_size(spec, img_size, input_size)
     try:
         report = analyse(model_spec, batch=batch, dtype=dtype, pre_dispatch=pre_dispatch,
                          keep_graph=show_graph or graph_out is not None)

@@ -5,13 +5,14 @@ import json
 import math
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import click
 
 from ..errors import CommandError, SpecError
 from ..ir import ModelSpec
 from .app import main
+from .analysis_cmds import IMG_SIZE_OPT, INPUT_OPT, load_at_size
 from .checkpoint_opts import checkpoint_path_cb
 
 _SI = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -62,16 +63,22 @@ def load_checked(path: str, max_params: Optional[str] = None,
     """Load a spec file, apply command-line limits (``max_X="2G"``), run every check and
     the size limits."""
     from ..api import check_spec, load_spec
-    from ..ir import LimitsSpec, setting_of
 
     spec = load_spec(path)
-    limits.update(max_params=max_params, max_macs=max_macs)
-    for name, text in limits.items():
-        meta = setting_of(LimitsSpec, name)
-        value = parse_count(text, meta.cli if meta else None)
+    for name, value in parse_limits(max_params=max_params, max_macs=max_macs,
+                                    **limits).items():
         if value is not None:
             setattr(spec.limits, name, value)
     return check_spec(spec)
+
+
+def parse_limits(**limits: Optional[str]) -> dict:
+    """``max_X="2G"`` -> ``{max_X: 2_000_000_000}`` (None kept)."""
+    from ..ir import LimitsSpec, setting_of
+
+    return {name: parse_count(text, meta.cli if meta else None)
+            for name, text in limits.items()
+            for meta in [setting_of(LimitsSpec, name)]}
 
 
 @main.command()
@@ -113,14 +120,18 @@ def validate(specs: Sequence[str], quiet: bool, **limits: Optional[str]) -> None
 @click.option("--checkpoint", type=click.Path(), callback=checkpoint_path_cb,
               default=None, help="Load weights (mfdsl, timm or official format) before "
                                  "optimising; a run folder means its last checkpoint.")
+@IMG_SIZE_OPT
+@INPUT_OPT
 @with_limits
 def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mode: str,
-                fold: bool, checkpoint: Optional[str], **limits: Optional[str]) -> None:
+                fold: bool, checkpoint: Optional[str], img_size: Optional[Tuple[int, int]],
+                input_size: Optional[Tuple[int, int, int]], **limits: Optional[str]) -> None:
     """Check SPEC, lower it to a PyTorch model and report what was built.
 
-    Prints a per-stage table (mixer, depth, width, output shape, params, MACs). MACs
-    count convolutions, linear layers and the attention / random-mixing matrix products
-    per image, the paper's convention.
+    Prints a per-stage table (mixer, depth, width, output shape, params, MACs, and of
+    those attention's QK^T and attn@V part, "attn N^2"). MACs count convolutions, linear
+    layers and the attention / random-mixing matrix products per image, the paper's
+    convention.
     """
     from ..lower import lower
     from ..summary import format_table, summarize
@@ -128,7 +139,7 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
     if target is None and not fold and (dtype != "fp32" or mode != "default"):
         raise click.UsageError("--dtype and --mode choose how to optimise for --target "
                                "(or --fold); give --target cpu or --target cuda")
-    ir = load_checked(spec, **limits)
+    ir = load_at_size(spec, img_size, input_size, **parse_limits(**limits))
     if checkpoint:
         from ..runner.run_folder import check_weights_model
 
