@@ -15,10 +15,11 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import runs
+from ..ckptformats.in21k import IN1K_CLASSES, IN21K_CLASSES
 from ..ir import ModelSpec, RecipeSpec, with_overrides
 from .device_plan import DevicePlan, resolve_device_plan
 from .errors import DataError, RunError
-from .official import official_recipe
+from .official import HEAD_REMAP, official_recipe, official_unstated
 from .optim import optimizer_args
 from ..run_options import (CROP_SCALE_MIN, EMBEDDED_CROP_SCALE_MIN, TrainOptions,
                            check_options)
@@ -75,6 +76,8 @@ class RunPlan:
     official: Optional[Dict[str, Any]]
     deviations: List[Dict[str, Any]]
     notes: List[str] = field(default_factory=list)
+    # Items the official sources do not state for this model, with this run's values.
+    unstated: List[Dict[str, Any]] = field(default_factory=list)
     # What a fine-tuning recipe trains (runner.finetune.apply_finetune's record); {}: all.
     finetune: Dict[str, Any] = field(default_factory=dict)
 
@@ -145,7 +148,8 @@ class RunPlan:
                             "variants": list(self.device.variants)},
             "init_from": self.init, "img_size": [int(v) for v in self.spec.img_size],
             "recipe": recipe_as_dict(r), "official": self.official,
-            "deviations_from_official": self.deviations, "notes": self.notes,
+            "deviations_from_official": self.deviations,
+            "official_unstated": self.unstated or None, "notes": self.notes,
             "finetune": self.finetune or None,
         }
         if lr_per_step:
@@ -193,11 +197,17 @@ class RunPlan:
         if self.official is None:
             lines.append("official recipe: none (not a paper model)")
         elif not self.deviations:
-            lines.append("official recipe: followed in every item")
+            stated = (f" stated ({', '.join(self.official)})" if self.unstated else "")
+            lines.append(f"official recipe: followed in every{stated} item")
         else:
             lines.append(f"deviations from the official recipe ({len(self.deviations)}):")
             lines += [f"  {d['item']}: official {d['official']}, this run {d['this_run']}"
                       for d in self.deviations]
+        if self.unstated:
+            lines.append(f"not stated by the official sources ({len(self.unstated)}; this "
+                         "run's values are the spec's choice, not the paper's):")
+            lines.append("  " + ", ".join(f"{u['item']}={u['this_run']}"
+                                          for u in self.unstated))
         return "\n".join(lines + self.notes)
 
     def deviation_lines(self) -> List[str]:
@@ -358,9 +368,14 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
         "precision": device_plan.dtype, "ema": r.ema,
         "init_from": (init.get("finetune_from") if init["kind"] == "finetune_from"
                       else init["source"] or "random"),
+        "num_classes": spec.num_classes,
+        "head_from_21k": (HEAD_REMAP if (_start_classes(init), spec.num_classes)
+                          == (IN21K_CLASSES, IN1K_CLASSES) else None),
     }
     official = official_recipe(spec.name)
     devs = deviations(resolved, official)
+    unstated = [{"item": k, "this_run": _plain(resolved.get(k))}
+                for k in official_unstated(spec.name)]
     finetune = _finetune_record(spec)
     if official is not None and sched.total_steps < sched.planned_steps:
         devs.append({"item": "total_steps", "official": sched.planned_steps,
@@ -371,7 +386,31 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
         optimizer={"name": r.optimizer, "args": {k: _plain(v) for k, v in opt_args.items()},
                    "no_weight_decay": "1-D params (norm weights, biases, scales)"},
         crop_scale_min=crop_min, hflip=opts.hflip, best=BestSelection(bool(r.ema)),
-        init=init, official=official, deviations=devs, notes=notes, finetune=finetune)
+        init=init, official=official, deviations=devs, notes=notes, finetune=finetune,
+        unstated=unstated)
+
+
+def _start_classes(init: Dict[str, Any]) -> Optional[int]:
+    """The class count of the starting weights where the plan can tell without reading
+    them (a release's, a run folder's class list); else None."""
+    from ..weights.sources import resolve_weights
+
+    source = init.get("source")
+    if init["kind"] not in ("init_from", "finetune_from") or not isinstance(source, str):
+        return None
+    found = resolve_weights(source)
+    if found is not None and found.release is not None:
+        return found.release.num_classes
+    if found is not None and found.path is not None:
+        from .run_folder import checkpoint_context
+
+        try:
+            ctx = checkpoint_context(found.path)
+        except RunError:
+            ctx = None
+        if ctx is not None:
+            return len(ctx.classes)
+    return None
 
 
 def _finetune_record(spec: ModelSpec) -> Dict[str, Any]:
