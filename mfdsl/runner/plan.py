@@ -9,8 +9,9 @@ lists every place where the resolved recipe differs from the official training
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -390,17 +391,18 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
         unstated=unstated)
 
 
-def _start_classes(init: Dict[str, Any]) -> Optional[int]:
-    """The class count of the starting weights where the plan can tell without reading
-    them (a release's, a run folder's class list); else None."""
+def _start_record(init: Dict[str, Any]) -> "tuple[Optional[int], Optional[List[str]]]":
+    """(head classes, class list) of the starting weights, as far as known without reading
+    them: a release's head; a run's head and recorded classes (run.json or the file's
+    metadata; label i is ``classes[i]``)."""
     from ..weights.sources import resolve_weights
 
     source = init.get("source")
     if init["kind"] not in ("init_from", "finetune_from") or not isinstance(source, str):
-        return None
+        return None, None
     found = resolve_weights(source)
     if found is not None and found.release is not None:
-        return found.release.num_classes
+        return found.release.num_classes, None
     if found is not None and found.path is not None:
         from .run_folder import checkpoint_context
 
@@ -408,9 +410,50 @@ def _start_classes(init: Dict[str, Any]) -> Optional[int]:
             ctx = checkpoint_context(found.path)
         except RunError:
             ctx = None
-        if ctx is not None:
-            return len(ctx.classes)
-    return None
+        if ctx is not None:  # the head's rows; the run's data may have had fewer classes
+            return ctx.load_spec(found.path).num_classes, list(ctx.classes)
+    return None, None
+
+
+def _start_classes(init: Dict[str, Any]) -> Optional[int]:
+    return _start_record(init)[0]
+
+
+_WNID = re.compile(r"n[0-9]{8}")
+
+
+def check_start_classes(plan: RunPlan, classes: Optional[Sequence[str]]) -> None:
+    """Refuse starting weights whose recorded class list does not fit: a head of another
+    class count (bar ImageNet-21K's, mapped to 1000 through the official class map, which
+    needs fall11's sorted wnids), or, with ``classes`` (the training data's), a head whose
+    row i is another class than the data's label i."""
+    n, names = _start_record(plan.init)
+    if names is None:
+        return
+    option = "--init-from" if plan.init["kind"] == "init_from" else "finetune_from"
+    src, want = plan.init["source"], plan.spec.num_classes
+    fresh = f"--inherit stage0-{len(plan.spec.stages) - 1}={src} (every stage, a new head)"
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    if (n, want) == (IN21K_CLASSES, IN1K_CLASSES):
+        if (len(names) != n or names != sorted(names)
+                or not all(_WNID.fullmatch(c) for c in names)):
+            raise RunError(f"{option} {src}: a {IN21K_CLASSES}-class head is mapped to "
+                           f"{IN1K_CLASSES} classes by the official class map, which indexes "
+                           f"fall11's sorted wnids; the run's classes are not those ({shown}). "
+                           f"Start from its other weights with {fresh}")
+        return
+    if n != want:
+        raise RunError(f"{option} {src}: the run's head has {n} classes (trained on "
+                       f"{shown}); spec '{plan.spec.name}' has {want}. To fine-tune on other "
+                       "classes use "
+                       f"{fresh}")
+    if classes is None:
+        return
+    for i, (theirs, ours) in enumerate(zip(names, classes)):
+        if theirs != ours:
+            raise RunError(f"{option} {src}: the run's class {i} is {theirs!r}, the training "
+                           f"data's is {ours!r}: its head would score other classes. Give "
+                           f"data with the run's classes, or use {fresh}")
 
 
 def _finetune_record(spec: ModelSpec) -> Dict[str, Any]:
@@ -455,9 +498,14 @@ def dry_run(spec: ModelSpec, opts: TrainOptions) -> RunPlan:
     if opts.dataset_size is not None:
         data = DataPlan("--dataset-size", "--dataset-size", "--dataset-size", None,
                         opts.dataset_size, None, None)
+        classes = None
     else:
-        data = open_run_data(opts.data, opts.train_split, opts.val_split,
-                             num_classes=spec.num_classes, generate=False).plan
-    return resolve_plan(spec, opts, data, world_size=world_size,
+        opened = open_run_data(opts.data, opts.train_split, opts.val_split,
+                               num_classes=spec.num_classes, generate=False)
+        data = opened.plan
+        classes = opened.train.classes if opened.train is not None else None
+    plan = resolve_plan(spec, opts, data, world_size=world_size,
                         device=_dry_run_device(opts.device),
                         resuming=out is not None and out.resume_stem is not None)
+    check_start_classes(plan, classes)
+    return plan
