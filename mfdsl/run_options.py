@@ -164,8 +164,9 @@ class TrainOptions:
         f"{EMBEDDED_CROP_SCALE_MIN} on the embedded data).", FLOAT, min=0, min_exclusive=True,
         max=1, optional=True, flag="--crop-scale-min")
     init_from: Optional[str] = option(
-        None, "Start from these weights: a checkpoint file (mfdsl, timm or official) or a "
-        "release name, e.g. caformer_s18.sail_in22k_ft_in1k (fetched via the HF cache).",
+        None, "Start from these weights: a run folder (its last checkpoint; adapters merged), a "
+        "checkpoint file (mfdsl, timm or official) or a release name, e.g. "
+        "caformer_s18.sail_in22k (fetched via the HF cache).",
         STR, optional=True, flag="--init-from")
     inherit: Tuple[str, ...] = option(
         (), "Copy trained parts from SOURCE (release name, run folder or checkpoint) where "

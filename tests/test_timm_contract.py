@@ -192,7 +192,8 @@ def test_contract_on_python_specs(make) -> None:
     check_contract(model, image(model))
 
 
-ZOO = sorted(p.name for p in SPECS.glob("*.mf"))
+# The ImageNet-21K specs build their model's architecture (tests/test_zoo_in21k.py): left out.
+ZOO = sorted(p.name for p in SPECS.glob("*.mf") if "_in21" not in p.name)
 
 
 @pytest.mark.slow

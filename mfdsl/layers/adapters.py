@@ -12,7 +12,7 @@ function (the same weight up to one rounding of the sum) and has no adapter left
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -80,3 +80,42 @@ def merge_adapters(model: nn.Module) -> List[str]:
         m.weight.requires_grad_(requires_grad)
         done.append(name)
     return done
+
+
+# A saved model with adapters names each adapted weight ``<module>.parametrizations.weight.
+# original`` and its adapter ``<module>.parametrizations.weight.0.lora_a`` / ``lora_b``.
+_ORIGINAL = ".parametrizations.weight.original"
+_LORA = ".parametrizations.weight.0."
+
+
+def adapter_state_rank(sd: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """The adapters' rank in a state dict saved with unmerged adapters; None without."""
+    ranks = {v.shape[0] for k, v in sd.items() if k.endswith(_LORA + "lora_a")}
+    if not ranks:
+        return None
+    if len(ranks) > 1:
+        raise ValueError(f"adapters of different ranks {sorted(ranks)} in one state dict")
+    return ranks.pop()
+
+
+def merge_adapter_state(sd: Mapping[str, torch.Tensor], alpha: float
+                        ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """``sd`` (saved with unmerged adapters) as the plain model's state dict: each adapted
+    weight becomes ``W + (alpha / rank) * B @ A`` under ``<module>.weight``, computed as
+    :class:`LowRankDelta` computes it; the merged modules' names."""
+    out: Dict[str, torch.Tensor] = {}
+    merged: List[str] = []
+    for k, v in sd.items():
+        if _LORA in k:
+            continue
+        if not k.endswith(_ORIGINAL):
+            out[k] = v
+            continue
+        module = k[: -len(_ORIGINAL)]
+        a, b = sd.get(module + _LORA + "lora_a"), sd.get(module + _LORA + "lora_b")
+        if a is None or b is None:
+            raise ValueError(f"{k}: an adapted weight without its lora_a/lora_b")
+        delta = (b @ a) * (alpha / a.shape[0])
+        out[module + ".weight"] = v + delta.reshape(v.shape).to(v.dtype)
+        merged.append(module)
+    return out, merged

@@ -9,16 +9,18 @@ lists every place where the resolved recipe differs from the official training
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from .. import runs
+from ..ckptformats.in21k import IN1K_CLASSES, IN21K_CLASSES
 from ..ir import ModelSpec, RecipeSpec, with_overrides
 from .device_plan import DevicePlan, resolve_device_plan
 from .errors import DataError, RunError
-from .official import official_recipe
+from .official import HEAD_REMAP, official_recipe, official_unstated
 from .optim import optimizer_args
 from ..run_options import (CROP_SCALE_MIN, EMBEDDED_CROP_SCALE_MIN, TrainOptions,
                            check_options)
@@ -75,6 +77,8 @@ class RunPlan:
     official: Optional[Dict[str, Any]]
     deviations: List[Dict[str, Any]]
     notes: List[str] = field(default_factory=list)
+    # Items the official sources do not state for this model, with this run's values.
+    unstated: List[Dict[str, Any]] = field(default_factory=list)
     # What a fine-tuning recipe trains (runner.finetune.apply_finetune's record); {}: all.
     finetune: Dict[str, Any] = field(default_factory=dict)
 
@@ -145,7 +149,8 @@ class RunPlan:
                             "variants": list(self.device.variants)},
             "init_from": self.init, "img_size": [int(v) for v in self.spec.img_size],
             "recipe": recipe_as_dict(r), "official": self.official,
-            "deviations_from_official": self.deviations, "notes": self.notes,
+            "deviations_from_official": self.deviations,
+            "official_unstated": self.unstated or None, "notes": self.notes,
             "finetune": self.finetune or None,
         }
         if lr_per_step:
@@ -193,11 +198,17 @@ class RunPlan:
         if self.official is None:
             lines.append("official recipe: none (not a paper model)")
         elif not self.deviations:
-            lines.append("official recipe: followed in every item")
+            stated = (f" stated ({', '.join(self.official)})" if self.unstated else "")
+            lines.append(f"official recipe: followed in every{stated} item")
         else:
             lines.append(f"deviations from the official recipe ({len(self.deviations)}):")
             lines += [f"  {d['item']}: official {d['official']}, this run {d['this_run']}"
                       for d in self.deviations]
+        if self.unstated:
+            lines.append(f"not stated by the official sources ({len(self.unstated)}; this "
+                         "run's values are the spec's choice, not the paper's):")
+            lines.append("  " + ", ".join(f"{u['item']}={u['this_run']}"
+                                          for u in self.unstated))
         return "\n".join(lines + self.notes)
 
     def deviation_lines(self) -> List[str]:
@@ -358,9 +369,14 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
         "precision": device_plan.dtype, "ema": r.ema,
         "init_from": (init.get("finetune_from") if init["kind"] == "finetune_from"
                       else init["source"] or "random"),
+        "num_classes": spec.num_classes,
+        "head_from_21k": (HEAD_REMAP if (_start_classes(init), spec.num_classes)
+                          == (IN21K_CLASSES, IN1K_CLASSES) else None),
     }
     official = official_recipe(spec.name)
     devs = deviations(resolved, official)
+    unstated = [{"item": k, "this_run": _plain(resolved.get(k))}
+                for k in official_unstated(spec.name)]
     finetune = _finetune_record(spec)
     if official is not None and sched.total_steps < sched.planned_steps:
         devs.append({"item": "total_steps", "official": sched.planned_steps,
@@ -371,7 +387,73 @@ def resolve_plan(spec: ModelSpec, opts: TrainOptions, data: DataPlan, *, world_s
         optimizer={"name": r.optimizer, "args": {k: _plain(v) for k, v in opt_args.items()},
                    "no_weight_decay": "1-D params (norm weights, biases, scales)"},
         crop_scale_min=crop_min, hflip=opts.hflip, best=BestSelection(bool(r.ema)),
-        init=init, official=official, deviations=devs, notes=notes, finetune=finetune)
+        init=init, official=official, deviations=devs, notes=notes, finetune=finetune,
+        unstated=unstated)
+
+
+def _start_record(init: Dict[str, Any]) -> "tuple[Optional[int], Optional[List[str]]]":
+    """(head classes, class list) of the starting weights, as far as known without reading
+    them: a release's head; a run's head and recorded classes (run.json or the file's
+    metadata; label i is ``classes[i]``)."""
+    from ..weights.sources import resolve_weights
+
+    source = init.get("source")
+    if init["kind"] not in ("init_from", "finetune_from") or not isinstance(source, str):
+        return None, None
+    found = resolve_weights(source)
+    if found is not None and found.release is not None:
+        return found.release.num_classes, None
+    if found is not None and found.path is not None:
+        from .run_folder import checkpoint_context
+
+        try:
+            ctx = checkpoint_context(found.path)
+        except RunError:
+            ctx = None
+        if ctx is not None:  # the head's rows; the run's data may have had fewer classes
+            return ctx.load_spec(found.path).num_classes, list(ctx.classes)
+    return None, None
+
+
+def _start_classes(init: Dict[str, Any]) -> Optional[int]:
+    return _start_record(init)[0]
+
+
+_WNID = re.compile(r"n[0-9]{8}")
+
+
+def check_start_classes(plan: RunPlan, classes: Optional[Sequence[str]]) -> None:
+    """Refuse starting weights whose recorded class list does not fit: a head of another
+    class count (bar ImageNet-21K's, mapped to 1000 through the official class map, which
+    needs fall11's sorted wnids), or, with ``classes`` (the training data's), a head whose
+    row i is another class than the data's label i."""
+    n, names = _start_record(plan.init)
+    if names is None:
+        return
+    option = "--init-from" if plan.init["kind"] == "init_from" else "finetune_from"
+    src, want = plan.init["source"], plan.spec.num_classes
+    fresh = f"--inherit stage0-{len(plan.spec.stages) - 1}={src} (every stage, a new head)"
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    if (n, want) == (IN21K_CLASSES, IN1K_CLASSES):
+        if (len(names) != n or names != sorted(names)
+                or not all(_WNID.fullmatch(c) for c in names)):
+            raise RunError(f"{option} {src}: a {IN21K_CLASSES}-class head is mapped to "
+                           f"{IN1K_CLASSES} classes by the official class map, which indexes "
+                           f"fall11's sorted wnids; the run's classes are not those ({shown}). "
+                           f"Start from its other weights with {fresh}")
+        return
+    if n != want:
+        raise RunError(f"{option} {src}: the run's head has {n} classes (trained on "
+                       f"{shown}); spec '{plan.spec.name}' has {want}. To fine-tune on other "
+                       "classes use "
+                       f"{fresh}")
+    if classes is None:
+        return
+    for i, (theirs, ours) in enumerate(zip(names, classes)):
+        if theirs != ours:
+            raise RunError(f"{option} {src}: the run's class {i} is {theirs!r}, the training "
+                           f"data's is {ours!r}: its head would score other classes. Give "
+                           f"data with the run's classes, or use {fresh}")
 
 
 def _finetune_record(spec: ModelSpec) -> Dict[str, Any]:
@@ -416,9 +498,14 @@ def dry_run(spec: ModelSpec, opts: TrainOptions) -> RunPlan:
     if opts.dataset_size is not None:
         data = DataPlan("--dataset-size", "--dataset-size", "--dataset-size", None,
                         opts.dataset_size, None, None)
+        classes = None
     else:
-        data = open_run_data(opts.data, opts.train_split, opts.val_split,
-                             num_classes=spec.num_classes, generate=False).plan
-    return resolve_plan(spec, opts, data, world_size=world_size,
+        opened = open_run_data(opts.data, opts.train_split, opts.val_split,
+                               num_classes=spec.num_classes, generate=False)
+        data = opened.plan
+        classes = opened.train.classes if opened.train is not None else None
+    plan = resolve_plan(spec, opts, data, world_size=world_size,
                         device=_dry_run_device(opts.device),
                         resuming=out is not None and out.resume_stem is not None)
+    check_start_classes(plan, classes)
+    return plan

@@ -33,7 +33,7 @@ from .metrics import MetricsLog
 from ..run_options import TrainOptions, check_options
 from .output import Console
 from .parts import Parts, build_parts, load_start_weights, lower_model, train_loader, val_loader
-from .plan import RunPlan, resolve_plan, run_spec
+from .plan import RunPlan, check_start_classes, resolve_plan, run_spec
 from .preemption import StopWatch, remove_leftover_temporaries, stop_at_boundary
 from .run_data import data_root, open_run_data
 from .run_folder import OutputPlan, RunContext, clear_run, plan_output, run_folder_of
@@ -145,6 +145,7 @@ def build_run(spec: ModelSpec, opts: TrainOptions, env: DistEnv, out: OutputPlan
                          classes=prior.classes if prior is not None else None)
     plan = resolve_plan(spec, opts, data.plan, world_size=env.world_size, device=env.device,
                         resuming=out.resume_stem is not None)
+    check_start_classes(plan, data.train.classes if data.train is not None else None)
     for line in out.notes + data.notes + plan.notes + plan.deviation_lines():
         log(line)
     model = lower_model(plan)

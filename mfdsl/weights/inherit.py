@@ -62,9 +62,14 @@ class Source:
 
 
 def _loaded(spec: ModelSpec, weights: Any, where: str) -> Dict[str, torch.Tensor]:
+    from ..layers.adapters import adapter_state_rank, merge_adapter_state
     from ..pipeline import lower_checked
 
     model = lower_checked(spec, check_sizes=False)
+    if spec.recipe is not None and spec.recipe.adapters:  # saved unmerged: merge them
+        sd, _, _ = read_state_dict(weights)
+        if adapter_state_rank(sd) is not None:
+            weights, _ = merge_adapter_state(sd, spec.recipe.adapter_alpha)
     try:
         load_checkpoint(model, weights, strict=True)
     except CheckpointError as exc:

@@ -98,8 +98,9 @@ DEFAULT_TAG = "sail_in1k"
 
 
 def zoo_model_of(spec_name: str) -> str:
-    """The architecture a zoo spec name builds: ``caformer_s18_384`` -> ``caformer_s18``."""
-    return re.sub(r"_384$", "", spec_name)
+    """The architecture a zoo spec name builds: ``caformer_s18_384`` -> ``caformer_s18``
+    (also the ImageNet-21K specs ``_in21k``, ``_in21ft1k``, ``_384_in21ft1k``)."""
+    return re.sub(r"(_384)?(_in21k|_in21ft1k)?$", "", spec_name, count=1)
 
 
 def releases_for(model: str) -> List[Release]:
