@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mfdsl.api import build_model
-from mfdsl.downstream import (DETECTORS, DenseFeatures, FPNBackbone, SemanticFPN,
+from mfdsl.downstream import (DenseFeatures, FPNBackbone, SemanticFPN,
                               build_detector, dense_features)
 
 from conftest import tiny_mf, write
@@ -121,7 +121,7 @@ def test_dense_features_errors(plain: Path, dense: Path):
     with pytest.raises(TypeError, match=r"apply to a spec"):
         dense_features(build_model(dense), check_sizes=False)
     body = dense_features(dense)
-    with pytest.raises(ValueError, match=r"takes \(B, 3, H, W\) images, got shape \(1, 1, 64, 64\)"):
+    with pytest.raises(ValueError, match=r"takes \(B, 3, H, W\) images, got shape \(1, 1, "):
         body(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match=r"unknown detector 'yolo'"):
         build_detector(body, "yolo", 3)
@@ -234,8 +234,7 @@ def test_transformers_timm_backbone_takes_an_mfdsl_spec(dense: Path):
     from transformers import TimmBackbone, TimmBackboneConfig
 
     name = mfdsl.timm.register(dense, "mfdsl_tiny_downstream_test")
-    config = TimmBackboneConfig(backbone=name, use_pretrained_backbone=False,
-                                out_indices=(0, 1))
+    config = TimmBackboneConfig(backbone=name, out_indices=(0, 1))
     hf = TimmBackbone(config).eval()
     assert list(hf.channels) == [16, 32]
     x = torch.randn(2, 3, 97, 131)

@@ -38,9 +38,9 @@ def build_detector(body: DenseFeatures, kind: str, num_classes: int, *,
     the levels' strides (:func:`anchor_sizes`, aspect ratios 0.5, 1, 2) unless
     ``anchor_generator`` is given; the R-CNNs pool RoIs from the body's levels (not the
     extra one); Mask R-CNN's mask head is torchvision's (four 3x3 convs and a 2x
-    deconvolution, ``mask_channels`` wide). The transform normalises with the backbone model's mean and std and resizes
-    to ``min_size`` / ``max_size``; ``size_divisible`` pads the batch (1: no padding).
-    Other ``kwargs`` go to the torchvision class (``box_detections_per_img``, ...). The
+    deconvolution, ``mask_channels`` wide). The transform normalises with the backbone
+    model's mean and std and resizes to ``min_size`` / ``max_size``; ``size_divisible``
+    pads the batch (1: no padding). Other ``kwargs`` go to the torchvision class (``box_detections_per_img``, ...). The
     model is untrained past the backbone; no weights are downloaded."""
     if not isinstance(body, DenseFeatures):
         raise TypeError(f"build_detector takes a DenseFeatures body (mfdsl.downstream."
