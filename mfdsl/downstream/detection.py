@@ -40,8 +40,9 @@ def build_detector(body: DenseFeatures, kind: str, num_classes: int, *,
     extra one); Mask R-CNN's mask head is torchvision's (four 3x3 convs and a 2x
     deconvolution, ``mask_channels`` wide). The transform normalises with the backbone
     model's mean and std and resizes to ``min_size`` / ``max_size``; ``size_divisible``
-    pads the batch (1: no padding). Other ``kwargs`` go to the torchvision class (``box_detections_per_img``, ...). The
-    model is untrained past the backbone; no weights are downloaded."""
+    pads the batch (1: no padding). Other ``kwargs`` go to the torchvision class
+    (``box_detections_per_img``, ...). The model is untrained past the backbone; no
+    weights are downloaded."""
     if not isinstance(body, DenseFeatures):
         raise TypeError(f"build_detector takes a DenseFeatures body (mfdsl.downstream."
                         f"dense_features), got {type(body).__name__}")
