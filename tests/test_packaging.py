@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
+    # From a copy without build outputs: setuptools reuses an in-tree build/lib, whose
+    # leftovers would ship a package the package list has lost.
+    source = tmp_path_factory.mktemp("src") / "mfdsl"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", "runs"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(source)],
         check=True, cwd=tmp_path_factory.mktemp("cwd"),
     )
     return target
@@ -31,6 +37,16 @@ def _run(installed: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def test_wheel_ships_grammar_and_schema(installed: Path):
     assert (installed / "mfdsl" / "grammar" / "metaformer.lark").is_file()
     assert (installed / "mfdsl" / "grammar" / "metaformer.schema.json").is_file()
+
+
+def test_wheel_ships_every_package_of_the_source_tree(installed: Path):
+    # A package missing from pyproject's list imports fine from a checkout (the tests'
+    # own folder is on sys.path) and fails only once installed.
+    source = {p.parent.relative_to(ROOT).as_posix()
+              for p in (ROOT / "mfdsl").rglob("__init__.py")}
+    shipped = {p.parent.relative_to(installed).as_posix()
+               for p in (installed / "mfdsl").rglob("__init__.py")}
+    assert source - shipped == set()
 
 
 def test_wheel_ships_the_zoo(installed: Path):
