@@ -474,3 +474,35 @@ def test_the_tolerance_check_finds_an_unexplained_one():
     # tolerance: (the texts below are the check's input, not comparisons)
     assert picked_tolerances("x = 1\nassert_close(a, b, atol=1e-5, rtol=1e-5)\n") == [2]
     assert picked_tolerances("# tolerance: elementwise\nassert_close(a, b, atol=1e-6)\n") == []
+
+
+# Readers of checkpoint files: one package owns them, so each refuses what is not a regular
+# file (a FIFO would block) and loads tensors only (weights_only / safetensors).
+_CHECKPOINT_READS = re.compile(r"\b(safe_open|load_file|torch\.load)\(")
+
+
+def checkpoint_readers_outside(package: Path) -> List[str]:
+    """``file:line`` of each checkpoint read in ``package`` outside its ckptformats/."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if "ckptformats" in path.relative_to(package).parts:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _CHECKPOINT_READS.search(code) and "``" not in code:
+                found.append(f"{path.relative_to(package.parent)}:{n}")
+    return found
+
+
+def test_checkpoint_files_are_read_in_ckptformats_only():
+    assert checkpoint_readers_outside(PKG) == []
+
+
+def test_the_checkpoint_reader_check_sees_a_stray_read(tmp_path):
+    pkg = tmp_path / "mfdsl"
+    (pkg / "runner").mkdir(parents=True)
+    (pkg / "ckptformats").mkdir()
+    (pkg / "ckptformats" / "ok.py").write_text("state = torch.load(p, weights_only=True)\n")
+    (pkg / "runner" / "parts.py").write_text(
+        "x = 1\nwith safe_open(path, framework='pt') as f:\n    pass\n")
+    assert checkpoint_readers_outside(pkg) == ["mfdsl/runner/parts.py:2"]

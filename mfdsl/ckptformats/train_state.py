@@ -11,7 +11,7 @@ This module reads them; the runner writes them (``mfdsl.runner.checkpointing``).
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -36,6 +36,19 @@ def weights_meta(path: str) -> Optional[Dict[str, Any]]:
             meta = f.metadata() or {}
         return json.loads(meta["mfdsl"])
     except Exception:  # any unreadable file is simply not a valid checkpoint
+        return None
+
+
+def weights_names(path: str) -> Optional[List[str]]:
+    """The tensor names of a safetensors weights file (its header alone), or None if it is
+    unreadable or not a regular file (a FIFO must not block the caller)."""
+    from safetensors import safe_open
+
+    try:
+        fsio.check_regular(path, "checkpoint")
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    except Exception:  # any unreadable file: the load that follows says why
         return None
 
 

@@ -253,13 +253,7 @@ def _merged_adapters(path: str, option: str) -> Optional[Tuple[Dict[str, torch.T
 def _has_adapter_keys(path: str) -> bool:
     """Whether a weights file (mfdsl's runs save safetensors) names adapter tensors."""
     from .. import runs
+    from ..ckptformats.train_state import weights_names
 
-    if not path.endswith(runs.WEIGHTS_EXT):
-        return False
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            return any(k.endswith((".lora_a", ".lora_b")) for k in f.keys())
-    except Exception:  # unreadable: the load says why
-        return False
+    names = weights_names(path) if path.endswith(runs.WEIGHTS_EXT) else None
+    return any(k.endswith((".lora_a", ".lora_b")) for k in names or ())
