@@ -7,6 +7,7 @@ spec and checkpoint reads refuse FIFOs and devices.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import stat
@@ -392,8 +393,15 @@ def _fifo(tmp_path: Path, name: str) -> Path:
 def _no_hang(fn, seconds: float = 20):
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("r", fn()), daemon=True)
+    # A read that blocks while holding the GIL (a native open of a FIFO) stops this thread
+    # too: then faulthandler's own thread ends the process with the blocked stack, a
+    # failure instead of a suite that never ends.
+    faulthandler.dump_traceback_later(seconds + 30, exit=True)
     t.start()
-    t.join(seconds)
+    try:
+        t.join(seconds)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     if t.is_alive():
         # Unblock the reader so the test process can exit, then fail.
         raise AssertionError("blocked")
