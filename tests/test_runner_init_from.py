@@ -195,3 +195,28 @@ def test_inherit_takes_the_merged_weights_of_an_adapter_run(tmp_path: Path) -> N
     for k, v in target.state_dict().items():
         if k.startswith("stages."):
             assert torch.equal(v, want[k]), k
+
+
+def test_eval_and_compile_read_an_adapter_runs_weights_merged(tmp_path: Path) -> None:
+    # Every command that loads a run's weights into its plain model goes through one
+    # loader: eval (with or without SPEC) and compile score the model the run trained.
+    spec, model = adapter_model()
+    src = fake_run(tmp_path / "run", spec, model, ABC)
+    data = solid_folder(tmp_path / "data", 3, {"a": 30, "b": 120, "c": 220})
+    weights = src / runs.LAST_WEIGHTS
+    merged = copy.deepcopy(model)
+    merge_adapters(merged)
+    plain_spec = train_spec(adapters="mlp", adapter_rank=2, adapter_alpha=3.0)
+    by_hand = fake_run(tmp_path / "merged", plain_spec, merged, ABC) / runs.LAST_WEIGHTS
+    plain = write_spec(tmp_path / "plain.mf", train_spec())
+    scores = []
+    for args in (["eval", "-c", weights], ["eval", plain, "-c", weights],
+                 ["eval", plain, "-c", by_hand]):
+        code, out = run(*args, "--data", data / "val", "--device", "cpu", "--workers", "0",
+                        "--json")
+        assert code == 0, out
+        scores.append(json.loads(out[out.index("{"):]))
+    assert scores[0]["loss"] == scores[1]["loss"] == scores[2]["loss"], scores
+    assert scores[0]["top1"] == scores[1]["top1"] == scores[2]["top1"], scores
+    code, out = run("compile", plain, "--checkpoint", weights)
+    assert code == 0, out

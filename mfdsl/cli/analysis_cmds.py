@@ -226,11 +226,11 @@ def _load_weights(model: object, path: str) -> None:
     if not os.path.exists(path):
         _fail(f"no such checkpoint file: {path}")
     try:
-        from ..ckptformats.weights import load_checkpoint
+        from ..runner.run_weights import load_run_weights
     except ImportError as exc:
         _fail(f"checkpoint loading is unavailable: {exc}", 1)
     try:
-        load_checkpoint(model, path)
+        load_run_weights(model, path, "--checkpoint")
     except Exception as exc:  # CheckpointError and friends: located, no traceback
         _fail(f"{path}: {exc}" if path not in str(exc) else str(exc))
 

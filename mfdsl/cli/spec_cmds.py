@@ -146,9 +146,9 @@ def compile_cmd(spec: str, as_json: bool, target: Optional[str], dtype: str, mod
         check_weights_model(ir, checkpoint)  # a RunError is reported by the CLI group
     model = lower(ir, target=target or "cpu")
     if checkpoint:
-        from ..ckptformats.weights import load_checkpoint
+        from ..runner.run_weights import load_run_weights
 
-        load_checkpoint(model, checkpoint)
+        load_run_weights(model, checkpoint, "--checkpoint")
     summary = summarize(ir, model)
     applied = None
     if target is not None or fold:

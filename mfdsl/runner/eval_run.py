@@ -118,7 +118,7 @@ def run_evaluation(spec: Optional[ModelSpec], checkpoint: str, opts: "EvalOption
     not a comparable score); ``progress``: a tqdm bar on the first rank.
     """
     from ..api import build_model
-    from ..ckptformats.weights import CheckpointError, load_checkpoint
+    from ..ckptformats.weights import CheckpointError
     from ..data.dataset import (ShardSampler, SourceDataset, eval_transform, make_loader,
                                 spread_subset)
     from ..fingerprint import model_fingerprint
@@ -126,6 +126,7 @@ def run_evaluation(spec: Optional[ModelSpec], checkpoint: str, opts: "EvalOption
     from .device_plan import resolve_device_plan
     from .distributed import barrier, checked_alike_on_every_rank, setup, teardown
     from .evaluate import evaluate
+    from .run_weights import load_run_weights
 
     from ..run_options import check_options
 
@@ -143,7 +144,7 @@ def run_evaluation(spec: Optional[ModelSpec], checkpoint: str, opts: "EvalOption
         model = build_model(plan.spec, variants=dp.variants)
         with checked_alike_on_every_rank():
             try:
-                report = load_checkpoint(model, plan.checkpoint)
+                report = load_run_weights(model, plan.checkpoint, "--checkpoint")
             except CheckpointError as exc:
                 raise RunError(f"cannot load checkpoint: {exc}") from None
             if plan.context is None:

@@ -190,18 +190,15 @@ def load_start_weights(model: nn.Module, plan: RunPlan, opts: Any, log: Callable
 
 def _start_from(model: nn.Module, plan: RunPlan, source: str, option: str,
                 log: Callable[[str], None]) -> None:
-    from ..ckptformats.weights import CheckpointError, load_checkpoint
+    from ..ckptformats.weights import CheckpointError
     from ..weights import load_weights
     from ..weights.sources import require_weights
+    from .run_weights import load_run_weights
 
     found = require_weights(source, option, RunError, spec=plan.spec)
     try:
-        merged = (_merged_adapters(found.path, option) if found.release is None
-                  and found.path is not None else None)
-        if merged is not None:
-            report = load_checkpoint(model, merged[0])
-            report.source = found.path
-            report.notes.insert(0, merged[1])
+        if found.release is None and found.path is not None:
+            report = load_run_weights(model, found.path, option)
         else:
             report = load_weights(model, found.ref, plan.spec)
     except CheckpointError as exc:
@@ -216,44 +213,3 @@ def _start_from(model: nn.Module, plan: RunPlan, source: str, option: str,
         f"{report.format} layout)")
     for note in report.notes:
         log(f"note: {note}")
-
-
-def _merged_adapters(path: str, option: str) -> Optional[Tuple[Dict[str, torch.Tensor], str]]:
-    """The weights file ``path`` with its unmerged low-rank adapters merged into their
-    weights, and the note saying so; None when it has none. Their alpha is the recipe
-    the run recorded (run.json or the file's metadata)."""
-    from ..ckptformats.weights import read_state_dict
-    from ..layers.adapters import adapter_state_rank, merge_adapter_state
-    from .run_folder import checkpoint_context
-
-    if not _has_adapter_keys(path):  # the header alone: most files have none
-        return None
-    sd, _, _ = read_state_dict(path)
-    try:
-        rank = adapter_state_rank(sd)
-    except ValueError as exc:
-        raise RunError(f"{option} {path}: {exc}") from None
-    if rank is None:
-        return None
-    ctx = checkpoint_context(path)
-    recipe = ctx.load_spec(path).recipe if ctx is not None else None
-    if recipe is None or not recipe.adapters:
-        raise RunError(f"{option} {path}: the weights hold unmerged low-rank adapters (rank "
-                       f"{rank}) but no run record says their alpha (run.json or the file's "
-                       "metadata with an 'adapters' recipe); merge them where they were "
-                       "trained (mfdsl export, or mfdsl.layers.adapters.merge_adapters)")
-    if recipe.adapter_rank != rank:
-        raise RunError(f"{option} {path}: the adapters have rank {rank}, the run's recipe "
-                       f"says adapter_rank {recipe.adapter_rank}; the file is not that run's")
-    merged, names = merge_adapter_state(sd, recipe.adapter_alpha)
-    return merged, (f"{len(names)} low-rank adapters (rank {rank}, alpha "
-                    f"{recipe.adapter_alpha:g}) merged into their weights")
-
-
-def _has_adapter_keys(path: str) -> bool:
-    """Whether a weights file (mfdsl's runs save safetensors) names adapter tensors."""
-    from .. import runs
-    from ..ckptformats.train_state import weights_names
-
-    names = weights_names(path) if path.endswith(runs.WEIGHTS_EXT) else None
-    return any(k.endswith((".lora_a", ".lora_b")) for k in names or ())
