@@ -454,3 +454,23 @@ COUNT_SUFFIX = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 # What a design space may budget (docs/spaces.md): here, below the schema and the spaces.
 BUDGET_METRICS = ("params", "macs", "train_memory")
 COUNT_PATTERN = r"^[0-9]{1,30}(\.[0-9]{1,30})?[KMGT]$"  # bounded: no count needs more
+
+
+# Settings people look for that mfdsl leaves out on purpose, with the reason: an unknown
+# key that is one of these says why, not "did you mean" a neighbour.
+ABSENT_SETTINGS: Dict[str, str] = {
+    "adapter_dropout": "adapters act on the weight (W + alpha/rank * B @ A, so that every "
+                       "speed variant and fused block sees them): there is no separate adapter "
+                       "input to drop; regularise with drop_path or head_dropout",
+}
+
+
+def unknown_key_hint(key: str, allowed) -> str:
+    """The hint of an unknown setting ``key``: why it is absent, the nearest allowed name,
+    or the allowed names."""
+    from .errors import nearest
+
+    if key in ABSENT_SETTINGS:
+        return f"'{key}' is not a setting: {ABSENT_SETTINGS[key]}"
+    guess = nearest(key, allowed)
+    return f"did you mean '{guess}'?" if guess else "allowed: " + ", ".join(allowed)

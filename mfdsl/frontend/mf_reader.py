@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import Loc, SpecError, nearest
-from ..ir import (BOOL, COUNT, FLOAT, FLOATS, INT, STR, Call, DenseSpec, DownsampleSpec,
+from ..ir import (unknown_key_hint, BOOL, COUNT, FLOAT, FLOATS, INT, STR, Call, DenseSpec, DownsampleSpec,
                   ModelSpec,
                   Setting, StageSpec, default_downsample, default_stem, setting_of)
 from .mf_syntax import Atom, Block, CallNode, Line, ListNode, TupleNode, Width
@@ -489,10 +489,8 @@ class Interpreter:
             if k not in keys and k in aliases:
                 keys = {**keys, k: aliases[k]}
             if k not in keys:
-                guess = nearest(k, keys)
                 raise SpecError(f"unknown {_BLOCK_NOUN.get(word, word + ' setting')} '{k}'",
-                                key.loc, hint=f"did you mean '{guess}'?" if guess else
-                                f"{word} settings: " + ", ".join(keys))
+                                key.loc, hint=unknown_key_hint(k, keys))
             name, meta = keys[k]
             seen.add(name, key.loc, k)
             item = sub.take(expected_text(meta), k)

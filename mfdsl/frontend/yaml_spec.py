@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from ..errors import Loc, SpecError, nearest
-from ..ir import (
+from ..ir import (unknown_key_hint, 
     COUNT, COUNT_SUFFIX, STAGE_SETTINGS, Call, DenseSpec, DownsampleSpec, EvalSpec, LimitsSpec,
     ModelSpec, RecipeSpec, StageSpec, default_downsample, default_stem, setting_of,
     settings_of,
@@ -375,8 +375,7 @@ def _schema_error(e: Any, doc: _Document) -> SpecError:
         allowed = list(e.schema.get("properties", {}))
         extra = [k for k in inst if k not in allowed]
         key = extra[0] if extra else "?"
-        guess = nearest(key, allowed)
-        hint = f"did you mean '{guess}'?" if guess else f"allowed keys: {', '.join(allowed)}"
+        hint = unknown_key_hint(key, allowed)
         what = f"in {where}" if p else "at the top level"
         return SpecError(f"unknown key '{key}' {what}", doc.key_loc(p + (key,)), hint=hint)
     if v == "required":
