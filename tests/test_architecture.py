@@ -137,7 +137,7 @@ FLOORS = [
     ("pipeline",),
     ("space", "weights"),
     ("api",),
-    ("__init__", "target", "compare", "timm"),
+    ("__init__", "target", "compare", "timm", "downstream"),
     ("bench", "runner"),
     ("sweep",),
     ("cli",),
