@@ -188,6 +188,14 @@ def test_the_launchers_environment_is_read_from_torchrun_srun_or_mpirun(monkeypa
         launch.rendezvous()
 
 
+def reap(procs) -> None:
+    """Kill, and wait for, whichever of ``procs`` still runs (a test that failed midway)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -221,10 +229,7 @@ def test_four_srun_tasks_form_one_job_and_stop_with_one_checkpoint_on_sigusr1(se
             os.kill(p.pid, signal.SIGUSR1)
         texts = [p.communicate(timeout=180)[0] for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+        reap(procs)
     assert [p.returncode for p in procs] == [75] * 4, texts[0][-3000:]
     text = "".join(texts)
     assert "x4;" in texts[0], texts[0][-3000:]  # one job of 4 processes
@@ -264,10 +269,7 @@ def test_two_agents_with_nnodes_2_end_as_a_one_node_run_of_the_same_world_size(
     try:
         texts = [a.communicate(timeout=300)[0] for a in agents]
     finally:
-        for a in agents:
-            if a.poll() is None:
-                a.kill()
-                a.communicate()
+        reap(agents)
     assert [a.returncode for a in agents] == [0, 0], "\n----\n".join(t[-2000:] for t in texts)
     text = "".join(texts)
     assert "x2;" in text and "Traceback" not in text, text[-3000:]
