@@ -15,7 +15,10 @@ the moments and the update come from torch's fused AdamW kernel, run with ``lr=-
 buffer that starts as a copy of ``p``: its decoupled decay, with the weight decay given as
 ``wd - 1``, scales the buffer by ``1 - lr * (wd - 1) = wd`` and adds the Adam direction, so
 that the buffer ends as ``u``; the kernel also divides float32 gradients by the clip factor
-(its ``grad_scale``). Per step that is five passes over the model's size (the gradient
+(its ``grad_scale``). (torch's CPU kernel scales by ``wd`` in one rounding; a kernel that
+computes ``p - lr * (wd - 1) * p`` instead, as CUDA's may, leaves the decay term within
+~20 float32 ulps of ``wd * p``: far below the rounding of ``u`` itself, whose Adam part is
+O(1) per element. Not measured on a GPU.) Per step that is five passes over the model's size (the gradient
 norm, the copy, the kernel, the weight and update norms) and the final ``p += size * u``;
 each operation covers a whole group, so a step issues the same few dozen operations
 whatever the number of tensors, and reads nothing on the host: the step count is a float32
