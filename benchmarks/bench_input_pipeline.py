@@ -23,6 +23,11 @@ CPU device here), inside the timed loop. timm's loader is `timm.data.create_load
 default: the workers send uint8 images, the main process normalises and erases, also timed).
 Each mfdsl measurement starts a new epoch (new samples and augmentation draws), as timm's
 loader draws anew from its global RNG for each.
+
+Two CPU-time comparisons follow, finer than the throughput rounds on a busy machine: a
+worker's work per sample (alternating batch by batch, in this process), and the whole
+0-worker loop of mfdsl and of timm's prefetcher form pulled alternately batch by batch
+(`--ab-batches` each: both halves of the pipeline, normalising and erasing included).
 """
 from __future__ import annotations
 
@@ -129,6 +134,33 @@ def per_sample_cpu(root: str, size: int, passes: int, batch: int
     return 1000 * t_ours / n, 1000 * t_theirs / n, n
 
 
+def alternating_loop_cpu(loaders: Dict[str, Callable[[int], Iterable]], names: List[str],
+                         batches: int, batch: int) -> Dict[str, float]:
+    """CPU ms per image of whole 0-worker loops (fetch, decode, augmentation, collate and
+    the main process's normalising and erasing), the loaders ``names`` pulled alternately
+    batch by batch in this process (the order flipped each time; a loader starts its next
+    epoch when one ends): the whole pipeline, compared finely enough that a busy machine
+    slows each alike."""
+    its = {k: iter(loaders[k](0)) for k in names}
+
+    def pull(k: str) -> None:
+        try:
+            next(its[k])
+        except StopIteration:
+            its[k] = iter(loaders[k](0))
+            next(its[k])
+
+    for k in names:  # first-batch latency is not throughput
+        pull(k)
+    cpu = {k: 0.0 for k in names}
+    for i in range(batches):
+        for k in (names if i % 2 else names[::-1]):
+            c0 = time.process_time()
+            pull(k)
+            cpu[k] += time.process_time() - c0
+    return {k: 1000 * v / (batches * batch) for k, v in cpu.items()}
+
+
 def timm_loader(root: str, size: int, batch: int, prefetcher: bool) -> Callable[[int], Iterable]:
     from timm.data import ImageDataset, create_loader
 
@@ -182,6 +214,8 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--passes", type=int, default=3, help="passes over the files for the "
                     "per-sample CPU comparison")
+    ap.add_argument("--ab-batches", type=int, default=24, help="batches per loader of the "
+                    "alternating whole-loop CPU comparison (0: skip it)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the main "
                     "process (DataLoader workers always use 1)")
     args = ap.parse_args()
@@ -207,7 +241,10 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
         "timm_prefetch": timm_loader(root, args.img_size, args.batch_size, prefetcher=True),
     }
     n_img = len(SkippingImageFolder(root))
-    need = (args.batches + args.warmup) * args.batch_size
+    # One batch more than are timed: timm's PrefetchLoader loads a batch ahead of the one
+    # it yields, so the epoch's last batch costs it nothing inside the timed window; with
+    # that batch timed, timm's figure would count a batch it did not load then.
+    need = (args.batches + args.warmup + 1) * args.batch_size
     if n_img < need:
         sys.exit(f"error: {n_img} images; need {need} (raise --images or lower --batches)")
     workers = [int(x) for x in args.workers.split(",")]
@@ -227,6 +264,8 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
     med = {k: {w: statistics.median(v) for w, v in d.items()} for k, d in res.items()}
     ms_ours, ms_theirs, n_samples = per_sample_cpu(root, args.img_size, args.passes,
                                                    args.batch_size)
+    ab = (alternating_loop_cpu(loaders, ["mfdsl", "timm_prefetch"], args.ab_batches,
+                               args.batch_size) if args.ab_batches > 0 else None)
     print(f"Command: `{' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}`  ")
     print(f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} logical CPUs (load average at start / end: "
@@ -259,6 +298,12 @@ def run(args: argparse.Namespace, root: str, kb) -> None:
           f"{ms_ours:.2f} ms, "
           f"timm prefetcher form {ms_theirs:.2f} ms; mfdsl's speed relative to timm "
           f"{ms_theirs / ms_ours:.2f}x")
+    if ab:
+        print(f"\nCPU time per image of the whole 0-worker loop, mfdsl and timm's prefetcher "
+              f"form pulled alternately batch by batch ({args.ab_batches} batches each): "
+              f"mfdsl {ab['mfdsl']:.2f} ms, timm prefetcher {ab['timm_prefetch']:.2f} ms; "
+              f"mfdsl's speed relative to timm prefetcher "
+              f"{ab['timm_prefetch'] / ab['mfdsl']:.2f}x")
     if cpu["mfdsl"]:
         c = {k: statistics.median(v) for k, v in cpu.items()}
         print("\nCPU time per image with 0 workers (process time, little affected by other "

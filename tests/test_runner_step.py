@@ -223,3 +223,16 @@ def test_the_training_loop_reads_the_device_only_when_it_reads_the_log(tmp_path,
                     "--log-every", "1000")
     assert code == 0, out
     assert sorted(set(direct)) == []
+
+
+@pytest.mark.parametrize("optimizer", ["lamb", "adamw"])
+def test_without_clip_grad_the_step_equals_clipping_at_infinity(optimizer):
+    """No clip_grad: the gradient norm is computed without clip_grad_norm_'s pass that
+    multiplies every gradient by 1; the norm, weights and state are those of clipping at
+    infinity."""
+    a, b = _parts("cpu", optimizer, clip=None), _parts("cpu", optimizer, clip=float("inf"))
+    for _ in range(3):
+        ra = train_step(a, _batches("cpu", 2))
+        rb = train_step(b, _batches("cpu", 2))
+        assert torch.equal(ra.grad_norm, rb.grad_norm)
+    assert same_nested(_state(a), _state(b))

@@ -11,18 +11,30 @@ computes the same update (tests/test_runner_lamb.py holds it to 1e-12 in float64
 * ``p -= lr * ratio * u``.
 
 How: the clip factor and trust ratios are 0-dim tensors computed from ``torch._foreach_norm``;
-the moments and the Adam direction come from torch's fused Adam kernel, run with ``lr=-1``
-on a buffer that starts at ``wd * p``, so that the buffer ends as ``u``. Each operation
-covers a whole group, so a step issues the same few dozen operations whatever the number
-of tensors, and reads nothing on the host: the step count is a float32 tensor on the
-parameters' device (``group["step"]``, as timm names it).
+the moments and the update come from torch's fused AdamW kernel, run with ``lr=-1`` on a
+buffer that starts as a copy of ``p``: its decoupled decay, with the weight decay given as
+``wd - 1``, scales the buffer by ``1 - lr * (wd - 1) = wd`` and adds the Adam direction, so
+that the buffer ends as ``u``; the kernel also divides float32 gradients by the clip factor
+(its ``grad_scale``). (torch's CPU kernel scales by ``wd`` in one rounding; a kernel that
+computes ``p - lr * (wd - 1) * p`` instead, as CUDA's may, leaves the decay term within
+~20 float32 ulps of ``wd * p``: far below the rounding of ``u`` itself, whose Adam part is
+O(1) per element. Not measured on a GPU.) Per step that is five passes over the model's size (the gradient
+norm, the copy, the kernel, the weight and update norms) and the final ``p += size * u``;
+each operation covers a whole group, so a step issues the same few dozen operations
+whatever the number of tensors, and reads nothing on the host: the step count is a float32
+tensor on the parameters' device (``group["step"]``, as timm names it).
 
 A step given ``found_inf`` (set as an attribute, the way torch's GradScaler and
 ``runner.step.masked_step`` hand it to fused optimizers) is skipped on the device: the
 kernel leaves the moments, the step sizes are zero and the step count does not advance.
-The gradients are divided by the clip factor in place (as a loss scaler's ``unscale_``
-leaves them unscaled); the update is built in scratch buffers the size of the parameters,
-kept between steps.
+
+The gradients: after a step taken, ``p.grad`` holds the clipped gradient ``g / clip`` (the
+kernel writes it back, as a loss scaler's ``unscale_`` leaves gradients unscaled; other
+dtypes than float32 are divided by a separate in-place operation before the kernel, also
+on a skipped step). Nothing the runner does reads them after the step: its own clipping,
+the gradient norm it logs and the loss scaler's unscaling come before, EMA reads the
+weights, and ``zero_grad`` follows. The update is built in scratch buffers the size of the
+parameters, kept between steps (not state).
 """
 from __future__ import annotations
 
@@ -140,18 +152,24 @@ def _lamb_group(group: Dict[str, Any], params: List[torch.Tensor], grads: List[t
     """One group's update (its step count already advanced), ``update`` its scratch buffers."""
     beta1, beta2 = group["betas"]
     wd = group["weight_decay"]
-    if divisor is not None:
+    # The clip division rides in the kernel (its ``grad_scale``: read as float32, and the
+    # divided gradients are written back) where that is exact: float32 gradients.
+    in_kernel = divisor is not None and divisor.dtype == torch.float32 and all(
+        g.dtype == torch.float32 for g in grads)
+    if divisor is not None and not in_kernel:
         torch._foreach_div_(grads, divisor)  # in place: a new list would cost an allocation
     # The kernel reads the step count to correct the moments' bias; 1 - beta ** inf = 1
     # turns the correction off.
     step = group["step"] if group["bias_correction"] else torch.full_like(group["step"],
                                                                           float("inf"))
-    torch._foreach_zero_(update)
-    if wd != 0:
-        torch._foreach_add_(update, params, alpha=wd)  # wd * p, + the Adam direction below
-    torch._fused_adam_(update, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
-                       lr=-1.0, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
-                       amsgrad=False, maximize=False, grad_scale=None, found_inf=found_inf)
+    # The buffer starts as p; AdamW's decoupled decay with lr=-1 scales it by
+    # 1 - lr * (wd - 1) = wd and adds the Adam direction: u = wd * p + m_hat / (...).
+    # (wd = 0: the buffer is scaled by 0; p is finite, so it starts from zeros.)
+    torch._foreach_copy_(update, params)
+    torch._fused_adamw_(update, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
+                        lr=-1.0, beta1=beta1, beta2=beta2, weight_decay=wd - 1.0,
+                        eps=group["eps"], amsgrad=False, maximize=False,
+                        grad_scale=divisor if in_kernel else None, found_inf=found_inf)
     lr = group["lr"]
     if wd != 0 or group["always_adapt"]:
         ratios = trust_ratio(torch.stack(torch._foreach_norm(params)),

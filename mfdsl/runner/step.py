@@ -84,9 +84,15 @@ def train_step(parts: StepParts, next_batch: Callable[[], Tuple[torch.Tensor, to
     if p.scaler is not None:
         p.scaler.unscale_(p.optimizer)
     params = [q for q in p.model.parameters() if q.requires_grad]
-    clip = p.clip_grad if p.clip_grad else float("inf")
     # No error_if_nonfinite: that would read the norm on the host.
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).detach()
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if p.clip_grad or total_norm is None:
+        clip = p.clip_grad if p.clip_grad else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).detach()
+    else:
+        # The same norm clip_grad_norm_ computes, without its pass multiplying every
+        # gradient by a clip factor of 1.
+        grad_norm = total_norm([q.grad for q in params if q.grad is not None]).detach()
     loss_bad = ~torch.isfinite(mean_loss)
     skip = loss_bad | ~torch.isfinite(grad_norm)
     masked_step(p.optimizer, skip)
