@@ -65,24 +65,3 @@ def test_errors_from_below_the_cli_keep_their_python_kinds():
     assert issubclass(TargetError, ValueError) and issubclass(WeightsError, CheckpointError)
     # File-system refusals stay OSErrors for code that catches those.
     assert all(issubclass(e, OSError) for e in (UnsafePathError, CacheError, WriteError))
-
-
-@pytest.mark.parametrize("suffix", [".mf", ".yaml"])
-def test_a_setting_left_out_on_purpose_says_why_in_both_front_ends(tmp_path, suffix):
-    from mfdsl.api import load_spec
-    from mfdsl.ir import ABSENT_SETTINGS
-    from mfdsl.errors import SpecError
-
-    if suffix == ".mf":
-        text = ("model m {\n  input 3x32x32\n  classes 3\n  stage pooling x1 @16\n"
-                "  train {\n    adapters mlp\n    adapter_dropout 0.1\n  }\n}\n")
-    else:
-        text = ("model: m\nstages:\n  - {mixer: pooling, depth: 1, width: 16}\nhead: linear\n"
-                "train:\n  adapters: mlp\n  adapter_dropout: 0.1\n")
-    path = tmp_path / f"m{suffix}"
-    path.write_text(text)
-    with pytest.raises(SpecError) as info:
-        load_spec(str(path))
-    err = info.value
-    assert err.line == 7 and "adapter_dropout" in str(err.message), err
-    assert ABSENT_SETTINGS["adapter_dropout"] in err.hint and "did you mean" not in err.hint

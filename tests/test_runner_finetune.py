@@ -106,9 +106,39 @@ def test_selections_are_checked_where_written(tmp_path: Path) -> None:
         apply_finetune(build_model(spec), spec.recipe)
 
 
-def test_merged_adapters_give_the_unmerged_logits_and_leave_none() -> None:
+@pytest.mark.parametrize("suffix", [".mf", ".yaml"])
+def test_adapter_dropout_is_read_by_both_front_ends_and_needs_adapters(tmp_path: Path,
+                                                                       suffix: str) -> None:
+    from mfdsl.api import check_spec
+    from mfdsl.errors import SpecError
+
+    def text(train: str) -> str:
+        if suffix == ".mf":
+            body = "".join(f"    {line}\n" for line in train.splitlines())
+            return ("model m {\n  input 3x32x32\n  classes 3\n  stage pooling x1 @16\n"
+                    f"  train {{\n{body}  }}\n}}\n")
+        body = "".join(f"  {k}: {v}\n" for k, v in
+                       (line.split(" ", 1) for line in train.splitlines()))
+        return ("model: m\nstages:\n  - {mixer: pooling, depth: 1, width: 16}\n"
+                f"head: linear\ntrain:\n{body}")
+
+    path = tmp_path / f"m{suffix}"
+    path.write_text(text("adapters mlp\nadapter_dropout 0.1"))
+    assert check_spec(str(path)).recipe.adapter_dropout == 0.1
+    path.write_text(text("lr 0.001\nadapter_dropout 0.1"))
+    with pytest.raises(SpecError, match="adapter_dropout is set but there are no adapters") as e:
+        check_spec(str(path))
+    assert e.value.line == 7
+    path.write_text(text("adapters mlp\nadapter_dropout 1"))
+    with pytest.raises(SpecError, match="adapter_dropout"):
+        check_spec(str(path))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_merged_adapters_give_the_unmerged_logits_and_leave_none(dropout: float) -> None:
     model = tiny("caformer", seed=4)
-    spec_recipe = with_overrides(train_spec().recipe, adapters="mixer mlp")
+    spec_recipe = with_overrides(train_spec().recipe, adapters="mixer mlp",
+                                 adapter_dropout=dropout)
     record = apply_finetune(model, spec_recipe)
     assert record["adapters"]["on"]
     with torch.no_grad():  # B starts at zero: give the adapters something to merge
@@ -124,6 +154,7 @@ def test_merged_adapters_give_the_unmerged_logits_and_leave_none() -> None:
     assert "adapters" in folded.folded["passes"]
     assert not any(isinstance(m, LowRankDelta) for m in folded.modules())
     assert not any("lora" in k or "parametrizations" in k for k in folded.state_dict())
+    assert not any(m._forward_hooks for m in folded.modules())
     assert_close(got, want, k=4 * 64, steps=12)
 
 
@@ -131,7 +162,7 @@ def test_merged_adapters_give_the_unmerged_logits_and_leave_none() -> None:
 def test_an_adapter_run_trains_only_adapters_and_head(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    spec = train_spec(adapters="mlp", mixup=0.0, cutmix=0.0, randaugment=None,
+    spec = train_spec(adapters="mlp", adapter_dropout=0.1, mixup=0.0, cutmix=0.0, randaugment=None,
                       random_erasing=0.0, batch_size=4, lr_batch=4, epochs=1)
     start = tmp_path / "start.safetensors"
     save_file({k: v.contiguous() for k, v in build_model(spec).state_dict().items()},

@@ -338,7 +338,7 @@ def _check_finetune(r: RecipeSpec) -> None:
                                 ) from None
     base = RecipeSpec()
     if r.adapters is None:
-        for name in ("adapter_rank", "adapter_alpha"):
+        for name in ("adapter_rank", "adapter_alpha", "adapter_dropout"):
             if getattr(r, name) != getattr(base, name):
                 raise SpecError(f"train {name} is set but there are no adapters", r.loc(name),
                                 hint="remove it, or name the layers in adapters")

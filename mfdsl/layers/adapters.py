@@ -4,10 +4,13 @@ An adapter is a weight parametrization (``torch.nn.utils.parametrize``): the lay
 weight reads ``W + (alpha / rank) * B @ A`` with A ``[rank, in]`` (Kaiming-uniform, as
 LoRA) and B ``[out, rank]`` (zeros, so a new adapter changes nothing). Every forward path
 that reads ``.weight`` (speed variants and fused blocks included) sees the adapted weight,
-so the adapter needs no per-layer forward. No dropout on the adapter's input: in weight
-space there is no separate input path for it. :func:`merge_adapters` writes ``W + delta``
-into the weight and removes the parametrization: the merged model computes the same
-function (the same weight up to one rounding of the sum) and has no adapter left.
+so the adapter needs no per-layer forward. Dropout on the adapter's input (LoRA's
+``lora_dropout``: ``y = W x + scale * B A dropout(x)``) is the one term weight space cannot
+carry: in training a forward hook adds ``scale * B A (dropout(x) - x)`` to the layer's
+output, and the speed variants that would skip the layer's forward step aside for it.
+:func:`merge_adapters` writes ``W + delta`` into the weight and removes the
+parametrization: the merged model computes the same function in eval (the same weight up
+to one rounding of the sum) and has no adapter left.
 """
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from .pointwise import Pointwise
+from .variants import drop_unserving_variants
 
 
 class LowRankDelta(nn.Module):
@@ -46,9 +51,36 @@ def adaptable(module: nn.Module) -> bool:
             and module.groups == 1)
 
 
-def add_adapters(model: nn.Module, names: List[str], rank: int, alpha: float) -> List[str]:
-    """Adapters on the modules of ``model`` named in ``names`` (each :func:`adaptable`);
-    their base weights stay as they are. Returns the adapter parameters' names."""
+class AdapterInputDropout:
+    """Forward hook of an adapted layer: in training, ``scale * B A (dropout(x) - x)`` added
+    to its output, so that the adapter's term reads ``dropout(x)`` while the layer's own
+    term (computed with the adapted weight) reads ``x``. A no-op in eval."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, module: nn.Module, args: Tuple[torch.Tensor, ...],
+                 out: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return out
+        delta = module.parametrizations["weight"][0]
+        x = args[0]
+        d = F.dropout(x, self.p, True) - x
+        a, b = delta.lora_a.to(x.dtype), delta.lora_b.to(x.dtype)
+        if isinstance(module, nn.Conv2d):  # 1x1: channels on dim 1
+            low = F.conv2d(F.conv2d(d, a[:, :, None, None]), b[:, :, None, None])
+        else:
+            low = F.linear(F.linear(d, a), b)
+        return out + low * delta.scale
+
+
+def add_adapters(model: nn.Module, names: List[str], rank: int, alpha: float,
+                 dropout: float = 0.0) -> List[str]:
+    """Adapters on the modules of ``model`` named in ``names`` (each :func:`adaptable`),
+    with ``dropout`` on their input in training; the base weights stay as they are.
+    Returns the adapter parameters' names."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"adapter dropout {dropout} is not in [0, 1)")
     modules = dict(model.named_modules())
     for name in names:
         m = modules[name]
@@ -56,6 +88,10 @@ def add_adapters(model: nn.Module, names: List[str], rank: int, alpha: float) ->
         parametrize.register_parametrization(
             m, "weight", LowRankDelta(w.shape[0], w.shape[1], rank, alpha,
                                       device=w.device, dtype=w.dtype))
+        if dropout > 0:
+            m.register_forward_hook(AdapterInputDropout(dropout))
+    if dropout > 0:
+        drop_unserving_variants(model)
     return [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in
             ("lora_a", "lora_b")]
 
@@ -75,6 +111,9 @@ def merge_adapters(model: nn.Module) -> List[str]:
         if not any(isinstance(p, LowRankDelta) for p in plist["weight"]):
             continue
         requires_grad = plist["weight"].original.requires_grad
+        for key, hook in list(m._forward_hooks.items()):
+            if isinstance(hook, AdapterInputDropout):
+                del m._forward_hooks[key]
         with torch.no_grad():
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
         m.weight.requires_grad_(requires_grad)

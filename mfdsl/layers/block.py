@@ -76,7 +76,7 @@ class Mlp(nn.Module):
 
 
 @speed_variant("mlp_starrelu_into_fc2", Mlp,
-               applies=lambda m: isinstance(m.act, StarReLU),
+               applies=lambda m: isinstance(m.act, StarReLU), bypasses=("act", "fc2"),
                doc="StarReLU's s and b applied to fc2's weight at run time")
 class MlpStarReLUIntoFc2(Mlp):
     """fc2(s * relu(h)^2 + b) = F.linear(relu(h)^2, s * W2, b * W2.sum(1) + b2).

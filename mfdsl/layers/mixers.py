@@ -169,6 +169,7 @@ class SepConv(nn.Module):
 
 @speed_variant("sepconv_starrelu_into_convs", SepConv,
                applies=lambda m: isinstance(m.act1, StarReLU),
+               bypasses=("act1", "pwconv1", "dwconv"),
                doc="StarReLU's s split between pwconv1 and the depthwise conv at run time")
 class SepConvStarReLUIntoConvs(SepConv):
     """With h = W1 x and g = sign(s): s * relu(h)^2 + b = g * (relu(h')^2 + g * b) where

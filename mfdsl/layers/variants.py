@@ -24,21 +24,26 @@ class Variant:
     fast: Type[nn.Module]
     applies: Callable[[nn.Module], bool]
     doc: str
+    # Children whose forward the variant does not call (it runs their kernel with other
+    # weights): it cannot stand in for a child whose forward carries hooks.
+    bypasses: Tuple[str, ...] = ()
 
 
 VARIANTS: Dict[str, Variant] = {}
 
 
 def speed_variant(name: str, reference: Type[nn.Module], doc: str,
-                  applies: Callable[[nn.Module], bool] = lambda m: True):
-    """Class decorator: register ``fast`` as a speed variant of ``reference``."""
+                  applies: Callable[[nn.Module], bool] = lambda m: True,
+                  bypasses: Tuple[str, ...] = ()):
+    """Class decorator: register ``fast`` as a speed variant of ``reference``; ``bypasses``
+    names the children whose forward ``fast`` does not call."""
 
     def register(fast: Type[nn.Module]) -> Type[nn.Module]:
         if not issubclass(fast, reference):
             raise TypeError(f"variant {fast.__name__} must subclass {reference.__name__}")
         if name in VARIANTS:
             raise ValueError(f"speed variant {name!r} registered twice")
-        VARIANTS[name] = Variant(name, reference, fast, applies, doc)
+        VARIANTS[name] = Variant(name, reference, fast, applies, doc, tuple(bypasses))
         return fast
 
     return register
@@ -51,11 +56,23 @@ def _reference_of(cls: type) -> type:
     return cls
 
 
+def _serves(v: Variant, m: nn.Module) -> bool:
+    """Whether ``v`` computes what ``m`` (its reference) computes, hooks included."""
+    if not v.applies(m):
+        return False
+    for child in v.bypasses:
+        c = getattr(m, child)
+        if c._forward_hooks or c._forward_pre_hooks:
+            return False
+    return True
+
+
 def select_variants(model: nn.Module, names: Iterable[str]) -> List[str]:
     """Run ``model`` with exactly the variants ``names`` (others back to their reference).
 
     In place; returns ``"<module path>: <variant>"`` for every module switched to a variant.
-    Parameters, buffers and the state dict are untouched.
+    Parameters, buffers and the state dict are untouched. A variant is not used where it
+    would skip a child's forward hooks.
     """
     wanted = []
     for n in names:
@@ -68,11 +85,23 @@ def select_variants(model: nn.Module, names: Iterable[str]) -> List[str]:
         if ref is not type(m):
             m.__class__ = ref
         for v in wanted:
-            if type(m) is v.reference and v.applies(m):
+            if type(m) is v.reference and _serves(v, m):
                 m.__class__ = v.fast
                 used.append(f"{path or '(model)'}: {v.name}")
                 break
     return used
+
+
+def drop_unserving_variants(model: nn.Module) -> List[str]:
+    """Return to their reference the modules whose variant no longer serves them (a child
+    they bypass has gained hooks), in place; ``"<module path>: <variant>"`` of each."""
+    dropped = []
+    for path, m in model.named_modules():
+        for v in VARIANTS.values():
+            if type(m) is v.fast and not _serves(v, m):
+                m.__class__ = v.reference
+                dropped.append(f"{path or '(model)'}: {v.name}")
+    return dropped
 
 
 def variants_in_use(model: nn.Module) -> Dict[str, int]:

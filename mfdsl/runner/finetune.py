@@ -65,9 +65,11 @@ def apply_finetune(model: nn.Module, r: RecipeSpec) -> Dict[str, Any]:
         candidates = [n for n, m in model.named_modules() if n and adaptable(m)]
         targets, empty = selected(items, candidates)
         _refuse_empty("adapters", empty, "linear or 1x1-conv layer")
-        lora = add_adapters(model, targets, r.adapter_rank, r.adapter_alpha)
+        lora = add_adapters(model, targets, r.adapter_rank, r.adapter_alpha,
+                            r.adapter_dropout)
         record["adapters"] = {"on": targets, "rank": r.adapter_rank,
-                              "alpha": r.adapter_alpha, "params": lora}
+                              "alpha": r.adapter_alpha, "dropout": r.adapter_dropout,
+                              "params": lora}
         keep_trainable = lora + [n for n, _ in model.named_parameters()
                                  if _is_head(n)]
     elif r.linear_probe:
@@ -116,7 +118,8 @@ def describe(record: Dict[str, Any]) -> str:
              f"{record['frozen_params']:,} frozen"]
     if "adapters" in record:
         a = record["adapters"]
-        parts.append(f"adapters (rank {a['rank']}, alpha {a['alpha']:g}) on "
+        parts.append(f"adapters (rank {a['rank']}, alpha {a['alpha']:g}, dropout "
+                     f"{a.get('dropout', 0.0):g}) on "
                      f"{len(a['on'])} layers, with the head")
     if record.get("linear_probe"):
         parts.append("linear probe: the head alone")
