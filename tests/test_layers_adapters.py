@@ -130,4 +130,5 @@ def test_speed_variants_that_skip_an_adapted_layers_forward_step_aside() -> None
     # the same models without dropout differ from these outputs: the masks mattered
     ref.eval()
     with torch.no_grad():
+        # tolerance: a floor for "different", far above the 1e-6 float32 noise of equality
         assert not torch.allclose(ref(x), outs[1], atol=1e-3)
