@@ -162,8 +162,8 @@ def test_merged_adapters_give_the_unmerged_logits_and_leave_none(dropout: float)
 def test_an_adapter_run_trains_only_adapters_and_head(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    spec = train_spec(adapters="mlp", adapter_dropout=0.1, mixup=0.0, cutmix=0.0, randaugment=None,
-                      random_erasing=0.0, batch_size=4, lr_batch=4, epochs=1)
+    spec = train_spec(adapters="mlp", adapter_dropout=0.1, mixup=0.0, cutmix=0.0,
+                      randaugment=None, random_erasing=0.0, batch_size=4, lr_batch=4, epochs=1)
     start = tmp_path / "start.safetensors"
     save_file({k: v.contiguous() for k, v in build_model(spec).state_dict().items()},
               str(start))
