@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from mfdsl.api import build_model  # noqa: E402
-from mfdsl.runner.lamb import ForeachLamb  # noqa: E402
+from mfdsl.runner.lamb import ForeachLamb, FusedLamb  # noqa: E402
 from mfdsl.runner.optim import param_groups  # noqa: E402
 
 
@@ -62,6 +62,7 @@ def main() -> None:
     grads = [torch.randn(p.shape, generator=gen).to(args.device) for p in base.parameters()]
     makers = {
         "timm Lamb": lambda ps: Lamb(ps, lr=1e-3),
+        "FusedLamb": lambda ps: FusedLamb(ps, lr=1e-3),
         "ForeachLamb": lambda ps: ForeachLamb(ps, lr=1e-3),
         "fused AdamW": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
     }

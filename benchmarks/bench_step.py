@@ -7,9 +7,10 @@ images/s, MFU and the optimizer's share of the step (docs/benchmarks.md "Trainin
 One step is what the runner's step does for one micro-batch: forward under autocast,
 cross-entropy, backward, gradient clipping, optimizer step, zero_grad. mfdsl: the zoo
 model through ``compile_for_target`` (its speed variants, channels-last) and the runner's
-``ForeachLamb``; timm: ``timm.create_model`` compiled the same way in its own NCHW layout,
-and ``timm.optim.Lamb``, the recipe's optimizer there. The optimizer's share is its step
-timed alone (on the last gradients) over the whole step. Rounds interleave the two sides.
+``FusedLamb`` (what ``optimizer lamb`` builds); timm: ``timm.create_model`` compiled the
+same way in its own NCHW layout, and ``timm.optim.Lamb``, the recipe's optimizer there.
+The optimizer's share is its step timed alone (on the last gradients) over the whole step.
+Rounds interleave the two sides.
 
 Each model runs in a child process under ``--budget-s`` (compilation included), so a slow
 compilation costs that model, not the session: a model past its budget is recorded as
@@ -56,7 +57,7 @@ def _side(impl: str, spec: Any, device: str, dtype: str, compiled: bool, lr: flo
     import torch
 
     from mfdsl.lower import lower
-    from mfdsl.runner.lamb import ForeachLamb
+    from mfdsl.runner.lamb import FusedLamb
     from mfdsl.target import compile_for_target
 
     if impl == "timm" and spec.name != SMOKE:
@@ -74,7 +75,7 @@ def _side(impl: str, spec: Any, device: str, dtype: str, compiled: bool, lr: flo
                                 variants="keep" if impl == "mfdsl" else "reference")
     params = [p for p in model.parameters() if p.requires_grad]
     if impl == "mfdsl":
-        opt: torch.optim.Optimizer = ForeachLamb(params, lr=lr, weight_decay=0.05)
+        opt: torch.optim.Optimizer = FusedLamb(params, lr=lr, weight_decay=0.05)
     else:
         from timm.optim import Lamb
 

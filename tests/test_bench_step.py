@@ -28,12 +28,12 @@ def test_smoke_writes_the_record_under_out(tmp_path: Path) -> None:
     assert "--smoke" in got["command"] and got["machine"]
     (rec,) = got["records"]
     assert rec["status"] == "ok" and rec["batch"] == 4
-    assert rec["mfdsl"]["optimizer"] == "ForeachLamb" and rec["timm"]["optimizer"] == "Lamb"
+    assert rec["mfdsl"]["optimizer"] == "FusedLamb" and rec["timm"]["optimizer"] == "Lamb"
     for side in ("mfdsl", "timm"):
         s = rec[side]
         assert s["step_ms"] > 0 and 0 < s["optimizer_share"] and s["mfu"] > 0
     assert rec["compile_counts_while_timed"]["frames"] == 0  # eager smoke: nothing compiles
-    assert "| smoke | mfdsl (ForeachLamb) |" in (tmp_path / "out" / "step.md").read_text()
+    assert "| smoke | mfdsl (FusedLamb) |" in (tmp_path / "out" / "step.md").read_text()
 
 
 def test_a_model_past_its_budget_is_recorded_and_the_run_ends(tmp_path: Path) -> None:

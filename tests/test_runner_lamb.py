@@ -1,5 +1,6 @@
-"""mfdsl.runner.lamb.ForeachLamb: timm's Lamb update to 1e-12 in float64, an exact skip on
-the device, a fixed number of operations per step, and an exact resume."""
+"""mfdsl.runner.lamb: ForeachLamb (multi-tensor ops) and FusedLamb (the CPU kernel where it
+serves): timm's Lamb update to 1e-12 in float64, an exact skip on the device, a fixed
+number of operations per step, and an exact resume."""
 from __future__ import annotations
 
 import copy
@@ -10,12 +11,16 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mfdsl.runner.lamb import ForeachLamb
+from mfdsl.runner.lamb import ForeachLamb, FusedLamb
 from mfdsl.runner.step import masked_step
 
 from conftest import same_nested
 
 RTOL = 1e-12  # float64; differences are rounding only (measured ~5e-16 over 200 steps)
+# Both forms, each checked against timm's Lamb; on this CPU FusedLamb takes its kernel
+# (tests/test_runner_lamb_cpu.py checks that it does, and the kernel itself).
+LAMBS = pytest.mark.parametrize("lamb_cls", [ForeachLamb, FusedLamb],
+                                ids=["foreach", "fused"])
 
 
 def _model(n_layers: int = 2, width: int = 8) -> nn.Module:
@@ -51,12 +56,13 @@ def _rel(a: nn.Module, b: nn.Module) -> float:
     {}, dict(always_adapt=True), dict(trust_clip=True),
     dict(always_adapt=True, trust_clip=True), dict(bias_correction=False),
     dict(max_grad_norm=None)], ids=lambda o: "-".join(o) or "defaults")
-def test_equals_timm_lamb_over_200_steps_in_float64(options, scale):
+@LAMBS
+def test_equals_timm_lamb_over_200_steps_in_float64(lamb_cls, options, scale):
     from timm.optim import Lamb
 
     ref, ours = _model(), _model()
     opt_ref = Lamb(_groups(ref), lr=1e-2, **options)
-    opt = ForeachLamb(_groups(ours), lr=1e-2, **options)
+    opt = lamb_cls(_groups(ours), lr=1e-2, **options)
     gen = torch.Generator().manual_seed(1)
     for _ in range(200):
         _set_grads([ref, ours], gen, scale)
@@ -73,7 +79,8 @@ def test_equals_timm_lamb_over_200_steps_in_float64(options, scale):
     assert [float(g["step"]) for g in opt.param_groups] == [200.0, 200.0]
 
 
-def test_group_settings_are_per_group():
+@LAMBS
+def test_group_settings_are_per_group(lamb_cls):
     """lr, weight decay, betas and eps are read per group (timm reads max_grad_norm once)."""
     from timm.optim import Lamb
 
@@ -84,7 +91,7 @@ def test_group_settings_are_per_group():
         return g
 
     ref, ours = _model(), _model()
-    opt_ref, opt = Lamb(groups(ref)), ForeachLamb(groups(ours))
+    opt_ref, opt = Lamb(groups(ref)), lamb_cls(groups(ours))
     gen = torch.Generator().manual_seed(2)
     for _ in range(50):
         _set_grads([ref, ours], gen, 1.0)
@@ -100,9 +107,10 @@ def _snapshot(model: nn.Module, opt: torch.optim.Optimizer):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("always_adapt", [False, True])
-def test_a_skipped_step_leaves_weights_and_state_exactly(bad, always_adapt):
+@LAMBS
+def test_a_skipped_step_leaves_weights_and_state_exactly(lamb_cls, bad, always_adapt):
     model = _model()
-    opt = ForeachLamb(_groups(model), lr=1e-2, always_adapt=always_adapt)
+    opt = lamb_cls(_groups(model), lr=1e-2, always_adapt=always_adapt)
     gen = torch.Generator().manual_seed(3)
     for _ in range(3):
         _set_grads([model], gen, 1.0)
@@ -114,7 +122,7 @@ def test_a_skipped_step_leaves_weights_and_state_exactly(bad, always_adapt):
     assert same_nested(before, _snapshot(model, opt))
     # A finite step then equals the same step taken without the skipped one.
     twin = _model()
-    twin_opt = ForeachLamb(_groups(twin), lr=1e-2, always_adapt=always_adapt)
+    twin_opt = lamb_cls(_groups(twin), lr=1e-2, always_adapt=always_adapt)
     twin.load_state_dict(model.state_dict())
     twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # no shared moments
     _set_grads([model, twin], gen, 1.0)
@@ -123,9 +131,10 @@ def test_a_skipped_step_leaves_weights_and_state_exactly(bad, always_adapt):
     assert same_nested(_snapshot(model, opt), _snapshot(twin, twin_opt))
 
 
-def test_a_skipped_first_step_leaves_zeros():
+@LAMBS
+def test_a_skipped_first_step_leaves_zeros(lamb_cls):
     model = _model()
-    opt = ForeachLamb(_groups(model), lr=1e-2)
+    opt = lamb_cls(_groups(model), lr=1e-2)
     weights = [p.detach().clone() for p in model.parameters()]
     _set_grads([model], torch.Generator().manual_seed(4), float("nan"))
     masked_step(opt, torch.tensor(True))
@@ -147,9 +156,9 @@ class _OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _ops_per_step(n_layers: int, found_inf: bool) -> List[str]:
+def _ops_per_step(lamb_cls: type, n_layers: int, found_inf: bool) -> List[str]:
     model = _model(n_layers)
-    opt = ForeachLamb(_groups(model), lr=1e-2)
+    opt = lamb_cls(_groups(model), lr=1e-2)
     gen = torch.Generator().manual_seed(5)
     _set_grads([model], gen, 100.0)
     opt.step()  # creates the state
@@ -163,17 +172,21 @@ def _ops_per_step(n_layers: int, found_inf: bool) -> List[str]:
     return counter.ops
 
 
+@LAMBS
 @pytest.mark.parametrize("found_inf", [False, True], ids=["step", "masked_step"])
-def test_operations_per_step_do_not_grow_with_the_tensors(found_inf):
-    few = _ops_per_step(5, found_inf)  # 20 parameter tensors
-    many = _ops_per_step(100, found_inf)  # 400
+def test_operations_per_step_do_not_grow_with_the_tensors(lamb_cls, found_inf):
+    few = _ops_per_step(lamb_cls, 5, found_inf)  # 20 parameter tensors
+    many = _ops_per_step(lamb_cls, 100, found_inf)  # 400
     assert few == many
-    assert len(few) <= 45, few  # measured: 30 for step(), 39 through masked_step
+    # measured: foreach 30 for step(), 39 through masked_step; fused 4 and 6 (its two
+    # kernel calls per group and one for the gradient norm are not aten operations)
+    assert len(few) <= 45, few
 
 
-def test_state_dict_round_trip_continues_identically(tmp_path):
+@LAMBS
+def test_state_dict_round_trip_continues_identically(lamb_cls, tmp_path):
     a = _model()
-    opt_a = ForeachLamb(_groups(a), lr=1e-2, trust_clip=True)
+    opt_a = lamb_cls(_groups(a), lr=1e-2, trust_clip=True)
     gen = torch.Generator().manual_seed(6)
     for _ in range(10):
         _set_grads([a], gen, 10.0)
@@ -182,7 +195,7 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     b = _model()
     b.load_state_dict(ck["model"])
-    opt_b = ForeachLamb(_groups(b), lr=1e-2, trust_clip=True)
+    opt_b = lamb_cls(_groups(b), lr=1e-2, trust_clip=True)
     opt_b.load_state_dict(ck["opt"])
     assert all(g["step"].device == p.device and g["step"].dtype == torch.float32
                for g in opt_b.param_groups for p in g["params"][:1])
@@ -193,7 +206,8 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
     assert same_nested(_snapshot(a, opt_a), _snapshot(b, opt_b))
 
 
-def test_checkpoints_load_across_timm_lamb_and_foreach_lamb():
+@LAMBS
+def test_checkpoints_load_across_timm_lamb_and_foreach_lamb(lamb_cls):
     """The state has timm's names (exp_avg, exp_avg_sq, the group's step): a run saved by
     either continues in the other."""
     from timm.optim import Lamb
@@ -205,7 +219,7 @@ def test_checkpoints_load_across_timm_lamb_and_foreach_lamb():
         _set_grads([ref], gen, 10.0)
         opt_ref.step()
     ours.load_state_dict(ref.state_dict())
-    opt = ForeachLamb(_groups(ours), lr=1e-2)
+    opt = lamb_cls(_groups(ours), lr=1e-2)
     opt.load_state_dict(copy.deepcopy(opt_ref.state_dict()))  # no shared moments
     for _ in range(5):
         _set_grads([ref, ours], gen, 10.0)
@@ -218,15 +232,17 @@ def test_checkpoints_load_across_timm_lamb_and_foreach_lamb():
 
 
 @pytest.mark.parametrize("scale", [100.0, 1e-3], ids=["clipping", "not_clipping"])
-def test_float32_clips_inside_the_kernel_as_timm_does(scale):
-    """float32 gradients are divided by the clip factor inside the fused kernel (its
-    grad_scale), which writes them back: the update is timm's, and p.grad after the step
-    holds the clipped gradient, as timm's in-place division would leave it (to rounding)."""
+@LAMBS
+def test_float32_clips_as_timm_does(lamb_cls, scale):
+    """float32 updates equal timm's to rounding, clipping or not. ForeachLamb divides the
+    gradients by the clip factor inside torch's fused kernel (its grad_scale), which writes
+    them back: p.grad after the step holds the clipped gradient. FusedLamb's kernel leaves
+    p.grad as it was, as timm's Lamb does."""
     from timm.optim import Lamb
 
     ref, ours = _model().float(), _model().float()
     opt_ref = Lamb(_groups(ref), lr=1e-2)
-    opt = ForeachLamb(_groups(ours), lr=1e-2)
+    opt = lamb_cls(_groups(ours), lr=1e-2)
     gen = torch.Generator().manual_seed(8)
     for _ in range(50):
         for p, q in zip(ref.parameters(), ours.parameters()):
@@ -234,11 +250,43 @@ def test_float32_clips_inside_the_kernel_as_timm_does(scale):
             p.grad, q.grad = g.clone(), g.clone()
         grads = [p.grad for p in ours.parameters()]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        clipped = torch._foreach_div(grads, (norm / 1.0).clamp(min=1.0))
+        expected = (torch._foreach_div(grads, (norm / 1.0).clamp(min=1.0))
+                    if lamb_cls is ForeachLamb else [g.clone() for g in grads])
         opt_ref.step()
         opt.step()
         # tolerance: one float32 division each (the fused kernel's and _foreach_div's may
         # round differently by an ulp or so): a few eps, 1e-6 ~ 8 float32 eps
         assert all(torch.allclose(p.grad, c, rtol=1e-6, atol=0)
-                   for p, c in zip(ours.parameters(), clipped))
+                   for p, c in zip(ours.parameters(), expected))
     assert _rel(ref, ours) <= 1e-5  # float32 rounding (measured ~2e-7)
+
+
+@LAMBS
+def test_a_loss_scalers_scaled_gradients_give_timms_update(lamb_cls):
+    """Under torch's GradScaler the optimizer gets the scale and found_inf (its
+    _step_supports_amp_scaling path) and divides the scaled gradients itself: the update
+    is timm's on the unscaled ones, and an overflowing step is skipped."""
+    from timm.optim import Lamb
+
+    ref, ours = _model(), _model()
+    opt_ref, opt = Lamb(_groups(ref), lr=1e-2), lamb_cls(_groups(ours), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1000)
+    scaler.scale(torch.ones(()))  # the scale tensor exists from the first scale()
+    gen = torch.Generator().manual_seed(9)
+    for i in range(20):
+        _set_grads([ref, ours], gen, 10.0)
+        for q in ours.parameters():
+            q.grad.mul_(scaler.get_scale())
+        if i == 7:  # an overflow: skipped, and the scale goes down
+            next(ours.parameters()).grad[0, 0] = float("inf")
+            before = [q.detach().clone() for q in ours.parameters()]
+            scaler.step(opt)
+            scaler.update()
+            assert all(torch.equal(a, b) for a, b in zip(before, ours.parameters()))
+            assert scaler.get_scale() == 2.0 ** 9
+            continue
+        opt_ref.step()
+        scaler.step(opt)
+        scaler.update()
+    assert _rel(ref, ours) <= RTOL
+    assert [float(g["step"]) for g in opt.param_groups] == [19.0, 19.0]

@@ -77,7 +77,7 @@ def test_no_weight_decay_on_1d_params_and_frozen_params_left_out() -> None:
         opt = create_optimizer(model, ir.RecipeSpec(optimizer=name), 1e-3)
         assert len(opt.param_groups) == 2
     assert type(create_optimizer(model, ir.RecipeSpec(optimizer="lamb"), 1e-3)).__name__ \
-        == "ForeachLamb"
+        == "FusedLamb"
 
 
 def test_checkpoint_pairs_atomic_links_prune_and_weights_only(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import UserError
+from ..fsio import default_cache_dir
 
 # Bump when the drawing code changes, so a stale cache is not reused.
 VERSION = 1
@@ -184,15 +185,6 @@ def generate(root: os.PathLike, train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
                 else:
                     img.save(path, format="JPEG", quality=95)
     return root
-
-
-def default_cache_dir() -> Path:
-    """``$MFDSL_CACHE`` or ``$XDG_CACHE_HOME/mfdsl`` or ``~/.cache/mfdsl``."""
-    # '~' is expanded as a shell would (a quoted MFDSL_CACHE='~/x' reaches us unexpanded).
-    if os.environ.get("MFDSL_CACHE"):
-        return Path(os.path.expanduser(os.environ["MFDSL_CACHE"]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(os.path.expanduser(base)) / "mfdsl"
 
 
 class CacheError(UserError, OSError):

@@ -1,7 +1,9 @@
-"""LAMB with timm's semantics in a fixed number of multi-tensor operations per step.
+"""LAMB with timm's semantics: a fixed number of multi-tensor operations per step
+(:class:`ForeachLamb`, any device), or one C kernel per group on the CPU (:class:`FusedLamb`,
+what ``optimizer lamb`` builds; the foreach form where the kernel does not serve).
 
-The reference is ``timm.optim.Lamb`` (the official recipe's optimizer); :class:`ForeachLamb`
-computes the same update (tests/test_runner_lamb.py holds it to 1e-12 in float64):
+The reference is ``timm.optim.Lamb`` (the official recipe's optimizer); both classes compute
+the same update (tests/test_runner_lamb.py holds each to 1e-12 in float64):
 
 * the global gradient norm over every group, clipped at ``max_grad_norm``: ``g / clip``
   with ``clip = max(1, norm / max_grad_norm)``;
@@ -28,19 +30,27 @@ A step given ``found_inf`` (set as an attribute, the way torch's GradScaler and
 ``runner.step.masked_step`` hand it to fused optimizers) is skipped on the device: the
 kernel leaves the moments, the step sizes are zero and the step count does not advance.
 
-The gradients: after a step taken, ``p.grad`` holds the clipped gradient ``g / clip`` (the
-kernel writes it back, as a loss scaler's ``unscale_`` leaves gradients unscaled; other
+The gradients: after a step taken by the foreach form, ``p.grad`` holds the clipped
+gradient ``g / clip`` (the kernel writes it back, as a loss scaler's ``unscale_`` leaves gradients unscaled; other
 dtypes than float32 are divided by a separate in-place operation before the kernel, also
 on a skipped step). Nothing the runner does reads them after the step: its own clipping,
 the gradient norm it logs and the loss scaler's unscaling come before, EMA reads the
 weights, and ``zero_grad`` follows. The update is built in scratch buffers the size of the
 parameters, kept between steps (not state).
+
+The CPU kernel (``runner/lamb_cpu.c``) makes 11 passes where the foreach form makes 16: the
+gradient norm; the moments, the update and both norms in one; then ``p`` updated with ``u``
+computed again. It needs no scratch buffer and leaves ``p.grad`` as it was. On caformer_s18
+(2-core AVX2 VM) it took 3.2x less time than timm's Lamb at 1 thread, the foreach form 2.3x
+(docs/benchmarks.md, ``benchmarks/bench_lamb.py``).
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+
+from . import lamb_cpu
 
 
 class ForeachLamb(torch.optim.Optimizer):
@@ -184,3 +194,78 @@ def _lamb_group(group: Dict[str, Any], params: List[torch.Tensor], grads: List[t
             size = torch.where(found_inf > 0, 0.0, size)
         torch._foreach_mul_(update, size)
         torch._foreach_add_(params, update)
+
+
+class FusedLamb(ForeachLamb):
+    """:class:`ForeachLamb`'s update, taken on the CPU by one kernel per group
+    (``runner/lamb_cpu``: 11 passes over the parameters instead of 16) where every
+    parameter, gradient and moment is a dense float32 or float64 CPU tensor of its group's
+    dtype and the kernel could be built; elsewhere (CUDA, bfloat16, no C compiler) the
+    multi-tensor path. ``kernel_path`` says which one the last step took.
+
+    The kernel reads the step count, ``found_inf`` and a loss scaler's ``grad_scale`` from
+    their tensors itself, so Python reads no tensor value; a step given a nonzero
+    ``found_inf`` changes nothing and does not advance the count, as on the multi-tensor
+    path. On the kernel path the gradients are left as they were (as timm's Lamb leaves
+    them).
+    """
+
+    kernel_path: Optional[str] = None
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        lists = [self._tensors(group) for group in self.param_groups]
+        if not _kernel_serves(lists):
+            self.kernel_path = "foreach"
+            super().step()
+            return loss
+        self.kernel_path = "cpu kernel"
+        found_inf = _float32(getattr(self, "found_inf", None))
+        grad_scale = _float32(getattr(self, "grad_scale", None))
+        grads = [g for _, gs, _, _ in lists for g in gs]
+        max_norm = self.defaults["max_grad_norm"]
+        sumsq = 0.0
+        if max_norm is not None:
+            for dtype in {g.dtype for g in grads}:
+                sumsq += lamb_cpu.sum_of_squares([g for g in grads if g.dtype == dtype])
+        for group, tensors in zip(self.param_groups, lists):
+            if "step" not in group:
+                group["step"] = torch.zeros((), dtype=torch.float32, device=_device(group))
+            # Counted whether or not the group has gradients, as timm does.
+            group["step"].add_(1 if found_inf is None else 1 - found_inf)
+            if not tensors[0]:
+                continue
+            wd = group["weight_decay"]
+            lamb_cpu.lamb_group(
+                *tensors, step=group["step"], found_inf=found_inf, grad_scale=grad_scale,
+                sumsq=sumsq, max_grad_norm=max_norm, beta1=group["betas"][0],
+                beta2=group["betas"][1], bias_correction=group["bias_correction"],
+                eps=group["eps"], weight_decay=wd, lr=float(group["lr"]),
+                adapt=wd != 0 or group["always_adapt"], trust_clip=group["trust_clip"])
+        return loss
+
+
+def _float32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def _kernel_serves(lists: List[Tuple[List[torch.Tensor], ...]]) -> bool:
+    """Whether every group can take the CPU kernel: one dtype it handles per group, every
+    tensor on the CPU, dense, and laid out as its parameter (the kernel walks memory)."""
+    for tensors in lists:
+        if not tensors[0]:
+            continue
+        dtype = tensors[0][0].dtype
+        if dtype not in lamb_cpu.DTYPES:
+            return False
+        for p, *others in zip(*tensors):
+            if p.device.type != "cpu" or not (p.is_contiguous() or lamb_cpu.dense(p)):
+                return False
+            if any(t.dtype != dtype or t.device.type != "cpu" or not (
+                    t.stride() == p.stride() or lamb_cpu.same_layout(t, p)) for t in others):
+                return False
+    return lamb_cpu.kernel() is not None

@@ -42,9 +42,11 @@ def _optimizer_class(name: str) -> type:
     if name == "adamw":
         return torch.optim.AdamW
     if name == "lamb":
-        from .lamb import ForeachLamb  # timm's Lamb's update in a fixed number of ops
+        # timm's Lamb's update: one C kernel per group on the CPU, a fixed number of
+        # multi-tensor ops elsewhere
+        from .lamb import FusedLamb
 
-        return ForeachLamb
+        return FusedLamb
     if name == "sgd":
         return torch.optim.SGD
     raise RunError(f"unknown optimizer '{name}' (adamw, lamb or sgd)")
@@ -52,7 +54,7 @@ def _optimizer_class(name: str) -> type:
 
 def default_eps(name: str) -> float:
     """The eps the optimizer class uses when none is passed (what the official train.py
-    leaves in place: timm's Lamb 1e-6, as ForeachLamb, torch's AdamW 1e-8), read from the
+    leaves in place: timm's Lamb 1e-6, as FusedLamb, torch's AdamW 1e-8), read from the
     class itself."""
     import inspect
 
@@ -73,7 +75,7 @@ def optimizer_args(recipe: RecipeSpec, lr: float) -> Dict[str, Any]:
     if name == "lamb":
         import inspect
 
-        # LAMB (timm's, and ForeachLamb with its defaults) clips the global gradient norm
+        # LAMB (timm's, and FusedLamb with its defaults) clips the global gradient norm
         # inside the optimizer (max_grad_norm) and corrects bias by default; named here so
         # a plan shows every argument.
         params = inspect.signature(_optimizer_class(name).__init__).parameters
@@ -85,7 +87,7 @@ def optimizer_args(recipe: RecipeSpec, lr: float) -> Dict[str, Any]:
 
 def create_optimizer(model: nn.Module, recipe: RecipeSpec, lr: float,
                      lr_scales: Optional[Dict[str, float]] = None) -> torch.optim.Optimizer:
-    """AdamW (torch, fused), LAMB (ForeachLamb: timm's update, foreach ops) or SGD with
+    """AdamW (torch, fused), LAMB (FusedLamb: timm's update; runner/lamb.py) or SGD with
     Nesterov momentum (torch; its default foreach path on CUDA, the per-tensor loop on
     CPU), per the recipe; ``lr_scales``: see :func:`param_groups`."""
     groups = param_groups(model, recipe.weight_decay, lr_scales)

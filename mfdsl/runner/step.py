@@ -5,7 +5,7 @@ A step is forward/backward over ``accum`` micro-batches, gradient clipping, the 
 is found on the device and the step is skipped there too, with no host round trip:
 
 * optimizers with a ``found_inf`` path (torch's fused AdamW, the runner's LAMB,
-  ``runner.lamb.ForeachLamb``) are handed the flag, and leave weights, moments and step
+  ``runner.lamb.FusedLamb``) are handed the flag, and leave weights, moments and step
   counts as they were;
 * any other optimizer (SGD, timm's Lamb) steps, and then every tensor it changed on the
   device is put back with ``torch.where(skip, before, after)``. Host-side step counters
@@ -114,7 +114,7 @@ def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
     """``optimizer.step()`` where ``skip`` (a 0-dim bool tensor on the device) is False, and
     no change to the weights or the optimizer's device state where it is True."""
     if getattr(optimizer, "_step_supports_amp_scaling", False):
-        # Fused kernels (and ForeachLamb) skip the update and their step counts themselves.
+        # Fused kernels (and the LAMBs of runner.lamb) skip the update and their step counts themselves.
         optimizer.grad_scale = None
         optimizer.found_inf = skip.to(torch.float32)
         try:
