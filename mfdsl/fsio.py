@@ -22,7 +22,6 @@ import os
 import re
 import stat
 import tempfile
-from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 from .errors import EXIT_WRITE, UserError
 
@@ -354,12 +353,3 @@ def read_regular(path: str, limit: int, what: str = "file") -> bytes:
         os.close(fd)
     return b"".join(chunks)
 
-
-def default_cache_dir() -> Path:
-    """``$MFDSL_CACHE`` or ``$XDG_CACHE_HOME/mfdsl`` or ``~/.cache/mfdsl``: where mfdsl keeps
-    what it can make again (the built-in dataset, data indexes, built kernels)."""
-    # '~' is expanded as a shell would (a quoted MFDSL_CACHE='~/x' reaches us unexpanded).
-    if os.environ.get("MFDSL_CACHE"):
-        return Path(os.path.expanduser(os.environ["MFDSL_CACHE"]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(os.path.expanduser(base)) / "mfdsl"

@@ -1,6 +1,7 @@
-"""Locate files shipped with the package (grammar, schema, embedded data)."""
+"""Locate files shipped with the package (grammar, schema, embedded data) and the cache."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -28,3 +29,13 @@ def zoo_spec_file(name: str) -> "Path | None":
     """``specs/<name>.mf`` of a zoo model, or None."""
     path = zoo_dir() / f"{name}.mf"
     return path if path.is_file() else None
+
+
+def default_cache_dir() -> Path:
+    """``$MFDSL_CACHE`` or ``$XDG_CACHE_HOME/mfdsl`` or ``~/.cache/mfdsl``: where mfdsl keeps
+    what it can make again (the built-in dataset, data indexes, built kernels)."""
+    # '~' is expanded as a shell would (a quoted MFDSL_CACHE='~/x' reaches us unexpanded).
+    if os.environ.get("MFDSL_CACHE"):
+        return Path(os.path.expanduser(os.environ["MFDSL_CACHE"]))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(os.path.expanduser(base)) / "mfdsl"

@@ -40,7 +40,7 @@ def test_zero_turns_ema_and_clipping_off():
 
 
 def test_the_cache_path_expands_tilde(monkeypatch, tmp_path):
-    from mfdsl.fsio import default_cache_dir
+    from mfdsl.resources import default_cache_dir
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("MFDSL_CACHE", "~/mfcache")

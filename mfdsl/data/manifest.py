@@ -16,7 +16,7 @@ import numpy as np
 
 def cache_path(kind: str, *key: str) -> str:
     """``$MFDSL_CACHE/<kind>/<hash of key>.npz``."""
-    from ..fsio import default_cache_dir
+    from ..resources import default_cache_dir
 
     digest = hashlib.sha1("\0".join(key).encode("utf-8", "surrogateescape")).hexdigest()[:20]
     return os.path.join(str(default_cache_dir()), kind, f"{digest}.npz")

@@ -108,7 +108,7 @@ def build_index(files: Sequence[str]) -> Dict[str, Any]:
 
 
 def _cache_paths(root: str, split: str) -> List[str]:
-    from ..fsio import default_cache_dir
+    from ..resources import default_cache_dir
 
     beside = os.path.join(root, f".mfdsl-index-{split}.npz")
     digest = hashlib.sha1(f"{os.path.realpath(root)}\0{split}".encode()).hexdigest()[:16]

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import UserError
-from ..fsio import default_cache_dir
+from ..resources import default_cache_dir
 
 # Bump when the drawing code changes, so a stale cache is not reused.
 VERSION = 1

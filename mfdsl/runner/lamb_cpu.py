@@ -24,7 +24,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch.profiler import record_function
 
-from ..fsio import INTERNAL, default_cache_dir, write_atomic_with
+from ..fsio import INTERNAL, write_atomic_with
+from ..resources import default_cache_dir
 
 SOURCE = Path(__file__).with_name("lamb_cpu.c")
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
