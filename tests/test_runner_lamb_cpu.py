@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 import os
 import stat
+import subprocess
+import sys
 from typing import Dict, List
 
 import pytest
 import torch
 import torch.nn as nn
 
-from mfdsl.runner import lamb_cpu
+from mfdsl.runner import lamb as lamb_module, lamb_cpu
 from mfdsl.runner.lamb import ForeachLamb, FusedLamb
 
 
@@ -64,6 +66,7 @@ def test_cpu_tensors_take_the_kernel_and_match_the_foreach_form(dtype, channels_
     _steps(a, fused, 30)
     _steps(b, foreach, 30)
     assert fused.kernel_path == "cpu kernel"
+    # tolerance: as tests/test_runner_lamb.py against timm (float32 measured ~3e-7)
     assert _max_rel(a, b) <= (1e-5 if dtype == torch.float32 else 1e-12)
 
 
@@ -162,7 +165,9 @@ def _linear_step(opt_cls: type) -> torch.optim.Optimizer:
 
 def test_no_compiler_means_the_foreach_form_and_a_reason(fresh_kernel, monkeypatch):
     monkeypatch.setattr(lamb_cpu.shutil, "which", lambda name: None)
-    assert _linear_step(FusedLamb).kernel_path == "foreach"
+    monkeypatch.setattr(lamb_module, "_warned", [])
+    with pytest.warns(RuntimeWarning, match="multi-tensor form on the CPU.*no C compiler"):
+        assert _linear_step(FusedLamb).kernel_path == "foreach"
     assert "no C compiler" in lamb_cpu.unavailable_reason()
     assert not fresh_kernel.exists()
 
@@ -170,15 +175,32 @@ def test_no_compiler_means_the_foreach_form_and_a_reason(fresh_kernel, monkeypat
 def test_a_failing_build_leaves_no_file_and_means_the_foreach_form(fresh_kernel,
                                                                    monkeypatch):
     monkeypatch.setenv("CC", "false")  # found, and fails
-    assert _linear_step(FusedLamb).kernel_path == "foreach"
+    monkeypatch.setattr(lamb_module, "_warned", [])
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert _linear_step(FusedLamb).kernel_path == "foreach"
     assert "could not be built" in lamb_cpu.unavailable_reason()
     assert list(fresh_kernel.iterdir()) == []  # the temporary file is gone too
+
+
+def test_a_damaged_cached_build_is_built_again(fresh_kernel):
+    assert lamb_cpu.kernel() is not None
+    (built,) = fresh_kernel.iterdir()
+    built.write_bytes(built.read_bytes()[:100])  # truncated, as by a full disk
+    # The next process (this one holds the library loaded already).
+    out = subprocess.run(
+        [sys.executable, "-c", "from mfdsl.runner import lamb_cpu as k; "
+         "print(k.kernel() is not None, k.unavailable_reason())"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert out.stdout.split() == ["True", "None"], out.stderr
+    assert [p.name for p in fresh_kernel.iterdir()] == [built.name]
+    assert built.stat().st_size > 1000
 
 
 def test_sum_of_squares_is_exact_in_float64():
     gen = torch.Generator().manual_seed(0)
     xs = [torch.randn(n, generator=gen, dtype=torch.float64) for n in (1, 7, 40000, 3)]
     want = sum(float(x.square().sum()) for x in xs)
+    # tolerance: two float64 sums of 40011 positive terms in different orders (~1e-16 each)
     assert lamb_cpu.sum_of_squares(xs) == pytest.approx(want, rel=1e-14)
 
 
@@ -204,6 +226,7 @@ def test_the_trust_ratios_are_the_norms_ratio():
         ps, gs, ms, vs, step=torch.tensor(step), found_inf=None, grad_scale=None,
         sumsq=sumsq, max_grad_norm=0.5, beta1=b1, beta2=b2, bias_correction=True, eps=eps,
         weight_decay=wd, lr=0.0, adapt=True, trust_clip=False)
+    # tolerance: float64 elementwise work and two sums per tensor, in other orders (~1e-15)
     assert got == pytest.approx(want, rel=1e-12)
     assert lamb_cpu.lamb_group(
         ps, gs, ms, vs, step=torch.tensor(step), found_inf=torch.tensor(1.0),

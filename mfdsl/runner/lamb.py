@@ -46,6 +46,7 @@ computed again. It needs no scratch buffer and leaves ``p.grad`` as it was. On c
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -268,4 +269,18 @@ def _kernel_serves(lists: List[Tuple[List[torch.Tensor], ...]]) -> bool:
             if any(t.dtype != dtype or t.device.type != "cpu" or not (
                     t.stride() == p.stride() or lamb_cpu.same_layout(t, p)) for t in others):
                 return False
-    return lamb_cpu.kernel() is not None
+    if lamb_cpu.kernel() is None:
+        _warn_once(lamb_cpu.unavailable_reason() or "")
+        return False
+    return True
+
+
+_warned: List[str] = []
+
+
+def _warn_once(reason: str) -> None:
+    """Say once per process why the CPU takes the slower form (the run is not wrong)."""
+    if reason not in _warned:
+        _warned.append(reason)
+        warnings.warn(f"LAMB takes its slower multi-tensor form on the CPU: {reason}",
+                      RuntimeWarning, stacklevel=3)

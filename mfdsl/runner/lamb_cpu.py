@@ -105,16 +105,26 @@ def kernel() -> Optional[ctypes.CDLL]:
     if cc is None:
         _failure = "no C compiler found (set CC, or install cc/gcc)"
         return None
+    failures = (OSError, RuntimeError, subprocess.SubprocessError, AttributeError)
     try:
         target = library_path(cc)
         if not target.is_file():
             _build(cc, target)
-        lib = ctypes.CDLL(str(target))
-        _declare(lib)
-    except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
+        try:
+            lib = _load(target)
+        except failures:  # a cached file that does not load (truncated, damaged): again
+            _build(cc, target)
+            lib = _load(target)
+    except failures as exc:
         _failure = f"the CPU LAMB kernel could not be built or loaded: {exc}"
         return None
     _loaded = lib
+    return lib
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    _declare(lib)
     return lib
 
 
