@@ -2,7 +2,8 @@
 
 torch's CPU kernels make a LAMB step cost 16 passes over the model's size (see
 ``runner/lamb.py``); this kernel makes 11 (the gradient norm; moments, update and both
-norms in one pass; the update of ``p``), on float32 and float64 tensors laid out densely.
+norms in one pass, the update written over the gradient; ``p += size * u``), on float32
+and float64 tensors laid out densely.
 It is plain C with no torch headers, so building takes about a second: ``$CC`` (else
 ``cc`` or ``gcc``) with ``-O3``, AVX2 where torch's own CPU kernels use it, cached under
 ``default_cache_dir()/kernels`` by a digest of the source, the flags and the compiler, and
@@ -190,8 +191,8 @@ def lamb_group(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                beta1: float, beta2: float, bias_correction: bool, eps: float,
                weight_decay: float, lr: float, adapt: bool,
                trust_clip: bool) -> Optional[List[float]]:
-    """One group's update in place: the tensors as :func:`dense`, of one dtype and laid out
-    alike; ``step`` (the group's count, already advanced), ``found_inf`` and ``grad_scale``
+    """One group's update in place (``grads`` then hold the update direction ``u``): the
+    tensors as :func:`dense`, of one dtype and laid out alike; ``step`` (the group's count, already advanced), ``found_inf`` and ``grad_scale``
     float32 CPU scalars, read by the kernel; ``sumsq`` the squared global gradient norm
     (:func:`sum_of_squares`). Returns the trust ratios (1 where the group does not adapt),
     or None where ``found_inf`` skipped the step."""
