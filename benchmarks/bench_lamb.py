@@ -1,14 +1,20 @@
-"""One optimizer step over caformer_s18's parameters: timm's Lamb, ForeachLamb, fused AdamW.
+"""One optimizer step over a model's parameters (caformer_s18's by default): timm's Lamb,
+mfdsl's FusedLamb (what ``optimizer lamb`` builds: the CPU kernel here), ForeachLamb (its
+multi-tensor form) and torch's fused AdamW.
 
     python benchmarks/bench_lamb.py --threads 1 --rounds 15
     python benchmarks/bench_lamb.py --device cuda
+    python benchmarks/bench_lamb.py --spec specs/poolformerv2_s12.mf
 
-The model is built from specs/caformer_s18.mf (mfdsl.api.build_model) and given random
-gradients once; each optimizer gets the runner's two parameter groups (weight decay 0.05
-on matrices/kernels, none on 1-D params) and its own copy of the weights. After two warm-up
-steps each, the three are timed in interleaved rounds (timm, ours, AdamW, timm, ...) and
-the median per optimizer is printed with the ratio to timm's Lamb. The operations one step
-issues are counted with torch.profiler (top-level events: no parent event).
+The model is built from --spec (mfdsl.api.build_model) and given random gradients once;
+each optimizer gets the runner's two parameter groups (weight decay 0.05 on
+matrices/kernels, none on 1-D params) and its own copy of the weights and gradients
+(FusedLamb and ForeachLamb write into theirs: the update direction, the clipped gradient;
+the time does not depend on the values). After two warm-up steps each, the four are timed
+in interleaved rounds (timm, FusedLamb, ForeachLamb, AdamW, timm, ...) and the median per
+optimizer is printed with the ratio to timm's Lamb. The operations one step issues are
+counted with torch.profiler (top-level events: no parent event; FusedLamb's kernel calls
+are record_function events). The JSON keeps every round and the machine.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import argparse
 import copy
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -52,12 +59,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--spec", default=os.path.join(ROOT, "specs", "caformer_s18.mf"),
+                    help="the model whose parameters are stepped (default: caformer_s18)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from timm.optim import Lamb
 
-    base = build_model(os.path.join(ROOT, "specs", "caformer_s18.mf")).to(args.device)
+    base = build_model(args.spec).to(args.device)
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(p.shape, generator=gen).to(args.device) for p in base.parameters()]
     makers = {
@@ -86,7 +95,8 @@ def main() -> None:
     n_tensors = sum(1 for p in base.parameters() if p.requires_grad)
     ops = {name: _top_level_ops(opt) for name, opt in opts.items()}
     ref = statistics.median(times["timm Lamb"])
-    print(f"caformer_s18: {n_tensors} tensors, {sum(p.numel() for p in base.parameters())} "
+    print(f"{os.path.basename(args.spec)}: {n_tensors} tensors, "
+          f"{sum(p.numel() for p in base.parameters())} "
           f"params, {args.device}, threads {torch.get_num_threads()}, torch {torch.__version__}")
     print(f"{'optimizer':<12} {'median ms':>10} {'timm / this':>12} {'top-level ops':>14}")
     out = {}
@@ -94,9 +104,27 @@ def main() -> None:
         med = statistics.median(ts)
         out[name] = dict(median_ms=med * 1e3, rounds_ms=[t * 1e3 for t in ts], ops=ops[name])
         print(f"{name:<12} {med * 1e3:>10.1f} {ref / med:>11.2f}x {ops[name]:>14}")
+    fused = opts["FusedLamb"]
+    out["machine"] = dict(
+        platform=platform.platform(), cpu=_cpu_name(), threads=torch.get_num_threads(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(), torch=torch.__version__,
+        python=platform.python_version(), load_average=os.getloadavg(),
+        fused_lamb_path=getattr(fused, "kernel_path", None))
+    print(f"machine: {out['machine']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
