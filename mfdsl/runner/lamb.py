@@ -20,8 +20,9 @@ that the buffer ends as ``u``; the kernel also divides float32 gradients by the 
 (its ``grad_scale``). (torch's CPU kernel scales by ``wd`` in one rounding; a kernel that
 computes ``p - lr * (wd - 1) * p`` instead, as CUDA's may, leaves the decay term within
 ~20 float32 ulps of ``wd * p``: far below the rounding of ``u`` itself, whose Adam part is
-O(1) per element. Not measured on a GPU.) Per step that is five passes over the model's size (the gradient
-norm, the copy, the kernel, the weight and update norms) and the final ``p += size * u``;
+O(1) per element. Not measured on a GPU.) Per step that is five passes over the model's
+size (the gradient norm, the copy, the kernel, the weight and update norms) and the final
+``p += size * u``;
 each operation covers a whole group, so a step issues the same few dozen operations
 whatever the number of tensors, and reads nothing on the host: the step count is a float32
 tensor on the parameters' device (``group["step"]``, as timm names it).
@@ -31,19 +32,18 @@ A step given ``found_inf`` (set as an attribute, the way torch's GradScaler and
 kernel leaves the moments, the step sizes are zero and the step count does not advance.
 
 The gradients: after a step taken by the foreach form, ``p.grad`` holds the clipped
-gradient ``g / clip`` (the kernel writes it back, as a loss scaler's ``unscale_`` leaves gradients unscaled; other
-dtypes than float32 are divided by a separate in-place operation before the kernel, also
-on a skipped step). Nothing the runner does reads them after the step: its own clipping,
-the gradient norm it logs and the loss scaler's unscaling come before, EMA reads the
-weights, and ``zero_grad`` follows. The update is built in scratch buffers the size of the
-parameters, kept between steps (not state).
+gradient ``g / clip`` (the kernel writes it back, as a loss scaler's ``unscale_`` leaves
+gradients unscaled; other dtypes than float32 are divided by a separate in-place operation
+before the kernel, also on a skipped step). Nothing the runner does reads them after the
+step: its own clipping, the gradient norm it logs and the loss scaler's unscaling come
+before, EMA reads the weights, and ``zero_grad`` follows. The update is built in scratch
+buffers the size of the parameters, kept between steps (not state).
 
 The CPU kernel (``runner/lamb_cpu.c``) makes 11 passes where the foreach form makes 16: the
 gradient norm; the moments, the update and both norms in one, ``u`` written over the
 gradient; then ``p += size * u``. It needs no scratch buffer; after a step ``p.grad`` holds
-``u``. On caformer_s18
-(2-core AVX2 VM) it took 3.2x less time than timm's Lamb at 1 thread, the foreach form 2.3x
-(docs/benchmarks.md, ``benchmarks/bench_lamb.py``).
+``u``. On caformer_s18 (2-core AVX2 VM) it took 3.3-3.7x less time than timm's Lamb, the
+foreach form 2.1-2.3x (docs/benchmarks.md, ``benchmarks/bench_lamb.py``).
 """
 from __future__ import annotations
 

@@ -192,10 +192,11 @@ def lamb_group(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                weight_decay: float, lr: float, adapt: bool,
                trust_clip: bool) -> Optional[List[float]]:
     """One group's update in place (``grads`` then hold the update direction ``u``): the
-    tensors as :func:`dense`, of one dtype and laid out alike; ``step`` (the group's count, already advanced), ``found_inf`` and ``grad_scale``
-    float32 CPU scalars, read by the kernel; ``sumsq`` the squared global gradient norm
-    (:func:`sum_of_squares`). Returns the trust ratios (1 where the group does not adapt),
-    or None where ``found_inf`` skipped the step."""
+    tensors as :func:`dense`, of one dtype and laid out alike; ``step`` (the group's count,
+    already advanced), ``found_inf`` and ``grad_scale`` float32 CPU scalars, read by the
+    kernel; ``sumsq`` the squared global gradient norm (:func:`sum_of_squares`). Returns
+    the trust ratios (1 where the group does not adapt), or None where ``found_inf``
+    skipped the step."""
     lib = kernel()
     assert lib is not None and params
     numel = [p.numel() for p in params]
