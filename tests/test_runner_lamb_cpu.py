@@ -185,7 +185,11 @@ def test_a_failing_build_leaves_no_file_and_means_the_foreach_form(fresh_kernel,
 def test_a_damaged_cached_build_is_built_again(fresh_kernel):
     assert lamb_cpu.kernel() is not None
     (built,) = fresh_kernel.iterdir()
-    built.write_bytes(built.read_bytes()[:100])  # truncated, as by a full disk
+    # Truncated, as a copy cut short would be. A new file renamed over it: this process
+    # has the old one mapped, and truncating a mapped file in place would SIGBUS it.
+    damaged = built.with_suffix(".damaged")
+    damaged.write_bytes(built.read_bytes()[:100])
+    os.replace(damaged, built)
     # The next process (this one holds the library loaded already).
     out = subprocess.run(
         [sys.executable, "-c", "from mfdsl.runner import lamb_cpu as k; "
@@ -194,6 +198,18 @@ def test_a_damaged_cached_build_is_built_again(fresh_kernel):
     assert out.stdout.split() == ["True", "None"], out.stderr
     assert [p.name for p in fresh_kernel.iterdir()] == [built.name]
     assert built.stat().st_size > 1000
+
+
+def test_a_cached_build_others_may_write_is_not_loaded(fresh_kernel, monkeypatch):
+    assert lamb_cpu.kernel() is not None
+    (built,) = fresh_kernel.iterdir()
+    built.chmod(0o666)  # anyone may replace its code
+    monkeypatch.setattr(lamb_cpu, "_loaded", None)
+    with pytest.raises(RuntimeError, match="not this user's own file"):
+        lamb_cpu._load(built)
+    # kernel() builds it again as this user's own file (an atomic rename over it)
+    assert lamb_cpu.kernel() is not None
+    assert stat.S_IMODE(built.stat().st_mode) & 0o022 == 0
 
 
 def test_sum_of_squares_is_exact_in_float64():

@@ -113,7 +113,8 @@ def kernel() -> Optional[ctypes.CDLL]:
             _build(cc, target)
         try:
             lib = _load(target)
-        except failures:  # a cached file that does not load (truncated, damaged): again
+        except failures:  # a cached file that does not load (damaged, not ours): again,
+            target.unlink()  # as a new file (an atomic write would keep its mode)
             _build(cc, target)
             lib = _load(target)
     except failures as exc:
@@ -124,6 +125,12 @@ def kernel() -> Optional[ctypes.CDLL]:
 
 
 def _load(path: Path) -> ctypes.CDLL:
+    # Loading runs the file's code: only a file this user owns and nobody else may change
+    # (a cache under a shared MFDSL_CACHE could hold someone else's).
+    st = path.stat()
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        raise RuntimeError(f"{path} is not this user's own file (owner uid {st.st_uid}, "
+                           f"mode {oct(st.st_mode & 0o777)}); not loaded")
     lib = ctypes.CDLL(str(path))
     _declare(lib)
     return lib

@@ -114,7 +114,8 @@ def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
     """``optimizer.step()`` where ``skip`` (a 0-dim bool tensor on the device) is False, and
     no change to the weights or the optimizer's device state where it is True."""
     if getattr(optimizer, "_step_supports_amp_scaling", False):
-        # Fused kernels (and the LAMBs of runner.lamb) skip the update and their step counts themselves.
+        # Fused kernels (and the LAMBs of runner.lamb) skip the update and their step
+        # counts themselves.
         optimizer.grad_scale = None
         optimizer.found_inf = skip.to(torch.float32)
         try:
