@@ -169,3 +169,26 @@ def test_an_optional_recipe_number_takes_none_as_a_spec_file_does():
         assert plan["recipe"]["ema"] is None and plan["recipe"]["clip_grad"] is None, plan
     code, out = run("train", DEMO, "--dry-run", "--ema", "abc")
     assert code == 2 and "'abc' is not a number or none" in out
+
+
+def test_mfdsl_warnings_reach_the_cli_user_as_one_line(monkeypatch, capsys):
+    """A warning raised in mfdsl's code (the CPU LAMB's fallback, a broken plugin) prints as
+    'warning: ...', the runner's style; other packages' keep Python's form."""
+    import warnings
+
+    import mfdsl.runner.lamb as lamb
+    from click.testing import CliRunner
+
+    from mfdsl.cli.app import main, show_warning
+
+    shown = []
+    monkeypatch.setattr(warnings, "showwarning", lambda *a, **k: shown.append(a))
+    spec = str(Path(__file__).resolve().parent.parent / "specs" / "demo_tiny.mf")
+    assert CliRunner().invoke(main, ["validate", spec]).exit_code == 0  # the group installs it
+    assert warnings.showwarning is show_warning
+    show_warning(RuntimeWarning("LAMB takes its slower multi-tensor form on the CPU: no C "
+                                "compiler found"), RuntimeWarning, lamb.__file__, 290)
+    show_warning(UserWarning("something of torch's"), UserWarning, warnings.__file__, 1)
+    assert capsys.readouterr().err == ("warning: LAMB takes its slower multi-tensor form on "
+                                       "the CPU: no C compiler found\n")
+    assert [str(a[0]) for a in shown] == ["something of torch's"]  # shown as before

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, NoReturn
 
 import click
@@ -56,6 +57,26 @@ class _Group(click.Group):
             sys.exit(EXIT_COMPILER)  # an internal error shares the compiler's code
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_shown_before = [warnings.showwarning]  # what shows the other packages' warnings
+
+
+def show_warning(message: Any, category: type, filename: str, lineno: int,
+                 file: Any = None, line: Any = None) -> None:
+    """mfdsl's own warnings as one ``warning: ...`` line on stderr, as the runner's; other
+    packages' warnings as they were shown before (Python's form)."""
+    if os.path.abspath(filename).startswith(_PACKAGE):
+        click.echo(f"warning: {message}", err=True)
+        return
+    _shown_before[0](message, category, filename, lineno, file, line)
+
+
+def _show_warnings_in_house_style() -> None:
+    if warnings.showwarning is not show_warning:
+        _shown_before[0] = warnings.showwarning
+        warnings.showwarning = show_warning
+
+
 def _leave_process_group(code: Any) -> None:
     """A rank of a multi-process run ends here (:func:`..runner.distributed.leave_process`)."""
     distributed = sys.modules.get("mfdsl.runner.distributed")  # not imported: never joined
@@ -91,4 +112,5 @@ def main() -> None:
     """
     from ..plugins import load_plugins
 
+    _show_warnings_in_house_style()
     load_plugins()
