@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from mfdsl.api import build_model  # noqa: E402
+from mfdsl.bench.throughput import machine_info  # noqa: E402
 from mfdsl.runner.lamb import ForeachLamb, FusedLamb  # noqa: E402
 from mfdsl.runner.optim import param_groups  # noqa: E402
 
@@ -106,25 +107,13 @@ def main() -> None:
         print(f"{name:<12} {med * 1e3:>10.1f} {ref / med:>11.2f}x {ops[name]:>14}")
     fused = opts["FusedLamb"]
     out["machine"] = dict(
-        platform=platform.platform(), cpu=_cpu_name(), threads=torch.get_num_threads(),
-        cpu_capability=torch.backends.cpu.get_cpu_capability(), torch=torch.__version__,
-        python=platform.python_version(), load_average=os.getloadavg(),
-        fused_lamb_path=getattr(fused, "kernel_path", None))
+        machine_info(args.device), platform=platform.platform(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        load_average=os.getloadavg(), fused_lamb_path=fused.kernel_path)
     print(f"machine: {out['machine']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
