@@ -136,14 +136,20 @@ class ForeachLamb(torch.optim.Optimizer):
         lists = [self._tensors(group) for group in self.param_groups]
         divisor = self._clip_divisor([g for _, grads, _, _ in lists for g in grads], grad_scale)
         for i, (group, tensors) in enumerate(zip(self.param_groups, lists)):
-            if "step" not in group:
-                group["step"] = torch.zeros((), dtype=torch.float32, device=_device(group))
-            # Counted whether or not the group has gradients, as timm does.
-            group["step"].add_(1 if found_inf is None else 1 - found_inf)
+            _advance_step(group, found_inf)
             if tensors[0]:
                 update = self._scratch(i, tensors[0])
                 _lamb_group(group, *tensors, update, divisor=divisor, found_inf=found_inf)
         return loss
+
+
+def _advance_step(group: Dict[str, Any], found_inf: Optional[torch.Tensor]) -> None:
+    """The group's step count (a float32 tensor on its device) + 1, or + 0 where
+    ``found_inf`` skips the step: counted whether or not the group has gradients, as timm
+    does."""
+    if "step" not in group:
+        group["step"] = torch.zeros((), dtype=torch.float32, device=_device(group))
+    group["step"].add_(1 if found_inf is None else 1 - found_inf)
 
 
 def _device(group: Dict[str, Any]) -> torch.device:
@@ -236,10 +242,7 @@ class FusedLamb(ForeachLamb):
             for dtype in {g.dtype for g in grads}:
                 sumsq += lamb_cpu.sum_of_squares([g for g in grads if g.dtype == dtype])
         for group, tensors in zip(self.param_groups, lists):
-            if "step" not in group:
-                group["step"] = torch.zeros((), dtype=torch.float32, device=_device(group))
-            # Counted whether or not the group has gradients, as timm does.
-            group["step"].add_(1 if found_inf is None else 1 - found_inf)
+            _advance_step(group, found_inf)
             if not tensors[0]:
                 continue
             wd = group["weight_decay"]

@@ -37,8 +37,9 @@ _failure: Optional[str] = None
 
 def _compiler() -> Optional[str]:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        found = shutil.which(name) if name else None
+        if found:
+            return found
     return None
 
 
@@ -85,12 +86,12 @@ def _build(cc: str, target: Path) -> None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     table, dbl = ctypes.POINTER(ctypes.c_int64), ctypes.c_double
+    scalar = ctypes.c_void_p  # a float32 tensor's value, or NULL
     for suffix in DTYPES.values():
         sumsq = getattr(lib, f"mfdsl_sumsq_{suffix}")
         sumsq.argtypes = [ctypes.c_int64, table, table, ctypes.c_int, ctypes.POINTER(dbl)]
         sumsq.restype = ctypes.c_int
         group = getattr(lib, f"mfdsl_lamb_group_{suffix}")
-        scalar = ctypes.c_void_p  # a float32 tensor's value, or NULL
         group.argtypes = ([ctypes.c_int64] + [table] * 5 + [scalar] * 3 + [dbl] * 4
                           + [ctypes.c_int] + [dbl] * 3 + [ctypes.c_int] * 3
                           + [ctypes.POINTER(dbl)])
