@@ -9,7 +9,7 @@
  *
  * u goes into the gradient's memory, just read: no buffer the model's size, and no write
  * to memory the CPU would first have to read (write-allocate). Computing u again in the
- * second pass instead moves as many bytes but costs a division and a square root per
+ * apply pass instead moves as many bytes but costs a division and a square root per
  * element: 5-12% slower here (2-core AVX2 VM, caformer_s18's 26M values).
  *
  * Work is cut into blocks of at most BLOCK elements of one tensor; threads take contiguous
