@@ -178,8 +178,8 @@ def test_operations_per_step_do_not_grow_with_the_tensors(lamb_cls, found_inf):
     few = _ops_per_step(lamb_cls, 5, found_inf)  # 20 parameter tensors
     many = _ops_per_step(lamb_cls, 100, found_inf)  # 400
     assert few == many
-    # measured: foreach 30 for step(), 39 through masked_step; fused 4 and 6 (its two
-    # kernel calls per group and one for the gradient norm are not aten operations)
+    # measured: foreach 30 for step(), 39 through masked_step; fused 4 and 6 (its kernel
+    # calls, one per group and one for the gradient norm, are not aten operations)
     assert len(few) <= 45, few
 
 
