@@ -352,4 +352,3 @@ def read_regular(path: str, limit: int, what: str = "file") -> bytes:
     finally:
         os.close(fd)
     return b"".join(chunks)
-

@@ -131,16 +131,19 @@ class ForeachLamb(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update([self._tensors(group) for group in self.param_groups])
+        return loss
+
+    def _update(self, lists: List[Tuple[List[torch.Tensor], ...]]) -> None:
+        """The step on every group's (parameters, gradients, moments) from :meth:`_tensors`."""
         grad_scale: Optional[torch.Tensor] = getattr(self, "grad_scale", None)
         found_inf: Optional[torch.Tensor] = getattr(self, "found_inf", None)
-        lists = [self._tensors(group) for group in self.param_groups]
         divisor = self._clip_divisor([g for _, grads, _, _ in lists for g in grads], grad_scale)
         for i, (group, tensors) in enumerate(zip(self.param_groups, lists)):
             _advance_step(group, found_inf)
             if tensors[0]:
                 update = self._scratch(i, tensors[0])
                 _lamb_group(group, *tensors, update, divisor=divisor, found_inf=found_inf)
-        return loss
 
 
 def _advance_step(group: Dict[str, Any], found_inf: Optional[torch.Tensor]) -> None:
@@ -221,17 +224,11 @@ class FusedLamb(ForeachLamb):
 
     kernel_path: Optional[str] = None
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        lists = [self._tensors(group) for group in self.param_groups]
+    def _update(self, lists: List[Tuple[List[torch.Tensor], ...]]) -> None:
         if not _kernel_serves(lists):
             self.kernel_path = "foreach"
-            super().step()
-            return loss
+            super()._update(lists)
+            return
         self.kernel_path = "cpu kernel"
         found_inf = _float32(getattr(self, "found_inf", None))
         grad_scale = _float32(getattr(self, "grad_scale", None))
@@ -252,7 +249,6 @@ class FusedLamb(ForeachLamb):
                 beta2=group["betas"][1], bias_correction=group["bias_correction"],
                 eps=group["eps"], weight_decay=wd, lr=float(group["lr"]),
                 adapt=wd != 0 or group["always_adapt"], trust_clip=group["trust_clip"])
-        return loss
 
 
 def _float32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
